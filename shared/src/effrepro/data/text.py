@@ -54,7 +54,8 @@ def _docstrings(module_name: str) -> list[str]:
                 continue
     docs: list[str] = []
     for mod in modules:
-        objects = [mod] + [obj for _, obj in sorted(vars(mod).items()) if getattr(obj, "__module__", None) == mod.__name__]
+        own = [obj for _, obj in sorted(vars(mod).items()) if getattr(obj, "__module__", None) == mod.__name__]
+        objects = [mod, *own]
         for obj in objects:
             doc = inspect.getdoc(obj) if (inspect.isclass(obj) or inspect.isfunction(obj) or obj is mod) else None
             if doc and len(doc) >= 200:
