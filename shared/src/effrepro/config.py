@@ -62,7 +62,7 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     unknown = sorted(set(data) - set(types_by_name))
     if unknown:
         valid = ", ".join(sorted(types_by_name))
-        raise UsageError(f"unknown config key {prefix}{unknown[0]!r} for {cls.__name__}; valid keys: {valid}")
+        raise UsageError(f"unknown config key '{prefix}{unknown[0]}' for {cls.__name__}; valid keys: {valid}")
     kwargs = {k: _coerce(v, types_by_name[k], prefix + k) for k, v in data.items()}
     try:
         return cls(**kwargs)

