@@ -100,7 +100,8 @@ def test_smollm2_completes_the_capital_of_france():
 
 
 def test_cli_errors_exit_2_with_one_line():
-    proc = subprocess.run([sys.executable, "-m", "effrepro.reproduce", "run", "unknown"], capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "effrepro.reproduce", "run", "unknown"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "partialnet" in proc.stderr and "Traceback" not in proc.stderr
 
