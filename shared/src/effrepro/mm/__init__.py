@@ -1,0 +1,6 @@
+"""OpenMMLab support shared by the vision projects: the ``mmcv._ext`` fallback for ``mmcv-lite`` installs."""
+
+from effrepro.mm.configs import build_detector, build_segmentor, mask_rcnn, semantic_fpn, upernet
+from effrepro.mm.mmcv_fallback import FALLBACK_OPS, has_compiled_mmcv, install
+
+__all__ = ["FALLBACK_OPS", "build_detector", "build_segmentor", "has_compiled_mmcv", "install", "mask_rcnn", "semantic_fpn", "upernet"]
