@@ -1,6 +1,10 @@
-"""OpenMMLab support shared by the vision projects: the ``mmcv._ext`` fallback for ``mmcv-lite`` installs."""
+"""OpenMMLab support shared by the vision projects: the ``mmcv._ext`` fallback for ``mmcv-lite`` installs,
+and the detection / segmentation model configs the papers' tables use, parameterised by the backbone."""
 
 from effrepro.mm.configs import build_detector, build_segmentor, mask_rcnn, semantic_fpn, upernet
 from effrepro.mm.mmcv_fallback import FALLBACK_OPS, has_compiled_mmcv, install
 
-__all__ = ["FALLBACK_OPS", "build_detector", "build_segmentor", "has_compiled_mmcv", "install", "mask_rcnn", "semantic_fpn", "upernet"]
+__all__ = [
+    "FALLBACK_OPS", "build_detector", "build_segmentor", "has_compiled_mmcv", "install", "mask_rcnn",
+    "semantic_fpn", "upernet",
+]

@@ -40,7 +40,8 @@ def _roi_head(num_classes: int) -> dict[str, Any]:
         ),
         mask_roi_extractor=extractor(14),
         mask_head=dict(type="FCNMaskHead", num_convs=4, in_channels=256, conv_out_channels=256,
-                       num_classes=num_classes, loss_mask=dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0)),
+                       num_classes=num_classes,
+                       loss_mask=dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0)),
     )
 
 
