@@ -1,0 +1,273 @@
+"""The Gumiho draft head: fusion layer ``fc``, a 2-layer serial Transformer and parallel MLP heads.
+
+Structure (spec §1.3, official ``gumiho/model/cnets.py``):
+
+* ``fc``: ``Linear(2H -> H, bias=True)`` over ``[token embedding ; feature]`` (in that order). The same ``fc``
+  fuses the Transformer input and the MLP-head input.
+* ``layers``: ``num_layers`` LLaMA decoder layers with the target's widths; layer 0 has **no input RMSNorm**,
+  there is no final norm, and the output feeds the frozen target LM head directly. The same Transformer is
+  run for every serial draft step (a weight-shared autoregressive head).
+* ``mlp``: ``mlp_num`` independent heads ``RB5(...RB1(silu(A m + a)))`` with ``RBj(z) = z + silu(B_j z + b_j)``;
+  every weight is zero-initialised, biases keep PyTorch's default init, the first block has no residual.
+* ``embed_tokens``: a frozen copy of the target's input embedding.
+
+Generalisation for the ablations (``serial_steps`` S): S = 2 is the paper. The MLP input concatenates the fused
+inputs of the *last two* serial steps (``min(S, 2) * H`` wide); S = 1 uses only the first; S = 0 is the
+all-parallel (Medusa-style) variant whose heads read ``fc([E r ; f_t])``, the fused root, with no Transformer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from effrepro.errors import UsageError
+from torch import nn
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+
+
+@dataclass
+class GumihoConfig:
+    """Widths of the draft (those of the target) and the Gumiho structure knobs."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+    head_dim: int | None = None
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 2048
+    hidden_act: str = "silu"
+    pad_token_id: int | None = None
+    num_layers: int = 2  # Transformer depth (every released Gumiho config: 2; EAGLE: 1)
+    serial_steps: int = 2  # draft positions produced by the Transformer (paper: 2)
+    mlp_num: int = 5  # parallel MLP heads (paper: 5 -> 7 draft levels in all)
+    mlp_res_blocks: int = 5  # residual blocks after the first (no-residual) block
+    fc_bias: bool = True  # the official Model always builds fc with a bias (spec D5)
+
+    def __post_init__(self) -> None:
+        if self.serial_steps < 0 or self.mlp_num < 0 or self.serial_steps + self.mlp_num < 1:
+            raise UsageError(
+                f"serial_steps={self.serial_steps}, mlp_num={self.mlp_num}: need serial_steps >= 0, mlp_num >= 0 "
+                "and at least one draft level; e.g. serial_steps=2 mlp_num=5 (the paper)"
+            )
+        if self.serial_steps > 0 and self.num_layers < 1:
+            raise UsageError("serial_steps > 0 needs a Transformer: set num_layers >= 1 (the paper uses 2)")
+        if self.hidden_size % self.num_attention_heads and self.head_dim is None:
+            raise UsageError(f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
+
+    @property
+    def depth(self) -> int:
+        """Number of draft levels beyond the root (paper: 2 serial + 5 MLP = 7)."""
+        return self.serial_steps + self.mlp_num
+
+    @property
+    def mlp_input_width(self) -> int:
+        return max(1, min(self.serial_steps, 2)) * self.hidden_size
+
+    @classmethod
+    def from_target(cls, target_config: Any, **overrides: Any) -> GumihoConfig:
+        """Copy the widths of an HF LLaMA-family target config; ``overrides`` set the structure knobs."""
+        keys = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size",
+                "rms_norm_eps", "max_position_embeddings", "hidden_act", "pad_token_id")
+        values = {k: getattr(target_config, k) for k in keys if getattr(target_config, k, None) is not None}
+        values.setdefault("num_key_value_heads", values.get("num_attention_heads"))
+        head_dim = getattr(target_config, "head_dim", None)
+        if head_dim is not None:
+            values["head_dim"] = head_dim
+        rope = getattr(target_config, "rope_parameters", None) or {}
+        theta = rope.get("rope_theta") if isinstance(rope, dict) else None
+        values["rope_theta"] = float(theta or getattr(target_config, "rope_theta", 10000.0) or 10000.0)
+        values.update(overrides)
+        return cls(**values)
+
+    def llama_config(self) -> LlamaConfig:
+        """The HF config of the draft's decoder layers (same widths as the target, fp32 softmax via sdpa)."""
+        config = LlamaConfig(
+            hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
+            num_attention_heads=self.num_attention_heads, num_key_value_heads=self.num_key_value_heads,
+            head_dim=self.head_dim or self.hidden_size // self.num_attention_heads, vocab_size=self.vocab_size,
+            rms_norm_eps=self.rms_norm_eps, max_position_embeddings=self.max_position_embeddings,
+            hidden_act=self.hidden_act, num_hidden_layers=self.num_layers, attention_bias=False, mlp_bias=False,
+            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
+        )
+        config._attn_implementation = "sdpa"
+        return config
+
+
+class ResBlock(nn.Module):
+    """Medusa's residual block ``z + silu(W z + b)`` with a zero-initialised weight."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(size, size)
+        nn.init.zeros_(self.linear.weight)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.linear(x))
+
+
+class NoResBlock(nn.Module):
+    """The first block of a Gumiho MLP head: ``silu(A m + a)``, zero-initialised, no residual path at all."""
+
+    def __init__(self, in_size: int, out_size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_size, out_size)
+        nn.init.zeros_(self.linear.weight)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.linear(x))
+
+
+class ParallelMLPs(nn.Module):
+    """``mlp_num`` independent heads; all read the same input and none sees another head's token."""
+
+    def __init__(self, in_size: int, hidden_size: int, mlp_num: int, res_blocks: int = 5) -> None:
+        super().__init__()
+        self.mlp = nn.ModuleList(
+            nn.Sequential(NoResBlock(in_size, hidden_size), *(ResBlock(hidden_size) for _ in range(res_blocks)))
+            for _ in range(mlp_num)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., in_size]`` -> predicted features ``[..., mlp_num, H]``."""
+        return torch.stack([head(x) for head in self.mlp], dim=-2)
+
+
+class DraftKV:
+    """Per-layer key/value tensors of the draft Transformer, duck-typed as an HF ``Cache`` for ``LlamaAttention``.
+
+    ``update`` appends the new keys/values of one layer and returns the full ones. ``length`` counts positions.
+    The proposer keeps a *context-only* copy between rounds (the official ``stable_kv``) and discards tree-branch
+    entries by truncating to it (spec pitfall 12).
+    """
+
+    def __init__(self, num_layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys[0] is None else int(self.keys[0].shape[-2])
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        if self.keys[layer_idx] is not None:
+            key = torch.cat([self.keys[layer_idx], key], dim=-2)
+            value = torch.cat([self.values[layer_idx], value], dim=-2)
+        self.keys[layer_idx], self.values[layer_idx] = key, value
+        return key, value
+
+    def truncate(self, length: int) -> None:
+        """Drop every position at and after ``length`` (tree branches of the last round)."""
+        for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+            if k is not None:
+                self.keys[i], self.values[i] = k[..., :length, :], v[..., :length, :]
+
+
+class GumihoDraft(nn.Module):
+    """The trainable Gumiho draft (plus its frozen embedding copy). The target LM head is borrowed, not stored."""
+
+    def __init__(self, config: GumihoConfig) -> None:
+        super().__init__()
+        self.config = config
+        llama = config.llama_config()
+        hidden = config.hidden_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, hidden, config.pad_token_id)
+        self.embed_tokens.weight.requires_grad_(False)
+        self.fc = nn.Linear(2 * hidden, hidden, bias=config.fc_bias)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(llama, i) for i in range(config.num_layers))
+        if config.num_layers:
+            # Layer 0 reads the fc output directly: no input RMSNorm (official `if self.index != 0`).
+            self.layers[0].input_layernorm = nn.Identity()
+            self.rotary_emb = LlamaRotaryEmbedding(llama)
+        self.mlp = ParallelMLPs(config.mlp_input_width, hidden, config.mlp_num, config.mlp_res_blocks)
+
+    # ----- building blocks shared by training and the proposer -----
+    def fuse(self, token_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``fc([E x ; f])``: the fused input of one draft position."""
+        embeds = self.embed_tokens(token_ids).to(features.dtype)
+        return self.fc(torch.cat([embeds, features], dim=-1))
+
+    def transformer(
+        self, fused: torch.Tensor, position_ids: torch.Tensor, allowed: torch.Tensor, kv: DraftKV | None = None
+    ) -> torch.Tensor:
+        """Run the decoder layers on ``fused [B, q, H]``.
+
+        ``allowed`` is a boolean mask ``[B or 1, q, kv_len]`` over all keys (cached ones first) that says which
+        keys each query may attend to; ``kv`` (optional) is extended in place. Returns ``h [B, q, H]``.
+        """
+        hidden = fused
+        position_embeddings = self.rotary_emb(hidden, position_ids)
+        bias = torch.zeros(allowed.shape, dtype=torch.float32, device=hidden.device)
+        bias = bias.masked_fill(~allowed, torch.finfo(torch.float32).min)[:, None].to(hidden.dtype)
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask=bias, position_ids=position_ids, past_key_values=kv,
+                           position_embeddings=position_embeddings)
+        return hidden
+
+    def mlp_input(self, fused_levels: list[torch.Tensor]) -> torch.Tensor:
+        """Concatenate the fused inputs of the last ``min(S, 2)`` serial levels (or the fused root for S = 0)."""
+        width = max(1, min(self.config.serial_steps, 2))
+        return torch.cat(fused_levels[-width:], dim=-1)
+
+    # ----- teacher-forced training pass (spec §1.4) -----
+    def train_forward(
+        self, features: torch.Tensor, next_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """One causal pass over whole sequences.
+
+        ``features [B, L, H]`` = ``f_t`` (noised), ``next_ids [B, L]`` = ``x_{t+1}``, ``attention_mask [B, L]``
+        (1 = real token). Returns the Transformer outputs ``h [B, L, H]`` (``h_t`` regresses ``f_{t+1}``; None when
+        S = 0) and the MLP predictions ``z [B, L, mlp_num, H]`` where head i at t regresses ``f_{t+S+1+i}``.
+        """
+        batch, length, _ = features.shape
+        fused_root = self.fuse(next_ids, features)  # u_t = fc([E x_{t+1} ; f_t])
+        if self.config.serial_steps == 0:
+            return None, self.mlp(fused_root)
+        keep = torch.ones(batch, length, dtype=torch.bool, device=features.device)
+        if attention_mask is not None:
+            keep = attention_mask.bool()
+        causal = torch.ones(length, length, dtype=torch.bool, device=features.device).tril()
+        allowed = causal[None] & keep[:, None, :]
+        position_ids = torch.arange(length, device=features.device)[None].expand(batch, -1)
+        hidden = self.transformer(fused_root, position_ids, allowed)
+        # g_t = fc([E x_{t+2} ; h_t]): the fused input of the next serial step (roll wraps; those t are unused).
+        fused = self.fuse(torch.roll(next_ids, -1, dims=1), hidden)
+        steps = self.config.serial_steps
+        # The last two serial steps of a round rooted at x_{t+1} are teacher-forced positions t+S-2 and t+S-1.
+        levels = [torch.roll(fused, -(steps - 2 + k), dims=1) for k in range(2) if steps - 2 + k >= 0]
+        return hidden, self.mlp(self.mlp_input(levels))
+
+
+# ----- official checkpoint keys (released `amd/Gumiho-*` pytorch_model.bin) -----
+def official_to_ours(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the official keys to ours: the official loader maps ``mlp.*`` to ``mlp.mlp.*``; the rest match."""
+    return {(f"mlp.{key}" if key.startswith("mlp.") else key): value for key, value in state_dict.items()}
+
+
+def load_official_state_dict(draft: GumihoDraft, state_dict: dict[str, torch.Tensor]) -> None:
+    """Strictly load an official Gumiho checkpoint; a clear error names missing / unexpected keys."""
+    renamed = official_to_ours(state_dict)
+    missing, unexpected = draft.load_state_dict(renamed, strict=False)
+    if missing or unexpected:
+        raise UsageError(
+            f"checkpoint does not match this Gumiho config (missing {sorted(missing)[:5]}, unexpected "
+            f"{sorted(unexpected)[:5]}); build the draft with the target it was trained for"
+        )
+
+
+def count_parameters(draft: GumihoDraft) -> dict[str, int]:
+    """Trainable parameters by part, plus the frozen embedding copy (spec §2 table)."""
+    def total(module: nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    parts = {"transformer": total(draft.layers), "fc": total(draft.fc), "mlp": total(draft.mlp)}
+    parts["trainable"] = sum(p.numel() for p in draft.parameters() if p.requires_grad)
+    parts["frozen_embedding"] = draft.embed_tokens.weight.numel()
+    return parts
