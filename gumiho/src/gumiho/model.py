@@ -154,7 +154,7 @@ class DraftKV:
 
     @property
     def length(self) -> int:
-        return 0 if self.keys[0] is None else int(self.keys[0].shape[-2])
+        return 0 if not self.keys or self.keys[0] is None else int(self.keys[0].shape[-2])
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
         if self.keys[layer_idx] is not None:
