@@ -86,7 +86,7 @@ def shift_batch(
 
 def _head_losses(
     pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, lm_head: torch.Tensor, offset: int,
-    target_logp: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor],
+    target_logp: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor], with_cls: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SmoothL1 and soft CE of one head whose prediction at t is compared with ``target[t + offset]``.
 
@@ -100,6 +100,8 @@ def _head_losses(
     pred_rows = pred[batch_idx[keep], pos_idx[keep] - offset]
     target_rows = target[batch_idx[keep], pos_idx[keep]]
     reg = F.smooth_l1_loss(pred_rows, target_rows, reduction="none").mean(-1).sum() / denominator
+    if not with_cls:  # weight 0 (MLP CE warm-up): skipping the [rows, V] logits changes nothing but the time
+        return reg, torch.zeros((), device=reg.device)
     logq = torch.log_softmax(pred_rows.float() @ lm_head.float().t(), dim=-1)
     cls = -(target_logp[keep].exp() * logq).sum() / denominator
     return reg, cls
@@ -118,6 +120,8 @@ def gumiho_loss(
 ) -> dict[str, torch.Tensor]:
     """The full loss of one batch of stored samples; returns ``loss`` plus every component (detached).
 
+    During the MLP-CE warm-up the MLP heads' CE terms are not computed (they are reported as 0).
+
     ``input_ids [B, L]``, ``features [B, L, H]`` (post-norm ``f_t``), ``loss_mask [B, L]`` (1 on assistant
     tokens), ``attention_mask [B, L]`` (1 on real tokens, right padding), ``lm_head [V, H]`` (frozen target W).
     """
@@ -133,9 +137,10 @@ def gumiho_loss(
     if hidden is not None:
         components["reg_T"], components["cls_T"] = _head_losses(hidden, target, mask, lm_head, 0, target_logp, rows)
     steps = draft.config.serial_steps
+    mlp_cls = weights.mlp_ce_weight(epoch) != 0
     for i in range(draft.config.mlp_num):
         components[f"reg_{i}"], components[f"cls_{i}"] = _head_losses(
-            mlp_preds[:, :, i], target, mask, lm_head, steps + i, target_logp, rows
+            mlp_preds[:, :, i], target, mask, lm_head, steps + i, target_logp, rows, mlp_cls
         )
     loss = combine(components, weights, epoch, draft.config.mlp_num)
     return {"loss": loss, **{k: v.detach() for k, v in components.items()}}
