@@ -1,0 +1,59 @@
+"""Speculative-decoding engine shared by the EAGLE-family papers (jakiro, gumiho) with an EAGLE-2 baseline head.
+
+A paper plugs in three things (see README.md in this folder):
+
+* a ``DraftHead`` (``nn.Module``: ``train_forward``, ``compute_loss``, ``make_proposer``),
+* a ``Proposer`` (usually a ``LevelProposer`` subclass implementing ``propose_levels``),
+* its loss, as ``DraftHead.compute_loss`` built from ``feature_losses`` (the trainer hook).
+
+The engine does the rest: ``TargetAdapter`` (features after the final norm, tree-masked verification, KV
+compaction), ``tree_from_levels`` (global re-ranking into a ``DraftTree``), ``greedy_verify`` / ``sample_verify``
+(lossless), ``speculative_generate`` / ``autoregressive_generate``, draft data (``generate_draft_data``,
+``FeatureDataset``, ``DraftCollator``), ``train_head`` and the evaluation harness (``evaluate``, ``tau_metrics``).
+"""
+
+from effrepro.specdec.draft_data import (
+    DraftCollator,
+    DraftDataConfig,
+    FeatureDataset,
+    chat_example,
+    generate_draft_data,
+)
+from effrepro.specdec.generate import (
+    GenerationConfig,
+    GenerationResult,
+    autoregressive_generate,
+    speculative_generate,
+)
+from effrepro.specdec.harness import EvalConfig, evaluate, load_questions, tau_metrics
+from effrepro.specdec.losses import eagle_loss, feature_losses, topk_accuracy
+from effrepro.specdec.protocol import (
+    DraftBatch,
+    DraftHead,
+    LevelProposer,
+    LossContext,
+    Proposer,
+    TreeConfig,
+)
+from effrepro.specdec.target import TargetAdapter
+from effrepro.specdec.trainer import HeadTrainConfig, train_head
+from effrepro.specdec.tree import (
+    DraftLevel,
+    DraftTree,
+    ancestor_mask,
+    expand_topk,
+    node_depths,
+    retrieve_paths,
+    tree_from_levels,
+    tree_from_parents,
+)
+from effrepro.specdec.verify import SamplingConfig, Verdict, greedy_verify, sample_verify
+
+__all__ = [
+    "DraftBatch", "DraftCollator", "DraftDataConfig", "DraftHead", "DraftLevel", "DraftTree", "EvalConfig",
+    "FeatureDataset", "GenerationConfig", "GenerationResult", "HeadTrainConfig", "LevelProposer", "LossContext",
+    "Proposer", "SamplingConfig", "TargetAdapter", "TreeConfig", "Verdict", "ancestor_mask",
+    "autoregressive_generate", "chat_example", "eagle_loss", "evaluate", "expand_topk", "feature_losses",
+    "generate_draft_data", "greedy_verify", "load_questions", "node_depths", "retrieve_paths", "sample_verify",
+    "speculative_generate", "tau_metrics", "topk_accuracy", "train_head", "tree_from_levels", "tree_from_parents",
+]

@@ -1,0 +1,1 @@
+"""EAGLE-2 baseline head and proposer; issue 6."""

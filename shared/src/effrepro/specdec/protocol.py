@@ -1,0 +1,177 @@
+"""The plug-in protocol: what a paper adds to the shared engine (a head, a proposer, a loss).
+
+* ``DraftHead``: an ``nn.Module`` trained on cached target features. It holds a frozen copy of the target's input
+  embedding (``embed_tokens``), never the LM head (the frozen target head is passed in where needed), and
+  implements ``train_forward`` (teacher-forced pass), ``compute_loss`` (the per-method trainer hook; the default
+  is the EAGLE loss on ``train_forward``'s output) and ``make_proposer``.
+* ``Proposer``: a stateful drafter for one sequence. It keeps the draft's context-only KV (the official
+  ``stable_kv``) and, each round, turns the target features of the newly accepted positions into a ``DraftTree``.
+  ``LevelProposer`` is the usual base: implement ``propose_levels`` and the engine does the global re-ranking.
+
+Feature alignment (spec jakiro §1.1): ``f_t`` is the target's last hidden state *after the final norm* at
+position t; the draft input at position t is the pair ``(f_t, x_{t+1})``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from effrepro.errors import UsageError
+from effrepro.specdec.tree import DraftLevel, DraftTree, tree_from_levels
+
+
+@dataclass
+class TreeConfig:
+    """Dynamic-tree budget. Official EAGLE-2 / Jakiro: top_k 10, depth 5, total_tokens 60 (59 drafted + root)."""
+
+    top_k: int = 10
+    depth: int = 5
+    total_tokens: int = 60
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.depth < 1 or self.total_tokens < 2:
+            raise UsageError(f"tree top_k={self.top_k}, depth={self.depth}, total_tokens={self.total_tokens}: "
+                             "need top_k >= 1, depth >= 1, total_tokens >= 2")
+
+
+@dataclass
+class DraftBatch:
+    """A collated training batch (``DraftCollator``), ``B`` sequences padded to ``L``.
+
+    * ``input_ids [B, L]``: x_0..x_{L-1}.
+    * ``features [B, L, H]``: f_t plus the uniform training noise (the draft input).
+    * ``next_ids [B, L]``: x_{t+1} (0 after the end), the token paired with f_t.
+    * ``target_features [B, L, H]``: f_{t+1} without noise (zero after the end): what the output at t regresses.
+    * ``loss_mask [B, L]``: M_t, 1 on assistant tokens, 0 on the last real position and on padding.
+    * ``attention_mask [B, L]``: 1 on real tokens.
+    """
+
+    input_ids: torch.Tensor
+    features: torch.Tensor
+    next_ids: torch.Tensor
+    target_features: torch.Tensor
+    loss_mask: torch.Tensor
+    attention_mask: torch.Tensor
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> DraftBatch:
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, dtype) if dtype is not None and t.is_floating_point() else t.to(device)
+
+        return DraftBatch(*(move(getattr(self, name)) for name in self.__dataclass_fields__))
+
+
+@dataclass
+class LossContext:
+    """What a ``compute_loss`` hook may read besides the batch: the frozen target LM head and training progress.
+
+    ``weights`` holds the loss weights of the training config (``v_w``, ``p_w`` and any per-method keys given in
+    ``HeadTrainConfig.loss_weights``).
+    """
+
+    lm_head: torch.Tensor  # [V, H], frozen
+    epoch: int = 0
+    step: int = 0
+    total_steps: int = 0
+    weights: dict[str, float] = field(default_factory=lambda: {"v_w": 1.0, "p_w": 0.1})
+
+
+@runtime_checkable
+class Proposer(Protocol):
+    """A stateful drafter for one sequence, driven by the generate loop.
+
+    * ``reset()``: forget the context (new sequence).
+    * ``context_length``: positions the draft has cached; the engine passes every position from there on.
+    * ``propose(new_features [n, H], next_ids [n]) -> DraftTree``: ``new_features`` are the target features
+      ``f_t`` of the positions ``t = context_length .. context_length + n - 1`` and ``next_ids`` their next
+      tokens ``x_{t+1}``; the last of ``next_ids`` is this round's root (tree node 0).
+    * ``last_forwards`` (attribute, optional): sequential draft forward passes of the last round (stats).
+    """
+
+    def reset(self) -> None: ...
+
+    @property
+    def context_length(self) -> int: ...
+
+    def propose(self, new_features: torch.Tensor, next_ids: torch.Tensor) -> DraftTree: ...
+
+
+class LevelProposer:
+    """Base proposer: subclasses implement ``propose_levels``; ``propose`` re-ranks globally and builds the tree.
+
+    ``postprocess_tree`` is the hook for tree edits after re-ranking (e.g. Gumiho's FTA padding); identity here.
+    """
+
+    total_tokens: int = 60
+    last_forwards: int = 0
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def context_length(self) -> int:
+        raise NotImplementedError
+
+    def propose_levels(self, new_features: torch.Tensor, next_ids: torch.Tensor) -> list[DraftLevel]:
+        raise NotImplementedError
+
+    def postprocess_tree(self, tree: DraftTree) -> DraftTree:
+        return tree
+
+    @torch.no_grad()
+    def propose(self, new_features: torch.Tensor, next_ids: torch.Tensor) -> DraftTree:
+        levels = self.propose_levels(new_features, next_ids)
+        return self.postprocess_tree(tree_from_levels(levels, next_ids[-1], self.total_tokens))
+
+
+class DraftHead(nn.Module):
+    """Base class of draft heads. Subclasses set ``embed_tokens`` (frozen) and implement the three methods.
+
+    ``hidden_size`` and ``vocab_size`` are checked against the target before a head is used with it
+    (``check_compatible``), so a head trained for another target gives a clear error.
+    """
+
+    hidden_size: int
+    vocab_size: int
+    embed_tokens: nn.Embedding
+
+    def train_forward(self, features: torch.Tensor, next_ids: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None) -> Any:
+        """Teacher-forced pass over ``features [B, L, H]`` (f_t, noised) and ``next_ids [B, L]`` (x_{t+1})."""
+        raise NotImplementedError
+
+    def compute_loss(self, batch: DraftBatch, ctx: LossContext) -> dict[str, torch.Tensor]:
+        """The trainer hook: ``{"loss": total, **parts}``. Default: the EAGLE loss on ``train_forward``'s output
+        (a ``[B, L, H]`` prediction of f_{t+1}): ``v_w * SmoothL1 + p_w * soft-CE``."""
+        from effrepro.specdec.losses import eagle_loss
+
+        prediction = self.train_forward(batch.features, batch.next_ids, batch.attention_mask)
+        return eagle_loss(prediction, batch, ctx)
+
+    def make_proposer(self, lm_head: torch.Tensor, tree: TreeConfig, **options: Any) -> Proposer:
+        """A fresh proposer for one sequence, drafting with this head and the frozen target ``lm_head [V, H]``."""
+        raise NotImplementedError
+
+    def freeze_embedding(self, weight: torch.Tensor) -> None:
+        """Copy the target's input embedding into ``embed_tokens`` and freeze it (never trained, never saved)."""
+        if tuple(weight.shape) != tuple(self.embed_tokens.weight.shape):
+            raise UsageError(f"target embedding {tuple(weight.shape)} does not fit the head "
+                             f"{tuple(self.embed_tokens.weight.shape)}; build the head from this target's config")
+        with torch.no_grad():
+            self.embed_tokens.weight.copy_(weight)
+        self.embed_tokens.weight.requires_grad_(False)
+
+    def check_compatible(self, hidden_size: int, vocab_size: int) -> None:
+        """UsageError when the head was built for a target of another hidden size or vocabulary."""
+        if (self.hidden_size, self.vocab_size) != (hidden_size, vocab_size):
+            raise UsageError(
+                f"draft head was built for hidden {self.hidden_size} / vocab {self.vocab_size}, the target has "
+                f"hidden {hidden_size} / vocab {vocab_size}; train a head for this target (train-eagle --target ...)"
+            )
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The checkpointed weights: everything except the frozen embedding (the official savers drop it)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("embed_tokens")}
