@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from effrepro.data.assets import ASSET_PACKAGES, asset_file, cache_dir
+from effrepro.data.coco_digits import DIGIT_CLASSES, write_coco_digits
 from effrepro.data.images import (
     TensorImageDataset,
     cifar100,
@@ -22,7 +23,7 @@ __all__ = [
     "ASSET_PACKAGES", "EMBEDDED_MODELS", "TensorImageDataset", "asset_file", "cache_dir", "cifar100",
     "embedded_model_dir", "get_dataset", "imagenet_folder", "load_mnist", "load_target", "mnist100",
     "mtbench_questions", "resolve_model_dir", "sharegpt_conversations", "sklearn_digits", "text_corpus",
-    "DATASETS",
+    "DATASETS", "DIGIT_CLASSES", "write_coco_digits",
 ]
 
 

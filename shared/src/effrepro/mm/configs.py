@@ -13,9 +13,9 @@ IMAGENET_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_STD = [58.395, 57.12, 57.375]
 
 
-def _rpn_head() -> dict[str, Any]:
+def _rpn_head(width: int) -> dict[str, Any]:
     return dict(
-        type="RPNHead", in_channels=256, feat_channels=256,
+        type="RPNHead", in_channels=width, feat_channels=width,
         anchor_generator=dict(type="AnchorGenerator", scales=[8], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64]),
         bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[1.0] * 4),
         loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0),
@@ -23,23 +23,24 @@ def _rpn_head() -> dict[str, Any]:
     )
 
 
-def _roi_head(num_classes: int) -> dict[str, Any]:
+def _roi_head(num_classes: int, width: int, fc_channels: int) -> dict[str, Any]:
     def extractor(size: int) -> dict[str, Any]:
         return dict(type="SingleRoIExtractor", roi_layer=dict(type="RoIAlign", output_size=size, sampling_ratio=0),
-                    out_channels=256, featmap_strides=[4, 8, 16, 32])
+                    out_channels=width, featmap_strides=[4, 8, 16, 32])
 
     return dict(
         type="StandardRoIHead",
         bbox_roi_extractor=extractor(7),
         bbox_head=dict(
-            type="Shared2FCBBoxHead", in_channels=256, fc_out_channels=1024, roi_feat_size=7, num_classes=num_classes,
+            type="Shared2FCBBoxHead", in_channels=width, fc_out_channels=fc_channels, roi_feat_size=7,
+            num_classes=num_classes,
             bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[0.1, 0.1, 0.2, 0.2]),
             reg_class_agnostic=False,
             loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
             loss_bbox=dict(type="L1Loss", loss_weight=1.0),
         ),
         mask_roi_extractor=extractor(14),
-        mask_head=dict(type="FCNMaskHead", num_convs=4, in_channels=256, conv_out_channels=256,
+        mask_head=dict(type="FCNMaskHead", num_convs=4, in_channels=width, conv_out_channels=width,
                        num_classes=num_classes,
                        loss_mask=dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0)),
     )
@@ -50,17 +51,22 @@ def _assigner(pos: float, neg: float, min_pos: float) -> dict[str, Any]:
                 match_low_quality=True, ignore_iof_thr=-1)
 
 
-def mask_rcnn(backbone: dict[str, Any], in_channels: list[int], num_classes: int = 80) -> dict[str, Any]:
-    """Mask R-CNN + FPN (mmdet 3.x model dict) around ``backbone`` whose 4 outputs have ``in_channels``."""
+def mask_rcnn(backbone: dict[str, Any], in_channels: list[int], num_classes: int = 80, width: int = 256,
+              fc_channels: int = 1024, roi_samples: int = 512) -> dict[str, Any]:
+    """Mask R-CNN + FPN (mmdet 3.x model dict) around ``backbone`` whose 4 outputs have ``in_channels``.
+
+    The defaults are the paper configs' (FPN/head width 256, 1024-wide box FCs, 512 sampled RoIs); CPU
+    miniatures shrink ``width``, ``fc_channels`` and ``roi_samples`` and say so.
+    """
     nms = dict(type="nms", iou_threshold=0.7)
     return dict(
         type="MaskRCNN",
         data_preprocessor=dict(type="DetDataPreprocessor", mean=IMAGENET_MEAN, std=IMAGENET_STD, bgr_to_rgb=True,
                                pad_mask=True, pad_size_divisor=32),
         backbone=backbone,
-        neck=dict(type="FPN", in_channels=list(in_channels), out_channels=256, num_outs=5),
-        rpn_head=_rpn_head(),
-        roi_head=_roi_head(num_classes),
+        neck=dict(type="FPN", in_channels=list(in_channels), out_channels=width, num_outs=5),
+        rpn_head=_rpn_head(width),
+        roi_head=_roi_head(num_classes, width, fc_channels),
         train_cfg=dict(
             rpn=dict(assigner=_assigner(0.7, 0.3, 0.3),
                      sampler=dict(type="RandomSampler", num=256, pos_fraction=0.5, neg_pos_ub=-1,
@@ -68,7 +74,7 @@ def mask_rcnn(backbone: dict[str, Any], in_channels: list[int], num_classes: int
                      allowed_border=-1, pos_weight=-1, debug=False),
             rpn_proposal=dict(nms_pre=2000, max_per_img=1000, nms=nms, min_bbox_size=0),
             rcnn=dict(assigner=_assigner(0.5, 0.5, 0.5),
-                      sampler=dict(type="RandomSampler", num=512, pos_fraction=0.25, neg_pos_ub=-1,
+                      sampler=dict(type="RandomSampler", num=roi_samples, pos_fraction=0.25, neg_pos_ub=-1,
                                    add_gt_as_proposals=True),
                       mask_size=28, pos_weight=-1, debug=False),
         ),

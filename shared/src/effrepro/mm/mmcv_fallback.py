@@ -10,6 +10,7 @@ resolves to a function that raises a clear error. A real compiled mmcv, when pre
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import sys
 import types
 from typing import Any
@@ -99,6 +100,9 @@ def install() -> bool:
     if "mmcv._ext" in sys.modules:
         return True
     module = types.ModuleType("mmcv._ext", __doc__)
+    # A spec without a loader: importable from sys.modules, and mmengine's "is full mmcv available"
+    # probe (pkgutil.find_loader) correctly answers no.
+    module.__spec__ = importlib.machinery.ModuleSpec("mmcv._ext", loader=None)
     module.__effrepro_fallback__ = True
     module.nms = _nms
     module.roi_align_forward = _roi_align_forward

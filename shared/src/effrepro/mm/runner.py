@@ -1,0 +1,106 @@
+"""Train and evaluate an mmdet detector on a COCO-layout folder with mmengine's Runner (CPU or GPU).
+
+Used by the vision projects' ``det`` stage on the COCO-format digits miniature (``effrepro.data.write_coco_digits``)
+and, with ``--coco``, on COCO 2017 itself (same code path; only the paths, classes and schedule differ).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from effrepro.errors import UsageError
+
+
+def _dataset(root: Path, split: str, classes: tuple[str, ...] | None, ann: str, img_dir: str, test: bool,
+             scale: tuple[int, int]) -> dict[str, Any]:
+    pack_keys = ("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")
+    # No flip augmentation: it is harmless on COCO but turns digits into other shapes on the miniature.
+    pipeline = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=scale, keep_ratio=True),
+                dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+                dict(type="PackDetInputs", meta_keys=pack_keys) if test else dict(type="PackDetInputs")]
+    dataset = dict(type="CocoDataset", data_root=str(root), ann_file=ann, data_prefix=dict(img=img_dir),
+                   pipeline=pipeline, test_mode=test)
+    if classes is not None:
+        dataset["metainfo"] = dict(classes=classes)
+    if not test:
+        dataset["filter_cfg"] = dict(filter_empty_gt=True, min_size=0)
+    return dataset
+
+
+def detection_config(model: dict[str, Any], data_root: str | os.PathLike, work_dir: str | os.PathLike, epochs: int,
+                     lr: float, batch_size: int = 4, classes: tuple[str, ...] | None = None,
+                     train_split: str = "train", val_split: str = "val", weight_decay: float = 1e-4,
+                     milestones: tuple[int, ...] = (), warmup_iters: int = 100, seed: int = 0,
+                     num_workers: int = 0, image_scale: tuple[int, int] = (1333, 800)) -> dict[str, Any]:
+    """An mmengine Runner config: AdamW (the FasterNet / PartialNet detection recipe), linear warm-up,
+    step decay at ``milestones`` (epochs), COCO bbox + segm metric on the val split."""
+    root = Path(data_root)
+    for split in (train_split, val_split):
+        if not (root / "annotations" / f"instances_{split}.json").is_file() or not (root / split).is_dir():
+            raise UsageError(f"COCO layout not found under {root}: need annotations/instances_{split}.json and "
+                             f"{split}/ (for COCO 2017: train2017/, val2017/ and their instances_*.json)")
+
+    def loader(split: str, test: bool) -> dict[str, Any]:
+        return dict(batch_size=1 if test else batch_size, num_workers=num_workers, persistent_workers=False,
+                    sampler=dict(type="DefaultSampler", shuffle=not test),
+                    dataset=_dataset(root, split, classes, f"annotations/instances_{split}.json", f"{split}/", test,
+                                     image_scale))
+
+    return dict(
+        default_scope="mmdet",
+        model=model,
+        work_dir=str(work_dir),
+        train_dataloader=loader(train_split, False),
+        val_dataloader=loader(val_split, True),
+        val_evaluator=dict(type="CocoMetric", ann_file=str(root / "annotations" / f"instances_{val_split}.json"),
+                           metric=["bbox", "segm"]),
+        train_cfg=dict(type="EpochBasedTrainLoop", max_epochs=epochs, val_interval=epochs + 1),
+        val_cfg=dict(type="ValLoop"),
+        optim_wrapper=dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=lr, weight_decay=weight_decay),
+                           clip_grad=dict(max_norm=35, norm_type=2)),
+        param_scheduler=[
+            dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=warmup_iters),
+            dict(type="MultiStepLR", begin=0, end=epochs, by_epoch=True, milestones=list(milestones), gamma=0.1),
+        ],
+        default_hooks=dict(timer=dict(type="IterTimerHook"), logger=dict(type="LoggerHook", interval=50),
+                           param_scheduler=dict(type="ParamSchedulerHook"),
+                           checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=1),
+                           sampler_seed=dict(type="DistSamplerSeedHook")),
+        env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+                     dist_cfg=dict(backend="nccl")),
+        log_level="WARNING",
+        randomness=dict(seed=seed),
+        resume=True,
+    )
+
+
+def train_and_evaluate(config: dict[str, Any]) -> dict[str, float]:
+    """Run ``config`` (from :func:`detection_config`): train (resuming from ``work_dir`` if a checkpoint is there),
+    then evaluate; returns mmdet's COCO metrics (``coco/bbox_mAP``, ``coco/segm_mAP``, ...)."""
+    from effrepro.mm.mmcv_fallback import install
+
+    install()
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    register_all_modules(init_default_scope=False)
+    runner = Runner.from_cfg(Config(config))
+    # mmengine 0.10 resumes its own checkpoints (message hub, numpy state) with torch.load's default, which is
+    # weights_only=True since torch 2.6 and refuses them. The files are the ones this runner wrote in its own
+    # work_dir, so for the resume we ask torch for the full unpickler, and only here.
+    previous = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        runner.train()
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = previous
+    metrics = runner.val_loop.run()  # the trained model in memory; runner.val() would reload a checkpoint
+    if not metrics:  # mmdet returns {} when the model predicted nothing above the score threshold
+        return {"coco/bbox_mAP": 0.0, "coco/segm_mAP": 0.0, "empty_predictions": 1.0}
+    return {k: float(v) for k, v in metrics.items()}
