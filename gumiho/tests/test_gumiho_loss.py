@@ -1,6 +1,8 @@
 import pytest
 import torch
-from gumiho.loss import LossWeights, combine, gumiho_loss, shift_batch
+from effrepro.errors import UsageError
+from effrepro.specdec import DraftBatch, LossContext, feature_losses
+from gumiho.loss import LossWeights, combine, gumiho_loss
 from gumiho.model import GumihoConfig, GumihoDraft
 
 
@@ -21,12 +23,25 @@ def test_loss_weights_known_values():
     assert [round(weights.head_weight(i), 4) for i in range(5)] == [0.0889, 0.0711, 0.0569, 0.0455, 0.0364]
 
 
-def make_batch(length=12, hidden=8, vocab=11):
-    ramp = torch.arange(length, dtype=torch.float32)
+def test_loss_weights_from_config_dict():
+    assert LossWeights.from_dict({"v_w": 1.0, "p_w": 0.1}) == LossWeights()
+    assert LossWeights.from_dict({"mlp_ce_warmup_epochs": 0}).mlp_ce_weight(0) == pytest.approx(0.1)
+    with pytest.raises(UsageError, match="mlp_decay"):
+        LossWeights.from_dict({"mlp_decay": 0.5})
+
+
+def make_batch(length=12, hidden=8, vocab=11, loss_mask=None) -> DraftBatch:
+    """A DraftBatch of one sequence whose features are a ramp f_t = t e_1 (no noise)."""
     feats = torch.zeros(1, length, hidden)
-    feats[0, :, 0] = ramp  # f_t = t e_1
+    feats[0, :, 0] = torch.arange(length, dtype=torch.float32)
     ids = torch.randint(0, vocab, (1, length))
-    return ids, feats, torch.ones(1, length), torch.ones(1, length)
+    target = torch.roll(feats, -1, dims=1)
+    target[:, -1] = 0
+    mask = torch.ones(1, length) if loss_mask is None else loss_mask
+    mask[:, -1] = 0
+    next_ids = torch.roll(ids, -1, dims=1)
+    next_ids[:, -1] = 0
+    return DraftBatch(ids, feats, next_ids, target, mask, torch.ones(1, length, dtype=torch.long))
 
 
 class OracleDraft(GumihoDraft):
@@ -56,8 +71,7 @@ def tiny(**kw):
 def test_training_alignment_on_a_ramp(steps):
     torch.manual_seed(0)
     draft = OracleDraft(tiny(serial_steps=steps, mlp_num=7 - steps))
-    ids, feats, loss_mask, attn = make_batch()
-    out = gumiho_loss(draft, ids, feats, loss_mask, attn, torch.randn(11, 8), epoch=5, noise_std=0.0)
+    out = gumiho_loss(draft, make_batch(), torch.randn(11, 8), epoch=5)
     # Transformer vs f_{t+1}, MLP_i vs f_{t+S+1+i}: exact, and the wrapped / past-the-end rows are never used
     assert out["reg_T"].item() == 0.0
     for i in range(7 - steps):
@@ -67,7 +81,6 @@ def test_training_alignment_on_a_ramp(steps):
 def test_mask_alignment_uses_shifted_masks():
     torch.manual_seed(0)
     draft = OracleDraft(tiny())
-    ids, feats, _, attn = make_batch()
     loss_mask = torch.zeros(1, 12)
     loss_mask[0, 7] = 1  # only M_7 is on
     original = OracleDraft.train_forward
@@ -80,7 +93,7 @@ def test_mask_alignment_uses_shifted_masks():
         return hidden, preds
 
     draft.train_forward = broken.__get__(draft)
-    out = gumiho_loss(draft, ids, feats, loss_mask, attn, torch.randn(11, 8), epoch=5, noise_std=0.0)
+    out = gumiho_loss(draft, make_batch(loss_mask=loss_mask), torch.randn(11, 8), epoch=5)
     # SmoothL1(1) = 0.5, averaged over H = 8 dims, one masked row: 0.5 / 8
     assert out["reg_1"].item() == pytest.approx(0.5 / 8, rel=1e-4)
     assert out["reg_0"].item() == 0.0 and out["reg_T"].item() == 0.0
@@ -89,31 +102,51 @@ def test_mask_alignment_uses_shifted_masks():
 def test_soft_cross_entropy_known_value():
     torch.manual_seed(0)
     draft = OracleDraft(tiny())
-    ids, feats, loss_mask, attn = make_batch()
+    batch = make_batch()
     lm_head = torch.randn(11, 8)
-    out = gumiho_loss(draft, ids, feats, loss_mask, attn, lm_head, epoch=5, noise_std=0.0)
+    out = gumiho_loss(draft, batch, lm_head, epoch=5)
     # predictions equal the targets, so the soft CE is the mean entropy of softmax(W f_{t+1}) over masked rows
-    shifted = shift_batch(ids, feats, loss_mask, attn)
-    rows = shifted["mask"][0] > 0
-    logp = torch.log_softmax(shifted["target"][0, rows] @ lm_head.t(), dim=-1)
+    rows = batch.loss_mask[0] > 0
+    logp = torch.log_softmax(batch.target_features[0, rows] @ lm_head.t(), dim=-1)
     entropy = -(logp.exp() * logp).sum(-1)
     assert out["cls_T"].item() == pytest.approx(entropy.sum().item() / (rows.sum().item() + 1e-5), rel=1e-5)
 
 
-def test_shift_batch_masks_last_real_position_and_padding():
-    ids = torch.tensor([[5, 6, 7, 8], [1, 2, 0, 0]])
-    feats = torch.randn(2, 4, 3)
-    out = shift_batch(ids, feats, torch.ones(2, 4), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]))
-    assert out["next_ids"].tolist() == [[6, 7, 8, 0], [2, 0, 0, 0]]
-    assert out["mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
-    torch.testing.assert_close(out["target"][0, :3], feats[0, 1:])
+def test_matches_the_engine_feature_losses_and_skips_warmup_ce():
+    torch.manual_seed(0)
+    draft = GumihoDraft(tiny())
+    for p in draft.mlp.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    batch = make_batch(loss_mask=(torch.rand(1, 12) > 0.4).float())
+    batch.features = torch.randn_like(batch.features)
+    batch.target_features = torch.randn_like(batch.target_features)
+    lm_head = torch.randn(11, 8)
+    out = gumiho_loss(draft, batch, lm_head, epoch=2)
+    hidden, preds = draft.train_forward(batch.features, batch.next_ids, batch.attention_mask)
+    for name, pred, shift in [("T", hidden, 0)] + [(str(i), preds[:, :, i], 2 + i) for i in range(5)]:
+        reg, cls = feature_losses(pred, batch, lm_head, shift=shift)
+        assert out[f"reg_{name}"].item() == pytest.approx(reg.item(), rel=1e-5)
+        assert out[f"cls_{name}"].item() == pytest.approx(cls.item(), rel=1e-5)
+    warm = gumiho_loss(draft, batch, lm_head, epoch=1)
+    assert warm["cls_0"].item() == 0.0 and warm["cls_T"].item() == pytest.approx(out["cls_T"].item())
+
+
+def test_compute_loss_hook_reads_epoch_and_weights():
+    torch.manual_seed(0)
+    draft = GumihoDraft(tiny())
+    batch = make_batch()
+    lm_head = torch.randn(11, 8)
+    warm = draft.compute_loss(batch, LossContext(lm_head, epoch=0, weights={"v_w": 1.0, "p_w": 0.1}))
+    on = draft.compute_loss(batch, LossContext(lm_head, epoch=0, weights={"mlp_ce_warmup_epochs": 0}))
+    assert on["loss"].item() > warm["loss"].item()
 
 
 def test_loss_backpropagates_into_every_part():
     torch.manual_seed(0)
     draft = GumihoDraft(tiny())
-    ids, feats, loss_mask, attn = make_batch()
-    out = gumiho_loss(draft, ids, torch.randn_like(feats), loss_mask, attn, torch.randn(11, 8), epoch=0)
+    batch = make_batch()
+    batch.features = torch.randn_like(batch.features)
+    out = gumiho_loss(draft, batch, torch.randn(11, 8), epoch=0)
     out["loss"].backward()
     assert draft.fc.weight.grad.abs().sum() > 0
     assert draft.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0

@@ -29,7 +29,7 @@ def test_levels_shapes_parents_and_scores(steps):
     proposer = make(steps)
     levels = proposer.propose_levels(*context(proposer))
     assert len(levels) == 7
-    assert proposer.serial_passes == steps
+    assert proposer.last_forwards == steps
     for depth, level in enumerate(levels):
         if depth == 0:
             assert torch.all(level.parents == -1)
@@ -93,9 +93,9 @@ def test_mlp_input_pairing_flag(pairing):
     seen = {}
     original = proposer.draft.mlp.forward
 
-    def spy(x):
+    def spy(x, heads=None):
         seen["x"] = x
-        return original(x)
+        return original(x, heads)
 
     proposer.draft.mlp.forward = spy
     feats, ids = context(proposer)
@@ -119,3 +119,33 @@ def test_bad_flags_are_usage_errors():
         ProposerConfig(sibling_mask="causal")
     with pytest.raises(UsageError, match="mlp_pairing"):
         ProposerConfig(mlp_pairing="bad")
+    with pytest.raises(UsageError, match="fta"):
+        ProposerConfig(fta="exact")
+    proposer = make(2)
+    with pytest.raises(UsageError, match="depth 8"):
+        GumihoProposer(proposer.draft, proposer.lm_head, ProposerConfig(depth=8))
+
+
+def test_fewer_mlp_heads_at_inference_and_tree_building():
+    proposer = make(2)
+    short = GumihoProposer(proposer.draft, proposer.lm_head, ProposerConfig(top_k=4, total_tokens=10, depth=4,
+                                                                             mlptopk=3, pruning=5))
+    feats, ids = context(proposer)
+    levels = short.propose_levels(feats, ids)
+    assert len(levels) == 4
+    short.reset()
+    tree = short.propose(feats, ids)
+    assert tree.size == 10 and int(tree.tokens[0]) == int(ids[-1])
+    assert int(tree.depth.max()) <= 4
+
+
+def test_fta_flag_pads_retrieve_indices_only():
+    proposer = make(2)
+    feats, ids = context(proposer)
+    plain = proposer.propose(feats, ids)
+    proposer.reset()
+    proposer.config.fta = "official"
+    padded = proposer.propose(feats, ids)
+    assert torch.equal(plain.tokens, padded.tokens) and torch.equal(plain.tree_mask, padded.tree_mask)
+    if bool((plain.retrieve_indices < 0).any()):
+        assert bool((padded.retrieve_indices >= 0).all())

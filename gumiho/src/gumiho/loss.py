@@ -7,20 +7,22 @@ Recipe of ``train/main_deepspeed.py`` (the one ``scripts/train.sh`` runs), the d
 with ``w_p = 0`` during the first two epochs (``--mlp_p_w 100``) and ``0.1`` after. The older accelerate script
 (``train/main.py``) weighs every head 1 with CE on from the start: ``LossWeights.accelerate()``.
 
-Alignment (teacher forcing). With ``f_t`` the target's post-norm feature and ``x_t`` the tokens, the batch is
-shifted so that position t holds ``(f_t, x_{t+1})`` and the target ``f_{t+1}``; the Transformer output ``h_t``
-regresses ``f_{t+1}`` under mask ``M_t``; MLP head i regresses ``f_{t+S+1+i}`` under ``M_{t+S+i}``
-(``pred[:, :-(S+i)]`` against ``target[:, S+i:]``), which leaves out every position ``torch.roll`` wrapped.
+Alignment (teacher forcing, ``effrepro.specdec.DraftBatch``): position t holds ``(f_t, x_{t+1})`` and the target
+``f_{t+1}``. The Transformer output ``h_t`` regresses ``f_{t+1}`` under ``M_t``; MLP head i regresses
+``f_{t+S+1+i}`` under ``M_{t+S+i}`` (``pred[:, :-(S+i)]`` against ``target[:, S+i:]``, the engine's
+``feature_losses(..., shift=S+i)``), which leaves out every position ``torch.roll`` wrapped.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
+from effrepro.errors import UsageError
+from effrepro.specdec import DraftBatch
 
-from gumiho.model import GumihoDraft
+EPS = 1e-5
 
 
 @dataclass
@@ -39,6 +41,18 @@ class LossWeights:
     def accelerate(cls) -> LossWeights:
         """The accelerate script (``train/main.py``): uniform heads, no divisor, CE on from the start."""
         return cls(mlp_ce_warmup_epochs=0, mlp_loss_decay=1.0, mlp_loss_denom=1.0)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, float]) -> LossWeights:
+        """From ``HeadTrainConfig.loss_weights``; missing keys keep the defaults, unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(f"unknown Gumiho loss weight(s) {unknown}; valid: {sorted(known)}")
+        return cls(**{k: (int(v) if k == "mlp_ce_warmup_epochs" else float(v)) for k, v in values.items()})
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
 
     def head_weight(self, head: int) -> float:
         return self.mlp_loss_decay ** (head + 1) / self.mlp_loss_denom
@@ -59,88 +73,54 @@ def combine(components: dict[str, torch.Tensor], weights: LossWeights, epoch: in
     return total
 
 
-def add_feature_noise(features: torch.Tensor, lengths: torch.Tensor, std: float = 0.2) -> torch.Tensor:
-    """EAGLE's uniform input noise ``(U(0,1) - 0.5) * std * 512 / L`` with L each sequence's own length (pitfall 7)."""
-    scale = std * 512.0 / lengths.clamp(min=1).to(features.dtype)
-    return features + (torch.rand_like(features) - 0.5) * scale[:, None, None]
+class _SharedTeacher:
+    """The masked rows of a batch and their teacher ``log softmax(W f_{t+1})``, computed once for every head.
 
-
-def shift_batch(
-    input_ids: torch.Tensor, features: torch.Tensor, loss_mask: torch.Tensor, attention_mask: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Stored ``(x_t, f_t, M_t)`` -> training pairs: ``next_ids[t] = x_{t+1}``, ``target[t] = f_{t+1}``.
-
-    The last real position of every sequence gets mask 0 (its target would be padding).
+    Equal to ``effrepro.specdec.feature_losses`` term by term (``test_gumiho_loss`` checks it), but with up to
+    7 heads per position it matters that (a) the ``[rows, V]`` teacher is computed once instead of once per
+    head and (b) only rows with mask 1 go through the LM head (the others add exactly zero to both sums): at
+    V = 49152 on a CPU the LM head is most of the training time.
     """
-    next_ids = torch.roll(input_ids, -1, dims=1)
-    next_ids[:, -1] = 0
-    target = torch.roll(features, -1, dims=1)
-    target[:, -1] = 0
-    mask = loss_mask.clone().to(features.dtype)
-    lengths = attention_mask.sum(dim=1).long()
-    mask[torch.arange(len(mask)), (lengths - 1).clamp(min=0)] = 0
-    mask = mask * attention_mask.to(mask.dtype)
-    next_ids = next_ids * attention_mask.long()
-    return {"next_ids": next_ids, "target": target, "mask": mask, "lengths": lengths}
 
+    def __init__(self, batch: DraftBatch, lm_head: torch.Tensor) -> None:
+        self.mask = batch.loss_mask.float()
+        self.target = batch.target_features
+        self.batch_idx, self.pos_idx = torch.nonzero(self.mask > 0, as_tuple=True)
+        self.lm_head = lm_head
+        with torch.no_grad():
+            rows = self.target[self.batch_idx, self.pos_idx].float()
+            self.logp = torch.log_softmax(rows @ lm_head.float().t(), dim=-1)
 
-def _head_losses(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, lm_head: torch.Tensor, offset: int,
-    target_logp: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor], with_cls: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SmoothL1 and soft CE of one head whose prediction at t is compared with ``target[t + offset]``.
-
-    Only the rows with mask 1 go through the LM head (the others add exactly zero to both sums), which keeps the
-    ``[rows, V]`` logits small for large vocabularies (pitfall 9). The soft label ``p = softmax(W target)`` was
-    computed once for all masked rows (``target_logp``) and is shared by every head.
-    """
-    batch_idx, pos_idx = rows
-    keep = pos_idx >= offset
-    denominator = mask[:, offset:].sum() + 1e-5
-    pred_rows = pred[batch_idx[keep], pos_idx[keep] - offset]
-    target_rows = target[batch_idx[keep], pos_idx[keep]]
-    reg = F.smooth_l1_loss(pred_rows, target_rows, reduction="none").mean(-1).sum() / denominator
-    if not with_cls:  # weight 0 (MLP CE warm-up): skipping the [rows, V] logits changes nothing but the time
-        return reg, torch.zeros((), device=reg.device)
-    logq = torch.log_softmax(pred_rows.float() @ lm_head.float().t(), dim=-1)
-    cls = -(target_logp[keep].exp() * logq).sum() / denominator
-    return reg, cls
+    def losses(self, pred: torch.Tensor, shift: int, with_cls: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """SmoothL1 and soft CE of a prediction at t against ``f_{t+1+shift}`` under ``M_{t+shift}``."""
+        keep = self.pos_idx >= shift
+        denominator = self.mask[:, shift:].sum() + EPS
+        pred_rows = pred[self.batch_idx[keep], self.pos_idx[keep] - shift].float()
+        target_rows = self.target[self.batch_idx[keep], self.pos_idx[keep]].float()
+        reg = F.smooth_l1_loss(pred_rows, target_rows, reduction="none").mean(-1).sum() / denominator
+        if not with_cls:  # weight 0 (MLP CE warm-up): skipping the [rows, V] logits changes nothing but the time
+            return reg, torch.zeros((), device=reg.device)
+        logq = torch.log_softmax(pred_rows @ self.lm_head.float().t(), dim=-1)
+        cls = -(self.logp[keep].exp() * logq).sum() / denominator
+        return reg, cls
 
 
 def gumiho_loss(
-    draft: GumihoDraft,
-    input_ids: torch.Tensor,
-    features: torch.Tensor,
-    loss_mask: torch.Tensor,
-    attention_mask: torch.Tensor,
-    lm_head: torch.Tensor,
-    epoch: int,
-    weights: LossWeights | None = None,
-    noise_std: float = 0.2,
+    draft, batch: DraftBatch, lm_head: torch.Tensor, epoch: int, weights: LossWeights | None = None
 ) -> dict[str, torch.Tensor]:
-    """The full loss of one batch of stored samples; returns ``loss`` plus every component (detached).
+    """The full loss of one ``DraftBatch``: ``loss`` plus every component (detached) and the per-head top-1 hits.
 
-    During the MLP-CE warm-up the MLP heads' CE terms are not computed (they are reported as 0).
-
-    ``input_ids [B, L]``, ``features [B, L, H]`` (post-norm ``f_t``), ``loss_mask [B, L]`` (1 on assistant
-    tokens), ``attention_mask [B, L]`` (1 on real tokens, right padding), ``lm_head [V, H]`` (frozen target W).
+    During the MLP-CE warm-up the MLP heads' CE terms are not computed (reported as 0).
     """
     weights = weights or LossWeights()
-    shifted = shift_batch(input_ids, features, loss_mask, attention_mask)
-    inputs = add_feature_noise(features, shifted["lengths"], noise_std) if noise_std > 0 else features
-    hidden, mlp_preds = draft.train_forward(inputs, shifted["next_ids"], attention_mask)
-    target, mask = shifted["target"], shifted["mask"]
-    rows = torch.nonzero(mask > 0, as_tuple=True)
-    with torch.no_grad():
-        target_logp = torch.log_softmax(target[rows].float() @ lm_head.float().t(), dim=-1)
+    hidden, mlp_preds = draft.train_forward(batch.features, batch.next_ids, batch.attention_mask)
+    teacher = _SharedTeacher(batch, lm_head)
     components: dict[str, torch.Tensor] = {}
     if hidden is not None:
-        components["reg_T"], components["cls_T"] = _head_losses(hidden, target, mask, lm_head, 0, target_logp, rows)
+        components["reg_T"], components["cls_T"] = teacher.losses(hidden, 0)
     steps = draft.config.serial_steps
     mlp_cls = weights.mlp_ce_weight(epoch) != 0
-    for i in range(draft.config.mlp_num):
-        components[f"reg_{i}"], components[f"cls_{i}"] = _head_losses(
-            mlp_preds[:, :, i], target, mask, lm_head, steps + i, target_logp, rows, mlp_cls
-        )
-    loss = combine(components, weights, epoch, draft.config.mlp_num)
+    for i in range(mlp_preds.shape[2]):
+        components[f"reg_{i}"], components[f"cls_{i}"] = teacher.losses(mlp_preds[:, :, i], steps + i, mlp_cls)
+    loss = combine(components, weights, epoch, mlp_preds.shape[2])
     return {"loss": loss, **{k: v.detach() for k, v in components.items()}}

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from effrepro.errors import UsageError
+from effrepro.specdec import DraftBatch, DraftHead, LossContext, TreeConfig
 from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
@@ -135,9 +136,9 @@ class ParallelMLPs(nn.Module):
             for _ in range(mlp_num)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [..., in_size]`` -> predicted features ``[..., mlp_num, H]``."""
-        return torch.stack([head(x) for head in self.mlp], dim=-2)
+    def forward(self, x: torch.Tensor, heads: int | None = None) -> torch.Tensor:
+        """``x [..., in_size]`` -> predicted features ``[..., heads, H]`` of the first ``heads`` (default all)."""
+        return torch.stack([head(x) for head in self.mlp[:heads]], dim=-2)
 
 
 class DraftKV:
@@ -170,14 +171,19 @@ class DraftKV:
                 self.keys[i], self.values[i] = k[..., :length, :], v[..., :length, :]
 
 
-class GumihoDraft(nn.Module):
-    """The trainable Gumiho draft (plus its frozen embedding copy). The target LM head is borrowed, not stored."""
+class GumihoDraft(DraftHead):
+    """The trainable Gumiho draft (plus its frozen embedding copy). The target LM head is borrowed, not stored.
+
+    A ``effrepro.specdec.DraftHead``: ``compute_loss`` is Gumiho's loss (``gumiho.loss``) and ``make_proposer``
+    returns a ``GumihoProposer``.
+    """
 
     def __init__(self, config: GumihoConfig) -> None:
         super().__init__()
         self.config = config
         llama = config.llama_config()
         hidden = config.hidden_size
+        self.hidden_size, self.vocab_size = hidden, config.vocab_size
         self.embed_tokens = nn.Embedding(config.vocab_size, hidden, config.pad_token_id)
         self.embed_tokens.weight.requires_grad_(False)
         self.fc = nn.Linear(2 * hidden, hidden, bias=config.fc_bias)
@@ -243,6 +249,19 @@ class GumihoDraft(nn.Module):
         # The last two serial steps of a round rooted at x_{t+1} are teacher-forced positions t+S-2 and t+S-1.
         levels = [torch.roll(fused, -(steps - 2 + k), dims=1) for k in range(2) if steps - 2 + k >= 0]
         return hidden, self.mlp(self.mlp_input(levels))
+
+    # ----- the engine's plug-in hooks -----
+    def compute_loss(self, batch: DraftBatch, ctx: LossContext) -> dict[str, torch.Tensor]:
+        from gumiho.loss import LossWeights, gumiho_loss
+
+        return gumiho_loss(self, batch, ctx.lm_head, ctx.epoch, LossWeights.from_dict(ctx.weights))
+
+    def make_proposer(self, lm_head: torch.Tensor, tree: TreeConfig, **options: Any):
+        """A ``GumihoProposer``; ``options``: ``mlptopk``, ``pruning``, ``sibling_mask``, ``mlp_pairing``, ``fta``."""
+        from gumiho.proposer import GumihoProposer, ProposerConfig
+
+        config = ProposerConfig(top_k=tree.top_k, total_tokens=tree.total_tokens, depth=tree.depth, **options)
+        return GumihoProposer(self, lm_head, config)
 
 
 # ----- official checkpoint keys (released `amd/Gumiho-*` pytorch_model.bin) -----

@@ -11,8 +11,9 @@ One round, root token ``r`` (already emitted by the target) and new target featu
    ``rows * mlptopk`` children; a beam's logits come from the serial row it descends from (``src``), since an MLP
    head sees only the serial prefix.
 
-Only the kept beams of each level enter the global pool (EAGLE-2 pools all K*K children); the tree keeps the
-``total_tokens - 1`` best cumulative scores (see ``effrepro.specdec``).
+Only the kept beams of each level enter the global pool (EAGLE-2 pools all K*K children); the engine's
+``tree_from_levels`` keeps the ``total_tokens - 1`` best cumulative scores, then ``postprocess_tree`` applies
+FTA when ``fta="official"`` (approximate, see ``gumiho.fta``; default ``"off"``).
 
 Two official behaviours are compatibility flags (both default to the corrected behaviour):
 
@@ -29,7 +30,9 @@ from dataclasses import dataclass
 
 import torch
 from effrepro.errors import UsageError
+from effrepro.specdec import DraftLevel, DraftTree, LevelProposer, expand_topk
 
+from gumiho.fta import FTA_MODES, fta_pad
 from gumiho.model import DraftKV, GumihoDraft
 
 SIBLING_MASKS = ("isolated", "official")
@@ -37,43 +40,46 @@ MLP_PAIRINGS = ("parent", "row")
 
 
 @dataclass
-class Level:
-    """The kept beams of one draft level: tokens, cumulative log-probs, parent index in the previous level."""
-
-    tokens: torch.Tensor  # [n] long
-    scores: torch.Tensor  # [n] float, cumulative log-prob from the root
-    parents: torch.Tensor  # [n] long, index into the previous level's beams (-1: the root)
-
-
-@dataclass
 class ProposerConfig:
-    """Tree knobs (official: top_k 14, total_tokens 64, mlptopk 35, pruning 35) and the two compat flags."""
+    """Tree knobs and flags. Official: top_k 14, total_tokens 64, mlptopk 35, pruning 35, FTA on.
+
+    ``depth`` = draft levels (0: all of the draft's ``serial_steps + mlp_num``); a smaller depth uses only the
+    first MLP heads (as the vLLM port does).
+    """
 
     top_k: int = 14
     total_tokens: int = 64
+    depth: int = 0
     mlptopk: int = 35
     pruning: int = 35
     sibling_mask: str = "isolated"
     mlp_pairing: str = "parent"
+    fta: str = "off"
 
     def __post_init__(self) -> None:
-        if min(self.top_k, self.mlptopk, self.pruning) < 1 or self.total_tokens < 2:
-            raise UsageError("top_k, mlptopk and pruning must be >= 1 and total_tokens >= 2 "
-                             f"(got {self.top_k}, {self.mlptopk}, {self.pruning}, {self.total_tokens})")
-        if self.sibling_mask not in SIBLING_MASKS:
-            raise UsageError(f"sibling_mask={self.sibling_mask!r}; use one of {SIBLING_MASKS}")
-        if self.mlp_pairing not in MLP_PAIRINGS:
-            raise UsageError(f"mlp_pairing={self.mlp_pairing!r}; use one of {MLP_PAIRINGS}")
+        if min(self.top_k, self.mlptopk, self.pruning) < 1 or self.total_tokens < 2 or self.depth < 0:
+            raise UsageError("top_k, mlptopk and pruning must be >= 1, total_tokens >= 2, depth >= 0 "
+                             f"(got {self.top_k}, {self.mlptopk}, {self.pruning}, {self.total_tokens}, {self.depth})")
+        for name, value, allowed in (("sibling_mask", self.sibling_mask, SIBLING_MASKS),
+                                     ("mlp_pairing", self.mlp_pairing, MLP_PAIRINGS), ("fta", self.fta, FTA_MODES)):
+            if value not in allowed:
+                raise UsageError(f"{name}={value!r}; use one of {allowed}")
 
 
-class GumihoProposer:
+class GumihoProposer(LevelProposer):
     """Stateful drafter for one sequence: keeps the draft's context-only KV (the official ``stable_kv``)."""
 
     def __init__(self, draft: GumihoDraft, lm_head: torch.Tensor, config: ProposerConfig | None = None) -> None:
         self.draft = draft
         self.lm_head = lm_head  # [V, H], the frozen target head W
         self.config = config or ProposerConfig()
-        self.serial_passes = 0  # Transformer calls of the last round (the context pass included)
+        steps, depth = draft.config.serial_steps, self.config.depth or draft.config.depth
+        if not steps <= depth <= draft.config.depth or depth < 1:
+            raise UsageError(f"depth {depth} does not fit this draft ({steps} serial levels + "
+                             f"{draft.config.mlp_num} MLP heads): use {max(steps, 1)}..{draft.config.depth}")
+        self.depth = depth
+        self.total_tokens = self.config.total_tokens
+        self.last_forwards = 0  # sequential Transformer passes of the last round (the context pass included)
         self.reset()
 
     def reset(self) -> None:
@@ -86,18 +92,23 @@ class GumihoProposer:
     def _logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax((hidden @ self.lm_head.t()).float(), dim=-1)
 
+    def postprocess_tree(self, tree: DraftTree) -> DraftTree:
+        if self.config.fta == "official":
+            tree.retrieve_indices = fta_pad(tree.retrieve_indices)
+        return tree
+
     @torch.no_grad()
-    def propose_levels(self, new_features: torch.Tensor, next_ids: torch.Tensor) -> list[Level]:
+    def propose_levels(self, new_features: torch.Tensor, next_ids: torch.Tensor) -> list[DraftLevel]:
         """Draft one round.
 
         ``new_features [n, H]`` are the target features ``f_t`` of the positions the draft has not seen yet and
         ``next_ids [n]`` their next tokens ``x_{t+1}``; the last of them is the round's root. Returns the kept
-        beams of every draft level (``serial_steps + mlp_num`` levels).
+        beams of every draft level.
         """
         draft, cfg = self.draft, self.config
         steps = draft.config.serial_steps
         fused_root = draft.fuse(next_ids[None], new_features[None].to(self.lm_head.dtype))  # [1, n, H]
-        self.serial_passes = 0
+        self.last_forwards = 0
         if steps == 0:  # all-parallel: the heads read the fused root, one row
             return self._mlp_levels([fused_root[0, -1:]], None, torch.zeros(1, device=fused_root.device), [])
 
@@ -106,41 +117,36 @@ class GumihoProposer:
         positions = torch.arange(ctx, ctx + n_new, device=fused_root.device)[None]
         allowed = torch.ones(n_new, ctx + n_new, dtype=torch.bool, device=fused_root.device).tril(ctx)[None]
         hidden = draft.transformer(fused_root, positions, allowed, self.kv)
-        self.serial_passes = 1
+        self.last_forwards = 1
         ctx = self.kv.length  # the context KV now covers the root's position; tree entries come after it
         h1 = hidden[0, -1]
         top = torch.topk(self._logprobs(h1), cfg.top_k)
-        levels = [Level(top.indices, top.values, torch.full_like(top.indices, -1))]
+        levels = [DraftLevel(top.indices, top.values, torch.full_like(top.indices, -1))]
         fused = [draft.fuse(top.indices, h1.expand(cfg.top_k, -1))]  # g_1[j] = fc([E d1[j] ; h1])
         ancestors = torch.arange(cfg.top_k, device=h1.device)[:, None]  # [K, levels so far]: beam index per level
         try:
             for step in range(2, steps + 1):
                 out = self._serial_step(fused[-1], ancestors, ctx, step)
-                self.serial_passes += 1
-                logp = self._logprobs(out)  # [K, V]
-                child = torch.topk(logp, cfg.top_k, dim=-1)
-                cumulative = child.values + levels[-1].scores[:, None]
-                best = torch.topk(cumulative.flatten(), cfg.top_k)
-                parents = best.indices // cfg.top_k
-                tokens = child.indices.flatten()[best.indices]
-                levels.append(Level(tokens, best.values, parents))
-                fused.append(draft.fuse(tokens, out[parents]))  # g_s[j] = fc([E d_s[j] ; H_s[par_s[j]]])
-                ancestors = torch.cat([ancestors[parents], torch.arange(cfg.top_k, device=h1.device)[:, None]], 1)
+                self.last_forwards += 1
+                tokens, scores, keep, parents = expand_topk(levels[-1].scores, self._logprobs(out), cfg.top_k,
+                                                            cfg.top_k)
+                levels.append(DraftLevel(tokens.flatten()[keep], scores.flatten()[keep], parents))
+                fused.append(draft.fuse(levels[-1].tokens, out[parents]))  # g_s[j] = fc([E d_s[j] ; H_s[par]])
+                ancestors = torch.cat([ancestors[parents], torch.arange(len(parents), device=h1.device)[:, None]], 1)
         finally:
             self.kv.truncate(ctx)  # tree-branch KV never survives the round (pitfall 12)
         parents_last = levels[-1].parents if steps >= 2 else None
         return self._mlp_levels(fused, parents_last, levels[-1].scores, levels)
 
     def _serial_step(self, rows: torch.Tensor, ancestors: torch.Tensor, ctx: int, step: int) -> torch.Tensor:
-        """One Transformer pass over the K beams of level ``step - 1`` at the shared position ``ctx + step - 2``.
+        """One Transformer pass over the beams of level ``step - 1`` at the shared position ``ctx + step - 2``.
 
-        The KV already holds ``step - 2`` earlier tree levels (K entries each, level order) after the context.
+        The KV already holds ``step - 2`` earlier tree levels (one entry per beam, level order) after the context.
         """
         k = rows.shape[0]
         device = rows.device
         earlier = step - 2
-        tree_keys = (earlier + 1) * k
-        allowed = torch.zeros(k, ctx + tree_keys, dtype=torch.bool, device=device)
+        allowed = torch.zeros(k, ctx + (earlier + 1) * k, dtype=torch.bool, device=device)
         allowed[:, :ctx] = True
         if self.config.sibling_mask == "isolated":
             # ancestors[:, m] is the beam index at level m+1 of each row's chain; the row itself is the last one
@@ -154,22 +160,21 @@ class GumihoProposer:
 
     def _mlp_levels(
         self, fused: list[torch.Tensor], parents_last: torch.Tensor | None, scores: torch.Tensor,
-        levels: list[Level],
-    ) -> list[Level]:
-        """Every MLP level from one batched call over the rows of the last serial level."""
+        levels: list[DraftLevel],
+    ) -> list[DraftLevel]:
+        """The MLP levels from one batched call over the rows of the last serial level."""
         cfg = self.config
         if len(fused) >= 2:
             previous = fused[-2][parents_last] if cfg.mlp_pairing == "parent" else fused[-2]
             mlp_in = torch.cat([previous, fused[-1]], dim=-1)
         else:
             mlp_in = fused[-1]
-        logp = self._logprobs(self.draft.mlp(mlp_in))  # [rows, mlp_num, V]
+        heads = self.depth - len(levels)
+        logp = self._logprobs(self.draft.mlp(mlp_in, heads))  # [rows, heads, V]
         src = torch.arange(mlp_in.shape[0], device=mlp_in.device)  # the serial row each beam's logits come from
-        for head in range(logp.shape[1]):
-            child = torch.topk(logp[src, head], min(cfg.mlptopk, logp.shape[-1]), dim=-1)
-            cumulative = (child.values + scores[:, None]).flatten()
-            best = torch.topk(cumulative, min(cfg.pruning, cumulative.numel()))
-            beam = best.indices // child.values.shape[1]
-            levels.append(Level(child.indices.flatten()[best.indices], best.values, beam if levels else beam * 0 - 1))
-            src, scores = src[beam], best.values
+        for head in range(heads):
+            tokens, cumulative, keep, beam = expand_topk(scores, logp[src, head], cfg.mlptopk, cfg.pruning)
+            parents = beam if levels else torch.full_like(beam, -1)
+            levels.append(DraftLevel(tokens.flatten()[keep], cumulative.flatten()[keep], parents))
+            src, scores = src[beam], levels[-1].scores
         return levels
