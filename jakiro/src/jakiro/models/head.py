@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 from effrepro.errors import UsageError
+from effrepro.specdec import DraftBatch, DraftHead, LossContext, TreeConfig
 from jakiro.models.moe import JakiroMoE, JakiroStarMoE
 from torch import nn
 from transformers import LlamaConfig
@@ -139,13 +140,17 @@ class JakiroDecoderLayer(nn.Module):
         return self.mlp_moe(u, split=branches == "split")
 
 
-class JakiroDraft(nn.Module):
-    """The trainable draft (plus its frozen embedding copy); the target's lm_head is borrowed, not stored."""
+class JakiroDraft(DraftHead):
+    """The trainable draft (plus its frozen embedding copy); the target's lm_head is borrowed, not stored.
+
+    Plugs into ``effrepro.specdec``: ``train_forward`` / ``compute_loss`` (the trainer hook) / ``make_proposer``.
+    """
 
     def __init__(self, config: JakiroConfig) -> None:
         super().__init__()
         self.config = config
         hidden = config.hidden_size
+        self.hidden_size, self.vocab_size = hidden, config.vocab_size
         self.embed_tokens = nn.Embedding(config.vocab_size, hidden, config.pad_token_id)
         self.embed_tokens.weight.requires_grad_(False)
         self.fc = nn.Linear(2 * hidden, hidden, bias=config.fc_bias)
@@ -155,14 +160,6 @@ class JakiroDraft(nn.Module):
     @property
     def layer(self) -> JakiroDecoderLayer:
         return self.layers[0]
-
-    def load_embedding(self, weight: torch.Tensor) -> None:
-        """Copy the target's input embedding (kept frozen)."""
-        if tuple(weight.shape) != tuple(self.embed_tokens.weight.shape):
-            raise UsageError(f"target embedding {tuple(weight.shape)} does not fit the draft "
-                             f"{tuple(self.embed_tokens.weight.shape)}; build the draft from this target's config")
-        with torch.no_grad():
-            self.embed_tokens.weight.copy_(weight)
 
     def forward(
         self,
@@ -196,12 +193,14 @@ class JakiroDraft(nn.Module):
         return h + self.layer.ffn(self.layer.post_attention_layernorm(h), branches)
 
     def train_forward(
-        self, features: torch.Tensor, next_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self, features: torch.Tensor, next_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        contrastive: bool = True,
     ) -> torch.Tensor:
         """Teacher-forced causal pass over whole sequences.
 
         ``features [B, L, H]`` = f_t (noised), ``next_ids [B, L]`` = x_{t+1}. Jakiro returns both branches
-        ``[2, B, L, H]`` (the official training block); Jakiro* returns the weighted mixture ``[B, L, H]``.
+        ``[2, B, L, H]`` (the official training block; ``contrastive=False``: branch 0 only, ``[B, L, H]``, for the
+        ablation whose contrastive loss weight is 0); Jakiro* returns the weighted mixture ``[B, L, H]``.
         """
         batch, length, _ = features.shape
         keep = torch.ones(batch, length, dtype=torch.bool, device=features.device)
@@ -211,8 +210,26 @@ class JakiroDraft(nn.Module):
         allowed = causal[None] & keep[:, None, :]
         allowed = allowed | torch.eye(length, dtype=torch.bool, device=features.device)[None]  # no empty rows
         position_ids = torch.arange(length, device=features.device)[None].expand(batch, -1)
-        branches: Branches = "both" if self.config.variant == "jakiro" else "moe"
+        branches: Branches = "both" if self.config.variant == "jakiro" and contrastive else "moe"
         return self(features, next_ids, position_ids, allowed, branches=branches)
+
+    def compute_loss(self, batch: DraftBatch, ctx: LossContext) -> dict[str, torch.Tensor]:
+        """The trainer hook: ``v_w (L_reg0 + c L_reg1) + p_w (L_cls0 + c L_cls1)`` (see :mod:`jakiro.loss`)."""
+        from jakiro.loss import jakiro_loss
+
+        const = float(ctx.weights.get("const", 0.5)) if self.config.variant == "jakiro" else 0.0
+        pred = self.train_forward(batch.features, batch.next_ids, batch.attention_mask, contrastive=const != 0)
+        return jakiro_loss(pred, batch, ctx.lm_head, ctx.weights)
+
+    def make_proposer(self, lm_head: torch.Tensor, tree: TreeConfig, **options: Any):
+        """Jakiro: :class:`~jakiro.proposer.JakiroProposer`; Jakiro*: :class:`~jakiro.star.StarProposer`."""
+        if self.config.variant == "jakiro":
+            from jakiro.proposer import JakiroProposer
+
+            return JakiroProposer(self, lm_head, tree, **options)
+        from jakiro.star import StarProposer
+
+        return StarProposer(self, lm_head, **options)
 
 
 def causal_allowed(query_len: int, past_len: int, device: torch.device | None = None) -> torch.Tensor:
