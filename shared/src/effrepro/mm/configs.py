@@ -126,9 +126,11 @@ def upernet(backbone: dict[str, Any], in_channels: list[int], num_classes: int,
 
 def build_detector(cfg: dict[str, Any]) -> Any:
     """Build an mmdet model from a model dict (fallback ops installed, registries populated)."""
+    from effrepro.mm.backbones import register_timm_backbone
     from effrepro.mm.mmcv_fallback import install
 
     install()
+    register_timm_backbone()
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.config import ConfigDict
@@ -141,9 +143,11 @@ def build_detector(cfg: dict[str, Any]) -> Any:
 
 def build_segmentor(cfg: dict[str, Any]) -> Any:
     """Build an mmseg model from a model dict (fallback ops installed, registries populated)."""
+    from effrepro.mm.backbones import register_timm_backbone
     from effrepro.mm.mmcv_fallback import install
 
     install()
+    register_timm_backbone()
     from mmengine.config import ConfigDict
     from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS

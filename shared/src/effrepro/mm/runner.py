@@ -79,9 +79,11 @@ def detection_config(model: dict[str, Any], data_root: str | os.PathLike, work_d
 def train_and_evaluate(config: dict[str, Any]) -> dict[str, float]:
     """Run ``config`` (from :func:`detection_config`): train (resuming from ``work_dir`` if a checkpoint is there),
     then evaluate; returns mmdet's COCO metrics (``coco/bbox_mAP``, ``coco/segm_mAP``, ...)."""
+    from effrepro.mm.backbones import register_timm_backbone
     from effrepro.mm.mmcv_fallback import install
 
     install()
+    register_timm_backbone()
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
     from mmengine.runner import Runner

@@ -1,0 +1,43 @@
+import pytest
+import timm
+import torch
+from effrepro.errors import UsageError
+from effrepro.train import save_checkpoint
+
+pytestmark = pytest.mark.mm
+
+
+def test_timm_backbone_features_freezing_and_checkpoint(tmp_path):
+    from effrepro.mm import TimmBackbone
+
+    classifier = timm.create_model("resnet18", num_classes=7)
+    save_checkpoint(tmp_path / "cls.pt", {"model": classifier.state_dict(), "config": {}})
+    backbone = TimmBackbone("resnet18", out_indices=(1, 2, 3, 4), frozen_stages=1, checkpoint=str(tmp_path / "cls.pt"))
+    assert backbone.out_channels == [64, 128, 256, 512]
+    assert torch.equal(backbone.body.conv1.weight, classifier.conv1.weight)
+    assert torch.equal(backbone.body.layer3[0].conv1.weight, classifier.layer3[0].conv1.weight)
+    feats = backbone(torch.randn(1, 3, 64, 64))
+    assert [f.shape[-1] for f in feats] == [16, 8, 4, 2]
+    backbone.train()
+    assert not backbone.body.conv1.weight.requires_grad and not backbone.body.bn1.training
+    assert not backbone.body.layer1[0].conv1.weight.requires_grad and not backbone.body.layer1[0].bn1.training
+    assert backbone.body.layer2[0].conv1.weight.requires_grad and backbone.body.layer2[0].bn1.training
+    with pytest.raises(UsageError, match="cannot freeze 5 stages"):
+        TimmBackbone("resnet18", out_indices=(1, 2, 3, 4), frozen_stages=5)
+
+    save_checkpoint(tmp_path / "other.pt", {"model": timm.create_model("resnet34").state_dict()})
+    with pytest.raises(UsageError, match="does not match resnet18"):
+        TimmBackbone("resnet18", checkpoint=str(tmp_path / "other.pt"))
+    with pytest.raises(UsageError, match="out_indices"):
+        TimmBackbone("fasternet_t0", out_indices=(1, 2, 3, 4))
+    with pytest.raises(UsageError, match="unknown timm model"):
+        TimmBackbone("no_such_net")
+
+
+def test_fasternet_from_timm_inside_mask_rcnn():
+    from effrepro.mm import build_detector, mask_rcnn
+
+    backbone = dict(type="TimmBackbone", model_name="fasternet_t0", out_indices=(0, 1, 2, 3))
+    model = build_detector(mask_rcnn(backbone, [40, 80, 160, 320], num_classes=10, width=32, fc_channels=64))
+    feats = model.extract_feat(torch.randn(1, 3, 64, 64))
+    assert len(feats) == 5 and feats[0].shape[1] == 32
