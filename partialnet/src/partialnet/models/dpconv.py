@@ -113,7 +113,7 @@ def budget_multiplier(layers: Iterable[DPConv], budget_div: float = 4.0, alpha: 
         return None
     complexity = torch.stack([layer.complexity() for layer in layers]).sum()
     budget = sum((layer.dim / budget_div) ** 2 for layer in layers)
-    if float(complexity) <= budget:
+    if float(complexity.detach()) <= budget:
         return torch.ones((), dtype=complexity.dtype, device=complexity.device)
     return (complexity / budget) ** alpha
 

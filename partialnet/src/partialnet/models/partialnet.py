@@ -199,7 +199,7 @@ class PartialNet(nn.Module):
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
         self.num_stages = len(depths)
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, nn.BatchNorm2d)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()  # official: linear over all blocks
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # official: over all blocks
         stages, self.feature_info = [], []
         for i, depth in enumerate(depths):
             dim = embed_dim * 2 ** i

@@ -28,6 +28,20 @@ from partialnet.models.layers import PartialConv, add_identity_to_kernel, bn_aff
 # ----------------------------------------------------------------------------------------------------------
 # PAT_ch: enhanced Gaussian channel attention
 # ----------------------------------------------------------------------------------------------------------
+def channel_mean_std(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel spatial mean and unbiased standard deviation of ``B, C, H, W`` (as ``Tensor.std`` in the
+    official code). Two passes (mean, then centred sum of squares): same value as ``torch.std_mean`` to
+    rounding, about 8x faster on CPU (``std_mean`` uses a slow Welford kernel there)."""
+    count = x.shape[2] * x.shape[3]
+    if count < 2:
+        raise ValueError(f"channel attention needs at least 2 positions per map, got {tuple(x.shape[2:])}; "
+                         "use a larger input image")
+    mean = x.mean(dim=(2, 3))
+    centred = x - mean[:, :, None, None]
+    var = (centred * centred).sum(dim=(2, 3)) / (count - 1)
+    return mean, var.sqrt()
+
+
 class GaussianChannelAttention(nn.Module):
     """Gate each channel from its spatial mean and (unbiased) standard deviation, the two statistics of a
     Gaussian fitted to the channel: ``x * hardsigmoid(BN(conv_{1x2}([mean, std])))``.
@@ -41,7 +55,7 @@ class GaussianChannelAttention(nn.Module):
         self.gate_norm = nn.BatchNorm2d(channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        std, mean = torch.std_mean(x.flatten(2), dim=2)  # unbiased std, as torch.Tensor.std in the official
+        mean, std = channel_mean_std(x)
         stats = torch.stack((mean, std), dim=-1).unsqueeze(2)  # B, C, 1, 2
         gate = F.hardsigmoid(self.gate_norm(self.gate_conv(stats)))
         return x * gate
@@ -62,7 +76,7 @@ class FusedGaussianGate(nn.Module):
         self.bias = nn.Parameter(bias.clone(), requires_grad=False)
 
     def gate(self, x: Tensor) -> Tensor:
-        std, mean = torch.std_mean(x.flatten(2), dim=2)
+        mean, std = channel_mean_std(x)
         return F.hardsigmoid(F.linear(torch.cat((mean, std), dim=1), self.weight, self.bias))
 
     def forward(self, x: Tensor) -> Tensor:
