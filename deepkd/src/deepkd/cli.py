@@ -1,0 +1,149 @@
+"""``deepkd`` command line: train, train-teacher, eval, bench, reproduce."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from effrepro.errors import UsageError, run_cli
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _load(config: str | None, overrides: list[str], data: str | None, dataset: str | None = None):
+    from effrepro.config import load_config
+
+    from deepkd.config import TrainConfig
+
+    extra = []
+    if data:
+        extra.append(f"data.root={data}")
+    if dataset:
+        extra.append(f"data.dataset={dataset}")
+    source = config
+    if config and not Path(config).is_file() and (CONFIG_DIR / config).is_file():
+        source = str(CONFIG_DIR / config)  # a path relative to deepkd/configs
+    return load_config(source, TrainConfig, extra + list(overrides))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from deepkd.train import train
+
+    cfg = _load(args.config, args.overrides, args.data)
+    result = train(cfg, args.out, progress=not args.quiet, resume=not args.no_resume)
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+    return 0
+
+
+def _cmd_train_teacher(args: argparse.Namespace) -> int:
+    import shutil
+
+    from deepkd.train import train
+
+    overrides = [f"student={args.arch}", "teacher=null", "distiller.name=none", "solver.method=sgd",
+                 *args.overrides]
+    cfg = _load(args.config, overrides, args.data, args.dataset)
+    result = train(cfg, args.out, progress=not args.quiet, resume=not args.no_resume)
+    out = Path(args.out)
+    shutil.copyfile(out / "student.pt", out / "teacher.pt")
+    if args.export_mdistiller:  # the path layout mdistiller / DeepKD expect for CIFAR teachers
+        target = Path(args.export_mdistiller) / f"{args.arch}_vanilla" / f"ckpt_epoch_{cfg.solver.epochs}.pth"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "teacher.pt", target)
+    print(json.dumps({k: v for k, v in result.items() if k != "history"} | {"teacher": str(out / "teacher.pt")},
+                     indent=2))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from deepkd.eval import evaluate_checkpoint
+
+    cfg = _load(args.config, args.overrides, args.data, args.dataset)
+    print(json.dumps(evaluate_checkpoint(args.ckpt, cfg, args.arch), indent=2))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from deepkd.bench import step_benchmark
+
+    result = step_benchmark(args.student, None if args.teacher == "none" else args.teacher, args.family,
+                            args.batch_size, args.num_classes, args.device, args.repeats)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from deepkd.reproduce import reproduce
+
+    reproduce(args.scale, tiny=args.tiny, out=args.out, data=args.data, seeds=args.seeds, workers=args.workers,
+              config=args.config, overrides=args.overrides)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepkd", description="DeepKD: decoupled momenta + top-k mask KD")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, out_required: bool = True) -> None:
+        p.add_argument("--config", help="YAML config (path, or relative to deepkd/configs)")
+        p.add_argument("--data", help="dataset folder (CIFAR-100 python layout / ImageNet train+val)")
+        if out_required:
+            p.add_argument("--out", required=True, help="run folder (resumes from <out>/last.pt)")
+            p.add_argument("--no-resume", action="store_true", help="refuse to resume; fail on an existing run")
+            p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. solver.epochs=10")
+
+    p = sub.add_parser("train", help="train a student (KD / DKD / MLKD / CRLD, with sgd / dot / deepkd)")
+    common(p)
+    p.set_defaults(fn=_cmd_train)
+    p = sub.add_parser("train-teacher", help="train a teacher with plain cross-entropy")
+    p.add_argument("--arch", required=True, help="model name, e.g. resnet32x4")
+    p.add_argument("--dataset", default=None, help="cifar100 | imagenet | mnist100 (default: the config's)")
+    p.add_argument("--export-mdistiller", help="also write <DIR>/<arch>_vanilla/ckpt_epoch_<E>.pth")
+    common(p)
+    p.set_defaults(fn=_cmd_train_teacher)
+    p = sub.add_parser("eval", help="evaluate a checkpoint")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--arch", help="model name when the checkpoint does not record it")
+    p.add_argument("--dataset", default=None)
+    common(p, out_required=False)
+    p.set_defaults(fn=_cmd_eval)
+    p = sub.add_parser("bench", help="step time: DKD vs DOT vs DeepKD (paired, interleaved)")
+    p.add_argument("--student", default="resnet8x4")
+    p.add_argument("--teacher", default="resnet32x4", help="model name, or 'none' for cached teacher logits")
+    p.add_argument("--family", default="cifar", choices=["cifar", "imagenet", "mnist"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--device", default=None)
+    p.add_argument("--repeats", type=int, default=21)
+    p.set_defaults(fn=_cmd_bench)
+    p = sub.add_parser("reproduce", help="the paper's claims: smoke (CPU, MNIST-100) or full (your data)")
+    p.add_argument("--scale", choices=["smoke", "full"], default="smoke")
+    p.add_argument("--tiny", action="store_true", help="same code path, tiny budget (CI)")
+    p.add_argument("--out", default=None, help="results folder (default results/deepkd/<scale>)")
+    p.add_argument("--data", default=None, help="full scale: CIFAR-100 folder (or $CIFAR100_ROOT)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds per arm")
+    p.add_argument("--workers", type=int, default=2, help="parallel processes (smoke)")
+    p.add_argument("--config", default=None, help="full scale: student config (default the R32x4->R8x4 DKD one)")
+    p.add_argument("overrides", nargs="*", help="full scale: key=value overrides")
+    p.set_defaults(fn=_cmd_reproduce)
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    """The command without the error wrapper (raises :class:`UsageError`); used by tests."""
+    args = _parser().parse_args(argv)
+    return int(args.fn(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script: user mistakes print one ``error: ...`` line and exit with code 2."""
+    run_cli(run, argv)
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["UsageError", "main", "run"]
