@@ -7,7 +7,7 @@ import pytest
 import torch
 from partialnet.models import PartialNet, checkpoint_filter_fn
 
-FIXTURE = Path(__file__).with_name("data") / "official_tiny.pt"
+FIXTURE = Path(__file__).with_name("data") / "official_tiny.torch"
 
 
 def _official_state(case: dict) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Regenerate ``official_tiny.pt``: a tiny model built by the *official* PartialNet code (haiduo/PartialNet @
+"""Regenerate ``official_tiny.torch``: a tiny model built by the *official* PartialNet code (haiduo/PartialNet @
 679cfc0, ``models/partialnet.py``), with random weights and BN statistics, plus its float64 output on a fixed
 input. ``test_partialnet_official_parity.py`` loads it into our model through ``checkpoint_filter_fn`` and
 checks the outputs agree. Not run by the tests (the official code is not a dependency):
@@ -59,5 +59,5 @@ for name, kwargs in CASES.items():
     layout = [(k, tuple(v.shape), v.is_floating_point()) for k, v in state.items()]
     flat = torch.cat([v.double().flatten() for v in state.values()]).float()
     fixture[name] = {"kwargs": kwargs, "layout": layout, "flat": flat, "input": x.half(), "output": y}
-torch.save(fixture, Path(__file__).with_name("official_tiny.pt"))
-print("wrote", Path(__file__).with_name("official_tiny.pt"))
+torch.save(fixture, Path(__file__).with_name("official_tiny.torch"))
+print("wrote", Path(__file__).with_name("official_tiny.torch"))
