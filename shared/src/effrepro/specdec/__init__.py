@@ -13,19 +13,41 @@ compaction), ``tree_from_levels`` (global re-ranking into a ``DraftTree``), ``gr
 """
 
 from effrepro.specdec.draft_data import (
+    ChatFormatter,
     DraftCollator,
     DraftDataConfig,
     FeatureDataset,
     chat_example,
     generate_draft_data,
 )
+
+# The EAGLE-2 baseline imports the engine pieces above, so it comes last.
+from effrepro.specdec.eagle import (  # noqa: E402
+    DraftModelConfig,
+    EagleHead,
+    EagleProposer,
+    build_eagle_head,
+    eagle_factory,
+    eval_eagle,
+    load_eagle_head,
+    train_eagle,
+)
 from effrepro.specdec.generate import (
     GenerationConfig,
     GenerationResult,
     autoregressive_generate,
     speculative_generate,
+    stop_tokens,
 )
-from effrepro.specdec.harness import EvalConfig, evaluate, load_questions, tau_metrics
+from effrepro.specdec.harness import (
+    EvalConfig,
+    acceptance_by_depth,
+    evaluate,
+    load_questions,
+    speed_ratio,
+    summarize,
+    tau_metrics,
+)
 from effrepro.specdec.losses import eagle_loss, feature_losses, topk_accuracy
 from effrepro.specdec.protocol import (
     DraftBatch,
@@ -35,7 +57,7 @@ from effrepro.specdec.protocol import (
     Proposer,
     TreeConfig,
 )
-from effrepro.specdec.target import TargetAdapter
+from effrepro.specdec.target import TargetAdapter, TreeKVCache
 from effrepro.specdec.trainer import HeadTrainConfig, train_head
 from effrepro.specdec.tree import (
     DraftLevel,
@@ -47,9 +69,12 @@ from effrepro.specdec.tree import (
     tree_from_levels,
     tree_from_parents,
 )
-from effrepro.specdec.verify import SamplingConfig, Verdict, greedy_verify, sample_verify
+from effrepro.specdec.verify import SamplingConfig, Verdict, greedy_verify, sample_verify, target_probs
 
 __all__ = [
+    "ChatFormatter", "DraftModelConfig", "EagleHead", "EagleProposer", "TreeKVCache", "acceptance_by_depth",
+    "build_eagle_head", "eagle_factory", "eval_eagle", "load_eagle_head", "speed_ratio", "stop_tokens",
+    "summarize", "target_probs", "train_eagle",
     "DraftBatch", "DraftCollator", "DraftDataConfig", "DraftHead", "DraftLevel", "DraftTree", "EvalConfig",
     "FeatureDataset", "GenerationConfig", "GenerationResult", "HeadTrainConfig", "LevelProposer", "LossContext",
     "Proposer", "SamplingConfig", "TargetAdapter", "TreeConfig", "Verdict", "ancestor_mask",

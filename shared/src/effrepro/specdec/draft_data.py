@@ -1,14 +1,40 @@
-"""Draft-head training data: target features over chat conversations, cached on disk; issue 6."""
+"""Draft-head training data: target features over chat conversations, cached on disk (spec jakiro §4.1).
+
+Each sample is one conversation rendered in the target's chat template: ``input_ids [L]``, ``hidden_state [L, H]``
+(the target's last hidden state after the final norm, one teacher-forced pass) and ``loss_mask [L]`` (1 on
+assistant tokens, their end-of-turn token included). Sources:
+
+* ``sharegpt``: the ShareGPT-format conversations shipped with the assets (``effrepro.data``), as the official
+  ``ge_data`` scripts use them (fixed responses, not regenerated);
+* ``self_generated``: the first user turn of conversations answered by the target itself (greedy or sampled), a
+  self-distillation set that matches the draft to the target's own distribution.
+
+The cache lives under ``effrepro.data.cache_dir()/specdec/draft_data/<hash>``, the hash taken over every setting
+that changes the data (``DraftDataConfig``) and the target's identity, so EAGLE / Jakiro / Gumiho runs on the same
+target reuse one cache. It is written into a temporary folder and renamed into place when complete.
+
+Chat templates: the tokenizer's own template (SmolLM2, Llama-3), or an fschat template name (``vicuna``,
+``llama-2``...) at full scale. The assistant spans come from rendering conversation prefixes, so any
+prefix-stable template works; a template that is not prefix-stable gives a clear error.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from effrepro.errors import UsageError
 from effrepro.specdec.protocol import DraftBatch
+
+DATA_VERSION = 1
 
 
 @dataclass
@@ -17,34 +43,248 @@ class DraftDataConfig:
 
     target: str = "smollm2-135m"
     sharegpt: int = 500  # ShareGPT conversations to encode (0 = none)
-    self_generated: int = 0  # prompts answered by the target itself (self-distillation)
+    self_generated: int = 0  # first user turns answered by the target itself (self-distillation)
     max_len: int = 2048
     self_max_new_tokens: int = 256
     self_temperature: float = 0.0
+    chat_template: str = "auto"  # "auto" = the tokenizer's template; else an fschat template name
+    feature_dtype: str = "float16"
     seed: int = 42
 
 
-def chat_example(tokenizer: Any, conversation: list[dict], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids [L], loss_mask [L])`` in the tokenizer's chat template; mask 1 on assistant tokens."""
-    raise NotImplementedError
+class ChatFormatter:
+    """Renders conversations to text with the tokenizer's chat template or an fschat conversation template."""
+
+    def __init__(self, tokenizer: Any, template: str = "auto") -> None:
+        self.tokenizer, self.template = tokenizer, template
+        if template == "auto":
+            if not getattr(tokenizer, "chat_template", None):
+                raise UsageError("the tokenizer has no chat template; pass an fschat template name "
+                                 "(--chat-template vicuna | llama-2)")
+        else:
+            try:
+                from fastchat.conversation import get_conv_template
+
+                get_conv_template(template)
+            except (ImportError, KeyError, AssertionError):
+                raise UsageError(f"unknown chat template {template!r}; use 'auto' (the tokenizer's own) or an "
+                                 "fschat template name such as vicuna_v1.1 or llama-2") from None
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        if self.template == "auto":
+            return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
+        from fastchat.conversation import get_conv_template
+
+        conv = get_conv_template(self.template)
+        for message in messages:
+            if message["role"] == "system":
+                conv.set_system_message(message["content"])
+                continue
+            conv.append_message(conv.roles[0] if message["role"] == "user" else conv.roles[1], message["content"])
+        if add_generation_prompt:
+            conv.append_message(conv.roles[1], None)
+        return conv.get_prompt()
+
+    def encode(self, text: str) -> list[int]:
+        bos = getattr(self.tokenizer, "bos_token", None)
+        add_special = self.template != "auto" and not (bos and text.startswith(bos))
+        return self.tokenizer(text, add_special_tokens=add_special).input_ids
+
+    def prompt_ids(self, messages: list[dict]) -> torch.Tensor:
+        """Token ids of a conversation ending in a user turn, with the assistant generation prompt appended."""
+        return torch.tensor(self.encode(self.render(messages, add_generation_prompt=True)), dtype=torch.long)
 
 
-def generate_draft_data(model: Any, tokenizer: Any, config: DraftDataConfig,
-                        cache_root: Path | None = None) -> Path:
-    """Encode conversations with the target and store ``input_ids``, ``hidden_state``, ``loss_mask``; the dir."""
-    raise NotImplementedError
+def chat_example(formatter: ChatFormatter, conversation: list[dict],
+                 max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids [L], loss_mask [L])`` of a conversation; the mask is 1 on assistant tokens (module docstring)."""
+    if not conversation:
+        raise UsageError("empty conversation")
+    full = formatter.render(conversation)
+    spans = []
+    for k, message in enumerate(conversation):
+        if message["role"] != "assistant":
+            continue
+        start_text = formatter.render(conversation[:k], add_generation_prompt=True) if k else ""
+        end_text = formatter.render(conversation[: k + 1])
+        if not full.startswith(start_text) or not full.startswith(end_text):
+            raise UsageError("the chat template is not prefix-stable, so assistant spans cannot be located; "
+                             "use an fschat template name (--chat-template)")
+        spans.append((len(start_text), len(end_text)))
+    bos = getattr(formatter.tokenizer, "bos_token", None)
+    add_special = formatter.template != "auto" and not (bos and full.startswith(bos))
+    encoded = formatter.tokenizer(full, add_special_tokens=add_special, return_offsets_mapping=True)
+    ids = torch.tensor(encoded.input_ids[:max_len], dtype=torch.long)
+    mask = torch.zeros(ids.numel(), dtype=torch.long)
+    for i, (begin, _end) in enumerate(encoded.offset_mapping[:max_len]):
+        if any(lo <= begin < hi for lo, hi in spans) and _end > begin:
+            mask[i] = 1
+    return ids, mask
+
+
+def _target_fingerprint(model: Any) -> dict[str, Any]:
+    config = model.config
+    weight = model.get_output_embeddings().weight
+    probe = weight[:: max(1, weight.shape[0] // 64)].float().sum().item()
+    return {"name_or_path": str(getattr(config, "_name_or_path", "")), "hidden_size": config.hidden_size,
+            "vocab_size": weight.shape[0], "layers": config.num_hidden_layers, "head_probe": round(probe, 4)}
+
+
+def data_key(config: DraftDataConfig, model: Any) -> str:
+    payload = {"config": asdict(config), "target": _target_fingerprint(model), "version": DATA_VERSION}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _conversations(model: Any, tokenizer: Any, formatter: ChatFormatter,
+                   config: DraftDataConfig) -> list[list[dict]]:
+    from effrepro.data import sharegpt_conversations
+
+    pool = sharegpt_conversations()
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    conversations = [pool[i] for i in order[: config.sharegpt]]
+    if config.self_generated:
+        conversations += self_generate(model, tokenizer, formatter, [pool[i] for i in order], config)
+    return conversations
+
+
+def self_generate(model: Any, tokenizer: Any, formatter: ChatFormatter, pool: list[list[dict]],
+                  config: DraftDataConfig) -> list[list[dict]]:
+    """The target's own answers to the first user turn of ``config.self_generated`` conversations."""
+    from effrepro.specdec.generate import GenerationConfig, autoregressive_generate, stop_tokens
+    from effrepro.specdec.target import TargetAdapter
+    from effrepro.specdec.verify import SamplingConfig
+
+    adapter = TargetAdapter(model, max_length=config.max_len)
+    generation = GenerationConfig(max_new_tokens=config.self_max_new_tokens,
+                                  sampling=SamplingConfig(temperature=config.self_temperature),
+                                  stop_token_ids=stop_tokens(model, tokenizer), seed=config.seed)
+    out = []
+    for conversation in pool:
+        if len(out) >= config.self_generated:
+            break
+        first = [m for m in conversation if m["role"] == "user"][:1]
+        if not first:
+            continue
+        prompt = formatter.prompt_ids(first)
+        if prompt.numel() + config.self_max_new_tokens > config.max_len:
+            continue
+        result = autoregressive_generate(adapter, prompt, generation)
+        answer = tokenizer.decode([t for t in result.tokens if t not in generation.stop_token_ids],
+                                  skip_special_tokens=True)
+        out.append(first + [{"role": "assistant", "content": answer}])
+    return out
+
+
+@torch.no_grad()
+def encode_features(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
+    """The target's last hidden state after the final norm, ``[L, H]`` (one teacher-forced pass)."""
+    device = model.get_input_embeddings().weight.device
+    out = model.get_decoder()(input_ids=input_ids.to(device)[None], use_cache=False)
+    return out.last_hidden_state[0]
+
+
+def generate_draft_data(model: Any, tokenizer: Any, config: DraftDataConfig, cache_root: Path | None = None,
+                        progress: bool = True) -> Path:
+    """Encode the conversations with the target and store one ``.pt`` per sample; returns the (cached) folder."""
+    from effrepro.data import cache_dir
+
+    root = Path(cache_root) if cache_root is not None else cache_dir() / "specdec" / "draft_data"
+    folder = root / data_key(config, model)
+    if (folder / "meta.json").is_file():
+        return folder
+    formatter = ChatFormatter(tokenizer, config.chat_template)
+    conversations = _conversations(model, tokenizer, formatter, config)
+    dtype = getattr(torch, config.feature_dtype)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".draft-data-", dir=root))
+    iterator: Any = conversations
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(conversations, desc="draft data", mininterval=5.0)
+    try:
+        count = tokens = supervised = 0
+        for conversation in iterator:
+            ids, mask = chat_example(formatter, conversation, config.max_len)
+            if int(mask.sum()) == 0:
+                continue
+            hidden = encode_features(model, ids).to("cpu", dtype)
+            torch.save({"input_ids": ids.to(torch.int32), "hidden_state": hidden, "loss_mask": mask.to(torch.uint8)},
+                       tmp / f"{count:07d}.pt")
+            count, tokens, supervised = count + 1, tokens + ids.numel(), supervised + int(mask.sum())
+        meta = {"config": asdict(config), "target": _target_fingerprint(model), "samples": count, "tokens": tokens,
+                "supervised_tokens": supervised, "hidden_size": int(model.config.hidden_size),
+                "version": DATA_VERSION}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 class FeatureDataset(torch.utils.data.Dataset):
-    def __init__(self, root: Path, split: str = "train", holdout: float = 0.05) -> None:
-        raise NotImplementedError
+    """Samples of a draft-data folder; ``split`` "train" = first ``1 - holdout`` of the sorted files, "test" = rest."""
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", holdout: float = 0.05) -> None:
+        root = Path(root)
+        if not (root / "meta.json").is_file():
+            raise UsageError(f"{root} is not a draft-data folder (no meta.json); run generate_draft_data first")
+        self.meta = json.loads((root / "meta.json").read_text())
+        files = sorted(root.glob("*.pt"))
+        cut = len(files) - max(1, int(round(len(files) * holdout))) if holdout > 0 and len(files) > 1 else len(files)
+        if split not in ("train", "test", "all"):
+            raise UsageError(f"split {split!r}; use train, test or all")
+        self.files = {"train": files[:cut], "test": files[cut:], "all": files}[split]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return torch.load(self.files[index], map_location="cpu", weights_only=True)
 
 
 class DraftCollator:
-    """Pads, shifts and noises samples into a ``DraftBatch`` (uniform noise ``(U-0.5)*std*512/L``)."""
+    """Pads, shifts and noises samples into a ``DraftBatch`` (spec jakiro §1.4).
 
-    def __init__(self, noise_std: float = 0.2, noise: str = "uniform", train: bool = True) -> None:
-        self.noise_std, self.noise, self.train = noise_std, noise, train
+    ``noise="uniform"``: ``f += (U(0,1) - 0.5) * std * 512 / L`` with L the sample's length (EAGLE's
+    length-dependent amplitude); ``"gaussian"``: ``f += N(0, std^2)``; noise only when ``train``.
+    """
+
+    def __init__(self, noise_std: float = 0.2, noise: str = "uniform", train: bool = True, max_len: int = 2048,
+                 generator: torch.Generator | None = None) -> None:
+        if noise not in ("uniform", "gaussian", "none"):
+            raise UsageError(f"noise {noise!r}; use uniform, gaussian or none")
+        self.noise_std, self.noise, self.train, self.max_len = noise_std, noise, train, max_len
+        self.generator = generator
+
+    def _noise(self, hidden: torch.Tensor) -> torch.Tensor:
+        if not self.train or self.noise == "none" or self.noise_std == 0:
+            return hidden
+        if self.noise == "uniform":
+            rand = torch.rand(hidden.shape, generator=self.generator)
+            return hidden + (rand - 0.5) * self.noise_std * 512 / hidden.shape[0]
+        return hidden + torch.randn(hidden.shape, generator=self.generator) * self.noise_std
 
     def __call__(self, samples: list[dict[str, torch.Tensor]]) -> DraftBatch:
-        raise NotImplementedError
+        lengths = [min(int(s["input_ids"].numel()), self.max_len) for s in samples]
+        batch, length = len(samples), max(lengths)
+        hidden_size = samples[0]["hidden_state"].shape[-1]
+        input_ids = torch.zeros(batch, length, dtype=torch.long)
+        next_ids = torch.zeros(batch, length, dtype=torch.long)
+        features = torch.zeros(batch, length, hidden_size)
+        targets = torch.zeros(batch, length, hidden_size)
+        loss_mask = torch.zeros(batch, length)
+        attention = torch.zeros(batch, length, dtype=torch.long)
+        for row, (sample, n) in enumerate(zip(samples, lengths, strict=True)):
+            ids = sample["input_ids"][:n].long()
+            hidden = sample["hidden_state"][:n].float()
+            input_ids[row, :n] = ids
+            next_ids[row, : n - 1] = ids[1:]
+            features[row, :n] = self._noise(hidden)
+            targets[row, : n - 1] = hidden[1:]
+            loss_mask[row, : n - 1] = sample["loss_mask"][: n - 1].float()  # M_{L-1} = 0: no f_L to regress
+            attention[row, :n] = 1
+        return DraftBatch(input_ids, features, next_ids, targets, loss_mask, attention)

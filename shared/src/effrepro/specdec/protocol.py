@@ -14,7 +14,7 @@ position t; the draft input at position t is the pair ``(f_t, x_{t+1})``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -150,6 +150,25 @@ class DraftHead(nn.Module):
 
         prediction = self.train_forward(batch.features, batch.next_ids, batch.attention_mask)
         return eagle_loss(prediction, batch, ctx)
+
+    @torch.no_grad()
+    def eval_metrics(self, batch: DraftBatch, ctx: LossContext) -> dict[str, float]:
+        """Held-out metrics (the trainer averages them over the test split). Default: the loss parts and the
+        top-1 / top-3 agreement of the draft's next token with the target's, when ``train_forward`` returns a
+        ``[B, L, H]`` tensor. Heads with several outputs override this."""
+        from effrepro.specdec.losses import topk_accuracy
+
+        metrics = {k: float(v) for k, v in self.compute_loss(batch, ctx).items()}
+        prediction = self.train_forward(batch.features, batch.next_ids, batch.attention_mask)
+        if isinstance(prediction, torch.Tensor):
+            for k in (1, 3):
+                hits, count = topk_accuracy(prediction, batch, ctx.lm_head, k=k)
+                metrics[f"top{k}"] = hits / max(count, 1.0)
+        return metrics
+
+    def config_dict(self) -> dict[str, Any]:
+        """The constructor config saved in checkpoints (``asdict(self.config)`` for a dataclass config)."""
+        return asdict(self.config)
 
     def make_proposer(self, lm_head: torch.Tensor, tree: TreeConfig, **options: Any) -> Proposer:
         """A fresh proposer for one sequence, drafting with this head and the frozen target ``lm_head [V, H]``."""

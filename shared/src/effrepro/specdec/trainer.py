@@ -1,41 +1,176 @@
-"""The draft-head trainer shared by EAGLE-2, Jakiro and Gumiho; issue 6."""
+"""The draft-head trainer shared by EAGLE-2, Jakiro and Gumiho (spec jakiro §4.2, gumiho §4).
+
+Recipe knobs follow the official accelerate scripts: AdamW betas (0.9, 0.95), weight decay 1e-3, warm-up then
+cosine decay (per-step schedule over ``epochs * steps_per_epoch`` steps of *this* process, the consistent choice
+under DDP: jakiro pitfall 17), gradient clipping **by value** at 0.5, uniform feature noise, bf16 autocast on GPU.
+The loss is the head's ``compute_loss(batch, ctx)`` hook (EAGLE loss by default) or an explicit ``loss_fn``.
+
+Runs single-process or under ``torchrun`` (``effrepro.train.dist_setup``; the loss runs inside the DDP-wrapped
+module so gradients are synchronised). Resumable per epoch through ``effrepro.train.Trainer``; the final head goes
+to ``out_dir/head.pt`` (config + weights without the frozen embedding, written atomically).
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from effrepro.errors import UsageError
+from effrepro.specdec.draft_data import DraftCollator, FeatureDataset
 from effrepro.specdec.protocol import DraftBatch, DraftHead, LossContext
+from effrepro.train import Trainer, dist_setup, is_main_process, save_checkpoint, seed_everything
 
 LossHook = Callable[[DraftHead, DraftBatch, LossContext], dict[str, torch.Tensor]]
+SCHEDULES = ("cosine", "linear", "constant")
 
 
 @dataclass
 class HeadTrainConfig:
-    """Official recipe defaults (EAGLE/Jakiro accelerate scripts); scale ``epochs``/``lr`` for miniatures."""
+    """Official recipe defaults (Jakiro/EAGLE accelerate scripts); scale ``epochs`` / ``lr`` for miniatures."""
 
     epochs: int = 20
     batch_size: int = 4
+    steps_per_epoch: int = 0  # > 0: sample this many batches per epoch (with replacement when larger than the set)
     lr: float = 9e-5
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 1e-3
     warmup_steps: int = 2000
-    schedule: str = "cosine"  # "cosine" | "linear" | "constant"
-    clip_value: float = 0.5  # clip_grad_value_, not by norm (jakiro pitfall 17)
+    schedule: str = "cosine"
+    clip_value: float = 0.5  # clip_grad_value_, not by norm
     noise: str = "uniform"
     noise_std: float = 0.2
     max_len: int = 2048
-    max_steps: int = 0  # > 0 stops early (miniatures)
+    holdout: float = 0.05
     loss_weights: dict[str, float] = field(default_factory=lambda: {"v_w": 1.0, "p_w": 0.1})
     seed: int = 0
     num_workers: int = 0
-    bf16: bool = False
+    bf16: bool = True  # autocast on CUDA only
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"schedule {self.schedule!r}; use one of {SCHEDULES}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise UsageError("epochs, batch_size must be >= 1 and lr > 0")
 
 
-def train_head(head: DraftHead, lm_head: torch.Tensor, data_dir: Path, config: HeadTrainConfig,
-               out_dir: Path, loss_fn: LossHook | None = None) -> dict:
-    """Train ``head`` on a feature cache; ``loss_fn`` defaults to ``head.compute_loss``. Resumable."""
-    raise NotImplementedError
+class _HeadWithLoss(nn.Module):
+    """Runs the loss hook inside ``forward`` so a DDP wrapper sees the pass and synchronises gradients."""
+
+    def __init__(self, head: DraftHead, hook: LossHook | None) -> None:
+        super().__init__()
+        self.head, self.hook = head, hook
+
+    def forward(self, batch: DraftBatch, ctx: LossContext) -> dict[str, torch.Tensor]:
+        if self.hook is not None:
+            return self.hook(self.head, batch, ctx)
+        return self.head.compute_loss(batch, ctx)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, config: HeadTrainConfig, total: int) -> Any:
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
+
+    warmup = min(config.warmup_steps, max(total - 1, 0))
+    if config.schedule == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, warmup, total)
+    if config.schedule == "linear":
+        return get_linear_schedule_with_warmup(optimizer, warmup, total)
+    return get_constant_schedule_with_warmup(optimizer, warmup)
+
+
+def _loader(dataset: FeatureDataset, config: HeadTrainConfig, train: bool, distributed: bool) -> DataLoader:
+    collate = DraftCollator(config.noise_std, config.noise, train=train, max_len=config.max_len)
+    if not train:
+        return DataLoader(dataset, batch_size=config.batch_size, shuffle=False, collate_fn=collate)
+    if distributed:
+        sampler: Any = DistributedSampler(dataset, shuffle=True, seed=config.seed)
+    elif config.steps_per_epoch > 0:
+        wanted = config.steps_per_epoch * config.batch_size
+        sampler = RandomSampler(dataset, replacement=wanted > len(dataset), num_samples=wanted)
+    else:
+        sampler = RandomSampler(dataset)
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate,
+                      num_workers=config.num_workers, drop_last=False)
+
+
+def train_head(head: DraftHead, lm_head: torch.Tensor, data_dir: str | Path, config: HeadTrainConfig,
+               out_dir: str | Path, loss_fn: LossHook | None = None, progress: bool = True,
+               resume: bool = True) -> dict[str, Any]:
+    """Train ``head`` on a draft-data folder (``generate_draft_data``); returns the Trainer's history.
+
+    ``lm_head [V, H]`` is the frozen target head (teacher distribution, soft-CE). ``loss_fn(head, batch, ctx)``
+    overrides ``head.compute_loss``. Writes ``out_dir/last.pt`` (resume), ``metrics.jsonl`` and ``head.pt``.
+    """
+    out_dir = Path(out_dir)
+    dist = dist_setup()
+    seed_everything(config.seed)
+    train_set = FeatureDataset(data_dir, "train", config.holdout)
+    test_set = FeatureDataset(data_dir, "test", config.holdout)
+    hidden = int(train_set.meta.get("hidden_size", head.hidden_size))
+    head.check_compatible(hidden, int(lm_head.shape[0]))
+    if len(train_set) == 0:
+        raise UsageError(f"{data_dir} holds no training samples")
+    loader = _loader(train_set, config, train=True, distributed=dist.distributed)
+    steps_per_epoch = len(loader)
+    total = config.epochs * steps_per_epoch
+    params = [p for p in head.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+    scheduler = _schedule(optimizer, config, total)
+    ctx = LossContext(lm_head=lm_head.detach().to(dist.device), total_steps=total,
+                      weights=dict(config.loss_weights))
+    model = _HeadWithLoss(head, loss_fn)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.bf16 and dist.device.type == "cuda"
+                else contextlib.nullcontext())
+    trainer: Trainer | None = None
+
+    def step_fn(module: nn.Module, batch: DraftBatch, opt: torch.optim.Optimizer) -> dict[str, float]:
+        ctx.step = trainer.global_step
+        ctx.epoch = trainer.global_step // steps_per_epoch
+        with autocast:
+            losses = module(batch.to(dist.device), ctx)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite draft loss {float(loss)} at step {ctx.step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.clip_value:
+            nn.utils.clip_grad_value_(params, config.clip_value)
+        opt.step()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def eval_fn(module: nn.Module) -> dict[str, float]:
+        if len(test_set) == 0:
+            return {}
+        sums: dict[str, float] = {}
+        batches = 0
+        for batch in _loader(test_set, config, train=False, distributed=False):
+            with autocast:
+                metrics = module.head.eval_metrics(batch.to(dist.device), ctx)
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value
+            batches += 1
+        return {k: v / batches for k, v in sums.items()}
+
+    trainer = Trainer(model, optimizer, loader, step_fn=step_fn, epochs=config.epochs, out_dir=out_dir,
+                      scheduler=scheduler, scheduler_step="step", config={"train": asdict(config)},
+                      eval_fn=eval_fn, dist=dist, progress=progress, log_every=config.log_every, resume=resume)
+    result = trainer.fit()
+    if is_main_process():
+        save_checkpoint(out_dir / "head.pt", {
+            "method": type(head).__name__, "config": head.config_dict(), "state_dict": head.trainable_state_dict(),
+            "target": {"hidden_size": head.hidden_size, "vocab_size": head.vocab_size},
+            "train": asdict(config), "history": result["history"], "steps": total,
+        })
+    result["steps"] = total
+    return result

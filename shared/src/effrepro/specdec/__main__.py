@@ -1,0 +1,3 @@
+from effrepro.specdec.cli import entry
+
+entry()

@@ -1,0 +1,174 @@
+"""``python -m effrepro.specdec``: draft data, EAGLE-2 head training, evaluation and generation.
+
+    python -m effrepro.specdec data        --target smollm2-135m [--sharegpt 500 --self-generated 0]
+    python -m effrepro.specdec train-eagle --target smollm2-135m --out runs/eagle [--epochs 2 --lr 3e-4 ...]
+    python -m effrepro.specdec eval        --target smollm2-135m --head runs/eagle/head.pt [--questions mtbench]
+    python -m effrepro.specdec generate    --target smollm2-135m --head runs/eagle/head.pt --prompt "Hi"
+
+``--target`` is the embedded ``smollm2-135m`` or a local HF directory (full scale: ``/path/to/vicuna-7b-v1.3``);
+``--dtype bfloat16`` / ``float16`` and ``--device cuda`` for GPUs. ``train-head`` is an alias of ``train-eagle``.
+Multi-GPU training: ``torchrun --nproc_per_node N -m effrepro.specdec train-eagle ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from effrepro.errors import UsageError, run_cli
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _target_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default=os.environ.get("EFFREPRO_TARGET", "smollm2-135m"),
+                        help="embedded model name or local HF model directory")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--chat-template", default="auto", help="'auto' (tokenizer's) or an fschat template name")
+
+
+def _data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sharegpt", type=int, default=500, help="ShareGPT conversations to encode")
+    parser.add_argument("--self-generated", type=int, default=0, help="prompts answered by the target itself")
+    parser.add_argument("--self-max-new-tokens", type=int, default=256)
+    parser.add_argument("--max-len", type=int, default=2048)
+
+
+def _tree_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--head", required=True, help="head.pt written by train-eagle")
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--depth", type=int, default=5)
+    parser.add_argument("--total-tokens", type=int, default=60)
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--max-length", type=int, default=2048, help="context budget (KV cache size)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m effrepro.specdec", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    data = sub.add_parser("data", help="generate (or find) the cached draft training data")
+    _target_args(data)
+    _data_args(data)
+    for name in ("train-eagle", "train-head"):
+        train = sub.add_parser(name, help="train an EAGLE-2 head on the target's features")
+        _target_args(train)
+        _data_args(train)
+        train.add_argument("--out", required=True)
+        train.add_argument("--epochs", type=int, default=20)
+        train.add_argument("--batch-size", type=int, default=4)
+        train.add_argument("--steps-per-epoch", type=int, default=0)
+        train.add_argument("--lr", type=float, default=9e-5)
+        train.add_argument("--warmup-steps", type=int, default=2000)
+        train.add_argument("--schedule", default="cosine")
+        train.add_argument("--seed", type=int, default=0)
+        train.add_argument("--no-resume", action="store_true")
+    evaluate = sub.add_parser("eval", help="EAGLE-2 vs plain decoding on MT-bench or a question file")
+    _target_args(evaluate)
+    _tree_args(evaluate)
+    evaluate.add_argument("--questions", default="mtbench", help="'mtbench' or an MT-bench-format question.jsonl")
+    evaluate.add_argument("--max-questions", type=int, default=0)
+    evaluate.add_argument("--max-turns", type=int, default=0)
+    evaluate.add_argument("--warmup", type=int, default=3)
+    evaluate.add_argument("--out", default=None)
+    generate = sub.add_parser("generate", help="stream one answer with speculative decoding")
+    _target_args(generate)
+    _tree_args(generate)
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _load(args: argparse.Namespace, max_length: int = 2048) -> tuple[Any, Any]:
+    from effrepro.data import load_target
+
+    model, tokenizer = load_target(args.target, dtype=DTYPES[args.dtype])
+    return model.to(args.device), tokenizer
+
+
+def _data_config(args: argparse.Namespace) -> Any:
+    from effrepro.specdec.draft_data import DraftDataConfig
+
+    return DraftDataConfig(target=str(args.target), sharegpt=args.sharegpt, self_generated=args.self_generated,
+                           self_max_new_tokens=args.self_max_new_tokens, max_len=args.max_len,
+                           chat_template=args.chat_template)
+
+
+def _tree(args: argparse.Namespace) -> Any:
+    from effrepro.specdec.protocol import TreeConfig
+
+    return TreeConfig(top_k=args.top_k, depth=args.depth, total_tokens=args.total_tokens)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    if args.command == "data":
+        from effrepro.specdec.draft_data import generate_draft_data
+
+        model, tokenizer = _load(args)
+        folder = generate_draft_data(model, tokenizer, _data_config(args))
+        print(folder)
+        print((folder / "meta.json").read_text())
+        return 0
+    if args.command in ("train-eagle", "train-head"):
+        from effrepro.specdec.eagle import train_eagle
+        from effrepro.specdec.trainer import HeadTrainConfig
+
+        model, tokenizer = _load(args)
+        train = HeadTrainConfig(epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
+                                lr=args.lr, warmup_steps=args.warmup_steps, schedule=args.schedule,
+                                max_len=args.max_len, seed=args.seed)
+        path = train_eagle(model, tokenizer, args.out, _data_config(args), train)
+        print(path)
+        return 0
+    from effrepro.specdec.eagle import eagle_factory, eval_eagle, load_eagle_head
+    from effrepro.specdec.target import TargetAdapter
+
+    model, tokenizer = _load(args)
+    target = TargetAdapter(model, max_length=args.max_length)
+    if args.command == "eval":
+        from effrepro.specdec.harness import EvalConfig
+
+        config = EvalConfig(questions=args.questions, max_questions=args.max_questions, max_turns=args.max_turns,
+                            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                            warmup=args.warmup, max_length=args.max_length, chat_template=args.chat_template)
+        result = eval_eagle(target, tokenizer, Path(args.head), _tree(args), config, args.out)
+        print(json.dumps(result["summary"], indent=1))
+        return 0
+    from effrepro.specdec.draft_data import ChatFormatter
+    from effrepro.specdec.generate import GenerationConfig, speculative_generate, stop_tokens
+    from effrepro.specdec.verify import SamplingConfig
+
+    if not args.prompt.strip():
+        raise UsageError("empty prompt; pass --prompt 'some text'")
+    proposer = eagle_factory(load_eagle_head(args.head, target), _tree(args))(target)
+    prompt = ChatFormatter(tokenizer, args.chat_template).prompt_ids([{"role": "user", "content": args.prompt}])
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, seed=args.seed,
+                              sampling=SamplingConfig(temperature=args.temperature, top_p=args.top_p),
+                              stop_token_ids=stop_tokens(model, tokenizer))
+    emitted: list[int] = []
+
+    def stream(tokens: list[int]) -> None:
+        before = tokenizer.decode(emitted, skip_special_tokens=True)
+        emitted.extend(tokens)
+        sys.stdout.write(tokenizer.decode(emitted, skip_special_tokens=True)[len(before):])
+        sys.stdout.flush()
+
+    result = speculative_generate(target, proposer, prompt, config, streamer=stream)
+    tau = result.cycle_tokens / max(result.cycles, 1)
+    print(f"\n[{result.new_tokens} tokens, {result.cycles} cycles, tau {tau:.2f}, {result.wall_time:.2f} s]")
+    return 0
+
+
+def entry() -> None:
+    run_cli(main)
