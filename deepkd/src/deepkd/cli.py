@@ -77,7 +77,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from deepkd.reproduce import reproduce
 
     reproduce(args.scale, tiny=args.tiny, out=args.out, data=args.data, seeds=args.seeds, workers=args.workers,
-              config=args.config, overrides=args.overrides)
+              config=args.config, overrides=args.overrides, arms=args.arms.split(",") if args.arms else None)
     return 0
 
 
@@ -125,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="full scale: CIFAR-100 folder (or $CIFAR100_ROOT)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds per arm")
     p.add_argument("--workers", type=int, default=2, help="parallel processes (smoke)")
+    p.add_argument("--arms", default=None, help="smoke: comma-separated subset of the arms (ce is always run)")
     p.add_argument("--config", default=None, help="full scale: student config (default the R32x4->R8x4 DKD one)")
     p.add_argument("overrides", nargs="*", help="full scale: key=value overrides")
     p.set_defaults(fn=_cmd_reproduce)

@@ -8,6 +8,7 @@ loadable as a teacher) and ``<out>/metrics.jsonl``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from effrepro.errors import UsageError
 from effrepro.train import Trainer, dist_setup, load_checkpoint, load_state_dict_checked, save_checkpoint
 from effrepro.train import seed_everything as seed_all
 from torch import nn
+from torch.utils.data import Dataset
 
 from deepkd.config import TrainConfig, validate
 from deepkd.data import build_dataset, test_loader, train_loader
@@ -95,8 +97,16 @@ def export_student(path: Path, student: nn.Module, cfg: TrainConfig, metrics: di
                                   "config": config_to_dict(cfg)})
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True, resume: bool = True) -> dict[str, Any]:
-    """Train one student (or teacher, with ``distiller.name=none``) and evaluate it every epoch."""
+EpochProbe = Callable[[Any, int], dict[str, float]]
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True, resume: bool = True,
+          datasets: tuple[Dataset, Dataset] | None = None, probe: EpochProbe | None = None) -> dict[str, Any]:
+    """Train one student (or teacher, with ``distiller.name=none``) and evaluate it every epoch.
+
+    ``datasets`` (train, test) replaces the configured ones (the miniature passes MNIST-100 with cached
+    teacher logits); ``probe(distiller, finished_epochs)`` adds measurements (e.g. GSNR) to the epoch's row.
+    """
     validate(cfg)
     out = Path(out_dir)
     dist = dist_setup(cfg.device)
@@ -104,14 +114,23 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True, resume: 
     two_views = cfg.data.two_views if cfg.data.two_views is not None else distiller.two_views
     if distiller.two_views and not two_views:
         raise UsageError(f"{cfg.distiller.name} trains on two views; leave data.two_views unset or true")
-    loader = train_loader(build_dataset(cfg, train=True, two_views=two_views), cfg, dist)
-    tests = test_loader(build_dataset(cfg, train=False), cfg, dist)
+    if datasets is None:
+        datasets = build_dataset(cfg, train=True, two_views=two_views), build_dataset(cfg, train=False)
+    loader = train_loader(datasets[0], cfg, dist)
+    tests = test_loader(datasets[1], cfg, dist)
     counter = StepCounter(len(loader))
+
+    def eval_fn(model: nn.Module) -> dict[str, float]:
+        row = evaluate(model, tests, dist.device)
+        if probe is not None:
+            with torch.enable_grad():
+                row.update(probe(distiller, counter.step // counter.steps_per_epoch))
+        return row
+
     trainer = Trainer(
         distiller, parts["optimizer"], loader, epochs=cfg.solver.epochs, out_dir=out, scheduler=parts["scheduler"],
         step_fn=DistillStep(cfg, counter, topk_schedule(cfg)), config=config_to_dict(cfg), dist=dist,
-        eval_fn=lambda model: evaluate(model, tests, dist.device), progress=progress,
-        extra_state={"step_counter": counter}, resume=resume,
+        eval_fn=eval_fn, progress=progress, extra_state={"step_counter": counter}, resume=resume,
     )
     start = time.perf_counter()
     result = trainer.fit()

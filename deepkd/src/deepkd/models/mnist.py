@@ -41,7 +41,7 @@ class SmallCNN(nn.Module):
 
 
 MNIST_MODELS = {
-    "mlp_teacher": lambda num_classes=100: MLP((1024, 1024), num_classes),
+    "mlp_teacher": lambda num_classes=100: MLP((512, 512), num_classes),
     "mlp_student": lambda num_classes=100: MLP((64,), num_classes),
     "mlp_tiny": lambda num_classes=100: MLP((16,), num_classes),
     "cnn_teacher": lambda num_classes=100: SmallCNN((32, 64), num_classes),
