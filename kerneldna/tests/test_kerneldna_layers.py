@@ -7,8 +7,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from kerneldna.layers import (
     FILTER_FIRST,
     SPATIAL_FIRST,
@@ -21,6 +19,7 @@ from kerneldna.layers import (
 )
 from kerneldna.models import build_model
 from kerneldna.models.resnet import SharedBasicStage
+from torch import nn
 
 
 def _randomise_static(model: nn.Module, scale: float = 0.3) -> None:

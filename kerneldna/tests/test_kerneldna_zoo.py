@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-
-import kerneldna  # noqa: F401  (registers the timm models)
 from effrepro.bench import count_flops, count_params
 from effrepro.errors import UsageError
 from kerneldna.models import OFFICIAL_COUNTS, build_model
+
+import kerneldna  # noqa: F401  (registers the timm models)
 
 
 @pytest.mark.parametrize("arch,variant", sorted(OFFICIAL_COUNTS))

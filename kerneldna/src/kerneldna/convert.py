@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from effrepro.errors import UsageError
 from torch import nn
 
-from effrepro.errors import UsageError
 from kerneldna.dynamic import set_submodule
 from kerneldna.layers import ChildConv2d, FoldableChildren
 
@@ -24,7 +24,8 @@ def _conv(model: nn.Module, name: str, role: str) -> nn.Conv2d:
     try:
         module = model.get_submodule(name)
     except AttributeError:
-        raise UsageError(f"{role} layer {name!r} not found in the model; use names from model.named_modules()") from None
+        raise UsageError(f"{role} layer {name!r} not found in the model; "
+                         "use names from model.named_modules()") from None
     if type(module) is not nn.Conv2d:
         raise UsageError(
             f"{role} layer {name!r} is a {type(module).__name__}, which cannot be shared; KernelDNA shares only "

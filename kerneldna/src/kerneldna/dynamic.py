@@ -11,10 +11,9 @@ from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
+from effrepro.errors import UsageError
 from timm.layers import CondConv2d
 from torch import Tensor, nn
-
-from effrepro.errors import UsageError
 
 
 class CondConv(nn.Module):

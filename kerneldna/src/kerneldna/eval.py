@@ -8,10 +8,10 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
-from torch import nn
-
 from effrepro.errors import UsageError
 from effrepro.train import load_checkpoint, load_state_dict_checked
+from torch import nn
+
 from kerneldna.convert import check_sharing
 
 

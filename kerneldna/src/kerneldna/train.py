@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from effrepro.config import config_to_dict
 from effrepro.errors import UsageError
 from effrepro.train import DistInfo, Trainer, dist_setup, seed_everything
+from torch import nn
+
 from kerneldna.convert import sharing_groups
 from kerneldna.data import (
     SMALL_DATASETS,

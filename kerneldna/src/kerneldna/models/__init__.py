@@ -1,4 +1,4 @@
-"""The model zoo: ``build_model(arch, variant)`` and its timm registrations (``timm.create_model("kerneldna_resnet18")``).
+"""The model zoo: ``build_model(arch, variant)`` and its timm registrations (``kerneldna_resnet18``, ...).
 
 Architectures: ``resnet18``, ``resnet50``, ``mobilenetv2_100``, ``mobilenetv2_050`` (the official zoo) and
 ``mini`` (the CPU miniature). Variants: ``baseline`` (torchvision), ``samedepth`` (ResNet-18 / mini only: a
@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from effrepro.errors import UsageError
 from timm.models import register_model
 from torch import Tensor, nn
 
-from effrepro.errors import UsageError
 from kerneldna.dynamic import dynamic_variant
 from kerneldna.models.mini import MINI_VARIANTS, MiniResNet
 from kerneldna.models.mobilenetv2 import SHARED_STAGES, KernelDNAMobileNetV2

@@ -1,0 +1,180 @@
+"""``kerneldna`` console script: ``train``, ``eval``, ``bench``, ``reproduce``.
+
+Multi-GPU: ``torchrun --nproc_per_node=8 -m kerneldna.cli train --arch resnet18 --data /imagenet``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from effrepro.config import load_config
+from effrepro.errors import UsageError, run_cli
+
+# The official ImageNet recipes (spec §4); configs/<arch>_imagenet.yaml hold the same values.
+RECIPES: dict[str, dict] = {
+    "resnet18": {"arch": "resnet18", "epochs": 90, "warmup_epochs": 0, "lr": 0.1, "weight_decay": 1e-4},
+    "resnet50": {"arch": "resnet50", "epochs": 300, "warmup_epochs": 20, "lr": 0.1, "weight_decay": 1e-4},
+    "mobilenetv2_100": {"arch": "mobilenetv2_100", "epochs": 150, "warmup_epochs": 0, "lr": 0.05,
+                        "weight_decay": 4e-5},
+    "mobilenetv2_050": {"arch": "mobilenetv2_050", "epochs": 150, "warmup_epochs": 0, "lr": 0.05,
+                        "weight_decay": 4e-5},
+}
+COMMON = {"dataset": "imagenet", "batch_size": 256, "momentum": 0.9, "eta_min": 0.0, "variant": "kerneldna"}
+
+
+def recipe_config(arch: str, overrides: list[str] | None = None):  # noqa: ANN201
+    """The official recipe of ``arch`` as a :class:`TrainConfig`, with ``key=value`` overrides."""
+    from kerneldna.train import TrainConfig
+
+    if arch not in RECIPES:
+        raise UsageError(f"no official recipe for {arch!r}; use one of {', '.join(RECIPES)} or --config FILE")
+    return load_config({**COMMON, **RECIPES[arch]}, TrainConfig, overrides)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from kerneldna.train import TrainConfig, train
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data={args.data}")
+    if args.out:
+        overrides.append(f"out={args.out}")
+    if args.config:
+        cfg = load_config(args.config, TrainConfig, overrides)
+    else:
+        cfg = recipe_config(args.arch, overrides)
+    result = train(cfg, resume=not args.no_resume)
+    print(json.dumps({"final": result["final"], "out": cfg.out}, default=str))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+    from effrepro.train import dist_setup
+
+    from kerneldna.eval import evaluate, load_trained
+    from kerneldna.layers import fold_model
+    from kerneldna.train import TrainConfig, make_loaders
+
+    model, config = load_trained(args.checkpoint, use_ema=args.ema)
+    known = set(TrainConfig.__dataclass_fields__)
+    cfg = TrainConfig(**{k: v for k, v in config.items() if k in known and v is not None})
+    if args.data:
+        cfg.data = args.data
+    dist = dist_setup()
+    _, loader = make_loaders(cfg, dist)
+    model.to(dist.device)
+    if not args.no_fold:
+        fold_model(model)
+    with torch.no_grad():
+        metrics = evaluate(model, loader, dist.device)
+    print(json.dumps({"checkpoint": str(args.checkpoint), "folded": not args.no_fold, **metrics}))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+    from effrepro.report import results_dir
+
+    from kerneldna.bench import BenchConfig, markdown_table, parse_ints, run_bench, write_bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    cfg = BenchConfig(arch=args.arch, batch_sizes=parse_ints(args.batch_sizes), image_size=args.image_size,
+                      repeats=args.repeats, warmup=args.warmup, fold=not args.no_fold, device=args.device)
+    if args.variants:
+        cfg.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        if "baseline" not in cfg.variants:
+            raise UsageError("--variants must include baseline (ratios are taken against it)")
+    from kerneldna.models import ARCHS, VARIANTS
+
+    if cfg.arch not in ARCHS:
+        raise UsageError(f"unknown arch {cfg.arch!r}; use one of: {', '.join(ARCHS)}")
+    unknown = [v for v in cfg.variants if v not in VARIANTS]
+    if unknown:
+        raise UsageError(f"unknown variants {unknown}; use some of: {', '.join(VARIANTS)}")
+    result = run_bench(cfg)
+    out = results_dir("kerneldna", "bench", args.out)
+    path = write_bench(result, out, f"bench_{cfg.arch}")
+    print(markdown_table(result))
+    print(f"written: {path}")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from kerneldna.bench import parse_ints
+    from kerneldna.reproduce import reproduce
+
+    variants = [v for v in args.variants.split(",") if v] if args.variants else None
+    seeds = parse_ints(args.seeds) if args.seeds else None
+    out = reproduce(args.scale, args.out, tiny=args.tiny, data=args.data, arch=args.arch, variants=variants,
+                    epochs=args.epochs, seeds=seeds)
+    print(f"claims and report written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kerneldna", description="KernelDNA: dynamic kernel sharing.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train with an official recipe (single process or torchrun DDP)")
+    p.add_argument("--arch", default="resnet18", help=f"official recipe: {', '.join(RECIPES)}")
+    p.add_argument("--config", type=Path, help="a YAML TrainConfig instead of --arch's recipe")
+    p.add_argument("--data", help="dataset root (ImageNet: train/ and val/ class folders)")
+    p.add_argument("--out", help="run directory (resumes from its last.pt)")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. variant=baseline epochs=10")
+    p.set_defaults(fn=_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint (folded by default)")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--data")
+    p.add_argument("--ema", action="store_true", help="evaluate the EMA weights if the checkpoint has them")
+    p.add_argument("--no-fold", action="store_true")
+    p.set_defaults(fn=_eval)
+
+    p = sub.add_parser("bench", help="throughput/latency: baseline vs KernelDNA (folded) vs CondConv vs ODConv")
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--variants", help="comma list (default baseline,samedepth,kerneldna,condconv,odconv)")
+    p.add_argument("--batch-sizes", default="1,64")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-fold", action="store_true")
+    p.add_argument("--out")
+    p.set_defaults(fn=_bench)
+
+    p = sub.add_parser("reproduce", help="the paper's claims: --scale smoke (CPU miniature) or full (ImageNet)")
+    p.add_argument("--scale", default="smoke", choices=["smoke", "full"])
+    p.add_argument("--tiny", action="store_true", help="the same code path in about a minute")
+    p.add_argument("--out")
+    p.add_argument("--seeds", help="comma list of seeds (smoke; default 0,1,2)")
+    p.add_argument("--data", help="ImageNet root for --scale full (or KERNELDNA_DATA)")
+    p.add_argument("--arch", default="resnet18", help="architecture for --scale full")
+    p.add_argument("--variants", help="variants for --scale full (default baseline,kerneldna)")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs (--scale full)")
+    p.set_defaults(fn=_reproduce)
+    return parser
+
+
+def dispatch(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "repeats", 1) < 1:
+        raise UsageError("--repeats must be >= 1")
+    return args.fn(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry: user mistakes become one ``error: ...`` line and exit code 2 (``effrepro.errors.run_cli``)."""
+    run_cli(dispatch, argv)
+
+
+if __name__ == "__main__":
+    main()
