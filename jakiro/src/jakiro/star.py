@@ -1,0 +1,312 @@
+"""Jakiro*: per-expert candidates on EAGLE-1's static tree (spec §1.7, official ``jakiro_star/``).
+
+Drafting. The draft's Jakiro* block returns the *unweighted* outputs of the router-preferred and the other expert
+``[g_win, g_lose]`` (``JakiroStarMoE(split=True)``). At every node that has children in the static tree, both
+experts' logits are processed (temperature / top-p / top-k), concatenated into one ``2V`` vector and
+``pi = softmax([l_win ; l_lose])``; the node's ``c`` children are ``c`` draws from ``pi`` without replacement,
+folded back to token ids (draw ``d`` -> token ``d mod V``; a token can appear twice, once per expert). Only the
+preferred expert's feature ``g_win`` feeds the next level. The tree is the official modified ``mc_sim_7b_63``
+(26 nodes, depth 6: 4, 8, 8, 3, 2, 1 nodes per level); one draft forward per level that has children.
+
+Verification: EAGLE-1's recursive rejection sampling over a node's children in draw order: child ``x`` with
+proposal ``q_k`` is accepted with probability ``min(1, p(x) / q_k(x))``; on rejection ``p <- norm(max(0, p - q_k))``;
+when every child is rejected the bonus token is drawn from the residual ``p``, at a leaf from the target.
+
+* ``rule="corrected"`` (default): ``q_k`` is the true distribution of the k-th draw given the earlier draws of the
+  same node (the ``2V`` mixture minus the drawn entries, renormalised, folded to tokens). That makes each child an
+  exact proposal, so the output is distributed as the target (tested by enumeration). The leaf bonus uses the
+  processed target distribution.
+* ``rule="official"``: the literal released rule, kept for fidelity: (i) the recorded draft probability of a child
+  is gathered at ``token + V`` after folding, i.e. from the *second* expert's half, then divided by one minus the
+  running sum of those values and clipped to [0, 1]; a child with value 0 is skipped; (ii) the rejection residual is
+  ``softmax(mean_e softmax(l_e))`` (a softmax of probabilities, nearly uniform) with the earlier siblings' tokens
+  zeroed and renormalised; (iii) a token already tried at this node is skipped; (iv) the bonus after a leaf comes
+  from the raw (unprocessed) target softmax. The output is **not** exactly the target distribution (measured TV in
+  the tests and the README).
+
+Temperature 0 is unsupported by the official code (its sampler always calls the logits processor). Here T = 0 is an
+extension: a node's children are the first ``c`` distinct tokens of the ``2V`` logits in descending order, checked
+by the engine's greedy verifier (lossless for any tree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from effrepro.errors import UsageError
+from effrepro.specdec import DraftTree, tree_from_parents
+from effrepro.specdec.verify import SamplingConfig, Verdict, greedy_verify, target_probs
+
+from jakiro.models.head import DraftKV, JakiroDraft, causal_allowed
+
+# Official jakiro_star/model/choices.py: mc_sim_7b_63 modified to depth 6 (26 nodes + the root).
+JAKIRO_STAR_TREE: tuple[tuple[int, ...], ...] = (
+    (0,), (1,), (2,), (3,), (0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0), (2, 1), (3, 0),
+    (0, 0, 0), (0, 0, 1), (0, 0, 2), (0, 1, 0), (0, 1, 1), (0, 2, 0), (0, 2, 1), (1, 0, 0),
+    (0, 0, 0, 0), (0, 0, 0, 1), (0, 0, 0, 2), (0, 0, 0, 0, 0), (0, 0, 0, 0, 1), (0, 0, 0, 0, 0, 0),
+)
+RULES = ("corrected", "official")
+
+
+@dataclass
+class StaticTree:
+    """A static tree in node order (root 0, level order, children of a node in draw order)."""
+
+    parents: list[int]  # parent node of every node, -1 for the root
+    draw_index: list[int]  # which draw of its parent a node is (0 = first)
+    depth: list[int]
+
+    @classmethod
+    def from_choices(cls, choices: tuple[tuple[int, ...], ...] | list[list[int]]) -> StaticTree:
+        paths = sorted((tuple(c) for c in choices), key=lambda c: (len(c), c))
+        index = {(): 0} | {path: i + 1 for i, path in enumerate(paths)}
+        parents, draws, depth = [-1], [0], [0]
+        for path in paths:
+            if path[:-1] not in index:
+                raise UsageError(f"static tree path {list(path)} has no parent path {list(path[:-1])}")
+            parents.append(index[path[:-1]])
+            draws.append(path[-1])
+            depth.append(len(path))
+        tree = cls(parents, draws, depth)
+        for node in range(len(parents)):
+            if [draws[c] for c in tree.children(node)] != list(range(len(tree.children(node)))):
+                raise UsageError(f"children of static-tree node {node} must be the draws 0..c-1")
+        return tree
+
+    def children(self, node: int) -> list[int]:
+        return [i for i, p in enumerate(self.parents) if p == node]
+
+    @property
+    def size(self) -> int:
+        return len(self.parents)
+
+    @property
+    def max_depth(self) -> int:
+        return max(self.depth)
+
+
+def fold(draws: torch.Tensor, vocab: int) -> torch.Tensor:
+    """2V draw indices -> token ids (official ``where(d >= V, d - V, d)``)."""
+    return torch.where(draws >= vocab, draws - vocab, draws)
+
+
+def draw_children(pi: torch.Tensor, count: int, generator: torch.Generator | None) -> torch.Tensor:
+    """``count`` draws without replacement from the ``2V`` mixture ``pi`` (official ``sample_moe``)."""
+    return torch.multinomial(pi, count, replacement=False, generator=generator)
+
+
+def corrected_proposals(pi: torch.Tensor, draws: torch.Tensor, vocab: int) -> torch.Tensor:
+    """``[c, V]``: the exact token distribution of the k-th draw given draws ``0..k-1`` of the same node."""
+    out = []
+    remaining = pi.clone()
+    for draw in draws.tolist():
+        q = remaining / remaining.sum()
+        out.append(q[:vocab] + q[vocab:])
+        remaining[draw] = 0.0
+    return torch.stack(out)
+
+
+def official_child_probs(pi: torch.Tensor, draws: torch.Tensor, vocab: int) -> torch.Tensor:
+    """The released recorded q of each child: ``pi[fold(d) + V] / (1 - cumsum)`` clipped to [0, 1] (spec §1.7)."""
+    gathered = pi[fold(draws, vocab) + vocab]
+    before = torch.cumsum(gathered, 0) - gathered
+    q = gathered / (1 - before)
+    q = torch.where(torch.isfinite(q), q, torch.full_like(q, -1.0))
+    return q.clamp(0.0, 1.0)
+
+
+def official_residual(expert_logits: torch.Tensor) -> torch.Tensor:
+    """The released rejection residual ``softmax(mean_e softmax(l_e))`` over V (a softmax of probabilities)."""
+    return torch.softmax(torch.softmax(expert_logits, dim=-1).mean(0), dim=-1)
+
+
+class StarProposer:
+    """Jakiro* drafting for one sequence (engine ``Proposer`` protocol). The tree's ``extras`` carry what the
+    Jakiro* verifier needs: per expanded node the ``2V`` mixture, the draws and the per-expert processed logits."""
+
+    def __init__(self, draft: JakiroDraft, lm_head: torch.Tensor, sampling: SamplingConfig | None = None,
+                 rule: str = "corrected", tree_choices: Any = JAKIRO_STAR_TREE, seed: int = 0,
+                 **unused: Any) -> None:
+        if unused:
+            raise UsageError(f"unknown Jakiro* proposer option(s) {sorted(unused)}; "
+                             "known: sampling, rule, tree_choices, seed")
+        if draft.config.variant != "star":
+            raise UsageError("StarProposer needs a Jakiro* draft (variant 'star')")
+        if rule not in RULES:
+            raise UsageError(f"rule={rule!r}; use one of {RULES}")
+        self.draft, self.lm_head = draft, lm_head
+        self.sampling = sampling or SamplingConfig(temperature=1.0)
+        self.rule, self.seed = rule, seed
+        self.static = StaticTree.from_choices(tree_choices)
+        self.total_tokens = self.static.size
+        self.generator = torch.Generator()
+        self.kv = DraftKV()
+        self.last_forwards = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.kv = DraftKV()
+        self.generator.manual_seed(self.seed)
+
+    @property
+    def context_length(self) -> int:
+        return self.kv.length
+
+    def _expert_logits(self, g_pair: torch.Tensor) -> torch.Tensor:
+        """``[2, H]`` -> processed logits ``[2, V]`` (float64) of the preferred and the other expert."""
+        logits = (g_pair @ self.lm_head.t().to(g_pair.dtype)).double()
+        if self.sampling.greedy:
+            return logits
+        return self.sampling.warpers()(None, logits)
+
+    def _children_of(self, expert_logits: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(tokens [count], draws [count] or None)`` for one node."""
+        vocab = expert_logits.shape[-1]
+        flat = torch.cat([expert_logits[0], expert_logits[1]])
+        if self.sampling.greedy:  # extension: first `count` distinct tokens of the 2V ranking
+            order = fold(torch.argsort(flat, descending=True, stable=True), vocab).tolist()
+            tokens = list(dict.fromkeys(order))[:count]
+            return torch.tensor(tokens), None
+        pi = torch.softmax(flat, dim=-1)
+        draws = draw_children(pi, count, self.generator)
+        return fold(draws, vocab), draws
+
+    @torch.no_grad()
+    def propose(self, new_features: torch.Tensor, next_ids: torch.Tensor) -> DraftTree:
+        draft, static = self.draft, self.static
+        dtype = next(draft.parameters()).dtype
+        device = new_features.device
+        n, ctx = next_ids.numel(), self.kv.length
+        positions = torch.arange(ctx, ctx + n, device=device)[None]
+        out = draft(new_features[None].to(dtype), next_ids[None], positions, causal_allowed(n, ctx, device),
+                    kv=self.kv, branches="split", last_only=True)  # [2, 1, 1, H]
+        stable = self.kv.length
+        forwards = 1
+        tokens = torch.zeros(static.size, dtype=torch.long)
+        tokens[0] = int(next_ids[-1])
+        node_feature: dict[int, torch.Tensor] = {}
+        node_logits: dict[int, torch.Tensor] = {0: self._expert_logits(out[:, 0, -1])}
+        node_feature[0] = out[0, 0, -1]
+        expanded: list[int] = []  # nodes forwarded so far (their KV rows follow the context, in this order)
+        extras: dict[str, Any] = {"draws": {}, "pi": {}, "expert_logits": {}}
+        for level in range(static.max_depth):
+            parents = [v for v in range(static.size) if static.depth[v] == level and static.children(v)]
+            for node in parents:  # candidates for the children of every node at this level
+                kids = static.children(node)
+                kid_tokens, draws = self._children_of(node_logits[node], len(kids))
+                tokens[kids] = kid_tokens.cpu()
+                if draws is not None:
+                    flat = torch.cat([node_logits[node][0], node_logits[node][1]])
+                    extras["pi"][node] = torch.softmax(flat, dim=-1)
+                    extras["draws"][node] = draws
+                    extras["expert_logits"][node] = node_logits[node]
+            nxt = [v for v in range(static.size) if static.depth[v] == level + 1 and static.children(v)]
+            if not nxt:
+                break
+            # forward the next level's expandable nodes: input (feature of the parent, node token)
+            feats = torch.stack([node_feature[static.parents[v]] for v in nxt])
+            ids = tokens[nxt].to(device)
+            seen = expanded + nxt
+            allowed = torch.zeros(len(nxt), stable + len(seen), dtype=torch.bool, device=device)
+            allowed[:, :stable] = True
+            for row, v in enumerate(nxt):
+                for col, u in enumerate(seen):
+                    allowed[row, stable + col] = self._is_ancestor_or_self(u, v)
+            pos = torch.full((1, len(nxt)), stable + level, dtype=torch.long, device=device)
+            out = draft(feats[None], ids[None], pos, allowed[None], kv=self.kv, branches="split")  # [2,1,q,H]
+            forwards += 1
+            for row, v in enumerate(nxt):
+                node_feature[v] = out[0, 0, row]  # only the preferred expert's feature continues (official)
+                node_logits[v] = self._expert_logits(out[:, 0, row])
+            expanded = seen
+        self.kv.truncate(stable)
+        self.last_forwards = forwards
+        tree = tree_from_parents(tokens.to(device), torch.tensor(static.parents, device=device))
+        tree.extras = {**extras, "rule": self.rule, "vocab": int(self.lm_head.shape[0])}
+        return tree
+
+    def _is_ancestor_or_self(self, u: int, v: int) -> bool:
+        while v >= 0:
+            if v == u:
+                return True
+            v = self.static.parents[v]
+        return False
+
+    def verify(self, tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfig,
+               generator: torch.Generator | None = None) -> Verdict:
+        """Jakiro*'s verifier (engine hook): greedy at T = 0, else :func:`star_sample_verify` with this rule."""
+        return star_verify(tree, logits, sampling, generator)
+
+
+def star_verify(tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfig,
+                generator: torch.Generator | None = None) -> Verdict:
+    """Greedy verification at T = 0; recursive rejection sampling with the tree's rule otherwise."""
+    if sampling.greedy:
+        return greedy_verify(tree, logits)
+    return star_sample_verify(tree, logits, sampling, tree.extras.get("rule", "corrected"), generator)
+
+
+def star_sample_verify(tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfig, rule: str = "corrected",
+                       generator: torch.Generator | None = None) -> Verdict:
+    """EAGLE-1 recursive rejection sampling over a Jakiro* tree (module docstring for the two rules)."""
+    if rule not in RULES:
+        raise UsageError(f"rule={rule!r}; use one of {RULES}")
+    tokens, parents = tree.tokens.cpu(), tree.parents.cpu()
+    vocab = int(tree.extras["vocab"])
+    probs_all = target_probs(logits.cpu(), sampling)
+    path, current = [0], 0
+
+    def uniform() -> float:
+        return float(torch.rand((), generator=generator, dtype=torch.float64))
+
+    while True:
+        children = torch.nonzero(parents == current).flatten().tolist()
+        p = probs_all[current].clone()
+        if not children:  # leaf: bonus from the target at this node
+            if rule == "official":
+                p = torch.softmax(logits[current].double().cpu(), dim=-1)
+            bonus = int(torch.multinomial(p, 1, generator=generator))
+            return Verdict(nodes=torch.tensor(path), bonus_token=bonus, accepted=len(path) - 1)
+        pi, draws = tree.extras["pi"][current].cpu(), tree.extras["draws"][current].cpu()
+        accepted = None
+        if rule == "corrected":
+            proposals = corrected_proposals(pi, draws, vocab)
+            for k, child in enumerate(children):
+                x = int(tokens[child])
+                if uniform() < min(1.0, float(p[x] / proposals[k, x])):
+                    accepted = child
+                    break
+                p = torch.clamp(p - proposals[k], min=0.0)
+                p = p / p.sum()
+        else:
+            q_lit = official_child_probs(pi, draws, vocab)
+            residual = official_residual(tree.extras["expert_logits"][current].cpu())
+            tried: list[int] = []
+            rejected = False
+            for k, child in enumerate(children):
+                x = int(tokens[child])
+                if x in tried:
+                    continue
+                tried.append(x)
+                r = uniform()
+                qx = float(q_lit[k])
+                if qx <= 0:
+                    continue
+                if r <= float(p[x]) / qx:
+                    accepted = child
+                    break
+                q = residual.clone()
+                q[tokens[children[:k]]] = 0.0  # earlier siblings (official b_indices)
+                q = q / q.sum()
+                p = torch.clamp(p - q, min=0.0)
+                p = p / p.sum()
+                rejected = True
+            if accepted is None and not rejected:  # every child skipped: official samples the raw softmax
+                p = torch.softmax(logits[current].double().cpu(), dim=-1)
+        if accepted is None:
+            bonus = int(torch.multinomial(p, 1, generator=generator))
+            return Verdict(nodes=torch.tensor(path), bonus_token=bonus, accepted=len(path) - 1)
+        path.append(accepted)
+        current = accepted
