@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from effrepro.errors import UsageError
+from effrepro.specdec.target import TreeKVCache
 from jakiro.models.head import (
-    DraftKV,
     JakiroConfig,
     JakiroDraft,
     causal_allowed,
@@ -134,18 +134,18 @@ def test_incremental_kv_equals_full_recompute_and_first_forward_shortcut():
         ids = torch.randint(0, 60, (1, 11))
         pos = torch.arange(11)[None]
         full = draft(feats, ids, pos, causal_allowed(11, 0), branches=branches)
-        kv = DraftKV()
+        kv = TreeKVCache(1, 64)
         first = draft(feats[:, :6], ids[:, :6], pos[:, :6], causal_allowed(6, 0), kv=kv, branches=branches)
         assert kv.length == 6
         rest = draft(feats[:, 6:], ids[:, 6:], pos[:, 6:], causal_allowed(5, 6), kv=kv, branches=branches)
         assert kv.length == 11
         torch.testing.assert_close(torch.cat([first, rest], dim=-2), full, rtol=0, atol=1e-10)
         # first_forward: FFN on the last position only, same value as the full computation there
-        kv2 = DraftKV()
+        kv2 = TreeKVCache(1, 64)
         last = draft(feats, ids, pos, causal_allowed(11, 0), kv=kv2, branches=branches, last_only=True)
         assert last.shape[-2] == 1 and kv2.length == 11
         torch.testing.assert_close(last, full[..., -1:, :], rtol=0, atol=1e-10)
-        kv.truncate(4)
+        kv.crop(4)
         assert kv.length == 4
 
 

@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from effrepro.errors import UsageError
 from effrepro.specdec import DraftLevel, LevelProposer, TreeConfig
+from effrepro.specdec.target import TreeKVCache
 
-from jakiro.models.head import DraftKV, JakiroDraft, causal_allowed
+from jakiro.models.head import JakiroDraft, causal_allowed
 
 ALIGNMENTS = ("official", "parent")
 LAST_LEVELS = ("contrastive", "forward")
@@ -40,9 +41,11 @@ class JakiroProposer(LevelProposer):
     """Drafts one tree per round for one sequence; keeps the draft's context-only KV between rounds."""
 
     def __init__(self, draft: JakiroDraft, lm_head: torch.Tensor, tree: TreeConfig,
-                 alignment: str = "official", last_level: str = "contrastive", **unused: Any) -> None:
+                 alignment: str = "official", last_level: str = "contrastive", max_length: int = 4096,
+                 **unused: Any) -> None:
         if unused:
-            raise UsageError(f"unknown Jakiro proposer option(s) {sorted(unused)}; known: alignment, last_level")
+            raise UsageError(f"unknown Jakiro proposer option(s) {sorted(unused)}; "
+                             "known: alignment, last_level, max_length")
         if alignment not in ALIGNMENTS:
             raise UsageError(f"alignment={alignment!r}; use one of {ALIGNMENTS}")
         if last_level not in LAST_LEVELS:
@@ -54,11 +57,12 @@ class JakiroProposer(LevelProposer):
         self.draft, self.lm_head = draft, lm_head
         self.top_k, self.depth, self.total_tokens = tree.top_k, tree.depth, tree.total_tokens
         self.alignment, self.last_level = alignment, last_level
-        self.kv = DraftKV()
+        # the draft's single-layer KV: context rows, then this round's tree rows (cropped after the round)
+        self.kv = TreeKVCache(1, max_length + tree.top_k * (tree.depth + 1))
         self.last_forwards = 0
 
     def reset(self) -> None:
-        self.kv = DraftKV()
+        self.kv.reset()
 
     @property
     def context_length(self) -> int:
@@ -125,6 +129,6 @@ class JakiroProposer(LevelProposer):
             in_index = keep
             eye = torch.eye(keep.numel(), dtype=torch.bool, device=device)
             tree_cols = torch.cat([tree_cols[in_parent_row], eye], dim=1)
-        self.kv.truncate(stable)  # tree-branch KV never survives a round
+        self.kv.crop(stable)  # tree-branch KV never survives a round
         self.last_forwards = forwards
         return levels

@@ -31,15 +31,18 @@ by the engine's greedy verifier (lossless for any tree).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from effrepro.errors import UsageError
-from effrepro.specdec import DraftTree, tree_from_parents
+from effrepro.specdec import DraftTree, ancestor_mask, tree_from_parents
+from effrepro.specdec.target import TreeKVCache
 from effrepro.specdec.verify import SamplingConfig, Verdict, greedy_verify, target_probs
 
-from jakiro.models.head import DraftKV, JakiroDraft, causal_allowed
+from jakiro.models.head import JakiroDraft, causal_allowed
 
 # Official jakiro_star/model/choices.py: mc_sim_7b_63 modified to depth 6 (26 nodes + the root).
 JAKIRO_STAR_TREE: tuple[tuple[int, ...], ...] = (
@@ -77,6 +80,10 @@ class StaticTree:
 
     def children(self, node: int) -> list[int]:
         return [i for i, p in enumerate(self.parents) if p == node]
+
+    def expandable(self, level: int) -> list[int]:
+        """Nodes at ``level`` that have children (the ones the draft must run on)."""
+        return [v for v in range(self.size) if self.depth[v] == level and v in self.parents]
 
     @property
     def size(self) -> int:
@@ -128,10 +135,10 @@ class StarProposer:
 
     def __init__(self, draft: JakiroDraft, lm_head: torch.Tensor, sampling: SamplingConfig | None = None,
                  rule: str = "corrected", tree_choices: Any = JAKIRO_STAR_TREE, seed: int = 0,
-                 **unused: Any) -> None:
+                 max_length: int = 4096, **unused: Any) -> None:
         if unused:
             raise UsageError(f"unknown Jakiro* proposer option(s) {sorted(unused)}; "
-                             "known: sampling, rule, tree_choices, seed")
+                             "known: sampling, rule, tree_choices, seed, max_length")
         if draft.config.variant != "star":
             raise UsageError("StarProposer needs a Jakiro* draft (variant 'star')")
         if rule not in RULES:
@@ -141,13 +148,16 @@ class StarProposer:
         self.rule, self.seed = rule, seed
         self.static = StaticTree.from_choices(tree_choices)
         self.total_tokens = self.static.size
+        self.ancestors = ancestor_mask(torch.tensor(self.static.parents))  # [N, N] ancestor-or-self
+        self.children = [self.static.children(v) for v in range(self.static.size)]
+        self.expandable = [self.static.expandable(level) for level in range(self.static.max_depth + 1)]
         self.generator = torch.Generator()
-        self.kv = DraftKV()
+        self.kv = TreeKVCache(1, max_length + self.static.size)
         self.last_forwards = 0
         self.reset()
 
     def reset(self) -> None:
-        self.kv = DraftKV()
+        self.kv.reset()
         self.generator.manual_seed(self.seed)
 
     @property
@@ -192,9 +202,8 @@ class StarProposer:
         expanded: list[int] = []  # nodes forwarded so far (their KV rows follow the context, in this order)
         extras: dict[str, Any] = {"draws": {}, "pi": {}, "expert_logits": {}}
         for level in range(static.max_depth):
-            parents = [v for v in range(static.size) if static.depth[v] == level and static.children(v)]
-            for node in parents:  # candidates for the children of every node at this level
-                kids = static.children(node)
+            for node in self.expandable[level]:  # candidates for the children of every node at this level
+                kids = self.children[node]
                 kid_tokens, draws = self._children_of(node_logits[node], len(kids))
                 tokens[kids] = kid_tokens.cpu()
                 if draws is not None:
@@ -202,18 +211,15 @@ class StarProposer:
                     extras["pi"][node] = torch.softmax(flat, dim=-1)
                     extras["draws"][node] = draws
                     extras["expert_logits"][node] = node_logits[node]
-            nxt = [v for v in range(static.size) if static.depth[v] == level + 1 and static.children(v)]
+            nxt = self.expandable[level + 1]
             if not nxt:
                 break
             # forward the next level's expandable nodes: input (feature of the parent, node token)
             feats = torch.stack([node_feature[static.parents[v]] for v in nxt])
             ids = tokens[nxt].to(device)
             seen = expanded + nxt
-            allowed = torch.zeros(len(nxt), stable + len(seen), dtype=torch.bool, device=device)
-            allowed[:, :stable] = True
-            for row, v in enumerate(nxt):
-                for col, u in enumerate(seen):
-                    allowed[row, stable + col] = self._is_ancestor_or_self(u, v)
+            tree_part = self.ancestors[nxt][:, seen].to(device)  # keys of the tree rows in the draft KV
+            allowed = torch.cat([torch.ones(len(nxt), stable, dtype=torch.bool, device=device), tree_part], dim=1)
             pos = torch.full((1, len(nxt)), stable + level, dtype=torch.long, device=device)
             out = draft(feats[None], ids[None], pos, allowed[None], kv=self.kv, branches="split")  # [2,1,q,H]
             forwards += 1
@@ -221,23 +227,44 @@ class StarProposer:
                 node_feature[v] = out[0, 0, row]  # only the preferred expert's feature continues (official)
                 node_logits[v] = self._expert_logits(out[:, 0, row])
             expanded = seen
-        self.kv.truncate(stable)
+        self.kv.crop(stable)
         self.last_forwards = forwards
         tree = tree_from_parents(tokens.to(device), torch.tensor(static.parents, device=device))
-        tree.extras = {**extras, "rule": self.rule, "vocab": int(self.lm_head.shape[0])}
+        tree.extras = {**extras, "rule": self.rule, "vocab": int(self.lm_head.shape[0]), "verifier": self.verify}
         return tree
-
-    def _is_ancestor_or_self(self, u: int, v: int) -> bool:
-        while v >= 0:
-            if v == u:
-                return True
-            v = self.static.parents[v]
-        return False
 
     def verify(self, tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfig,
                generator: torch.Generator | None = None) -> Verdict:
         """Jakiro*'s verifier (engine hook): greedy at T = 0, else :func:`star_sample_verify` with this rule."""
         return star_verify(tree, logits, sampling, generator)
+
+
+@contextlib.contextmanager
+def engine_verifier_hook() -> Iterator[None]:
+    """Route the engine's sampling verification to a tree's own verifier (``tree.extras["verifier"]``).
+
+    Engine gap (named in the README): ``effrepro.specdec.speculative_generate`` always verifies with EAGLE-2's
+    q = 1 rule, which is exact only for deterministic candidates; Jakiro*'s *sampled* candidates need recursive
+    rejection sampling with their draft probabilities. Until the engine asks the proposer for its verifier, this
+    context manager swaps the engine's ``sample_verify`` for a dispatcher: trees that carry a verifier use it,
+    every other tree (EAGLE-2, Jakiro) goes to the engine's own function unchanged.
+    """
+    import effrepro.specdec.generate as engine
+
+    original = engine.sample_verify
+
+    def dispatch(tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfig,
+                 generator: torch.Generator | None = None) -> Verdict:
+        verifier = tree.extras.get("verifier")
+        if verifier is None:
+            return original(tree, logits, sampling, generator)
+        return verifier(tree, logits, sampling, generator)
+
+    engine.sample_verify = dispatch
+    try:
+        yield
+    finally:
+        engine.sample_verify = original
 
 
 def star_verify(tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfig,

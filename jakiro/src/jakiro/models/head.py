@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 from effrepro.errors import UsageError
 from effrepro.specdec import DraftBatch, DraftHead, LossContext, TreeConfig
+from effrepro.specdec.target import TreeKVCache
 from jakiro.models.moe import JakiroMoE, JakiroStarMoE
 from torch import nn
 from transformers import LlamaConfig
@@ -89,33 +90,6 @@ class JakiroConfig:
         return config
 
 
-class DraftKV:
-    """Keys/values of the draft's single attention layer, duck-typed as an HF ``Cache`` for ``LlamaAttention``.
-
-    The proposer keeps the context part between cycles (official ``stable_kv``) and drops the tree entries of a
-    drafting cycle with :meth:`truncate`.
-    """
-
-    def __init__(self) -> None:
-        self.key: torch.Tensor | None = None
-        self.value: torch.Tensor | None = None
-
-    @property
-    def length(self) -> int:
-        return 0 if self.key is None else int(self.key.shape[-2])
-
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int = 0, *args: Any, **kwargs: Any):
-        if self.key is not None:
-            key = torch.cat([self.key, key], dim=-2)
-            value = torch.cat([self.value, value], dim=-2)
-        self.key, self.value = key, value
-        return key, value
-
-    def truncate(self, length: int) -> None:
-        if self.key is not None:
-            self.key, self.value = self.key[..., :length, :], self.value[..., :length, :]
-
-
 class JakiroDecoderLayer(nn.Module):
     """Attention (no input norm: layer index 0) + post-attention RMSNorm + the MoE block."""
 
@@ -167,7 +141,7 @@ class JakiroDraft(DraftHead):
         token_ids: torch.Tensor,
         position_ids: torch.Tensor,
         allowed: torch.Tensor,
-        kv: DraftKV | None = None,
+        kv: TreeKVCache | None = None,
         branches: Branches = "moe",
         last_only: bool = False,
     ) -> torch.Tensor:
@@ -220,6 +194,15 @@ class JakiroDraft(DraftHead):
         const = float(ctx.weights.get("const", 0.5)) if self.config.variant == "jakiro" else 0.0
         pred = self.train_forward(batch.features, batch.next_ids, batch.attention_mask, contrastive=const != 0)
         return jakiro_loss(pred, batch, ctx.lm_head, ctx.weights)
+
+    @torch.no_grad()
+    def eval_metrics(self, batch: DraftBatch, ctx: LossContext) -> dict[str, float]:
+        """Held-out loss parts and the top-1 agreement of each branch with the target's argmax token."""
+        from jakiro.loss import jakiro_loss
+
+        const = float(ctx.weights.get("const", 0.5)) if self.config.variant == "jakiro" else 0.0
+        pred = self.train_forward(batch.features, batch.next_ids, batch.attention_mask, contrastive=const != 0)
+        return {k: float(v) for k, v in jakiro_loss(pred, batch, ctx.lm_head, ctx.weights, True).items()}
 
     def make_proposer(self, lm_head: torch.Tensor, tree: TreeConfig, **options: Any):
         """Jakiro: :class:`~jakiro.proposer.JakiroProposer`; Jakiro*: :class:`~jakiro.star.StarProposer`."""
