@@ -1,0 +1,130 @@
+"""``partialnet train | eval | bench | reproduce`` (errors the user can fix: one line, exit code 2)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from effrepro.errors import UsageError, run_cli
+
+
+def _train(args: argparse.Namespace) -> int:
+    from partialnet.train import load_train_config, recipe, train
+
+    if args.config is None and args.model is None:
+        raise UsageError("pass --config recipe.yaml (see partialnet/configs/) or --model partialnet_<v>")
+    source: str | dict = args.config if args.config is not None else recipe(args.model)
+    overrides = list(args.overrides)
+    if args.model and args.config:
+        overrides.append(f"model={args.model}")
+    for key, value in (("data", args.data), ("out_dir", args.out)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = load_train_config(source, overrides)
+    result = train(cfg, resume=not args.no_resume)
+    print(json.dumps({"out_dir": result["out_dir"], **result["final"]}, indent=2))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from partialnet.eval import evaluate_imagenet
+
+    result = evaluate_imagenet(args.model, args.data, args.checkpoint, deploy=args.deploy, use_ema=args.ema,
+                               image_size=args.img_size, crop_ratio=args.crop_ratio, batch_size=args.batch_size,
+                               workers=args.workers, device=args.device)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from partialnet.bench import benchmark, format_bench, parse_variants
+
+    if args.threads < 1 or args.repeats < 1:
+        raise UsageError("--threads and --repeats must be positive")
+    result = benchmark(parse_variants(args.variants), device=args.device, threads=args.threads,
+                       repeats=args.repeats, warmup=args.warmup, image_size=args.img_size, batch=args.batch,
+                       half=args.half)
+    print(format_bench(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from partialnet.bench import parse_variants
+    from partialnet.reproduce import reproduce
+
+    seeds = None
+    if args.seeds:
+        try:
+            seeds = tuple(int(s) for s in args.seeds.split(","))
+        except ValueError:
+            raise UsageError(f"--seeds must be a comma list of integers, got {args.seeds!r}") from None
+    reproduce(args.scale, tiny=args.tiny, out=args.out, data=args.data, variant=parse_variants(args.variant)[0],
+              seeds=seeds, resume=args.resume, overrides=args.overrides)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="partialnet", description="PartialNet / PATNet vs FasterNet")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train on ImageNet (or MNIST-100) with the official recipe; resumable")
+    p.add_argument("--config", help="recipe YAML (partialnet/configs/imagenet_<v>.yaml)")
+    p.add_argument("--model", help="partialnet_<v> or fasternet_<v> (its official recipe if no --config)")
+    p.add_argument("--data", help="ImageNet root with train/ and val/")
+    p.add_argument("--out", help="output directory (checkpoints, metrics.jsonl)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if <out>/last.pt exists")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. epochs=10 augment.aa=null")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="ImageNet top-1/top-5 of a checkpoint, training or deploy form")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="ImageNet root (val/ is used)")
+    p.add_argument("--checkpoint", help="last.pt of partialnet train, a state dict, or an official checkpoint")
+    p.add_argument("--deploy", action="store_true", help="evaluate the fused (deploy) form")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights of a partialnet train checkpoint")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--crop-ratio", type=float, default=0.9)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("bench", help="PartialNet vs FasterNet: CPU latency (batch 1) or GPU throughput")
+    p.add_argument("--variants", default="t0,t1,t2")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (FasterNet measures with 1)")
+    p.add_argument("--repeats", type=int, default=31)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=None, help="default: 1 on CPU, the largest that fits on GPU")
+    p.add_argument("--half", action="store_true", help="fp16 autocast on GPU")
+    p.add_argument("--json", help="also write the full result here")
+    p.set_defaults(func=_bench)
+
+    p = sub.add_parser("reproduce", help="the headline claims: smoke (CPU miniature) or full (ImageNet)")
+    p.add_argument("--scale", default="smoke", choices=["smoke", "full"])
+    p.add_argument("--tiny", action="store_true", help="smoke code path with a tiny budget (CI)")
+    p.add_argument("--out", help="results directory (default results/partialnet/<scale>)")
+    p.add_argument("--data", help="ImageNet root for --scale full")
+    p.add_argument("--variant", default="t2", help="variant trained by --scale full")
+    p.add_argument("--seeds", help="comma list of seeds for smoke (default 0,1,2)")
+    p.add_argument("--resume", action="store_true", help="keep and resume existing runs/")
+    p.add_argument("overrides", nargs="*", help="key=value recipe overrides for --scale full")
+    p.set_defaults(func=_reproduce)
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(run, argv)
+
+
+if __name__ == "__main__":
+    main()
