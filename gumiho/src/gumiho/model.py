@@ -256,6 +256,20 @@ class GumihoDraft(DraftHead):
 
         return gumiho_loss(self, batch, ctx.lm_head, ctx.epoch, LossWeights.from_dict(ctx.weights))
 
+    @torch.no_grad()
+    def eval_metrics(self, batch: DraftBatch, ctx: LossContext) -> dict[str, float]:
+        """Held-out loss parts and the teacher-forced top-1 agreement of every head with the target's token."""
+        from effrepro.specdec import topk_accuracy
+
+        metrics = {k: float(v) for k, v in self.compute_loss(batch, ctx).items()}
+        hidden, preds = self.train_forward(batch.features, batch.next_ids, batch.attention_mask)
+        outputs = [("T", hidden, 0)] if hidden is not None else []
+        outputs += [(str(i), preds[:, :, i], self.config.serial_steps + i) for i in range(preds.shape[2])]
+        for name, pred, shift in outputs:
+            hits, count = topk_accuracy(pred, batch, ctx.lm_head, k=1, shift=shift)
+            metrics[f"top1_{name}"] = hits / max(count, 1.0)
+        return metrics
+
     def make_proposer(self, lm_head: torch.Tensor, tree: TreeConfig, **options: Any):
         """A ``GumihoProposer``; ``options``: ``mlptopk``, ``pruning``, ``sibling_mask``, ``mlp_pairing``, ``fta``."""
         from gumiho.proposer import GumihoProposer, ProposerConfig
@@ -279,6 +293,22 @@ def load_official_state_dict(draft: GumihoDraft, state_dict: dict[str, torch.Ten
             f"checkpoint does not match this Gumiho config (missing {sorted(missing)[:5]}, unexpected "
             f"{sorted(unexpected)[:5]}); build the draft with the target it was trained for"
         )
+
+
+def head_from_checkpoint(state: dict[str, Any], embed_weight: torch.Tensor) -> GumihoDraft:
+    """Rebuild a trained draft from the ``head.pt`` that ``effrepro.specdec.train_head`` wrote."""
+    if state.get("method") not in (None, "GumihoDraft") or "config" not in state or "state_dict" not in state:
+        raise UsageError(f"not a Gumiho head checkpoint (method {state.get('method')!r}); pass the head.pt that "
+                         "`gumiho train` wrote")
+    draft = GumihoDraft(GumihoConfig(**state["config"]))
+    draft.check_compatible(int(embed_weight.shape[1]), int(embed_weight.shape[0]))
+    draft.freeze_embedding(embed_weight.detach().float())
+    missing, unexpected = draft.load_state_dict(state["state_dict"], strict=False)
+    missing = [m for m in missing if not m.startswith("embed_tokens")]
+    if missing or unexpected:
+        raise UsageError(f"head checkpoint does not match its config (missing {missing[:4]}, unexpected "
+                         f"{unexpected[:4]})")
+    return draft.eval()
 
 
 def count_parameters(draft: GumihoDraft) -> dict[str, int]:

@@ -1,0 +1,152 @@
+"""``gumiho`` console script: ``train``, ``eval``, ``bench``, ``reproduce``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from effrepro.errors import UsageError, run_cli
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _load(args: argparse.Namespace):
+    from effrepro.config import load_config
+
+    from gumiho.config import GumihoRunConfig
+
+    source = Path(args.config) if args.config else CONFIGS / "smoke.yaml"
+    config = load_config(source, GumihoRunConfig, args.overrides)
+    if args.target:
+        config.target = config.data.target = args.target
+    return config
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML run config (default: gumiho/configs/smoke.yaml)")
+    parser.add_argument("--target", help="local HF model dir or 'smollm2-135m' (overrides the config's target)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. train.epochs=5)")
+
+
+def _threads(args: argparse.Namespace) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from effrepro.data import load_target
+
+    from gumiho.train import train_draft, variant_structure
+
+    config = _load(args)
+    if args.variant:
+        config = replace(config, structure=variant_structure(args.variant))
+    _threads(args)
+    model, tokenizer = load_target(config.target)
+    result = train_draft(config, model, tokenizer, args.out, resume=not args.no_resume)
+    print(f"wrote {result['head']} ({result['steps']} steps, data {result['data_dir']})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from effrepro.data import load_target
+    from effrepro.specdec import TargetAdapter
+    from effrepro.specdec.eagle import head_from_checkpoint
+    from effrepro.train import load_checkpoint
+
+    from gumiho.eval import eagle_factory, eagle_tree_for, gumiho_factory, run_eval
+    from gumiho.train import load_draft
+
+    config = _load(args)
+    _threads(args)
+    model, tokenizer = load_target(config.target)
+    methods = {"gumiho": gumiho_factory(load_draft(args.head, model), config.tree)}
+    if args.eagle_head:
+        eagle = head_from_checkpoint(load_checkpoint(args.eagle_head), model.get_input_embeddings().weight.detach())
+        methods["eagle2"] = eagle_factory(eagle.eval(), eagle_tree_for(config.tree))
+    target = TargetAdapter(model, max_length=config.eval.max_length)
+    result = run_eval(target, tokenizer, methods, config.eval, args.out)
+    print(json.dumps(result["summary"], indent=1, default=float))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from effrepro.data import resolve_model_dir
+    from transformers import AutoConfig
+
+    from gumiho.bench import draft_round_benchmark, sized_config
+
+    config = _load(args)
+    _threads(args)
+    if args.hidden:
+        target_config = sized_config(args.hidden)
+    else:
+        target_config = AutoConfig.from_pretrained(resolve_model_dir(config.target))
+    result = draft_round_benchmark(target_config, config.tree, context=args.context, new_tokens=args.new_tokens,
+                                   repeats=args.repeats, device=args.device)
+    print("| draft | ms / round | vs EAGLE-2 | serial forwards |\n|---|---|---|---|")
+    for name, row in result.items():
+        print(f"| {name} | {1e3 * row['seconds']:.2f} | {row['vs_eagle2']:.3f} | {row['serial_forwards']} |")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from gumiho.reproduce import reproduce
+
+    reproduce(args.scale, tiny=args.tiny, out=args.out, config_path=args.config, overrides=args.overrides,
+              target=args.target, threads=args.threads or 2)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gumiho", description="Gumiho speculative decoding (ICML 2025)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a Gumiho draft on the target's draft data")
+    _common(train)
+    train.add_argument("--out", required=True, help="run folder (head.pt, last.pt, metrics.jsonl)")
+    train.add_argument("--variant", help="gumiho | gumiho-1s | gumiho-3s | medusa (structure preset)")
+    train.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
+    train.set_defaults(func=cmd_train)
+    ev = sub.add_parser("eval", help="tau / speedup of a trained draft vs plain decoding (and EAGLE-2)")
+    _common(ev)
+    ev.add_argument("--head", required=True, help="head.pt written by `gumiho train`")
+    ev.add_argument("--eagle-head", help="an EAGLE-2 head.pt to compare with (python -m effrepro.specdec)")
+    ev.add_argument("--out", help="folder for per-turn jsonl and summary.json")
+    ev.set_defaults(func=cmd_eval)
+    bench = sub.add_parser("bench", help="draft-round latency of Gumiho variants vs EAGLE-2 (random weights)")
+    _common(bench)
+    bench.add_argument("--hidden", type=int, default=0, help="LLaMA-shaped widths at this hidden size (4096: 7B)")
+    bench.add_argument("--context", type=int, default=128)
+    bench.add_argument("--new-tokens", type=int, default=3, help="accepted positions fed to the draft per round")
+    bench.add_argument("--repeats", type=int, default=21)
+    bench.add_argument("--device", default="cpu")
+    bench.set_defaults(func=cmd_bench)
+    rep = sub.add_parser("reproduce", help="the paper's claims: --scale smoke (CPU miniature) or full")
+    _common(rep)
+    rep.add_argument("--scale", default="smoke", choices=("smoke", "full"))
+    rep.add_argument("--tiny", action="store_true", help="same code path, tiny budget (<= 90 s)")
+    rep.add_argument("--out", help="results folder (default results/gumiho/<scale>)")
+    rep.set_defaults(func=cmd_reproduce)
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse and dispatch; user mistakes raise ``UsageError`` (``main`` turns them into one line + exit 2)."""
+    args = build_parser().parse_args(argv)
+    for item in args.overrides:
+        if "=" not in item:
+            raise UsageError(f"override {item!r} is not key=value (e.g. train.epochs=5)")
+    return int(args.func(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(run, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Train a Gumiho draft (or one of its ablations) on the shared engine's draft data (``effrepro.specdec``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from effrepro.errors import UsageError
+from effrepro.specdec import generate_draft_data, train_head
+from effrepro.train import load_checkpoint
+
+from gumiho.config import GumihoRunConfig, StructureConfig
+from gumiho.model import GumihoDraft, head_from_checkpoint
+
+# The variants of the reproduce run: the paper, the serial/parallel split ablations, the all-parallel end.
+VARIANTS: dict[str, StructureConfig] = {
+    "gumiho": StructureConfig(num_layers=2, serial_steps=2, mlp_num=5),
+    "gumiho-1s": StructureConfig(num_layers=2, serial_steps=1, mlp_num=6),
+    "gumiho-3s": StructureConfig(num_layers=2, serial_steps=3, mlp_num=4),
+    "medusa": StructureConfig(num_layers=0, serial_steps=0, mlp_num=7),
+}
+
+
+def variant_structure(name: str) -> StructureConfig:
+    if name not in VARIANTS:
+        raise UsageError(f"unknown variant {name!r}; use one of {', '.join(VARIANTS)}")
+    return VARIANTS[name]
+
+
+def build_draft(config: GumihoRunConfig, model: Any) -> GumihoDraft:
+    """A fresh draft with the target's widths and its embedding frozen in (``model``: the HF target)."""
+    draft = GumihoDraft(config.draft_config(model.config))
+    draft.freeze_embedding(model.get_input_embeddings().weight.detach().float())
+    return draft
+
+
+def train_draft(config: GumihoRunConfig, model: Any, tokenizer: Any, out_dir: str | Path,
+                data_dir: str | Path | None = None, progress: bool = True, resume: bool = True) -> dict[str, Any]:
+    """Generate (or reuse) the draft data, then train with Gumiho's loss; writes ``out_dir/head.pt``.
+
+    Returns the engine's training result (``history``, ``steps``) plus ``data_dir`` and ``head``.
+    """
+    if data_dir is None:
+        data_dir = generate_draft_data(model, tokenizer, config.data, progress=progress)
+    draft = build_draft(config, model)
+    lm_head = model.get_output_embeddings().weight.detach().float()
+    result = train_head(draft, lm_head, data_dir, config.train_config(), out_dir, progress=progress, resume=resume)
+    return {**result, "data_dir": str(data_dir), "head": str(Path(out_dir) / "head.pt")}
+
+
+def load_draft(path: str | Path, model: Any) -> GumihoDraft:
+    """A trained draft from ``head.pt`` for this target (clear error for another target or another method)."""
+    state = load_checkpoint(Path(path))
+    if not isinstance(state, dict):
+        raise UsageError(f"{path} is not a head checkpoint")
+    return head_from_checkpoint(state, model.get_input_embeddings().weight.detach())
+
+
+def trainable_parameters(draft: torch.nn.Module) -> int:
+    return sum(p.numel() for p in draft.parameters() if p.requires_grad)
