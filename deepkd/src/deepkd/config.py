@@ -73,7 +73,7 @@ class SolverConfig:
     delta_ncg: float = 0.05
     momentum_mode: str = "code"        # code (as released: TOG uses mu_TCG) | paper (TOG uses mu_TOG)
     weight_decay_on: str = "tcg"       # DeepKD buffer that carries the weight decay (released: tcg)
-    grad_method: str = "batched"       # backward (one pass per component) | batched (one batched VJP)
+    grad_method: str = "backward"      # backward (one pass per component) | batched (one batched VJP)
     loss_weights: dict[str, float] | None = None  # optional multipliers per loss name (re-weighting control)
 
 

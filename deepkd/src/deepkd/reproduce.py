@@ -116,9 +116,9 @@ class SmokePlan:
 
 
 SMOKE = SmokePlan()
-TINY = SmokePlan(teacher_train=3000, teacher_epochs=1, student_train=600, test_size=1000, epochs=4, seeds=2,
-                 gsnr_batches=4, gsnr_fractions=(0.5, 1.0), bench_repeats=5,
-                 arms=("ce", "kd", "dkd", "dkd_dot", "deepkd", "deepkd_dtm", "deepkd_dtm_noisy", "dkd_noisy"))
+TINY = SmokePlan(teacher_train=2000, teacher_epochs=1, student_train=384, test_size=500, epochs=3, seeds=2,
+                 gsnr_batches=3, gsnr_fractions=(0.5, 1.0), bench_repeats=5,
+                 arms=("ce", "kd", "dkd", "dkd_dot", "deepkd", "deepkd_noisy", "deepkd_dtm_noisy"))
 
 
 # ---- data -------------------------------------------------------------------------------------------------

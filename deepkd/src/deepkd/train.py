@@ -20,7 +20,7 @@ from effrepro.train import seed_everything as seed_all
 from torch import nn
 from torch.utils.data import Dataset
 
-from deepkd.config import TrainConfig, validate
+from deepkd.config import TrainConfig, data_root, validate
 from deepkd.data import build_dataset, test_loader, train_loader
 from deepkd.distillers import build_distiller
 from deepkd.engine import DistillStep, StepCounter, build_optimizer, build_scheduler, evaluate, topk_schedule
@@ -108,6 +108,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True, resume: 
     teacher logits); ``probe(distiller, finished_epochs)`` adds measurements (e.g. GSNR) to the epoch's row.
     """
     validate(cfg)
+    if datasets is None:
+        data_root(cfg)  # a missing data path fails before any model or teacher is built
     out = Path(out_dir)
     dist = dist_setup(cfg.device)
     distiller, parts = build_run(cfg)
