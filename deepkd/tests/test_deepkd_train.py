@@ -109,3 +109,23 @@ def test_bad_input_gets_one_clear_error(tmp_path, teacher_ckpt, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: unknown distiller 'fitnet'; choose one of: none, kd, dkd, mlkd, crld"]
+
+
+CONFIGS = sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_load_and_validate(path):
+    from deepkd.config import validate
+
+    cfg = load_config(path, TrainConfig)
+    validate(cfg)
+    assert cfg.solver.momentum_mode == "code"
+
+
+def test_full_scale_reproduction_without_data_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("CIFAR100_ROOT", raising=False)
+    with pytest.raises(UsageError, match=r"cifar100 needs a data path: pass --data"):
+        run(["reproduce", "--scale", "full", "--out", str(tmp_path)])
+    with pytest.raises(UsageError, match="CIFAR-100 not found"):
+        run(["reproduce", "--scale", "full", "--out", str(tmp_path), "--data", str(tmp_path)])

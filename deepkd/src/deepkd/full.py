@@ -30,10 +30,9 @@ PAPER_DKD = {"resnet32x4->resnet8x4": 76.32, "vgg13->vgg8": 74.68, "wrn_40_2->wr
 def _teacher(cfg: TrainConfig, runs: Path, overrides: list[str], tiny: bool) -> str:
     from deepkd.train import train
 
-    if cfg.teacher_ckpt:
-        if not Path(cfg.teacher_ckpt).is_file():
-            raise UsageError(f"teacher_ckpt {cfg.teacher_ckpt} not found; omit it to train the teacher here")
+    if cfg.teacher_ckpt and Path(cfg.teacher_ckpt).is_file():
         return cfg.teacher_ckpt
+    print(f"teacher checkpoint {cfg.teacher_ckpt} not found: training {cfg.teacher} first (240 epochs)", flush=True)
     extra = ["solver.epochs=1", "solver.decay_epochs=[]"] if tiny else []
     teacher_cfg = load_config(None, TrainConfig, [
         f"student={cfg.teacher}", "teacher=null", "distiller.name=none", "solver.method=sgd",
@@ -53,7 +52,9 @@ def reproduce_full(out: str | None, data: str | None, seeds: int | None, config:
     if cfg.data.dataset != "cifar100":
         raise UsageError("the full reproduction driver runs the CIFAR-100 table; for ImageNet use `deepkd train "
                          "--config imagenet/...` per arm (see the README)")
-    data_root(cfg)  # a clear error before anything runs when the data path is missing
+    from deepkd.data import build_dataset
+
+    build_dataset(cfg, train=False)  # a clear error before anything runs when the data is missing
     out_dir = results_dir("deepkd", "full", out)
     runs = out_dir / "runs"
     teacher_ckpt = _teacher(cfg, runs, base + overrides, tiny)
