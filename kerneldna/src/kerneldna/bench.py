@@ -77,8 +77,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = True
     models = {k: m.to(device) for k, m in bench_models(cfg).items()}
     shape = (cfg.in_chans, cfg.image_size, cfg.image_width or cfg.image_size)
-    probe = torch.zeros(1, *shape, device=device)
-    counts = {k: (count_params(m), count_flops(m, probe) // 2) for k, m in models.items()}
+    with torch.device("meta"):  # counting on meta twins costs no compute
+        probe = torch.empty(1, *shape)
+        counts = {k: (count_params(m), count_flops(m, probe) // 2) for k, m in bench_models(cfg).items()}
     rows = []
     for batch in cfg.batch_sizes:
         x = torch.randn(batch, *shape, device=device)

@@ -38,15 +38,15 @@ class TaskPlan:
     train_size: int
     test_size: int
     stem_stride: int
+    epochs: int
 
 
 @dataclass
 class SmokePlan:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     arms: list[str] = field(default_factory=lambda: list(ARMS))
-    tasks: list[TaskPlan] = field(default_factory=lambda: [TaskPlan("mnist100", 12000, 4000, 2),
-                                                           TaskPlan("clutter", 8000, 2000, 2)])
-    epochs: int = 4
+    tasks: list[TaskPlan] = field(default_factory=lambda: [TaskPlan("mnist100", 12000, 4000, 2, 2),
+                                                           TaskPlan("clutter", 6000, 2000, 2, 3)])
     batch_size: int = 128
     lr: float = 0.1
     weight_decay: float = 1e-4
@@ -61,8 +61,8 @@ class SmokePlan:
 
 def tiny_plan() -> SmokePlan:
     """Same code path, seconds instead of minutes (the end-to-end test)."""
-    tasks = [TaskPlan("mnist100", 384, 256, 2), TaskPlan("clutter", 384, 256, 2)]
-    return SmokePlan(seeds=[0, 1], epochs=1, tasks=tasks,
+    tasks = [TaskPlan("mnist100", 384, 256, 2, 1), TaskPlan("clutter", 384, 256, 2, 1)]
+    return SmokePlan(seeds=[0, 1], tasks=tasks,
                      widths=[8, 16, 16], mini_bench_repeats=3, zoo_bench_batches=[1, 2], zoo_bench_repeats=2,
                      zoo_image_size=64, cka_images=128)
 
@@ -81,7 +81,7 @@ def zoo_counts() -> dict[tuple[str, str], tuple[int, int]]:
 
 def run_arm(task: TaskPlan, arm: str, seed: int, plan: SmokePlan, runs: Path) -> dict[str, Any]:
     cfg = TrainConfig(
-        arch="mini", variant=arm, dataset=task.name, epochs=plan.epochs, batch_size=plan.batch_size, lr=plan.lr,
+        arch="mini", variant=arm, dataset=task.name, epochs=task.epochs, batch_size=plan.batch_size, lr=plan.lr,
         weight_decay=plan.weight_decay, seed=seed, train_size=task.train_size, test_size=task.test_size,
         mini_widths=list(plan.widths), mini_stem_stride=task.stem_stride, out=str(runs / task.name / arm /
                                                                                  f"seed{seed}"),
@@ -287,7 +287,9 @@ def smoke(out: Path, tiny: bool, seeds: list[int] | None = None) -> list[Claim]:
                         {k: v for k, v in cka.items() if k != "matrix"}))
     elapsed = time.perf_counter() - start
     notes = "\n\n".join([
-        f"Scale: {'smoke --tiny' if tiny else 'smoke'}; {len(plan.seeds)} seeds; {plan.epochs} epochs; "
+        f"Scale: {'smoke --tiny' if tiny else 'smoke'}; {len(plan.seeds)} seeds; "
+        + "; ".join(f"{t.name}: {t.train_size} train / {t.test_size} test images, {t.epochs} epochs"
+                    for t in plan.tasks) + "; "
         f"batch {plan.batch_size}; SGD lr {plan.lr} cosine, wd {plan.weight_decay} on all parameters; "
         f"widths {plan.widths}; total {elapsed:.0f} s.",
         "### Accuracy (test split; every arm trained with the same recipe and seeds)\n\n" + acc_md,
