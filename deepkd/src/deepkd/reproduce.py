@@ -482,10 +482,17 @@ def _plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
 
 def _notes(plan: SmokePlan, summary: dict[str, Any], elapsed: float, workers: int) -> str:
     rows = ["| arm | top-1 last (mean ± std) | top-1 best epoch | per seed (last) |", "|---|---|---|---|"]
+    unstable = []
     for arm, stats in summary["arms"].items():
         per_seed = ", ".join(f"{v:.2f}" for v in stats["top1"])
         rows.append(f"| {ARM_LABEL[arm]} | {stats['mean']:.2f} ± {stats['std']:.2f} | {stats['best_mean']:.2f} | "
                     f"{per_seed} |")
+        if stats["best_mean"] - stats["mean"] > 5.0:
+            unstable.append(f"{ARM_LABEL[arm]} (best epoch {stats['best_mean']:.2f}, last {stats['mean']:.2f})")
+    if unstable:
+        rows += ["", "Unstable arms (last epoch more than 5 points below the best epoch; training diverged): "
+                 + "; ".join(unstable) + ". Their paired gains are listed with `best_epoch_gain` in the claim "
+                 "details as well."]
     return "\n".join([
         f"Miniature: teacher {plan.teacher_arch} trained on {plan.teacher_train} MNIST-100 pairs for "
         f"{plan.teacher_epochs} epochs (test top-1 {summary['teacher_top1']:.2f} %); students {plan.student_arch} "
