@@ -220,9 +220,10 @@ def clamp_scales_(model: nn.Module) -> None:
 
 @torch.no_grad()
 def calibrate(model: nn.Module, inputs: Iterable[Tensor] | Tensor, bits: Sequence[int] | None = None,
-              scale_init: str = "mse") -> None:
-    """Initialise the shared weight scales from the weights and, per bit-width, the activation scales from
-    one batch (in eval mode, each bit-width with the earlier layers already quantised at that bit-width).
+              scale_init: str = "mse", weights: bool = True) -> None:
+    """Initialise the shared weight scales from the weights (unless ``weights=False``) and, per bit-width,
+    the activation scales from one batch (in eval mode, each bit-width with the earlier layers already
+    quantised at that bit-width).
     """
     if scale_init not in SCALE_INITS:
         raise UsageError(f"unknown scale init {scale_init!r}; use one of: {', '.join(SCALE_INITS)}")
@@ -234,7 +235,8 @@ def calibrate(model: nn.Module, inputs: Iterable[Tensor] | Tensor, bits: Sequenc
     model.eval()
     try:
         for _, layer in layers:
-            layer.init_weight_scale(scale_init)
+            if weights:
+                layer.init_weight_scale(scale_init)
             layer.act_quant.scale_init = scale_init
             layer.act_quant.calibrating = True
         for b in chosen:

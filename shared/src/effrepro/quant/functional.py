@@ -244,7 +244,7 @@ def mse_weight_scale(weight: Tensor, high_bits: int, bits: Sequence[int], tie_mo
     ratios = torch.linspace(1.0 / grid, 1.0, grid)
     errors = torch.empty(len(bits), grid)
     for j, r in enumerate(ratios.tolist()):
-        s = torch.tensor(r * top)
+        s = torch.tensor(r * top, device=w.device)
         for i, b in enumerate(bits):
             errors[i, j] = (fake_quant_weight(w, s, high_bits, b, tie_mode) - w).pow(2).mean()
     relative = errors / errors.min(dim=1, keepdim=True).values.clamp_min(1e-30)
@@ -256,15 +256,15 @@ def mse_act_scale(x: Tensor, zero: float, bits: int, grid: int = 80, max_samples
     """Activation step minimising the MSE of the unsigned ``bits``-bit quantisation of ``x`` (grid search)."""
     flat = x.detach().float().flatten()
     if flat.numel() > max_samples:
-        flat = flat[torch.linspace(0, flat.numel() - 1, max_samples).long()]
+        flat = flat[torch.linspace(0, flat.numel() - 1, max_samples, device=flat.device).long()]
     span = float(flat.max()) - zero
     if span <= 0.0:
         return 1.0
     top = span / ((1 << bits) - 1)
-    z = torch.tensor(zero)
+    z = torch.tensor(zero, device=flat.device)
     best, best_err = top, math.inf
     for r in torch.linspace(1.0 / grid, 1.0, grid).tolist():
-        s = torch.tensor(r * top)
+        s = torch.tensor(r * top, device=flat.device)
         err = float((fake_quant_act(flat, s, z, bits) - flat).pow(2).mean())
         if err < best_err:
             best, best_err = r * top, err

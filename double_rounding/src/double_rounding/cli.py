@@ -1,0 +1,236 @@
+"""``double_rounding``: train / hessian / search / eval / bench / reproduce.
+
+Pipeline (each stage resumes from ``<out>/<stage>/last.pt``; ``torchrun --nproc_per_node=N`` for DDP)::
+
+    double_rounding train   --config C --stage fp32      --out R   # or --init a torchvision .pth at `multi`
+    double_rounding train   --config C --stage multi     --out R   # -> R/multi/model.int8.pt
+    double_rounding hessian --config C                   --out R   # -> R/hessian/traces.json
+    double_rounding train   --config C --stage supernet  --out R   # -> R/supernet/model.int8.pt
+    double_rounding search  --config C --out R --budget 3 3.5 4    # ILP sub-nets, evaluated from the int8 file
+    double_rounding eval    --config C --int8 R/multi/model.int8.pt --bits all
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from effrepro.config import load_config
+from effrepro.errors import UsageError, run_cli
+from effrepro.quant import load_int8, to_transitional
+from effrepro.train import dist_setup, load_checkpoint, seed_everything
+
+from double_rounding.config import Config
+from double_rounding.data import build_loaders, calibration_batch
+from double_rounding.eval import evaluate_int8, parse_config
+from double_rounding.hasb import BitSampler
+from double_rounding.models import build_float_model, build_quant_model
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, Config, args.overrides)
+
+
+def _state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """A model state dict from a plain state-dict file (e.g. torchvision's .pth) or a checkpoint with ``model``."""
+    obj = load_checkpoint(path)
+    state = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"{path} holds no {what} state dict")
+    return state
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=str))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from double_rounding.train import (
+        export_model,
+        quant_model_from_fp32,
+        train_fp32,
+        train_quantized,
+    )
+
+    cfg = _config(args)
+    dist = dist_setup(args.device)
+    seed_everything(cfg.seed)
+    train_loader, test_loader = build_loaders(cfg.data, dist, cfg.seed)
+    out = Path(args.out)
+    stage_dir = out / args.stage
+    if args.stage == "fp32":
+        model, result = train_fp32(cfg, train_loader, stage_dir, dist, progress=not args.quiet)
+        if dist.is_main:
+            torch.save(model.state_dict(), stage_dir / "fp32.pt")
+    elif args.stage == "multi":
+        init = Path(args.init) if args.init else out / "fp32" / "fp32.pt"
+        calib = calibration_batch(train_loader, cfg.quant.calib_images)
+        model = quant_model_from_fp32(cfg, _state_dict(init, "FP32"), cfg.quant.bits, cfg.quant.tie_mode, calib,
+                                      device=dist.device)
+        result = train_quantized(cfg, model, cfg.multi, train_loader, stage_dir, dist, "multi",
+                                 progress=not args.quiet)
+        if dist.is_main:
+            export_model(model, cfg, stage_dir / "model.int8.pt", cfg.multi.train_bits or cfg.quant.bits)
+    else:
+        init = Path(args.init) if args.init else out / "multi" / "last.pt"
+        traces_path = Path(args.traces) if args.traces else out / "hessian" / "traces.json"
+        traces = _read_traces(traces_path) if cfg.mixed.sampler == "hasb" else None
+        model = build_quant_model(cfg.model, cfg.quant.bits, cfg.quant.tie_mode,
+                                  float_model=build_float_model(cfg.model))
+        from effrepro.train import load_state_dict_checked
+
+        load_state_dict_checked(model, _state_dict(init, "multi-precision"), f"the multi-precision checkpoint {init}")
+        to_transitional(model)
+        sampler = BitSampler(model.quant_graph.layers, cfg.quant.bits, traces, cfg.mixed.sampler)
+        result = train_quantized(cfg, model.to(dist.device), cfg.supernet, train_loader, stage_dir, dist,
+                                 "supernet", sampler=sampler, progress=not args.quiet)
+        if dist.is_main:
+            export_model(model, cfg, stage_dir / "model.int8.pt", cfg.quant.bits, {"sampler": cfg.mixed.sampler})
+    if dist.is_main:
+        final = result["final"]
+        print(json.dumps({"stage": args.stage, "seconds": round(result["seconds"], 1), **final}, default=str))
+    return 0
+
+
+def _read_traces(path: Path) -> dict[str, float]:
+    if not path.is_file():
+        raise UsageError(f"Hessian traces not found at {path}; run `double_rounding hessian` first or pass --traces")
+    data = json.loads(path.read_text())
+    return {k: float(v) for k, v in data.get("traces", data).items()}
+
+
+def cmd_hessian(args: argparse.Namespace) -> int:
+    from double_rounding.mixed import compute_traces
+    from double_rounding.train import first_batches
+
+    cfg = _config(args)
+    dist = dist_setup(args.device)
+    seed_everything(cfg.seed)
+    out = Path(args.out)
+    init = Path(args.init) if args.init else out / "fp32" / "fp32.pt"
+    model = build_float_model(cfg.model)
+    from effrepro.train import load_state_dict_checked
+
+    load_state_dict_checked(model, _state_dict(init, "FP32"), f"the FP32 checkpoint {init}")
+    cfg.data.batch_size = cfg.mixed.hessian_batch
+    train_loader, _ = build_loaders(cfg.data, dist, cfg.seed)
+    batches = first_batches(train_loader, max(1, -(-cfg.mixed.hessian_images // cfg.mixed.hessian_batch)))
+    result = compute_traces(cfg, model, batches, dist.device)
+    _write_json(out / "hessian" / "traces.json", result.as_dict())
+    print(json.dumps(result.as_dict()["traces"], indent=1))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from double_rounding.mixed import area_under_curve, evaluate_subnets, pareto_by_budget, search_configs
+
+    cfg = _config(args)
+    out = Path(args.out)
+    artefact = load_int8(Path(args.int8) if args.int8 else out / "supernet" / "model.int8.pt")
+    traces = _read_traces(Path(args.traces) if args.traces else out / "hessian" / "traces.json")
+    rows = search_configs(artefact, traces, cfg.mixed, args.budget)
+    if not args.no_eval:
+        dist = dist_setup(args.device)
+        _, test_loader = build_loaders(cfg.data, dist, cfg.seed)
+        rows = evaluate_subnets(artefact, rows, test_loader, dist.device)
+        print(json.dumps({"pareto": pareto_by_budget(rows), "auc": area_under_curve(pareto_by_budget(rows))}))
+    _write_json(Path(args.json) if args.json else out / "search" / "subnets.json", rows)
+    for row in rows:
+        print(json.dumps(row))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    artefact = load_int8(args.int8)
+    layers = list(artefact["graph"]["layers"])
+    if args.bits == "all":
+        configs: list[Any] = list(artefact.get("available_bits") or artefact["graph"]["bits"])
+    else:
+        configs = [parse_config(text, layers) for text in args.bits.split(";")]
+    dist = dist_setup(args.device)
+    _, test_loader = build_loaders(cfg.data, dist, cfg.seed)
+    rows = evaluate_int8(artefact, test_loader, configs, dist.device, expect=cfg.model)
+    for row in rows:
+        print(json.dumps(row))
+    if args.json:
+        _write_json(Path(args.json), rows)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="double_rounding", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", default=None, help="run config YAML (default: the built-in MNIST miniature)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="config override, dotted keys (e.g. --set multi.alrs=off)")
+        p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when available)")
+
+    p = sub.add_parser("train", help="train a stage: fp32, multi (multi-precision) or supernet (mixed)")
+    common(p)
+    p.add_argument("--stage", choices=["fp32", "multi", "supernet"], required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--init", default=None, help="start weights (default: the previous stage in --out)")
+    p.add_argument("--traces", default=None, help="supernet: Hessian traces JSON (default: <out>/hessian)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("hessian", help="per-layer Hutchinson traces of the FP32 model")
+    common(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--init", default=None)
+    p.set_defaults(fn=cmd_hessian)
+
+    p = sub.add_parser("search", help="ILP sub-nets of the SuperNet int8 file under average-bit budgets")
+    common(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--int8", default=None)
+    p.add_argument("--traces", default=None)
+    p.add_argument("--budget", type=float, nargs="+", default=None)
+    p.add_argument("--no-eval", action="store_true")
+    p.add_argument("--json", default=None)
+    p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser("eval", help="accuracy at any bit-width or mixed configuration, from the int8 file only")
+    common(p)
+    p.add_argument("--int8", required=True)
+    p.add_argument("--bits", default="all",
+                   help="'all', a bit-width, a JSON {layer: bits} / list / .json file; several separated by ';'")
+    p.add_argument("--json", default=None)
+    p.set_defaults(fn=cmd_eval)
+
+    sub.add_parser("bench", help="switch time, file sizes, fake-quant vs FP32 throughput (see bench --help)")
+    sub.add_parser("reproduce", help="the paper's claims: --scale smoke|full [--tiny] (see reproduce --help)")
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    """The command line without the error wrapper (for tests and for ``reproduce --scale full``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        from double_rounding.bench import main as bench_main
+
+        return bench_main(argv[1:])
+    if argv and argv[0] == "reproduce":
+        from double_rounding.reproduce import main as reproduce_main
+
+        return reproduce_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    return int(args.fn(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script: user mistakes become one ``error:`` line and exit code 2."""
+    run_cli(run, argv)
+
+
+if __name__ == "__main__":
+    main()
