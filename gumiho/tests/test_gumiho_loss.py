@@ -152,3 +152,22 @@ def test_loss_backpropagates_into_every_part():
     assert draft.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
     assert draft.mlp.mlp[4][0].linear.weight.grad.abs().sum() > 0
     assert draft.embed_tokens.weight.grad is None
+
+
+def test_eval_metrics_top1_matches_the_engine_topk_accuracy():
+    from effrepro.specdec import topk_accuracy
+
+    torch.manual_seed(0)
+    draft = GumihoDraft(tiny())
+    for p in draft.mlp.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    batch = make_batch(loss_mask=(torch.rand(1, 12) > 0.3).float())
+    batch.features = torch.randn_like(batch.features)
+    batch.target_features = torch.randn_like(batch.target_features)
+    lm_head = torch.randn(11, 8)
+    metrics = draft.eval_metrics(batch, LossContext(lm_head, epoch=3))
+    hidden, preds = draft.train_forward(batch.features, batch.next_ids, batch.attention_mask)
+    hits, count = topk_accuracy(hidden, batch, lm_head, k=1, shift=0)
+    assert metrics["top1_T"] == pytest.approx(hits / count)
+    hits, count = topk_accuracy(preds[:, :, 2], batch, lm_head, k=1, shift=4)
+    assert metrics["top1_2"] == pytest.approx(hits / count)

@@ -63,6 +63,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from gumiho.train import load_draft
 
     config = _load(args)
+    for path in filter(None, (args.head, args.eagle_head)):
+        if not Path(path).is_file():
+            raise UsageError(f"head checkpoint not found: {path}; train one with `gumiho train --out DIR`")
     _threads(args)
     model, tokenizer = load_target(config.target)
     methods = {"gumiho": gumiho_factory(load_draft(args.head, model), config.tree)}

@@ -90,6 +90,7 @@ class _SharedTeacher:
         with torch.no_grad():
             rows = self.target[self.batch_idx, self.pos_idx].float()
             self.logp = torch.log_softmax(rows @ lm_head.float().t(), dim=-1)
+            self.token = self.logp.argmax(dim=-1)  # the target's greedy next token at each row
 
     def losses(self, pred: torch.Tensor, shift: int, with_cls: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """SmoothL1 and soft CE of a prediction at t against ``f_{t+1+shift}`` under ``M_{t+shift}``."""
@@ -104,13 +105,24 @@ class _SharedTeacher:
         cls = -(self.logp[keep].exp() * logq).sum() / denominator
         return reg, cls
 
+    @torch.no_grad()
+    def top1(self, pred: torch.Tensor, shift: int) -> float:
+        """Fraction of masked rows where the prediction's argmax token equals the target's (teacher-forced)."""
+        keep = self.pos_idx >= shift
+        if not bool(keep.any()):
+            return float("nan")
+        rows = pred[self.batch_idx[keep], self.pos_idx[keep] - shift].float()
+        return float(((rows @ self.lm_head.float().t()).argmax(-1) == self.token[keep]).float().mean())
+
 
 def gumiho_loss(
-    draft, batch: DraftBatch, lm_head: torch.Tensor, epoch: int, weights: LossWeights | None = None
+    draft, batch: DraftBatch, lm_head: torch.Tensor, epoch: int, weights: LossWeights | None = None,
+    accuracy: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """The full loss of one ``DraftBatch``: ``loss`` plus every component (detached) and the per-head top-1 hits.
+    """The full loss of one ``DraftBatch``: ``loss`` plus every component (detached).
 
-    During the MLP-CE warm-up the MLP heads' CE terms are not computed (reported as 0).
+    During the MLP-CE warm-up the MLP heads' CE terms are not computed (reported as 0). With ``accuracy`` the
+    teacher-forced top-1 agreement of every head with the target's greedy token is added (``top1_T``, ``top1_i``).
     """
     weights = weights or LossWeights()
     hidden, mlp_preds = draft.train_forward(batch.features, batch.next_ids, batch.attention_mask)
@@ -123,4 +135,10 @@ def gumiho_loss(
     for i in range(mlp_preds.shape[2]):
         components[f"reg_{i}"], components[f"cls_{i}"] = teacher.losses(mlp_preds[:, :, i], steps + i, mlp_cls)
     loss = combine(components, weights, epoch, mlp_preds.shape[2])
-    return {"loss": loss, **{k: v.detach() for k, v in components.items()}}
+    out = {"loss": loss, **{k: v.detach() for k, v in components.items()}}
+    if accuracy:
+        if hidden is not None:
+            out["top1_T"] = torch.tensor(teacher.top1(hidden, 0))
+        for i in range(mlp_preds.shape[2]):
+            out[f"top1_{i}"] = torch.tensor(teacher.top1(mlp_preds[:, :, i], steps + i))
+    return out

@@ -259,16 +259,10 @@ class GumihoDraft(DraftHead):
     @torch.no_grad()
     def eval_metrics(self, batch: DraftBatch, ctx: LossContext) -> dict[str, float]:
         """Held-out loss parts and the teacher-forced top-1 agreement of every head with the target's token."""
-        from effrepro.specdec import topk_accuracy
+        from gumiho.loss import LossWeights, gumiho_loss
 
-        metrics = {k: float(v) for k, v in self.compute_loss(batch, ctx).items()}
-        hidden, preds = self.train_forward(batch.features, batch.next_ids, batch.attention_mask)
-        outputs = [("T", hidden, 0)] if hidden is not None else []
-        outputs += [(str(i), preds[:, :, i], self.config.serial_steps + i) for i in range(preds.shape[2])]
-        for name, pred, shift in outputs:
-            hits, count = topk_accuracy(pred, batch, ctx.lm_head, k=1, shift=shift)
-            metrics[f"top1_{name}"] = hits / max(count, 1.0)
-        return metrics
+        out = gumiho_loss(self, batch, ctx.lm_head, ctx.epoch, LossWeights.from_dict(ctx.weights), accuracy=True)
+        return {k: float(v) for k, v in out.items()}
 
     def make_proposer(self, lm_head: torch.Tensor, tree: TreeConfig, **options: Any):
         """A ``GumihoProposer``; ``options``: ``mlptopk``, ``pruning``, ``sibling_mask``, ``mlp_pairing``, ``fta``."""

@@ -16,6 +16,7 @@ Smoke (CPU, SmolLM2-135M-Instruct, one process, ~20 min on 2 cores):
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -114,6 +115,11 @@ def _methods(config: GumihoRunConfig, model: Any, runs: Path) -> dict[str, Any]:
     return methods
 
 
+def _rates(acceptance: list[float]) -> list[float]:
+    """Chain acceptance per position; a depth no cycle reached (every earlier draft rejected) counts as 0."""
+    return [0.0 if math.isnan(float(a)) else float(a) for a in acceptance]
+
+
 def _safe_ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
@@ -122,8 +128,8 @@ def build_claims(summary: dict[str, dict[str, Any]], trained: dict[str, dict[str
     """The issue's claims from the evaluation summary (every ratio is against a baseline of the same run)."""
     s = summary
     tau = {name: s[name]["tau"] for name in s if name != "plain"}
-    chain_rates = [float(a) for a in s["gumiho-chain"]["acceptance_by_depth"]]
-    eagle_rates = [float(a) for a in s["eagle2-chain"]["acceptance_by_depth"]]
+    chain_rates = _rates(s["gumiho-chain"]["acceptance_by_depth"])
+    eagle_rates = _rates(s["eagle2-chain"]["acceptance_by_depth"])
     marginal = marginal_value(chain_rates)
     fta_off = [n for n in s if n not in ("plain", "gumiho+fta", "gumiho-official")]
     common = {"eagle2_steps": trained["eagle2"]["steps"], "gumiho_steps": trained["gumiho"]["steps"]}

@@ -1,0 +1,29 @@
+import json
+
+import pytest
+from effrepro.errors import UsageError
+from effrepro.report import validate_claims
+from gumiho.cli import run
+
+
+@pytest.mark.slow
+def test_reproduce_tiny_writes_valid_claims(tmp_path):
+    assert run(["reproduce", "--scale", "smoke", "--tiny", "--threads", "2", "--out", str(tmp_path)]) == 0
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    validate_claims(claims)
+    ids = {c["id"] for c in claims}
+    assert {"tau_ratio_vs_eagle2", "lossless_fta_off", "fta_outputs_identical", "serial_passes_gumiho"} <= ids
+    lossless = next(c for c in claims if c["id"] == "lossless_fta_off")
+    assert lossless["measured"] == 0 and lossless["holds"]
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "acceptance_and_tau.png").is_file()
+
+
+def test_cli_errors_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="key=value"):
+        run(["train", "--out", str(tmp_path), "epochs"])
+    with pytest.raises(UsageError, match="unknown variant"):
+        run(["train", "--out", str(tmp_path), "--variant", "hydra"])
+    with pytest.raises(UsageError, match="--target"):
+        run(["reproduce", "--scale", "full"])
+    with pytest.raises(UsageError, match="not found"):
+        run(["eval", "--head", str(tmp_path / "missing.pt")])
