@@ -111,9 +111,10 @@ def imagenet_loaders(root: str, aug: AugmentConfig, batch_size: int, eval_batch_
         early = imagenet_transforms(aug, size=schedule[0], training=True)
         sampler = MultiScaleSampler(base, train_set, early, late, schedule[1])
     val_sampler = DistributedSampler(val_set, shuffle=False) if distributed else SequentialSampler(val_set)
-    train = DataLoader(train_set, batch_size, sampler=sampler, num_workers=workers, pin_memory=True, drop_last=True,
+    pin = torch.cuda.is_available()
+    train = DataLoader(train_set, batch_size, sampler=sampler, num_workers=workers, pin_memory=pin, drop_last=True,
                        persistent_workers=False)
-    val = DataLoader(val_set, eval_batch_size, sampler=val_sampler, num_workers=workers, pin_memory=True)
+    val = DataLoader(val_set, eval_batch_size, sampler=val_sampler, num_workers=workers, pin_memory=pin)
     return train, val, len(train_set.classes)
 
 
