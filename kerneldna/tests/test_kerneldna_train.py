@@ -119,3 +119,21 @@ def test_bad_config_values_are_rejected(tmp_path):
         load_config({"epochs": 5, "warmup_epochs": 5}, TrainConfig)
     with pytest.raises(UsageError, match="needs a path"):
         train(_tiny_cfg(tmp_path, arch="resnet18", dataset="imagenet", data=None))
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_two_processes_count_every_eval_sample_once(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "kerneldna.cli", "train",
+           "--out", str(tmp_path / "ddp"), "arch=mini", "dataset=clutter", "epochs=1", "batch_size=64",
+           "train_size=128", "test_size=90", "mini_widths=[4,8,8]", "mini_stem_stride=2", "progress=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    finals = [json.loads(line)["final"] for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(finals) == 2 and all(f["eval_count"] == 90 for f in finals)  # sharded, not duplicated
+    assert finals[0]["eval_top1"] == finals[1]["eval_top1"]
