@@ -13,6 +13,8 @@ from pathlib import Path
 from effrepro.config import load_config
 from effrepro.errors import UsageError, run_cli
 
+from kerneldna.train import TrainConfig
+
 # The official ImageNet recipes (spec §4); configs/<arch>_imagenet.yaml hold the same values.
 RECIPES: dict[str, dict] = {
     "resnet18": {"arch": "resnet18", "epochs": 90, "warmup_epochs": 0, "lr": 0.1, "weight_decay": 1e-4},
@@ -25,10 +27,8 @@ RECIPES: dict[str, dict] = {
 COMMON = {"dataset": "imagenet", "batch_size": 256, "momentum": 0.9, "eta_min": 0.0, "variant": "kerneldna"}
 
 
-def recipe_config(arch: str, overrides: list[str] | None = None):  # noqa: ANN201
+def recipe_config(arch: str, overrides: list[str] | None = None) -> TrainConfig:
     """The official recipe of ``arch`` as a :class:`TrainConfig`, with ``key=value`` overrides."""
-    from kerneldna.train import TrainConfig
-
     if arch not in RECIPES:
         raise UsageError(f"no official recipe for {arch!r}; use one of {', '.join(RECIPES)} or --config FILE")
     return load_config({**COMMON, **RECIPES[arch]}, TrainConfig, overrides)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -134,7 +134,7 @@ class TensorBatches:
             yield self.images[idx], self.labels[idx]
 
 
-def imagenet_transforms(train: bool, image_size: int = 224, resize: int = 256):  # noqa: ANN201
+def imagenet_transforms(train: bool, image_size: int = 224, resize: int = 256) -> Callable:
     """Official ImageNet preprocessing: RandomResizedCrop + flip / resize 256 + center-crop 224."""
     from torchvision import transforms as T
 
@@ -144,7 +144,7 @@ def imagenet_transforms(train: bool, image_size: int = 224, resize: int = 256): 
     return T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(), norm])
 
 
-def cifar_transforms(train: bool):  # noqa: ANN201
+def cifar_transforms(train: bool) -> Callable:
     from torchvision import transforms as T
 
     norm = T.Normalize(CIFAR_MEAN, CIFAR_STD)

@@ -279,6 +279,12 @@ def smoke(out: Path, tiny: bool, seeds: list[int] | None = None) -> list[Claim]:
                         "ratio", "mini baseline", "< 1", {"kerneldna": kdna_row["params"],
                                                           "baseline": base_row["params"],
                                                           "macs_ratio": kdna_row["macs"] / base_row["macs"]}))
+    macs = {r["variant"]: r["macs"] for r in mini_bench["rows"]}
+    claims.append(Claim("mini_macs_ratio_vs_samedepth", "the adapters (SE gates) add under 1 % MACs: KernelDNA's "
+                        "extra MACs over the baseline come from its added depth, as in the official ResNet-18",
+                        None, macs["kerneldna"] / macs["samedepth"], "ratio", "static mini of the same depth",
+                        "<= 1.01", {"kerneldna": macs["kerneldna"], "samedepth": macs["samedepth"],
+                                    "baseline": macs["baseline"], "vs_baseline": macs["kerneldna"] / macs["baseline"]}))
     claims += accuracy_claims(rows, tasks)
     claims += speed_claims(mini_bench, zoo_bench, max(plan.mini_bench_batches), max(plan.zoo_bench_batches))
     claims.append(Claim("cka_within_minus_across_stage", "the trained baseline's conv layers are more similar "

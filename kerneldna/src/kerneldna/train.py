@@ -10,6 +10,7 @@ whole training set (the official ``train()`` has a stray ``break`` that trains o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ class TrainConfig:
             raise ValueError("batch_size and lr must be positive, weight_decay non-negative")
 
 
-def warmup_cosine(warmup_epochs: int, epochs: int, base_lr: float, eta_min: float = 0.0):  # noqa: ANN201
+def warmup_cosine(warmup_epochs: int, epochs: int, base_lr: float, eta_min: float = 0.0) -> Callable[[int], float]:
     """The official ``WarmupCosineAnnealingLR`` as a ``LambdaLR`` factor of the epoch index."""
 
     def factor(epoch: int) -> float:
