@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from effrepro.errors import UsageError
 from token_router_pruning.flops import ModelDims, block_flops, layer_removal_flops, model_flops
 from token_router_pruning.losses import distill_kl, guide_loss, guide_weight, sparsity_loss

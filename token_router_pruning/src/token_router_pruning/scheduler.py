@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from effrepro.errors import UsageError
+
 from token_router_pruning.flops import ModelDims, block_flops
 
 CROSSOVERS = ("blx", "uniform")
