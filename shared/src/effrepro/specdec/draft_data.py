@@ -145,34 +145,64 @@ def _conversations(model: Any, tokenizer: Any, formatter: ChatFormatter,
     conversations = [pool[i] for i in order[: config.sharegpt]]
     if config.self_generated:
         conversations += self_generate(model, tokenizer, formatter, [pool[i] for i in order], config)
+    if not conversations:
+        raise UsageError("no conversations selected; set sharegpt > 0 or self_generated > 0")
     return conversations
 
 
-def self_generate(model: Any, tokenizer: Any, formatter: ChatFormatter, pool: list[list[dict]],
-                  config: DraftDataConfig) -> list[list[dict]]:
-    """The target's own answers to the first user turn of ``config.self_generated`` conversations."""
-    from effrepro.specdec.generate import GenerationConfig, autoregressive_generate, stop_tokens
-    from effrepro.specdec.target import TargetAdapter
-    from effrepro.specdec.verify import SamplingConfig
-
-    adapter = TargetAdapter(model, max_length=config.max_len)
-    generation = GenerationConfig(max_new_tokens=config.self_max_new_tokens,
-                                  sampling=SamplingConfig(temperature=config.self_temperature),
-                                  stop_token_ids=stop_tokens(model, tokenizer), seed=config.seed)
-    out = []
+def _prompts(pool: list[list[dict]], count: int) -> list[str]:
+    """User turns as single-turn prompts: every conversation's first user turn, then the later ones."""
+    by_rank: list[list[str]] = []
     for conversation in pool:
-        if len(out) >= config.self_generated:
-            break
-        first = [m for m in conversation if m["role"] == "user"][:1]
-        if not first:
-            continue
-        prompt = formatter.prompt_ids(first)
-        if prompt.numel() + config.self_max_new_tokens > config.max_len:
-            continue
-        result = autoregressive_generate(adapter, prompt, generation)
-        answer = tokenizer.decode([t for t in result.tokens if t not in generation.stop_token_ids],
-                                  skip_special_tokens=True)
-        out.append(first + [{"role": "assistant", "content": answer}])
+        users = [m["content"] for m in conversation if m["role"] == "user" and m["content"].strip()]
+        for rank, text in enumerate(users):
+            while len(by_rank) <= rank:
+                by_rank.append([])
+            by_rank[rank].append(text)
+    return [text for group in by_rank for text in group][:count]
+
+
+@torch.no_grad()
+def self_generate(model: Any, tokenizer: Any, formatter: ChatFormatter, pool: list[list[dict]],
+                  config: DraftDataConfig, batch_size: int = 16) -> list[list[dict]]:
+    """The target's own answers to ``config.self_generated`` user prompts (batched ``transformers`` generate)."""
+    from effrepro.specdec.generate import stop_tokens
+
+    prompts = _prompts(pool, config.self_generated)
+    encoded = [(text, formatter.prompt_ids([{"role": "user", "content": text}])) for text in prompts]
+    encoded = [(t, ids) for t, ids in encoded if ids.numel() + config.self_max_new_tokens <= config.max_len]
+    encoded.sort(key=lambda item: item[1].numel())
+    stops = list(stop_tokens(model, tokenizer))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else 0)
+    device = model.get_input_embeddings().weight.device
+    sampling = config.self_temperature > 0
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(config.seed)
+    out = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start:start + batch_size]
+        width = max(ids.numel() for _, ids in chunk)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attention = torch.zeros(len(chunk), width, dtype=torch.long)
+        for row, (_, ids) in enumerate(chunk):  # left padding
+            input_ids[row, width - ids.numel():] = ids
+            attention[row, width - ids.numel():] = 1
+        generated = model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention.to(device),
+            max_new_tokens=config.self_max_new_tokens, do_sample=sampling,
+            temperature=config.self_temperature if sampling else None, top_p=None, top_k=None,
+            eos_token_id=stops or None, pad_token_id=pad,
+        )[:, width:].cpu()
+        for (text, _), row in zip(chunk, generated, strict=True):
+            answer_ids = []
+            for token in row.tolist():
+                if token in stops:
+                    break
+                answer_ids.append(token)
+            answer = tokenizer.decode(answer_ids, skip_special_tokens=True)
+            if answer.strip():
+                out.append([{"role": "user", "content": text}, {"role": "assistant", "content": answer}])
+    torch.random.set_rng_state(generator_state)
     return out
 
 

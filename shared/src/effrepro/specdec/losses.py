@@ -40,15 +40,14 @@ def feature_losses(
     pred, target, mask = _shifted(pred, batch, shift)
     denom = mask.sum() + EPS
     reg = (F.smooth_l1_loss(pred.float(), target.float(), reduction="none").mean(-1) * mask).sum() / denom
-    rows_pred = pred.reshape(-1, pred.shape[-1])
-    rows_target = target.reshape(-1, target.shape[-1])
-    rows_mask = mask.reshape(-1)
+    keep = mask.reshape(-1) > 0  # the LM head runs only on supervised rows (the vocabulary dominates the cost)
+    rows_pred = pred.reshape(-1, pred.shape[-1])[keep]
+    rows_target = target.reshape(-1, target.shape[-1])[keep]
+    rows_mask = mask.reshape(-1)[keep]
     cls = pred.new_zeros((), dtype=torch.float32)
     head = lm_head.to(pred.dtype)
     for start in range(0, rows_pred.shape[0], chunk):
         sl = slice(start, start + chunk)
-        if not bool(rows_mask[sl].any()):
-            continue
         with torch.no_grad():
             teacher = torch.softmax((rows_target[sl].to(head.dtype) @ head.t()).float(), dim=-1)
         logp = torch.log_softmax((rows_pred[sl] @ head.t()).float(), dim=-1)
