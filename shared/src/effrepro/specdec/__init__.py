@@ -18,6 +18,7 @@ from effrepro.specdec.draft_data import (
     DraftDataConfig,
     FeatureDataset,
     chat_example,
+    draft_data_folders,
     generate_draft_data,
 )
 
@@ -72,13 +73,14 @@ from effrepro.specdec.tree import (
 from effrepro.specdec.verify import SamplingConfig, Verdict, greedy_verify, sample_verify, target_probs
 
 __all__ = [
-    "ChatFormatter", "DraftModelConfig", "EagleHead", "EagleProposer", "TreeKVCache", "acceptance_by_depth",
-    "build_eagle_head", "eagle_factory", "eval_eagle", "load_eagle_head", "speed_ratio", "stop_tokens",
-    "summarize", "target_probs", "train_eagle",
-    "DraftBatch", "DraftCollator", "DraftDataConfig", "DraftHead", "DraftLevel", "DraftTree", "EvalConfig",
-    "FeatureDataset", "GenerationConfig", "GenerationResult", "HeadTrainConfig", "LevelProposer", "LossContext",
-    "Proposer", "SamplingConfig", "TargetAdapter", "TreeConfig", "Verdict", "ancestor_mask",
-    "autoregressive_generate", "chat_example", "eagle_loss", "evaluate", "expand_topk", "feature_losses",
-    "generate_draft_data", "greedy_verify", "load_questions", "node_depths", "retrieve_paths", "sample_verify",
-    "speculative_generate", "tau_metrics", "topk_accuracy", "train_head", "tree_from_levels", "tree_from_parents",
+    "ChatFormatter", "DraftBatch", "DraftCollator", "DraftDataConfig", "DraftHead", "DraftLevel",
+    "DraftModelConfig", "DraftTree", "EagleHead", "EagleProposer", "EvalConfig", "FeatureDataset",
+    "GenerationConfig", "GenerationResult", "HeadTrainConfig", "LevelProposer", "LossContext", "Proposer",
+    "SamplingConfig", "TargetAdapter", "TreeConfig", "TreeKVCache", "Verdict", "acceptance_by_depth",
+    "ancestor_mask", "autoregressive_generate", "build_eagle_head", "chat_example", "draft_data_folders",
+    "eagle_factory", "eagle_loss", "eval_eagle", "evaluate", "expand_topk", "feature_losses",
+    "generate_draft_data", "greedy_verify", "load_eagle_head", "load_questions", "node_depths",
+    "retrieve_paths", "sample_verify", "speculative_generate", "speed_ratio", "stop_tokens", "summarize",
+    "target_probs", "tau_metrics", "topk_accuracy", "train_eagle", "train_head", "tree_from_levels",
+    "tree_from_parents",
 ]

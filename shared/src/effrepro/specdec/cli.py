@@ -113,12 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     if args.command == "data":
-        from effrepro.specdec.draft_data import generate_draft_data
+        from effrepro.specdec.draft_data import draft_data_folders
 
         model, tokenizer = _load(args)
-        folder = generate_draft_data(model, tokenizer, _data_config(args))
-        print(folder)
-        print((folder / "meta.json").read_text())
+        for folder in draft_data_folders(model, tokenizer, _data_config(args)):
+            print(folder)
+            print((folder / "meta.json").read_text())
         return 0
     if args.command in ("train-eagle", "train-head"):
         from effrepro.specdec.eagle import train_eagle

@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -255,19 +255,43 @@ def generate_draft_data(model: Any, tokenizer: Any, config: DraftDataConfig, cac
     return folder
 
 
-class FeatureDataset(torch.utils.data.Dataset):
-    """Samples of a draft-data folder; ``split`` "train" = first ``1 - holdout`` of the sorted files, "test" = rest."""
+def draft_data_folders(model: Any, tokenizer: Any, config: DraftDataConfig, cache_root: Path | None = None,
+                       progress: bool = True) -> list[Path]:
+    """One cached folder per source (ShareGPT, self-generated), so each is reused by any run that needs it."""
+    folders = []
+    defaults = DraftDataConfig()
+    if config.sharegpt:  # the self-generation settings do not change this source: keep them out of its key
+        sharegpt_only = replace(config, self_generated=0, self_max_new_tokens=defaults.self_max_new_tokens,
+                                self_temperature=defaults.self_temperature)
+        folders.append(generate_draft_data(model, tokenizer, sharegpt_only, cache_root, progress))
+    if config.self_generated:
+        folders.append(generate_draft_data(model, tokenizer, replace(config, sharegpt=0), cache_root, progress))
+    if not folders:
+        raise UsageError("no draft data selected; set sharegpt > 0 or self_generated > 0")
+    return folders
 
-    def __init__(self, root: str | os.PathLike, split: str = "train", holdout: float = 0.05) -> None:
-        root = Path(root)
-        if not (root / "meta.json").is_file():
-            raise UsageError(f"{root} is not a draft-data folder (no meta.json); run generate_draft_data first")
-        self.meta = json.loads((root / "meta.json").read_text())
-        files = sorted(root.glob("*.pt"))
-        cut = len(files) - max(1, int(round(len(files) * holdout))) if holdout > 0 and len(files) > 1 else len(files)
+
+class FeatureDataset(torch.utils.data.Dataset):
+    """Samples of one or several draft-data folders. In each folder (sorted files) ``split`` "train" is the first
+    ``1 - holdout`` and "test" the rest (the official 95/5 split, in a reproducible order)."""
+
+    def __init__(self, root: str | os.PathLike | list[str | os.PathLike], split: str = "train",
+                 holdout: float = 0.05) -> None:
         if split not in ("train", "test", "all"):
             raise UsageError(f"split {split!r}; use train, test or all")
-        self.files = {"train": files[:cut], "test": files[cut:], "all": files}[split]
+        roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
+        self.files: list[Path] = []
+        metas = []
+        for folder in roots:
+            if not (folder / "meta.json").is_file():
+                raise UsageError(f"{folder} is not a draft-data folder (no meta.json); run generate_draft_data")
+            metas.append(json.loads((folder / "meta.json").read_text()))
+            files = sorted(folder.glob("*.pt"))
+            cut = len(files) - max(1, round(len(files) * holdout)) if holdout > 0 and len(files) > 1 else len(files)
+            self.files += {"train": files[:cut], "test": files[cut:], "all": files}[split]
+        if len({m["hidden_size"] for m in metas}) > 1:
+            raise UsageError(f"draft-data folders {roots} come from targets of different hidden sizes")
+        self.meta = metas[0]
 
     def __len__(self) -> int:
         return len(self.files)

@@ -30,7 +30,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 from effrepro.errors import UsageError
-from effrepro.specdec.draft_data import DraftDataConfig, generate_draft_data
+from effrepro.specdec.draft_data import DraftDataConfig, draft_data_folders
 from effrepro.specdec.harness import EvalConfig, evaluate
 from effrepro.specdec.protocol import DraftHead, LevelProposer, TreeConfig
 from effrepro.specdec.target import TargetAdapter, TreeKVCache
@@ -239,7 +239,7 @@ def train_eagle(model: Any, tokenizer: Any, out_dir: str | Path, data: DraftData
     """
     data = data or DraftDataConfig()
     train = train or HeadTrainConfig()
-    data_dir = generate_draft_data(model, tokenizer, data, progress=progress)
+    data_dir = draft_data_folders(model, tokenizer, data, progress=progress)
     head = build_eagle_head(model.config, model.get_input_embeddings().weight, **head_overrides)
     lm_head = model.get_output_embeddings().weight.detach().float()
     train_head(head, lm_head, data_dir, train, out_dir, progress=progress)

@@ -7,7 +7,10 @@ decoding when the next token would not). Speculative output is truncated at the 
 ``max_new_tokens``, so at temperature 0 it equals plain greedy output token for token.
 
 Per cycle the speculative loop records the accepted draft tokens, the tree's depth and the time spent drafting and
-verifying; ``GenerationResult.cycle_tokens`` is ``sum(accepted + 1)`` (what the official scripts call
+verifying. A tree whose ``extras["verifier"]`` is set (``fn(tree, logits, sampling, generator) -> Verdict``) is
+verified by that function: proposers that *sample* their candidates need a rule with draft probabilities (e.g.
+Jakiro*); every deterministic top-k proposer uses the engine's greedy / q = 1 rules.
+``GenerationResult.cycle_tokens`` is ``sum(accepted + 1)`` (what the official scripts call
 ``new_token``), ``cycles`` the verification passes (official ``idx + 1``).
 """
 
@@ -136,7 +139,10 @@ def speculative_generate(target: TargetAdapter, proposer: Proposer, input_ids: t
             stop = "max_length"
             break
         tree_logits, tree_features = target.verify(tree)
-        if config.sampling.greedy:
+        verifier = tree.extras.get("verifier")  # a proposer with sampled candidates brings its own rule
+        if verifier is not None:
+            verdict = verifier(tree, tree_logits, config.sampling, generator)
+        elif config.sampling.greedy:
             verdict = greedy_verify(tree, tree_logits)
         else:
             verdict = sample_verify(tree, tree_logits, config.sampling, generator)

@@ -104,10 +104,10 @@ def _loader(dataset: FeatureDataset, config: HeadTrainConfig, train: bool, distr
                       num_workers=config.num_workers, drop_last=False)
 
 
-def train_head(head: DraftHead, lm_head: torch.Tensor, data_dir: str | Path, config: HeadTrainConfig,
+def train_head(head: DraftHead, lm_head: torch.Tensor, data_dir: str | Path | list, config: HeadTrainConfig,
                out_dir: str | Path, loss_fn: LossHook | None = None, progress: bool = True,
                resume: bool = True) -> dict[str, Any]:
-    """Train ``head`` on a draft-data folder (``generate_draft_data``); returns the Trainer's history.
+    """Train ``head`` on draft-data folder(s) (``draft_data_folders``); returns the Trainer's history.
 
     ``lm_head [V, H]`` is the frozen target head (teacher distribution, soft-CE). ``loss_fn(head, batch, ctx)``
     overrides ``head.compute_loss``. Writes ``out_dir/last.pt`` (resume), ``metrics.jsonl`` and ``head.pt``.
