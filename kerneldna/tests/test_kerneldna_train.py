@@ -137,3 +137,13 @@ def test_torchrun_ddp_two_processes_count_every_eval_sample_once(tmp_path):
     finals = [json.loads(line)["final"] for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(finals) == 2 and all(f["eval_count"] == 90 for f in finals)  # sharded, not duplicated
     assert finals[0]["eval_top1"] == finals[1]["eval_top1"]
+    from effrepro.train import dist_setup
+    from kerneldna.eval import evaluate, load_trained
+    from kerneldna.train import TrainConfig, make_loaders
+
+    model, config = load_trained(tmp_path / "ddp" / "last.pt")
+    cfg = TrainConfig(**{k: v for k, v in config.items() if k in TrainConfig.__dataclass_fields__ and v is not None})
+    _, loader = make_loaders(cfg, dist_setup("cpu"))
+    single = evaluate(model, loader)
+    assert single["count"] == 90 and single["top1"] == pytest.approx(finals[0]["eval_top1"])
+    assert single["loss"] == pytest.approx(finals[0]["eval_loss"], rel=1e-5)

@@ -20,7 +20,14 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device | str = "cpu") 
     """Top-1 / top-5 accuracy (%) and mean cross-entropy over every sample of ``loader``.
 
     Under DDP each rank sees a disjoint shard; the sums are all-reduced, so each sample counts exactly once.
+    BatchNorm statistics are first broadcast from rank 0 (DDP only syncs them at the start of a training
+    forward, so after the last step each rank holds slightly different ones): the result then equals a
+    single-process evaluation of the checkpoint rank 0 writes.
     """
+    distributed = torch_dist.is_available() and torch_dist.is_initialized()
+    if distributed:
+        for buffer in model.buffers():
+            torch_dist.broadcast(buffer, src=0)
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # correct@1, correct@5, loss sum, count
@@ -32,7 +39,7 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device | str = "cpu") 
         sums += torch.stack([hits[:, 0].sum(), hits.any(1).sum(),
                              F.cross_entropy(logits, labels, reduction="sum"),
                              torch.tensor(len(labels), device=device)]).double()
-    if torch_dist.is_available() and torch_dist.is_initialized():
+    if distributed:
         torch_dist.all_reduce(sums)
     model.train(was_training)
     count = max(sums[3].item(), 1.0)
