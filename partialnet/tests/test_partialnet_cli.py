@@ -126,3 +126,25 @@ def test_trained_checkpoint_knows_its_model(image_folder, tmp_path, capsys):
                             str(out / "last.pt"), "--img-size", "32"], capsys)
     assert code == 2 and "trained as fasternet_t0" in err
     assert yaml.safe_load("[1, 2]") == [1, 2]
+
+
+def test_multi_scale_schedule_switches_the_training_transform():
+    from partialnet.data import MultiScaleSampler, parse_multi_scale
+    from torch.utils.data import SequentialSampler
+
+    class Data:
+        transform = None
+
+    data = Data()
+    sampler = MultiScaleSampler(SequentialSampler(range(3)), data, "early", "late", switch_epoch=2)
+    seen = []
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        seen.append(data.transform)
+    assert seen == ["early", "early", "late", "late"] and list(sampler) == [0, 1, 2]
+    assert parse_multi_scale("192_280") == parse_multi_scale([192, 280]) == (192, 280)
+    assert parse_multi_scale(None) is None
+    from effrepro.errors import UsageError
+
+    with pytest.raises(UsageError, match="quoted"):
+        parse_multi_scale(192280)  # what unquoted 192_280 becomes in YAML

@@ -31,7 +31,7 @@ class AugmentConfig:
     """The augmentation fields of the official ``cfg/PartialNet_*.yaml`` (timm names)."""
 
     image_size: int = 224
-    multi_scale: str | None = "192_280"  # train at 192 before epoch 280, then at image_size
+    multi_scale: str | list[int] | None = "192_280"  # train at 192 before epoch 280, then at image_size
     test_crop_ratio: float = 0.9
     color_jitter: float = 0.0
     aa: str | None = None
@@ -41,14 +41,18 @@ class AugmentConfig:
     recount: int = 1
 
 
-def parse_multi_scale(spec: str | None) -> tuple[int, int] | None:
-    """``"192_280"`` -> ``(192, 280)``: (early image size, epoch from which the full size is used)."""
-    if not spec:
+def parse_multi_scale(spec: str | list[int] | None) -> tuple[int, int] | None:
+    """``"192_280"`` or ``[192, 280]`` -> ``(192, 280)``: (early image size, epoch from which the full size is
+    used). Unquoted ``192_280`` is the integer 192280 in YAML, hence the hint."""
+    if spec is None or spec == "":
         return None
+    parts = spec if isinstance(spec, (list, tuple)) else str(spec).split("_")
     try:
-        size, epoch = (int(part) for part in str(spec).split("_"))
+        size, epoch = (int(part) for part in parts)
     except ValueError:
-        raise UsageError(f"multi_scale must look like '192_280' (size_epoch), got {spec!r}") from None
+        raise UsageError(f"multi_scale must be 'SIZE_EPOCH' (quoted in YAML: augment.multi_scale=\"'192_280'\") or "
+                         f"[SIZE, EPOCH], got {spec!r}") from None
+    check_image_size(size)
     return size, epoch
 
 
