@@ -45,8 +45,8 @@ class TaskPlan:
 class SmokePlan:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     arms: list[str] = field(default_factory=lambda: list(ARMS))
-    tasks: list[TaskPlan] = field(default_factory=lambda: [TaskPlan("mnist100", 12000, 4000, 2, 2),
-                                                           TaskPlan("clutter", 6000, 2000, 2, 3)])
+    tasks: list[TaskPlan] = field(default_factory=lambda: [TaskPlan("mnist100", 10000, 3000, 2, 2),
+                                                           TaskPlan("clutter", 5000, 2000, 2, 3)])
     batch_size: int = 128
     lr: float = 0.1
     weight_decay: float = 1e-4
