@@ -148,3 +148,16 @@ def test_multi_scale_schedule_switches_the_training_transform():
 
     with pytest.raises(UsageError, match="quoted"):
         parse_multi_scale(192280)  # what unquoted 192_280 becomes in YAML
+
+
+def test_training_with_dpconv_reports_the_learnt_splits(image_folder, tmp_path):
+    from partialnet.train import train
+
+    cfg = load_train_config(recipe("partialnet_t0"), [
+        f"data={image_folder}", f"out_dir={tmp_path / 'dp'}", "epochs=1", "batch_size=4", "workers=0",
+        "augment.image_size=32", "augment.multi_scale=null", "dpconv_budget_div=8",
+        "model_kwargs={embed_dim: 8, depths: [1, 1, 1, 1], feature_dim: 16, dynamic_split: true}"])
+    result = train(cfg, progress=False)
+    splits = result["final"]["dpconv_splits"]
+    assert [row["dim"] for row in splits] == [8, 16, 32, 64]
+    assert all(row["dim"] == row["dim_conv"] * row["divisor"] for row in splits)

@@ -25,7 +25,7 @@ from torch import nn
 
 import partialnet.models  # noqa: F401  (registers the timm models)
 from partialnet.data import AugmentConfig, imagenet_loaders, mnist100_loaders, random_shift
-from partialnet.models import budget_multiplier, dpconv_layers
+from partialnet.models import budget_multiplier, dpconv_layers, split_summary
 
 DATASETS = ("imagenet", "mnist100")
 
@@ -233,6 +233,8 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None, resume: bool = True, p
                       resume=resume)
     result = trainer.fit()
     result["num_classes"] = num_classes
+    if dpconv_layers(model):
+        result["final"]["dpconv_splits"] = split_summary(model)  # the learnt C / G per layer
     result["out_dir"] = str(Path(cfg.out_dir))
     return result
 
