@@ -159,14 +159,17 @@ class PrecisionStep:
         self.alrs = ALRS(tc.alrs, graph_of(model).bits[0])
         self.sampler, self.sigma0, self.steps_per_epoch = sampler, sigma0, max(steps_per_epoch, 1)
         self.step_count = 0
+        self.clamped_scales = 0  # scales pushed below zero by a step (reported; should stay 0)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"opt_scales": self.opt_scales.state_dict(), "alrs": self.alrs.state_dict(), "steps": self.step_count}
+        return {"opt_scales": self.opt_scales.state_dict(), "alrs": self.alrs.state_dict(), "steps": self.step_count,
+                "clamped_scales": self.clamped_scales}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opt_scales.load_state_dict(state["opt_scales"])
         self.alrs.load_state_dict(state["alrs"])
         self.step_count = int(state["steps"])
+        self.clamped_scales = int(state.get("clamped_scales", 0))
 
     def _config(self, bits: int) -> int | dict[str, int]:
         """Uniform ``bits``, or a HASB sample around it. The sampler's generator is seeded by (seed, step, bits):
@@ -193,7 +196,7 @@ class PrecisionStep:
             group["lr"] = scale_lr
         optimizer.step()
         self.opt_scales.step()
-        clamp_scales_(self.model)
+        self.clamped_scales += clamp_scales_(self.model)
 
     def __call__(self, model: nn.Module, batch: tuple[Tensor, Tensor], optimizer: torch.optim.Optimizer) -> dict:
         x, y = batch
@@ -284,6 +287,7 @@ def train_quantized(cfg: Config, model: nn.Module, tc: TrainConfig, train_loader
     result = trainer.fit()
     result["seconds"] = time.perf_counter() - start
     result["alrs_clamp_rate"] = step.alrs.clamp_rate()
+    result["clamped_scales"] = step.clamped_scales
     set_bits(model, graph_of(model).bits[0])
     return result
 

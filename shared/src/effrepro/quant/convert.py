@@ -210,20 +210,25 @@ def scale_groups(model: nn.Module, bits: int | None = None) -> Iterator[list[Ten
 
 
 @torch.no_grad()
-def clamp_scales_(model: nn.Module) -> None:
-    """Keep every learned step positive after an optimizer step (a negative step collapses LSQ training)."""
+def clamp_scales_(model: nn.Module) -> int:
+    """Keep every learned step positive after an optimizer step (a negative step collapses LSQ training);
+    returns how many scales had to be clamped (with Adam, a scale smaller than the LR can jump below zero in
+    one step: a sign that the scale LR is too large)."""
+    clamped = 0
     for _, layer in quant_layers(model):
-        layer.weight_scale.clamp_(min=SCALE_EPS)
-        for p in layer.act_quant.scale.values():
+        for p in [layer.weight_scale, *layer.act_quant.scale.values()]:
+            clamped += int(p.item() < SCALE_EPS)
             p.clamp_(min=SCALE_EPS)
+    return clamped
 
 
 @torch.no_grad()
 def calibrate(model: nn.Module, inputs: Iterable[Tensor] | Tensor, bits: Sequence[int] | None = None,
               scale_init: str = "mse", weights: bool = True) -> None:
     """Initialise the shared weight scales from the weights (unless ``weights=False``) and, per bit-width,
-    the activation scales from one batch (in eval mode, each bit-width with the earlier layers already
-    quantised at that bit-width).
+    the activation scales from one batch, each bit-width with the earlier layers already quantised at that
+    bit-width. BatchNorm normalises with the batch statistics, as in training (the activations the scales
+    will see), while its running statistics are left untouched (momentum 0 during calibration).
     """
     if scale_init not in SCALE_INITS:
         raise UsageError(f"unknown scale init {scale_init!r}; use one of: {', '.join(SCALE_INITS)}")
@@ -231,9 +236,14 @@ def calibrate(model: nn.Module, inputs: Iterable[Tensor] | Tensor, bits: Sequenc
     batch = inputs if isinstance(inputs, Tensor) else next(iter(inputs))
     chosen = graph.bits if bits is None else tuple(check_bits(b, graph.bits) for b in bits)
     layers = quant_layers(model)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in norms]
     was_training = model.training
-    model.eval()
+    model.train()
     try:
+        for norm in norms:
+            norm.momentum = 0.0
         for _, layer in layers:
             if weights:
                 layer.init_weight_scale(scale_init)
@@ -247,6 +257,10 @@ def calibrate(model: nn.Module, inputs: Iterable[Tensor] | Tensor, bits: Sequenc
     finally:
         for _, layer in layers:
             layer.act_quant.calibrating = False
+        for norm, (momentum, tracked) in zip(norms, saved):
+            norm.momentum = momentum
+            if tracked is not None:
+                norm.num_batches_tracked.copy_(tracked)
         model.train(was_training)
     set_bits(model, chosen[0])
 
