@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -120,46 +121,57 @@ def mc_metrics(items: Sequence[EncodedItem], logliks: Sequence[Sequence[float]])
     return {"acc": sum(correct) / len(correct), "gold_nll": sum(nll) / len(nll), "n": len(items)}
 
 
-def text_windows(tokenizer: Any, length: int, split: str, count: int | None = None) -> torch.Tensor:
-    """Non-overlapping ``length``-token windows of the embedded corpus: every 10th window is ``eval``,
-    the next ``calib``, the remaining eight ``train`` (router training), so the splits never overlap."""
+@lru_cache(maxsize=4)
+def _corpus_ids(tokenizer_key: str, tokenizer: Any) -> tuple[int, ...]:
     from effrepro.data import text_corpus
 
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    ids: list[int] = []
+    for doc in text_corpus():
+        ids.extend(tokenizer(doc, add_special_tokens=False).input_ids + [eos])
+    return tuple(ids)
+
+
+def text_windows(tokenizer: Any, length: int, split: str, count: int | None = None) -> torch.Tensor:
+    """Non-overlapping ``length``-token windows of the embedded corpus (documents joined by EOS): window
+    ``j`` belongs to ``eval`` when ``j % 10 == 0``, ``calib`` when ``== 1``, else ``train``, so the three
+    splits never overlap."""
     splits = {"eval": (0,), "calib": (1,), "train": tuple(range(2, 10))}
     if split not in splits:
         raise UsageError(f"unknown text split {split!r}; use one of {', '.join(splits)}")
-    ids: list[int] = []
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    seen, chosen = 0, []
-    for doc in text_corpus():
-        ids.extend(tokenizer(doc, add_special_tokens=False).input_ids + [eos])
-        while len(ids) >= length:
-            if seen % 10 in splits[split]:
-                chosen.append(ids[:length])
-            seen += 1
-            ids = ids[length:]
-        if count is not None and len(chosen) >= count:
-            break
+    if length < 2:
+        raise UsageError(f"text windows need at least 2 tokens, got {length}")
+    ids = _corpus_ids(getattr(tokenizer, "name_or_path", "") + f":{len(tokenizer)}", tokenizer)
+    total = len(ids) // length
+    chosen = [j for j in range(total) if j % 10 in splits[split]]
     if count is not None:
         if len(chosen) < count:
             raise UsageError(f"the text corpus has only {len(chosen)} {split} windows of {length} tokens")
         chosen = chosen[:count]
-    return torch.tensor(chosen, dtype=torch.long)
+    return torch.tensor([ids[j * length:(j + 1) * length] for j in chosen], dtype=torch.long)
 
 
 @torch.no_grad()
-def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4) -> dict[str, float]:
-    """Mean next-token NLL over every position of the windows (one routed forward per window)."""
-    total, count = 0.0, 0
+def perplexity(model: nn.Module, windows: torch.Tensor, tail: int = 32, batch_size: int = 4) -> dict[str, float]:
+    """Next-token NLL of one routed forward per window: over the last ``tail`` positions (``tail_nll``,
+    the reported "continuation" perplexity, as in the spec's probe) and over every position (``nll``).
+
+    Every-position perplexity of a single routed prefill is a harsh diagnostic: an early token skipped
+    by most blocks predicts its successor from a barely-updated state.
+    """
+    sums = {"all": 0.0, "tail": 0.0}
+    counts = {"all": 0, "tail": 0}
     for start in range(0, windows.shape[0], batch_size):
         batch = windows[start:start + batch_size].to(next(model.parameters()).device)
         logits = model(input_ids=batch).logits[:, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
-                                                reduction="sum")
-        total += float(nll)
-        count += batch[:, 1:].numel()
-    mean = total / count
-    return {"nll": mean, "ppl": math.exp(mean), "tokens": count}
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+        sums["all"] += float(nll.sum())
+        counts["all"] += nll.numel()
+        sums["tail"] += float(nll[:, -tail:].sum())
+        counts["tail"] += nll[:, -tail:].numel()
+    mean, tail_mean = sums["all"] / counts["all"], sums["tail"] / counts["tail"]
+    return {"nll": mean, "ppl": math.exp(min(mean, 700.0)), "tail_nll": tail_mean,
+            "tail_ppl": math.exp(min(tail_mean, 700.0)), "tokens": counts["all"]}
 
 
 def retention(method: dict[str, float], dense: dict[str, float]) -> float:

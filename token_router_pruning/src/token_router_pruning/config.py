@@ -1,0 +1,80 @@
+"""Experiment configuration (YAML in ``configs/``; ``key=value`` overrides with dotted keys)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from effrepro.errors import UsageError
+
+from token_router_pruning.routing import SCOPES
+from token_router_pruning.scheduler import GAConfig
+from token_router_pruning.train import RouterTrainConfig
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass
+class DataConfig:
+    calib_per_family: int = 8  # GA-fitness items per family (calibration split)
+    test_per_family: int = 16  # reported items per family (test split), via lm-eval
+    text_len: int = 128  # tokens per text window (router training, redundancy, perplexity)
+    redundancy_windows: int = 16
+    ppl_windows: int = 4
+    train_windows: int = 200
+    blockpruner_windows: int = 2
+    blockpruner_len: int = 96
+    fitness_batch_size: int = 8
+    calib_task: str = "winogrande"  # full scale: GA fitness on this task's train split (paper: WinoGrande)
+    calib_limit: int = 256  # full scale: items of that split used for the fitness
+
+
+@dataclass
+class FinetuneConfig:
+    """Stage 3: the GA again, seeded with the stage-1 best and its mutants, the trained router in the loop."""
+
+    population: int = 8
+    generations: int = 10
+
+
+@dataclass
+class BenchConfig:
+    seq_len: int = 512
+    batch_size: int = 1
+    warmup: int = 1
+    repeats: int = 5
+
+
+@dataclass
+class ReproduceConfig:
+    target: str = "smollm2-135m"
+    budgets: tuple[float, ...] = (0.25, 0.40)
+    scope: str = "block"
+    seed: int = 0
+    ga: GAConfig = field(default_factory=GAConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    router: RouterTrainConfig = field(default_factory=RouterTrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    blockpruner_lazy_top: int | None = 6
+    allocations: tuple[str, ...] = ("uniform", "bi")  # extra static-router allocations compared in E1
+    latency_methods: tuple[str, ...] = ("ftp", "ftp_static", "shortgpt", "blockpruner")
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise UsageError(f"scope {self.scope!r} unknown; use one of {', '.join(SCOPES)}")
+        if not self.budgets:
+            raise UsageError("give at least one target sparsity in budgets")
+        for budget in self.budgets:
+            if not 0.0 < float(budget) < 1.0:
+                raise UsageError(f"budget {budget} is outside (0, 1); give the target token sparsity, e.g. 0.25")
+            if float(budget) > self.ga.s_max:
+                raise UsageError(f"budget {budget} cannot be met with per-block sparsity at most "
+                                 f"ga.s_max={self.ga.s_max}")
+        unknown = sorted(set(self.allocations) - {"uniform", "bi"})
+        if unknown:
+            raise UsageError(f"allocations {unknown} unknown; use uniform and/or bi")
+
+
+def config_path(scale: str) -> Path:
+    return CONFIG_DIR / f"{scale}.yaml"
