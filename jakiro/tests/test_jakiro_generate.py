@@ -11,7 +11,6 @@ from effrepro.specdec import (
     speculative_generate,
 )
 from jakiro.models.head import JakiroConfig, JakiroDraft
-from jakiro.star import engine_verifier_hook
 from transformers import LlamaConfig, LlamaForCausalLM
 
 VOCAB = 16  # a small vocabulary so random drafts get accepted now and then (exercises the accept paths)
@@ -79,11 +78,9 @@ def test_star_sampling_runs_through_the_engine_with_its_own_verifier(target):
         return original_verify(*args, **kwargs)
 
     proposer.verify = counting_verify
-    with engine_verifier_hook():
-        result = speculative_generate(adapter, proposer, prompt, config)
+    result = speculative_generate(adapter, proposer, prompt, config)  # the engine calls tree.extras["verifier"]
     assert result.new_tokens == 30 and len(calls) == result.cycles
     # the same seeds reproduce the same output
     proposer2 = draft.make_proposer(lm_head, None, sampling=sampling)
-    with engine_verifier_hook():
-        again = speculative_generate(adapter, proposer2, prompt, config)
+    again = speculative_generate(adapter, proposer2, prompt, config)
     assert again.tokens == result.tokens

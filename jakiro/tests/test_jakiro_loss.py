@@ -2,8 +2,8 @@
 
 import torch
 import torch.nn.functional as F
-from effrepro.specdec import DraftBatch
-from jakiro.loss import jakiro_loss
+from effrepro.specdec import DraftBatch, LossContext, eagle_loss, feature_losses
+from jakiro.loss import eagle_masked_loss, jakiro_loss, masked_feature_losses
 
 
 def official_batch(feats: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor) -> DraftBatch:
@@ -86,3 +86,29 @@ def test_loss_matches_official_dense_formula():
     assert "reg1" not in single
     zero_const = jakiro_loss(pred, batch, lm_head, {"const": 0.0})
     torch.testing.assert_close(zero_const["loss"], single["loss"])
+
+
+def test_masked_rows_only_equal_the_engine_losses_on_padded_batches():
+    torch.manual_seed(1)
+    B, L, H, V = 3, 9, 6, 17
+    feats = torch.randn(B, L, H)
+    ids = torch.randint(0, V, (B, L))
+    batch = official_batch(feats, ids, (torch.rand(B, L) > 0.5).long())
+    batch.loss_mask[2] = 0  # a row without supervised tokens
+    lm_head = torch.randn(V, H)
+    pred = torch.randn(B, L, H, requires_grad=True)
+    for shift in (0, 1):
+        fast = masked_feature_losses(pred, batch, lm_head, shift)
+        full = feature_losses(pred, batch, lm_head, shift)
+        for a, b in zip(fast, full, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    grad_fast = torch.autograd.grad(sum(masked_feature_losses(pred, batch, lm_head, 1)), pred)[0]
+    grad_full = torch.autograd.grad(sum(feature_losses(pred, batch, lm_head, 1)), pred)[0]
+    torch.testing.assert_close(grad_fast, grad_full, rtol=1e-5, atol=1e-6)
+
+    class Head(torch.nn.Module):
+        def train_forward(self, features, next_ids, attention_mask=None):
+            return pred
+
+    ctx = LossContext(lm_head=lm_head)
+    torch.testing.assert_close(eagle_masked_loss(Head(), batch, ctx)["loss"], eagle_loss(pred, batch, ctx)["loss"])

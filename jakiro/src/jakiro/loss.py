@@ -15,6 +15,10 @@ Jakiro uses it twice::
     L = v_w (L_reg0 + c L_reg1) + p_w (L_cls0 + c L_cls1),   v_w = 1.0, p_w = 0.1, c = const = 0.5
 
 Jakiro* and the no-contrastive ablation (``const = 0``) use branch 0 only. No router load-balancing loss.
+
+Speed: only rows with ``M > 0`` (assistant tokens, about 40 % of the ShareGPT tokens) reach the vocabulary-sized
+LM head here (:func:`masked_feature_losses`); unmasked rows contribute exactly 0 to both sums, so the value is the
+official one (tested against ``feature_losses`` on the full batch) at a fraction of the cost on CPU.
 """
 
 from __future__ import annotations
@@ -22,9 +26,36 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from effrepro.specdec import DraftBatch, feature_losses, topk_accuracy
+from effrepro.specdec import DraftBatch, DraftHead, LossContext, feature_losses, topk_accuracy
 
 DEFAULT_WEIGHTS = {"v_w": 1.0, "p_w": 0.1, "const": 0.5}
+
+
+def masked_feature_losses(
+    pred: torch.Tensor, batch: DraftBatch, lm_head: torch.Tensor, shift: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``feature_losses(pred, batch, lm_head, shift)`` computed on the supervised rows only (same value)."""
+    length = batch.target_features.shape[1]
+    keep = batch.loss_mask[:, shift:] > 0
+    rows = pred[:, : length - shift][keep][None]  # [1, M, H]
+    targets = batch.target_features[:, shift:][keep][None]
+    weights = batch.loss_mask[:, shift:][keep][None]
+    ids = torch.zeros(weights.shape, dtype=torch.long, device=weights.device)
+    compact = DraftBatch(input_ids=ids, features=targets, next_ids=ids, target_features=targets, loss_mask=weights,
+                         attention_mask=torch.ones_like(ids))
+    if rows.shape[1] == 0:
+        zero = pred.sum() * 0.0  # keeps the graph (and DDP) connected
+        return zero, zero
+    return feature_losses(rows, compact, lm_head, shift=0)
+
+
+def eagle_masked_loss(head: DraftHead, batch: DraftBatch, ctx: LossContext) -> dict[str, torch.Tensor]:
+    """The engine's EAGLE loss (``v_w L_reg + p_w L_cls``) via :func:`masked_feature_losses`: a ``train_head``
+    ``loss_fn`` for the EAGLE-2 baseline so every head pays the same LM-head cost per supervised token."""
+    pred = head.train_forward(batch.features, batch.next_ids, batch.attention_mask)
+    reg, cls = masked_feature_losses(pred, batch, ctx.lm_head, 0)
+    loss = ctx.weights.get("v_w", 1.0) * reg + ctx.weights.get("p_w", 0.1) * cls
+    return {"loss": loss, "reg": reg.detach(), "cls": cls.detach()}
 
 
 def jakiro_loss(
@@ -39,11 +70,11 @@ def jakiro_loss(
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
     two_branches = pred.dim() == 4
     moe = pred[0] if two_branches else pred
-    reg0, cls0 = feature_losses(moe, batch, lm_head, shift=0)
+    reg0, cls0 = masked_feature_losses(moe, batch, lm_head, shift=0)
     out = {"reg0": reg0.detach(), "cls0": cls0.detach()}
     reg, cls = reg0, cls0
     if two_branches and w["const"] != 0:
-        reg1, cls1 = feature_losses(pred[1], batch, lm_head, shift=1)
+        reg1, cls1 = masked_feature_losses(pred[1], batch, lm_head, shift=1)
         reg, cls = reg0 + w["const"] * reg1, cls0 + w["const"] * cls1
         out.update(reg1=reg1.detach(), cls1=cls1.detach())
     if with_accuracy:

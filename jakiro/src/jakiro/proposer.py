@@ -58,15 +58,15 @@ class JakiroProposer(LevelProposer):
         self.top_k, self.depth, self.total_tokens = tree.top_k, tree.depth, tree.total_tokens
         self.alignment, self.last_level = alignment, last_level
         # the draft's single-layer KV: context rows, then this round's tree rows (cropped after the round)
-        self.kv = TreeKVCache(1, max_length + tree.top_k * (tree.depth + 1))
+        self.cache = TreeKVCache(1, max_length + tree.top_k * (tree.depth + 1))
         self.last_forwards = 0
 
     def reset(self) -> None:
-        self.kv.reset()
+        self.cache.reset()
 
     @property
     def context_length(self) -> int:
-        return self.kv.length
+        return self.cache.length
 
     def _logprobs(self, g: torch.Tensor) -> torch.Tensor:
         return F.log_softmax((g @ self.lm_head.t().to(g.dtype)).float(), dim=-1)
@@ -76,11 +76,11 @@ class JakiroProposer(LevelProposer):
         draft, k = self.draft, self.top_k
         dtype = next(draft.parameters()).dtype
         device = new_features.device
-        n, ctx = next_ids.numel(), self.kv.length
+        n, ctx = next_ids.numel(), self.cache.length
         positions = torch.arange(ctx, ctx + n, device=device)[None]
         g_root = draft(new_features[None].to(dtype), next_ids[None], positions, causal_allowed(n, ctx, device),
-                       kv=self.kv, last_only=True)[0, -1]
-        stable = self.kv.length
+                       kv=self.cache, last_only=True)[0, -1]
+        stable = self.cache.length
         forwards = 1
         logp = self._logprobs(g_root)
         top = torch.topk(logp, min(k, logp.numel()))
@@ -101,7 +101,7 @@ class JakiroProposer(LevelProposer):
                 allowed = torch.cat([torch.ones(q, stable, dtype=torch.bool, device=device), tree_cols], dim=1)
                 pos = torch.full((1, q), stable + i, dtype=torch.long, device=device)  # one position per level
                 penultimate = contrastive_rows and i == self.depth - 2
-                out = draft(in_feats[None], in_tokens[None], pos, allowed[None], kv=self.kv,
+                out = draft(in_feats[None], in_tokens[None], pos, allowed[None], kv=self.cache,
                             branches="both" if penultimate else "moe")
                 forwards += 1
                 if penultimate:
@@ -129,6 +129,6 @@ class JakiroProposer(LevelProposer):
             in_index = keep
             eye = torch.eye(keep.numel(), dtype=torch.bool, device=device)
             tree_cols = torch.cat([tree_cols[in_parent_row], eye], dim=1)
-        self.kv.crop(stable)  # tree-branch KV never survives a round
+        self.cache.crop(stable)  # tree-branch KV never survives a round
         self.last_forwards = forwards
         return levels

@@ -31,8 +31,6 @@ by the engine's greedy verifier (lossless for any tree).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,17 +150,17 @@ class StarProposer:
         self.children = [self.static.children(v) for v in range(self.static.size)]
         self.expandable = [self.static.expandable(level) for level in range(self.static.max_depth + 1)]
         self.generator = torch.Generator()
-        self.kv = TreeKVCache(1, max_length + self.static.size)
+        self.cache = TreeKVCache(1, max_length + self.static.size)
         self.last_forwards = 0
         self.reset()
 
     def reset(self) -> None:
-        self.kv.reset()
+        self.cache.reset()
         self.generator.manual_seed(self.seed)
 
     @property
     def context_length(self) -> int:
-        return self.kv.length
+        return self.cache.length
 
     def _expert_logits(self, g_pair: torch.Tensor) -> torch.Tensor:
         """``[2, H]`` -> processed logits ``[2, V]`` (float64) of the preferred and the other expert."""
@@ -188,11 +186,11 @@ class StarProposer:
         draft, static = self.draft, self.static
         dtype = next(draft.parameters()).dtype
         device = new_features.device
-        n, ctx = next_ids.numel(), self.kv.length
+        n, ctx = next_ids.numel(), self.cache.length
         positions = torch.arange(ctx, ctx + n, device=device)[None]
         out = draft(new_features[None].to(dtype), next_ids[None], positions, causal_allowed(n, ctx, device),
-                    kv=self.kv, branches="split", last_only=True)  # [2, 1, 1, H]
-        stable = self.kv.length
+                    kv=self.cache, branches="split", last_only=True)  # [2, 1, 1, H]
+        stable = self.cache.length
         forwards = 1
         tokens = torch.zeros(static.size, dtype=torch.long)
         tokens[0] = int(next_ids[-1])
@@ -221,13 +219,13 @@ class StarProposer:
             tree_part = self.ancestors[nxt][:, seen].to(device)  # keys of the tree rows in the draft KV
             allowed = torch.cat([torch.ones(len(nxt), stable, dtype=torch.bool, device=device), tree_part], dim=1)
             pos = torch.full((1, len(nxt)), stable + level, dtype=torch.long, device=device)
-            out = draft(feats[None], ids[None], pos, allowed[None], kv=self.kv, branches="split")  # [2,1,q,H]
+            out = draft(feats[None], ids[None], pos, allowed[None], kv=self.cache, branches="split")  # [2,1,q,H]
             forwards += 1
             for row, v in enumerate(nxt):
                 node_feature[v] = out[0, 0, row]  # only the preferred expert's feature continues (official)
                 node_logits[v] = self._expert_logits(out[:, 0, row])
             expanded = seen
-        self.kv.crop(stable)
+        self.cache.crop(stable)
         self.last_forwards = forwards
         tree = tree_from_parents(tokens.to(device), torch.tensor(static.parents, device=device))
         tree.extras = {**extras, "rule": self.rule, "vocab": int(self.lm_head.shape[0]), "verifier": self.verify}
@@ -235,36 +233,9 @@ class StarProposer:
 
     def verify(self, tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfig,
                generator: torch.Generator | None = None) -> Verdict:
-        """Jakiro*'s verifier (engine hook): greedy at T = 0, else :func:`star_sample_verify` with this rule."""
+        """Jakiro*'s verifier, handed to the engine as ``tree.extras["verifier"]``: greedy at T = 0, else
+        :func:`star_sample_verify` with this proposer's rule."""
         return star_verify(tree, logits, sampling, generator)
-
-
-@contextlib.contextmanager
-def engine_verifier_hook() -> Iterator[None]:
-    """Route the engine's sampling verification to a tree's own verifier (``tree.extras["verifier"]``).
-
-    Engine gap (named in the README): ``effrepro.specdec.speculative_generate`` always verifies with EAGLE-2's
-    q = 1 rule, which is exact only for deterministic candidates; Jakiro*'s *sampled* candidates need recursive
-    rejection sampling with their draft probabilities. Until the engine asks the proposer for its verifier, this
-    context manager swaps the engine's ``sample_verify`` for a dispatcher: trees that carry a verifier use it,
-    every other tree (EAGLE-2, Jakiro) goes to the engine's own function unchanged.
-    """
-    import effrepro.specdec.generate as engine
-
-    original = engine.sample_verify
-
-    def dispatch(tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfig,
-                 generator: torch.Generator | None = None) -> Verdict:
-        verifier = tree.extras.get("verifier")
-        if verifier is None:
-            return original(tree, logits, sampling, generator)
-        return verifier(tree, logits, sampling, generator)
-
-    engine.sample_verify = dispatch
-    try:
-        yield
-    finally:
-        engine.sample_verify = original
 
 
 def star_verify(tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfig,

@@ -1,0 +1,214 @@
+"""``jakiro`` console script: ``data``, ``train``, ``eval``, ``bench``, ``reproduce``.
+
+    jakiro reproduce --scale smoke [--tiny] [--out DIR] [--set eval.max_questions=20 ...]
+    jakiro train --method jakiro --target smollm2-135m --out runs/jakiro [--epochs 20 --lr 9e-5]
+    jakiro eval --heads runs --variants eagle2 jakiro jakiro_parent [--temperature 1.0] [--out DIR]
+    jakiro bench [--heads runs] [--top-k 4 --depth 5 --total-tokens 24]
+
+``--target`` is the embedded ``smollm2-135m`` or a local HF directory (full scale: ``/path/to/vicuna-7b-v1.3``,
+with ``--sharegpt-json`` for the official 68k ShareGPT conversations). ``--heads DIR`` holds ``<method>/head.pt``.
+Multi-GPU training: ``jakiro data ...`` once (or per shard), then ``torchrun --nproc_per_node N -m jakiro.cli train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from effrepro.errors import UsageError, run_cli
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _target_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default=os.environ.get("EFFREPRO_TARGET", "smollm2-135m"),
+                        help="embedded model name or a local HF model directory")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+
+
+def _data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sharegpt-json", default="", help="a ShareGPT json file (full scale: the official 68k)")
+    parser.add_argument("--limit", type=int, default=68000, help="conversations kept from --sharegpt-json")
+    parser.add_argument("--prompts", type=int, default=0,
+                        help="corpus instructions answered by the target (self-distillation; the smoke data)")
+    parser.add_argument("--max-new-tokens-data", type=int, default=128, help="answer length for --prompts")
+    parser.add_argument("--sharegpt", type=int, default=0, help="the engine's shipped (dummy) ShareGPT set")
+    parser.add_argument("--max-len", type=int, default=2048)
+
+
+def _tree_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--depth", type=int, default=5)
+    parser.add_argument("--total-tokens", type=int, default=60)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from jakiro.eval import VARIANTS
+    from jakiro.train import METHODS
+
+    parser = argparse.ArgumentParser(prog="jakiro", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    data = sub.add_parser("data", help="encode the draft training data with the target (cached)")
+    _target_args(data)
+    _data_args(data)
+    data.add_argument("--shard", default="0/1", help="i/n: encode every n-th conversation from i (multi-GPU)")
+    train = sub.add_parser("train", help="train one draft head (official recipe by default)")
+    _target_args(train)
+    _data_args(train)
+    train.add_argument("--method", required=True, choices=METHODS)
+    train.add_argument("--out", required=True)
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--steps-per-epoch", type=int, default=0)
+    train.add_argument("--lr", type=float, default=9e-5)
+    train.add_argument("--warmup-steps", type=int, default=2000)
+    train.add_argument("--schedule", default="cosine", choices=["cosine", "linear", "constant"])
+    train.add_argument("--no-fc-bias", action="store_true", help="fc without bias (LLaMA3-8B config)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--no-resume", action="store_true")
+    evaluate = sub.add_parser("eval", help="the variants vs plain decoding on MT-bench (interleaved)")
+    _target_args(evaluate)
+    _tree_args(evaluate)
+    evaluate.add_argument("--heads", required=True, help="folder with <method>/head.pt")
+    evaluate.add_argument("--variants", nargs="+", default=["eagle2", "jakiro"], choices=list(VARIANTS))
+    evaluate.add_argument("--questions", default="mtbench")
+    evaluate.add_argument("--max-questions", type=int, default=0)
+    evaluate.add_argument("--max-turns", type=int, default=0)
+    evaluate.add_argument("--max-new-tokens", type=int, default=512)
+    evaluate.add_argument("--temperature", type=float, default=0.0)
+    evaluate.add_argument("--top-p", type=float, default=1.0)
+    evaluate.add_argument("--warmup", type=int, default=3)
+    evaluate.add_argument("--max-length", type=int, default=2048)
+    evaluate.add_argument("--out", default=None)
+    bench = sub.add_parser("bench", help="drafting cost per tree: Jakiro vs EAGLE-2 (paired)")
+    _target_args(bench)
+    bench.add_argument("--top-k", type=int, default=4)
+    bench.add_argument("--depth", type=int, default=5)
+    bench.add_argument("--total-tokens", type=int, default=24)
+    bench.add_argument("--heads", default=None, help="folder with <method>/head.pt (default: random heads)")
+    bench.add_argument("--context", type=int, default=256)
+    bench.add_argument("--repeats", type=int, default=21)
+    reproduce = sub.add_parser("reproduce", help="the paper's headline comparison (claims.json + report.md)")
+    reproduce.add_argument("--scale", choices=["smoke", "full"], default="smoke")
+    reproduce.add_argument("--tiny", action="store_true", help="the same code path with a tiny budget")
+    reproduce.add_argument("--out", default=None)
+    reproduce.add_argument("--target", default=None, help="full scale: a local HF model directory")
+    reproduce.add_argument("--sharegpt-json", default=None, help="full scale: the ShareGPT json file")
+    reproduce.add_argument("--threads", type=int, default=None)
+    reproduce.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                           help="config overrides, e.g. eval.max_questions=20 train.epochs=3")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    from effrepro.data import load_target
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load_target(args.target, dtype=DTYPES[args.dtype])
+    return model.to(args.device), tokenizer
+
+
+def _data_dirs(args: argparse.Namespace, model: Any, tokenizer: Any) -> list[Path]:
+    shard = getattr(args, "shard", "0/1")
+    if args.sharegpt_json and shard != "0/1":
+        from jakiro.data import encode_sharegpt_file
+
+        try:
+            index, count = (int(x) for x in shard.split("/"))
+        except ValueError:
+            raise UsageError(f"--shard {shard!r}; use i/n, e.g. 0/8") from None
+        return [encode_sharegpt_file(model, tokenizer, args.sharegpt_json, max_len=args.max_len, limit=args.limit,
+                                     shard=(index, count))]
+    from jakiro.reproduce import DataSettings, build_draft_data
+
+    settings = DataSettings(prompts=args.prompts, max_new_tokens=args.max_new_tokens_data, sharegpt=args.sharegpt,
+                            max_len=args.max_len, sharegpt_json=args.sharegpt_json, sharegpt_limit=args.limit)
+    return build_draft_data(settings, str(args.target), model, tokenizer)
+
+
+def _heads(folder: str, model: Any, methods: set[str], device: str, dtype: torch.dtype) -> dict[str, Any]:
+    from jakiro.train import load_head
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise UsageError(f"--heads {root}: no such folder; give the folder holding <method>/head.pt")
+    return {m: load_head(root / m / "head.pt", model, device, dtype) for m in sorted(methods)}
+
+
+def dispatch(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    if args.command == "reproduce":
+        from jakiro.reproduce import config_for, run
+
+        overrides = list(args.set)
+        if args.target:
+            overrides.append(f"target={args.target}")
+        if args.sharegpt_json:
+            overrides.append(f"data.sharegpt_json={args.sharegpt_json}")
+        if args.threads is not None:
+            overrides.append(f"threads={args.threads}")
+        config = config_for(args.scale, args.tiny, overrides)
+        result = run(config, args.out)
+        held = sum(c["holds"] for c in result["claims"])
+        print(f"{held}/{len(result['claims'])} claims hold; wrote {result['out_dir']}")
+        return 0
+    model, tokenizer = _load(args)
+    if args.command == "data":
+        print("\n".join(str(d) for d in _data_dirs(args, model, tokenizer)))
+        return 0
+    if args.command == "train":
+        from effrepro.specdec import HeadTrainConfig
+
+        from jakiro.train import train_method
+
+        config = HeadTrainConfig(epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
+                                 lr=args.lr, warmup_steps=args.warmup_steps, schedule=args.schedule,
+                                 max_len=args.max_len, seed=args.seed)
+        result = train_method(args.method, model, _data_dirs(args, model, tokenizer), config, args.out,
+                              resume=not args.no_resume, fc_bias=not args.no_fc_bias)
+        print(json.dumps({"method": args.method, "steps": result["steps"], "head": str(Path(args.out) / "head.pt")}))
+        return 0
+    if args.command == "eval":
+        from effrepro.specdec import EvalConfig, TargetAdapter, TreeConfig
+
+        from jakiro.eval import VARIANTS, evaluate_variants
+
+        heads = _heads(args.heads, model, {VARIANTS[v].head for v in args.variants}, args.device, DTYPES[args.dtype])
+        config = EvalConfig(questions=args.questions, max_questions=args.max_questions, max_turns=args.max_turns,
+                            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                            warmup=args.warmup, max_length=args.max_length)
+        tree = TreeConfig(top_k=args.top_k, depth=args.depth, total_tokens=args.total_tokens)
+        result = evaluate_variants(TargetAdapter(model, max_length=args.max_length), tokenizer, heads,
+                                   args.variants, tree, config, args.out)
+        print(json.dumps(result["summary"], indent=1, default=str))
+        return 0
+    if args.command == "bench":
+        from effrepro.specdec import TreeConfig
+
+        from jakiro.bench import draft_cost_benchmark
+        from jakiro.train import METHODS
+
+        heads = _heads(args.heads, model, set(METHODS), args.device, DTYPES[args.dtype]) if args.heads else None
+        tree = TreeConfig(top_k=args.top_k, depth=args.depth, total_tokens=args.total_tokens)
+        result = draft_cost_benchmark(model, tree, context=args.context, repeats=args.repeats, heads=heads)
+        print(json.dumps(result, indent=1, default=str))
+        return 0
+    raise UsageError(f"unknown command {args.command}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry: user mistakes become one ``error: ...`` line and exit code 2 (``effrepro.errors.run_cli``)."""
+    run_cli(dispatch, argv)
+
+
+if __name__ == "__main__":
+    main()
