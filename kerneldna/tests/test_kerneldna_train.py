@@ -147,3 +147,11 @@ def test_torchrun_ddp_two_processes_count_every_eval_sample_once(tmp_path):
     single = evaluate(model, loader)
     assert single["count"] == 90 and single["top1"] == pytest.approx(finals[0]["eval_top1"])
     assert single["loss"] == pytest.approx(finals[0]["eval_loss"], rel=1e-5)
+
+
+def test_per_iteration_schedule_reaches_eta_min_at_the_end(tmp_path):
+    cfg = _tiny_cfg(tmp_path, epochs=2, schedule_per="step", train_size=96)
+    train(cfg)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["scheduler"]["last_epoch"] == 6  # 2 epochs x 3 iterations
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)

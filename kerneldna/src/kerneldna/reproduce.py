@@ -82,9 +82,9 @@ def zoo_counts() -> dict[tuple[str, str], tuple[int, int]]:
 def run_arm(task: TaskPlan, arm: str, seed: int, plan: SmokePlan, runs: Path) -> dict[str, Any]:
     cfg = TrainConfig(
         arch="mini", variant=arm, dataset=task.name, epochs=task.epochs, batch_size=plan.batch_size, lr=plan.lr,
-        weight_decay=plan.weight_decay, seed=seed, train_size=task.train_size, test_size=task.test_size,
-        mini_widths=list(plan.widths), mini_stem_stride=task.stem_stride, out=str(runs / task.name / arm /
-                                                                                 f"seed{seed}"),
+        weight_decay=plan.weight_decay, schedule_per="step", seed=seed, train_size=task.train_size,
+        test_size=task.test_size, mini_widths=list(plan.widths), mini_stem_stride=task.stem_stride,
+        out=str(runs / task.name / arm / f"seed{seed}"),
         progress=False, log_every=10_000,
     )
     start = time.perf_counter()
@@ -296,7 +296,7 @@ def smoke(out: Path, tiny: bool, seeds: list[int] | None = None) -> list[Claim]:
         f"Scale: {'smoke --tiny' if tiny else 'smoke'}; {len(plan.seeds)} seeds; "
         + "; ".join(f"{t.name}: {t.train_size} train / {t.test_size} test images, {t.epochs} epochs"
                     for t in plan.tasks) + "; "
-        f"batch {plan.batch_size}; SGD lr {plan.lr} cosine, wd {plan.weight_decay} on all parameters; "
+        f"batch {plan.batch_size}; SGD lr {plan.lr} cosine per iteration, wd {plan.weight_decay} on all parameters; "
         f"widths {plan.widths}; total {elapsed:.0f} s.",
         "### Accuracy (test split; every arm trained with the same recipe and seeds)\n\n" + acc_md,
         f"### CKA\n\nwithin-stage mean {cka['within_stage']:.3f}, across-stage mean {cka['across_stage']:.3f}.",

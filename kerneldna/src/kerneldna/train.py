@@ -49,6 +49,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     wd_static_attn: bool = True  # official: static attentions are decayed like everything else
     eta_min: float = 0.0
+    schedule_per: str = "epoch"  # official: the cosine steps once per epoch; "step": per iteration (miniature)
     seed: int = 0
     workers: int = 8
     image_size: int = 224
@@ -66,12 +67,14 @@ class TrainConfig:
         if self.epochs < 1 or not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"need epochs >= 1 and 0 <= warmup_epochs < epochs, got {self.epochs}, "
                              f"{self.warmup_epochs}")
+        if self.schedule_per not in ("epoch", "step"):
+            raise ValueError(f"schedule_per must be 'epoch' or 'step', got {self.schedule_per!r}")
         if self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("batch_size and lr must be positive, weight_decay non-negative")
 
 
 def warmup_cosine(warmup_epochs: int, epochs: int, base_lr: float, eta_min: float = 0.0) -> Callable[[int], float]:
-    """The official ``WarmupCosineAnnealingLR`` as a ``LambdaLR`` factor of the epoch index."""
+    """The official ``WarmupCosineAnnealingLR`` as a ``LambdaLR`` factor of the epoch (or iteration) index."""
 
     def factor(epoch: int) -> float:
         if epoch < warmup_epochs:
@@ -166,13 +169,16 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
     model = model_for(cfg)
     train_loader, eval_loader = make_loaders(cfg, dist)
     optimizer = make_optimizer(model, cfg)
+    # the official schedule counts epochs; the miniature (a few epochs) may count iterations instead, so that
+    # the cosine reaches eta_min at the end of training as it does over 90-300 ImageNet epochs
+    units = len(train_loader) if cfg.schedule_per == "step" else 1
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(cfg.warmup_epochs, cfg.epochs, cfg.lr, cfg.eta_min))
+        optimizer, warmup_cosine(cfg.warmup_epochs * units, cfg.epochs * units, cfg.lr, cfg.eta_min))
     config = {**run_config(cfg), "sharing": sharing_groups(model)}
     trainer = Trainer(
         model, optimizer, train_loader, loss_fn=cross_entropy_loss, epochs=cfg.epochs, out_dir=Path(cfg.out),
         scheduler=scheduler, amp=cfg.amp, eval_fn=lambda m: evaluate(m, eval_loader, dist.device),
-        config=config, log_every=cfg.log_every, scheduler_step="epoch", dist=dist, progress=cfg.progress,
+        config=config, log_every=cfg.log_every, scheduler_step=cfg.schedule_per, dist=dist, progress=cfg.progress,
         resume=resume,
     )
     result = trainer.fit()
