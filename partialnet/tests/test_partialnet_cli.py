@@ -161,3 +161,13 @@ def test_training_with_dpconv_reports_the_learnt_splits(image_folder, tmp_path):
     splits = result["final"]["dpconv_splits"]
     assert [row["dim"] for row in splits] == [8, 16, 32, 64]
     assert all(row["dim"] == row["dim_conv"] * row["divisor"] for row in splits)
+
+
+def test_epoch_seeded_order_is_shared_across_models_and_resumes():
+    from partialnet.data import EpochSeededSampler
+
+    a, b = EpochSeededSampler(10, seed=3), EpochSeededSampler(10, seed=3)
+    torch.rand(5)  # a model's initialisation consuming the global RNG changes nothing
+    assert list(a) == list(b) and sorted(a) == list(range(10))
+    a.set_epoch(1)
+    assert list(a) != list(b) and list(a) == list(a)

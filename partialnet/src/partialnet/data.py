@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from effrepro.data import imagenet_folder, mnist100
 from effrepro.errors import UsageError
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -75,6 +75,25 @@ def imagenet_transforms(aug: AugmentConfig, size: int | None = None, training: b
                             crop_pct=aug.test_crop_ratio, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
+class EpochSeededSampler(Sampler[int]):
+    """A random permutation per epoch drawn from ``(seed, epoch)`` only: two models trained with the same seed
+    see the same data order (whatever their initialisation consumed from the global RNG), and a resumed run
+    continues with the order it would have had. The single-process counterpart of ``DistributedSampler``."""
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=gen).tolist())
+
+    def __len__(self) -> int:
+        return self.length
+
+
 class MultiScaleSampler(Sampler[int]):
     """Wraps a sampler; ``set_epoch`` (called by the Trainer before each epoch) also switches the dataset's
     transform to the early, smaller size before ``switch_epoch`` (official ``multi_scale: 192_280``)."""
@@ -106,9 +125,8 @@ def imagenet_loaders(root: str, aug: AugmentConfig, batch_size: int, eval_batch_
     val_set = imagenet_folder(root, "val", imagenet_transforms(aug, training=False))
     if len(train_set.classes) != len(val_set.classes):
         raise UsageError(f"{root}: train has {len(train_set.classes)} classes but val {len(val_set.classes)}")
-    gen = torch.Generator().manual_seed(seed)
-    base: Sampler[int] = DistributedSampler(train_set, seed=seed) if distributed else RandomSampler(train_set,
-                                                                                                  generator=gen)
+    base: Sampler[int] = (DistributedSampler(train_set, seed=seed) if distributed
+                          else EpochSeededSampler(len(train_set), seed))
     schedule = parse_multi_scale(aug.multi_scale)
     sampler: Sampler[int] = base
     if schedule is not None:
@@ -157,13 +175,14 @@ def random_shift(images: Tensor, max_shift: int) -> Tensor:
     return out
 
 
-def mnist100_loaders(train_size: int, test_size: int, batch_size: int,
+def mnist100_loaders(train_size: int, test_size: int, batch_size: int, seed: int,
                      distributed: bool = False) -> tuple[DataLoader, DataLoader]:
     """MNIST-100 train (pairs from MNIST train) / test (pairs from MNIST test) loaders; the pairs are fixed,
-    the shuffling follows the global torch RNG (seeded by the caller, saved in checkpoints)."""
+    the order per epoch depends on ``(seed, epoch)`` only."""
     train_set = PaddedMnist100("train", size=train_size, seed=0)
     test_set = PaddedMnist100("test", size=test_size, seed=0)
-    sampler: Sampler[int] = DistributedSampler(train_set) if distributed else RandomSampler(train_set)
+    sampler: Sampler[int] = (DistributedSampler(train_set, seed=seed) if distributed
+                             else EpochSeededSampler(len(train_set), seed))
     train = DataLoader(train_set, batch_size, sampler=sampler, drop_last=True)
     test = DataLoader(test_set, 500, shuffle=False)
     return train, test

@@ -156,7 +156,7 @@ def accuracy_claims(mini: dict[str, Any], budget: SmokeBudget) -> list[Claim]:
     claims.append(Claim(
         id="top1_delta_t0_mini", unit="points", paper=PAPER_T2["top1_gain"], measured=_mean(deltas),
         description="paired top-1 difference PartialNet-T0-mini - FasterNet-T0-mini on MNIST-100 (same recipe, "
-                    "budget, data order and seeds); paper: +1.3 at T2 on ImageNet",
+                    "budget, seeds and data order per seed); paper: +1.3 at T2 on ImageNet",
         baseline="FasterNet-T0-mini", expect="> 0",
         details={**common, "per_seed": deltas, "std": _std(deltas), "wins": sum(d > 0 for d in deltas)}))
     return claims

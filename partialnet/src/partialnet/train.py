@@ -195,7 +195,8 @@ def _loaders(cfg: TrainConfig, dist: DistInfo) -> tuple[Any, Any, int]:
             raise UsageError("ImageNet training needs a path: pass --data /path/to/imagenet (train/ and val/ inside)")
         return imagenet_loaders(cfg.data, cfg.augment, per_rank, cfg.eval_batch_size, cfg.workers,
                                 dist.distributed, cfg.seed)
-    train, test = mnist100_loaders(cfg.mnist100_train_size, cfg.mnist100_test_size, per_rank, dist.distributed)
+    train, test = mnist100_loaders(cfg.mnist100_train_size, cfg.mnist100_test_size, per_rank, cfg.seed,
+                                   dist.distributed)
     return train, test, 100
 
 
