@@ -297,7 +297,7 @@ def run_full(out: Path, data: str | None, variant: str, overrides: list[str]) ->
         cfg = load_train_config({**base, "data": data, "out_dir": str(out / "runs" / name)}, overrides)
         train(cfg)
         checkpoint = str(Path(cfg.out_dir) / "last.pt")
-        results[family] = evaluate_imagenet(name, data, checkpoint, deploy=True,
+        results[family] = evaluate_imagenet(name, data, checkpoint, deploy=True, use_ema=cfg.ema_decay is not None,
                                             image_size=cfg.augment.image_size, crop_ratio=cfg.augment.test_crop_ratio)
     delta = results["partialnet"]["top1"] - results["fasternet"]["top1"]
     bench = benchmark([variant], device="auto")

@@ -300,12 +300,16 @@ class PartialNet(nn.Module):
     def fuse(self) -> PartialNet:
         """In-place deploy form: every BN folded, residuals re-parameterised, DPConv -> fixed PConv.
         Call on an ``eval()`` model (running statistics); see ``partialnet.deploy.deploy_copy``."""
-        fuse_sequential_conv_bn(self.patch_embed)
-        for stage in self.stages:
-            fuse_sequential_conv_bn(stage.downsample)
-            for block in stage.blocks:
-                block.fuse()
+        _fuse_trunk(self.patch_embed, self.stages)
         return self.eval()
+
+
+def _fuse_trunk(patch_embed: nn.Module, stages: nn.Sequential) -> None:
+    fuse_sequential_conv_bn(patch_embed)
+    for stage in stages:
+        fuse_sequential_conv_bn(stage.downsample)
+        for block in stage.blocks:
+            block.fuse()
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -360,11 +364,7 @@ class PartialNetFeatures(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> PartialNetFeatures:
-        fuse_sequential_conv_bn(self.patch_embed)
-        for stage in self.stages:
-            fuse_sequential_conv_bn(stage.downsample)
-            for block in stage.blocks:
-                block.fuse()
+        _fuse_trunk(self.patch_embed, self.stages)
         return self.eval()
 
 
