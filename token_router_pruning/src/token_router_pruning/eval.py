@@ -195,7 +195,10 @@ class LmEval:
         for name in ("lm_eval", "lm-eval"):
             logging.getLogger(name).setLevel(logging.ERROR)
         self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1, max_length=max_length)
-        manager = TaskManager(include_path=[str(p) for p in include_path] or None, verbosity="ERROR")
+        # only our / the user's tasks are indexed: indexing lm-eval's thousands of built-in YAMLs takes minutes
+        named = [t for t in tasks if isinstance(t, str)]
+        manager = TaskManager(include_path=[str(p) for p in include_path] or None, verbosity="ERROR",
+                              include_defaults=bool(named) and not include_path)
         try:
             self.task_dict = manager.load(list(tasks))
         except (KeyError, ValueError) as exc:

@@ -229,18 +229,29 @@ def _split_files(task_dir: Path) -> dict[str, str]:
     return {p.stem: str(p.resolve()) for p in sorted(task_dir.glob("*.jsonl"))}
 
 
+def _builtin_yaml(task: str) -> Path:
+    """lm-eval's own YAML of a paper task (direct paths: indexing every built-in task takes minutes)."""
+    import lm_eval.tasks
+
+    root = Path(lm_eval.tasks.__file__).parent
+    known = {"arc_challenge": "arc/arc_challenge.yaml", "arc_easy": "arc/arc_easy.yaml",
+             "hellaswag": "hellaswag/hellaswag.yaml", "winogrande": "winogrande/default.yaml"}
+    path = root / (known[task] if task in known else f"mmlu/default/{task}.yaml")
+    if not path.is_file():
+        raise UsageError(f"lm-eval has no task {task!r} to take the config from ({path} missing)")
+    return path
+
+
 def paper_task_configs(tasks_dir: str | Path, names: tuple[str, ...] = PAPER_TASKS) -> list[dict[str, Any]]:
     """lm-eval's own configs for the paper's tasks, redirected to local JSONL under ``tasks_dir``.
 
     ``mmlu`` expands to every ``mmlu_<subject>`` with ``tasks_dir/mmlu/<subject>/{test,dev}.jsonl``.
     """
-    from lm_eval.tasks import TaskManager
     from lm_eval.tasks._yaml_loader import load_yaml
 
     root = Path(tasks_dir).expanduser()
     if not root.is_dir():
         raise UsageError(f"--tasks-dir {root}: no such directory")
-    index = TaskManager().task_index
     configs = []
     for name in names:
         folders = sorted(p for p in (root / "mmlu").iterdir() if p.is_dir()) if name == "mmlu" and \
@@ -250,9 +261,7 @@ def paper_task_configs(tasks_dir: str | Path, names: tuple[str, ...] = PAPER_TAS
             files = _split_files(folder) if folder.is_dir() else {}
             if not files:
                 continue
-            if task not in index or index[task].yaml_path is None:
-                raise UsageError(f"lm-eval has no task {task!r} to take the config from")
-            cfg = load_yaml(index[task].yaml_path, resolve_func=True)
+            cfg = load_yaml(_builtin_yaml(task), resolve_func=True)
             for key in ("group", "tag"):
                 cfg.pop(key, None)
             cfg.update(task=task, dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": files})
