@@ -151,20 +151,34 @@ def _conversations(model: Any, tokenizer: Any, formatter: ChatFormatter,
 
 
 def _prompts(pool: list[list[dict]], count: int) -> list[str]:
-    """User turns as single-turn prompts: every conversation's first user turn, then the later ones."""
-    by_rank: list[list[str]] = []
+    """Prompts for self-distillation (never MT-bench): the distinct ShareGPT user turns, then instructions over
+    the shipped text corpus (``effrepro.data.text_corpus``: Python docs), alternating "explain" and "summarize".
+
+    The embedded ShareGPT set is FastChat's identity/dummy conversations (a few dozen distinct questions), so the
+    corpus prompts carry the diversity at smoke scale; a full-scale ShareGPT file gives real user turns first.
+    """
+    from effrepro.data import text_corpus
+
+    seen: set[str] = set()
+    prompts = []
     for conversation in pool:
-        users = [m["content"] for m in conversation if m["role"] == "user" and m["content"].strip()]
-        for rank, text in enumerate(users):
-            while len(by_rank) <= rank:
-                by_rank.append([])
-            by_rank[rank].append(text)
-    return [text for group in by_rank for text in group][:count]
+        for message in conversation:
+            text = message["content"].strip()
+            if message["role"] == "user" and text and text not in seen:
+                seen.add(text)
+                prompts.append(text)
+    for number, doc in enumerate(text_corpus()):
+        if number % 2 == 0:
+            paragraph = doc.strip().split("\n\n")[0][:300]
+            prompts.append(f"Explain the following in simple terms and give an example:\n\n{paragraph}")
+        else:
+            prompts.append(f"Summarize the following text in a few sentences:\n\n{doc.strip()[:600]}")
+    return prompts[:count]
 
 
 @torch.no_grad()
 def self_generate(model: Any, tokenizer: Any, formatter: ChatFormatter, pool: list[list[dict]],
-                  config: DraftDataConfig, batch_size: int = 16) -> list[list[dict]]:
+                  config: DraftDataConfig, batch_size: int = 32) -> list[list[dict]]:
     """The target's own answers to ``config.self_generated`` user prompts (batched ``transformers`` generate)."""
     from effrepro.specdec.generate import stop_tokens
 
