@@ -13,7 +13,7 @@ def test_reproduce_tiny_writes_valid_claims(tmp_path):
     validate_claims(claims)
     ids = {c["id"] for c in claims}
     for expected in ("mnist_ratio_vs_separate_w2", "mnist_alrs_gain_w2", "mnist_ours_minus_posthoc_w2",
-                     "mnist_walltime_joint_over_separate", "mnist_mixed_auc_hasb_over_uniform",
+                     "mnist_traintime_joint_over_separate", "mnist_mixed_auc_hasb_over_uniform",
                      "mnist100_alrs_gain_w2", "resnet18_storage_int8_over_fp32"):
         assert expected in ids
     report = (out / "report.md").read_text()
