@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-turns", type=int, default=0)
     evaluate.add_argument("--warmup", type=int, default=3)
     evaluate.add_argument("--out", default=None)
+    evaluate.add_argument("--extra-tree", action="append", default=[], metavar="K,DEPTH,TOTAL",
+                          help="also run the head with this tree budget in the same run (repeatable)")
     generate = sub.add_parser("generate", help="stream one answer with speculative decoding")
     _target_args(generate)
     _tree_args(generate)
@@ -138,11 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     target = TargetAdapter(model, max_length=args.max_length)
     if args.command == "eval":
         from effrepro.specdec.harness import EvalConfig
+        from effrepro.specdec.protocol import TreeConfig
 
         config = EvalConfig(questions=args.questions, max_questions=args.max_questions, max_turns=args.max_turns,
                             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             warmup=args.warmup, max_length=args.max_length, chat_template=args.chat_template)
-        result = eval_eagle(target, tokenizer, Path(args.head), _tree(args), config, args.out)
+        head = load_eagle_head(args.head, target)
+        extra = {}
+        for text in args.extra_tree:
+            try:
+                k, depth, total = (int(v) for v in text.split(","))
+            except ValueError:
+                raise UsageError(f"--extra-tree {text!r}; give K,DEPTH,TOTAL such as 4,5,16") from None
+            extra[f"eagle2-{k}-{depth}-{total}"] = eagle_factory(head, TreeConfig(k, depth, total))
+        result = eval_eagle(target, tokenizer, head, _tree(args), config, args.out, extra_methods=extra)
         print(json.dumps(result["summary"], indent=1))
         return 0
     from effrepro.specdec.draft_data import ChatFormatter

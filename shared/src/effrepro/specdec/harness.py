@@ -61,7 +61,7 @@ class EvalConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
-    warmup: int = 3
+    warmup: int = 3  # warm-up generations of the first question per method (32 tokens each), untimed
     seed: int = 0
     max_length: int = 2048
     chat_template: str = "auto"
@@ -256,16 +256,17 @@ def evaluate(target: TargetAdapter, tokenizer: Any, methods: dict[str, ProposerF
     proposers = {name: factory(target) for name, factory in methods.items()}
     names = [BASELINE, *proposers]
 
-    def run(name: str, prompt: torch.Tensor, seed: int) -> GenerationResult:
-        gen = GenerationConfig(**{**asdict(generation), "sampling": sampling, "seed": seed})
+    def run(name: str, prompt: torch.Tensor, seed: int, max_new_tokens: int | None = None) -> GenerationResult:
+        gen = GenerationConfig(**{**asdict(generation), "sampling": sampling, "seed": seed,
+                                  "max_new_tokens": max_new_tokens or generation.max_new_tokens})
         if name == BASELINE:
             return autoregressive_generate(target, prompt, gen)
         return speculative_generate(target, proposers[name], prompt, gen)
 
     first_prompt = formatter.prompt_ids([{"role": "user", "content": questions[0]["turns"][0]}])
-    for _ in range(config.warmup):
+    for _ in range(config.warmup):  # warm-up generations are capped at 32 tokens (CPU budget)
         for name in names:
-            run(name, first_prompt, config.seed)
+            run(name, first_prompt, config.seed, min(generation.max_new_tokens, 32))
     records: dict[str, list[dict]] = {name: [] for name in names}
     contexts: list[int] = []
     iterator: Any = list(enumerate(questions))
