@@ -212,13 +212,13 @@ def _run_job(job: dict[str, Any]) -> dict[str, Any]:
     test_set = CachedTeacherSet(data["test_images"], data["test_labels"])
     cfg = _student_config(plan, job["arm"], job["seed"], job["teacher"])
     probe = gsnr_probe(plan, _Slice(train_set)) if ARMS[job["arm"]].get("gsnr") else None
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = train(cfg, job["out"], progress=False, datasets=(train_set, test_set), probe=probe)
     gsnr = {row["epoch"]: {k[len("eval_gsnr_"):]: v for k, v in row.items() if k.startswith("eval_gsnr_")}
             for row in result["history"] if any(k.startswith("eval_gsnr_") for k in row)}
     return {"arm": job["arm"], "seed": job["seed"], "top1": result["top1"], "best_top1": result["best_top1"],
             "curve": [row["eval_top1"] for row in result["history"]], "gsnr": gsnr,
-            "seconds": time.perf_counter() - start}
+            "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start}
 
 
 # ---- orchestration ----------------------------------------------------------------------------------------------
@@ -342,6 +342,7 @@ def summarise(plan: SmokePlan, results: list[dict[str, Any]], bench: dict[str, A
         best = [seeds[s]["best_top1"] for s in sorted(seeds)]
         arms[arm] = {"top1": final, "best_top1": best, "mean": _mean_std(final)[0], "std": _mean_std(final)[1],
                      "best_mean": _mean_std(best)[0], "seconds": sum(seeds[s]["seconds"] for s in seeds),
+                     "cpu_seconds": sum(seeds[s].get("cpu_seconds", 0.0) for s in seeds),
                      "curve": [statistics.fmean(c) for c in zip(*(seeds[s]["curve"] for s in sorted(seeds)))]}
     gsnr: dict[str, dict[str, dict[str, float]]] = {}
     for arm in ("dkd", "deepkd"):
@@ -502,5 +503,7 @@ def _notes(plan: SmokePlan, summary: dict[str, Any], elapsed: float, workers: in
         f"{plan.test_size} pairs. Noisy-tail teacher: N(0, {plan.noise_sigma}^2) added to the logits outside its "
         f"top-{plan.noise_topk}.", "",
         *rows, "",
-        f"Wall time {elapsed / 60:.1f} min with {workers} worker processes (1 thread each).",
+        f"Wall time {elapsed / 60:.1f} min with {workers} worker processes (1 thread each); the student runs used "
+        f"{sum(a.get('cpu_seconds', 0.0) for a in summary['arms'].values()) / 60:.1f} CPU-minutes in all (wall time "
+        f"above that / {workers} means other processes shared the cores).",
     ])
