@@ -29,7 +29,8 @@ def _target_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=os.environ.get("EFFREPRO_TARGET", "smollm2-135m"),
                         help="embedded model name or local HF model directory")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda, cuda:1, or auto (transformers device_map='auto' over all GPUs)")
     parser.add_argument("--chat-template", default="auto", help="'auto' (tokenizer's) or an fschat template name")
 
 
@@ -38,6 +39,8 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--self-generated", type=int, default=0, help="prompts answered by the target itself")
     parser.add_argument("--self-max-new-tokens", type=int, default=256)
     parser.add_argument("--max-len", type=int, default=2048)
+    parser.add_argument("--sharegpt-path", default=os.environ.get("EFFREPRO_SHAREGPT", ""),
+                        help="full scale: a local ShareGPT json instead of the embedded dummy conversations")
 
 
 def _tree_args(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace, max_length: int = 2048) -> tuple[Any, Any]:
     from effrepro.data import load_target
 
+    if args.device == "auto":
+        return load_target(args.target, dtype=DTYPES[args.dtype], device_map="auto")
     model, tokenizer = load_target(args.target, dtype=DTYPES[args.dtype])
     return model.to(args.device), tokenizer
 
@@ -100,7 +105,7 @@ def _data_config(args: argparse.Namespace) -> Any:
 
     return DraftDataConfig(target=str(args.target), sharegpt=args.sharegpt, self_generated=args.self_generated,
                            self_max_new_tokens=args.self_max_new_tokens, max_len=args.max_len,
-                           chat_template=args.chat_template)
+                           chat_template=args.chat_template, sharegpt_path=args.sharegpt_path)
 
 
 def _tree(args: argparse.Namespace) -> Any:

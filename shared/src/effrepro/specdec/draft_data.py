@@ -48,6 +48,7 @@ class DraftDataConfig:
     self_max_new_tokens: int = 256
     self_temperature: float = 0.0
     chat_template: str = "auto"  # "auto" = the tokenizer's template; else an fschat template name
+    sharegpt_path: str = ""  # full scale: a local ShareGPT json (e.g. ShareGPT_V4.3_unfiltered_cleaned_split.json)
     feature_dtype: str = "float16"
     seed: int = 42
 
@@ -132,15 +133,45 @@ def _target_fingerprint(model: Any) -> dict[str, Any]:
 
 
 def data_key(config: DraftDataConfig, model: Any) -> str:
-    payload = {"config": asdict(config), "target": _target_fingerprint(model), "version": DATA_VERSION}
+    settings = asdict(config)
+    if not settings["sharegpt_path"]:  # added later: an unset path keeps the keys of existing caches
+        del settings["sharegpt_path"]
+    payload = {"config": settings, "target": _target_fingerprint(model), "version": DATA_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant",
+                   "bing": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def load_sharegpt_file(path: str | os.PathLike) -> list[list[dict]]:
+    """A ShareGPT json (``[{"conversations": [{"from": "human"|"gpt", "value": str}, ...]}, ...]``) as role/content
+    turns; a conversation that starts with the assistant loses that turn (as the official ``ge_data`` does)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UsageError(f"ShareGPT file {file} not found; pass --sharegpt-path /path/to/ShareGPT.json")
+    try:
+        raw = json.loads(file.read_text())
+        conversations = []
+        for item in raw:
+            turns = [{"role": _SHAREGPT_ROLES.get(t["from"], ""), "content": t["value"]}
+                     for t in item["conversations"]]
+            turns = [t for t in turns if t["role"]]
+            while turns and turns[0]["role"] == "assistant":
+                turns = turns[1:]
+            if any(t["role"] == "assistant" for t in turns):
+                conversations.append(turns)
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UsageError(f"{file} is not a ShareGPT json (a list of {{'conversations': [{{'from', 'value'}}]}})")\
+            from None
+    return conversations
 
 
 def _conversations(model: Any, tokenizer: Any, formatter: ChatFormatter,
                    config: DraftDataConfig) -> list[list[dict]]:
     from effrepro.data import sharegpt_conversations
 
-    pool = sharegpt_conversations()
+    pool = load_sharegpt_file(config.sharegpt_path) if config.sharegpt_path else sharegpt_conversations()
     order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(config.seed)).tolist()
     conversations = [pool[i] for i in order[: config.sharegpt]]
     if config.self_generated:
