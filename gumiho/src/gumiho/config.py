@@ -68,6 +68,9 @@ class GumihoRunConfig:
     """Everything one Gumiho training + evaluation needs."""
 
     target: str = "smollm2-135m"
+    # "mtbench_split": self-distilled answers to the 72 MT-bench questions the evaluation does not use (gumiho.data);
+    # "engine": effrepro.specdec.generate_draft_data (ShareGPT conversations and/or its self-generated answers)
+    data_source: str = "engine"
     structure: StructureConfig = field(default_factory=StructureConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     data: DraftDataConfig = field(default_factory=DraftDataConfig)
@@ -76,6 +79,8 @@ class GumihoRunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        if self.data_source not in ("engine", "mtbench_split"):
+            raise UsageError(f"data_source={self.data_source!r}; use engine or mtbench_split")
         self.tree.check()
         if self.structure.serial_steps + self.structure.mlp_num < self.tree.depth:
             raise UsageError(f"tree.depth={self.tree.depth} exceeds the draft's "

@@ -27,20 +27,21 @@ from effrepro.config import config_to_dict, load_config
 from effrepro.data import load_target
 from effrepro.errors import UsageError
 from effrepro.report import Claim, results_dir, save_figure, write_claims, write_report
-from effrepro.specdec import TargetAdapter, generate_draft_data, train_head
+from effrepro.specdec import TargetAdapter, train_head
 from effrepro.specdec.eagle import build_eagle_head, head_from_checkpoint
 from effrepro.train import load_checkpoint
 
 from gumiho.config import GumihoRunConfig
+from gumiho.data import split_mtbench, write_questions
 from gumiho.eval import chain_tree, eagle_factory, eagle_tree_for, gumiho_factory, run_eval
 from gumiho.theory import chain_tau, marginal_value
-from gumiho.train import VARIANTS, load_draft, train_draft
+from gumiho.train import VARIANTS, draft_data_dir, load_draft, train_draft
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 # The --tiny budget (same code path, <= 90 s): a handful of samples, steps and tokens.
 TINY_OVERRIDES = [
-    "data.sharegpt=16", "data.self_generated=0", "data.max_len=256",
+    "data.self_generated=4", "data.self_max_new_tokens=24", "data.max_len=256",
     "train.epochs=3", "train.steps_per_epoch=1", "train.batch_size=2", "train.warmup_steps=1",
     "eval.max_questions=1", "eval.max_new_tokens=12", "eval.warmup=0", "eval.cost_model_repeats=3",
 ]
@@ -263,7 +264,9 @@ def reproduce(scale: str = "smoke", tiny: bool = False, out: str | None = None, 
     timings: dict[str, float] = {}
     start = time.perf_counter()
     model, tokenizer = load_target(config.target)
-    data_dir = generate_draft_data(model, tokenizer, config.data, progress=False)
+    if config.data_source == "mtbench_split":  # evaluate on the held-out questions only
+        config.eval.questions = str(write_questions(split_mtbench()[1], out_dir / "eval_questions.jsonl"))
+    data_dir = draft_data_dir(config, model, tokenizer, progress=False)
     data_meta = json.loads((Path(data_dir) / "meta.json").read_text())
     timings["target + draft data"] = time.perf_counter() - start
     log(f"draft data: {data_meta.get('samples')} samples, {data_meta.get('tokens')} tokens ({data_dir})")

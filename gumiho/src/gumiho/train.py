@@ -35,6 +35,16 @@ def build_draft(config: GumihoRunConfig, model: Any) -> GumihoDraft:
     return draft
 
 
+def draft_data_dir(config: GumihoRunConfig, model: Any, tokenizer: Any, progress: bool = True) -> Path:
+    """The (cached) draft-data folder for ``config.data_source`` (see ``GumihoRunConfig``)."""
+    if config.data_source == "mtbench_split":
+        from gumiho.data import prompt_draft_data, split_mtbench
+
+        train_questions, _ = split_mtbench()
+        return prompt_draft_data(model, tokenizer, config.data, [q["turns"][0] for q in train_questions])
+    return Path(generate_draft_data(model, tokenizer, config.data, progress=progress))
+
+
 def train_draft(config: GumihoRunConfig, model: Any, tokenizer: Any, out_dir: str | Path,
                 data_dir: str | Path | None = None, progress: bool = True, resume: bool = True) -> dict[str, Any]:
     """Generate (or reuse) the draft data, then train with Gumiho's loss; writes ``out_dir/head.pt``.
@@ -42,7 +52,7 @@ def train_draft(config: GumihoRunConfig, model: Any, tokenizer: Any, out_dir: st
     Returns the engine's training result (``history``, ``steps``) plus ``data_dir`` and ``head``.
     """
     if data_dir is None:
-        data_dir = generate_draft_data(model, tokenizer, config.data, progress=progress)
+        data_dir = draft_data_dir(config, model, tokenizer, progress)
     draft = build_draft(config, model)
     lm_head = model.get_output_embeddings().weight.detach().float()
     result = train_head(draft, lm_head, data_dir, config.train_config(), out_dir, progress=progress, resume=resume)
