@@ -80,6 +80,7 @@ class EvalSettings:
 @dataclass
 class ReproduceConfig:
     scale: str = "smoke"
+    tiny: bool = False  # the --tiny budget (results go to results/jakiro/smoke-tiny unless --out)
     target: str = "smollm2-135m"
     dtype: str = "float32"
     device: str = "cpu"
@@ -202,7 +203,7 @@ def run(config: ReproduceConfig, out: str | Path | None = None, progress: bool =
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     seed_everything(config.seed)
-    out_dir = results_dir("jakiro", config.scale, out)
+    out_dir = results_dir("jakiro", f"{config.scale}-tiny" if config.tiny else config.scale, out)
     logger = MetricsLogger(out_dir / "metrics.jsonl")
     timings: dict[str, float] = {}
     model, tokenizer = _load_target(config)
@@ -254,14 +255,10 @@ def run(config: ReproduceConfig, out: str | Path | None = None, progress: bool =
     write_claims(out_dir, claims)
     (out_dir / "results.json").write_text(json.dumps({"config": asdict(config), **results}, indent=1, default=str))
     plots = make_plots(results, out_dir)
-    write_report(out_dir, f"Jakiro reproduction ({config.scale}{', tiny' if _is_tiny(config) else ''})",
+    write_report(out_dir, f"Jakiro reproduction ({config.scale}{', tiny budget' if config.tiny else ''})",
                  PAPER_TABLE, claims, notes_md=notes(results, config), plots=plots)
     logger.log(stage="done", **timings)
     return {"claims": claim_dicts, "results": results, "out_dir": str(out_dir)}
-
-
-def _is_tiny(config: ReproduceConfig) -> bool:
-    return config.eval.max_questions and config.eval.max_questions <= 2
 
 
 # ----- claims, notes, plots -----

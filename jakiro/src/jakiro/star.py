@@ -31,6 +31,7 @@ by the engine's greedy verifier (lossless for any tree).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +151,7 @@ class StarProposer:
         self.children = [self.static.children(v) for v in range(self.static.size)]
         self.expandable = [self.static.expandable(level) for level in range(self.static.max_depth + 1)]
         self.generator = torch.Generator()
+        self._skeleton_tree: DraftTree | None = None
         self.cache = TreeKVCache(1, max_length + self.static.size)
         self.last_forwards = 0
         self.reset()
@@ -162,53 +164,68 @@ class StarProposer:
     def context_length(self) -> int:
         return self.cache.length
 
-    def _expert_logits(self, g_pair: torch.Tensor) -> torch.Tensor:
-        """``[2, H]`` -> processed logits ``[2, V]`` (float64) of the preferred and the other expert."""
-        logits = (g_pair @ self.lm_head.t().to(g_pair.dtype)).double()
+    def _expert_logits(self, g: torch.Tensor) -> torch.Tensor:
+        """``[2, q, H]`` (preferred, other expert) -> processed logits ``[q, 2, V]`` in float64."""
+        logits = (g @ self.lm_head.t().to(g.dtype)).double().transpose(0, 1)  # [q, 2, V]
         if self.sampling.greedy:
             return logits
-        return self.sampling.warpers()(None, logits)
+        q, _, vocab = logits.shape
+        return self.sampling.warpers()(None, logits.reshape(2 * q, vocab)).reshape(q, 2, vocab)
 
-    def _children_of(self, expert_logits: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(tokens [count], draws [count] or None)`` for one node."""
-        vocab = expert_logits.shape[-1]
-        flat = torch.cat([expert_logits[0], expert_logits[1]])
-        if self.sampling.greedy:  # extension: first `count` distinct tokens of the 2V ranking
-            order = fold(torch.argsort(flat, descending=True, stable=True), vocab).tolist()
-            tokens = list(dict.fromkeys(order))[:count]
-            return torch.tensor(tokens), None
+    def _children(self, expert_logits: torch.Tensor, counts: list[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per node of a level (``expert_logits [q, 2, V]``): its children (tokens at T = 0, else ``2V`` draws) and
+        the nodes' ``2V`` mixtures.
+
+        Sampling: ``max(counts)`` draws without replacement per node, of which a node keeps the first ``c`` (the
+        first c draws of a longer sequence are distributed exactly as c draws). T = 0 (extension): the first ``c``
+        distinct tokens of the ``2V`` ranking.
+        """
+        q, _, vocab = expert_logits.shape
+        flat = expert_logits.reshape(q, 2 * vocab)
+        most = max(counts)
+        if self.sampling.greedy:
+            ranked = fold(torch.topk(flat, min(2 * most, flat.shape[-1]), dim=-1).indices, vocab).tolist()
+            return [torch.tensor(list(dict.fromkeys(row))[:c]) for row, c in zip(ranked, counts, strict=True)], flat
         pi = torch.softmax(flat, dim=-1)
-        draws = draw_children(pi, count, self.generator)
-        return fold(draws, vocab), draws
+        draws = torch.multinomial(pi, most, replacement=False, generator=self.generator)
+        return [draws[row, :c] for row, c in enumerate(counts)], pi
+
+    def _skeleton(self, device: torch.device) -> DraftTree:
+        """The static tree's verification tensors, built once per device; a round only swaps the tokens."""
+        if self._skeleton_tree is None or self._skeleton_tree.tokens.device != device:
+            parents = torch.tensor(self.static.parents, device=device)
+            self._skeleton_tree = tree_from_parents(torch.zeros_like(parents), parents)
+        return self._skeleton_tree
 
     @torch.no_grad()
     def propose(self, new_features: torch.Tensor, next_ids: torch.Tensor) -> DraftTree:
         draft, static = self.draft, self.static
         dtype = next(draft.parameters()).dtype
         device = new_features.device
+        vocab = int(self.lm_head.shape[0])
         n, ctx = next_ids.numel(), self.cache.length
         positions = torch.arange(ctx, ctx + n, device=device)[None]
         out = draft(new_features[None].to(dtype), next_ids[None], positions, causal_allowed(n, ctx, device),
-                    kv=self.cache, branches="split", last_only=True)  # [2, 1, 1, H]
+                    kv=self.cache, branches="split", last_only=True)[:, 0]  # [2, 1, H]
         stable = self.cache.length
         forwards = 1
         tokens = torch.zeros(static.size, dtype=torch.long)
         tokens[0] = int(next_ids[-1])
-        node_feature: dict[int, torch.Tensor] = {}
-        node_logits: dict[int, torch.Tensor] = {0: self._expert_logits(out[:, 0, -1])}
-        node_feature[0] = out[0, 0, -1]
+        node_feature = {0: out[0, -1]}
+        level_nodes, level_logits = [0], self._expert_logits(out[:, -1:])  # this level's nodes with children
         expanded: list[int] = []  # nodes forwarded so far (their KV rows follow the context, in this order)
         extras: dict[str, Any] = {"draws": {}, "pi": {}, "expert_logits": {}}
         for level in range(static.max_depth):
-            for node in self.expandable[level]:  # candidates for the children of every node at this level
+            counts = [len(self.children[v]) for v in level_nodes]
+            picks, mixtures = self._children(level_logits, counts)
+            for row, node in enumerate(level_nodes):
                 kids = self.children[node]
-                kid_tokens, draws = self._children_of(node_logits[node], len(kids))
-                tokens[kids] = kid_tokens.cpu()
-                if draws is not None:
-                    flat = torch.cat([node_logits[node][0], node_logits[node][1]])
-                    extras["pi"][node] = torch.softmax(flat, dim=-1)
-                    extras["draws"][node] = draws
-                    extras["expert_logits"][node] = node_logits[node]
+                if self.sampling.greedy:
+                    tokens[kids] = picks[row].cpu()
+                else:
+                    tokens[kids] = fold(picks[row], vocab).cpu()
+                    extras["pi"][node], extras["draws"][node] = mixtures[row], picks[row]
+                    extras["expert_logits"][node] = level_logits[row]
             nxt = self.expandable[level + 1]
             if not nxt:
                 break
@@ -219,17 +236,16 @@ class StarProposer:
             tree_part = self.ancestors[nxt][:, seen].to(device)  # keys of the tree rows in the draft KV
             allowed = torch.cat([torch.ones(len(nxt), stable, dtype=torch.bool, device=device), tree_part], dim=1)
             pos = torch.full((1, len(nxt)), stable + level, dtype=torch.long, device=device)
-            out = draft(feats[None], ids[None], pos, allowed[None], kv=self.cache, branches="split")  # [2,1,q,H]
+            out = draft(feats[None], ids[None], pos, allowed[None], kv=self.cache, branches="split")[:, 0]  # [2,q,H]
             forwards += 1
             for row, v in enumerate(nxt):
-                node_feature[v] = out[0, 0, row]  # only the preferred expert's feature continues (official)
-                node_logits[v] = self._expert_logits(out[:, 0, row])
+                node_feature[v] = out[0, row]  # only the preferred expert's feature continues (official)
+            level_nodes, level_logits = nxt, self._expert_logits(out)
             expanded = seen
         self.cache.crop(stable)
         self.last_forwards = forwards
-        tree = tree_from_parents(tokens.to(device), torch.tensor(static.parents, device=device))
-        tree.extras = {**extras, "rule": self.rule, "vocab": int(self.lm_head.shape[0]), "verifier": self.verify}
-        return tree
+        extras.update(rule=self.rule, vocab=vocab, verifier=self.verify)
+        return dataclasses.replace(self._skeleton(device), tokens=tokens.to(device), extras=extras)
 
     def verify(self, tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfig,
                generator: torch.Generator | None = None) -> Verdict:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from effrepro.errors import UsageError
 from effrepro.specdec import DraftHead, HeadTrainConfig, train_head
-from effrepro.specdec.eagle import DraftModelConfig, EagleHead, build_eagle_head
+from effrepro.specdec.eagle import build_eagle_head, head_from_checkpoint
 
 from jakiro.loss import eagle_masked_loss
 from jakiro.models.head import JakiroConfig, JakiroDraft, load_official_state_dict
@@ -79,21 +79,14 @@ def load_head(path: str | Path, target_model: Any, device: torch.device | str = 
     embed = target_model.get_input_embeddings().weight.detach().float()
     method = state.get("method")
     if method == "EagleHead":
-        head: DraftHead = EagleHead(DraftModelConfig(**state["config"]))
+        head: DraftHead = head_from_checkpoint(state, embed)
     elif method == "JakiroDraft":
         head = JakiroDraft(JakiroConfig(**state["config"]))
-    else:
-        raise UsageError(f"{path} holds a {method!r} head; expected one written by `jakiro train`")
-    head.check_compatible(int(embed.shape[1]), int(embed.shape[0]))
-    head.freeze_embedding(embed)
-    if isinstance(head, JakiroDraft):
+        head.check_compatible(int(embed.shape[1]), int(embed.shape[0]))
+        head.freeze_embedding(embed)
         load_official_state_dict(head, state["state_dict"])
     else:
-        missing, unexpected = head.load_state_dict(state["state_dict"], strict=False)
-        missing = [m for m in missing if not m.startswith("embed_tokens")]
-        if missing or unexpected:
-            raise UsageError(f"{path}: checkpoint does not match its config (missing {missing[:4]}, "
-                             f"unexpected {unexpected[:4]})")
+        raise UsageError(f"{path} holds a {method!r} head; expected one written by `jakiro train`")
     return head.to(device, dtype).eval()
 
 
