@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from effrepro.report import validate_claims
 from token_router_pruning.cli import main
 

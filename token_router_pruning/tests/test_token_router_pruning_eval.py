@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from effrepro.errors import UsageError
 from token_router_pruning.baselines import blockpruner_search, layer_plan, matched_shortgpt, shortgpt_layers
 from token_router_pruning.eval import (

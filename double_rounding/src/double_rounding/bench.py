@@ -37,7 +37,7 @@ def run_bench(arch: str, batch: int, repeats: int, bits: list[int], device: str)
     model = build_quant_model(cfg, bits, float_model=build_float_model(cfg))
     model.load_state_dict({k: v for k, v in fp.state_dict().items() if k in model.state_dict()}, strict=False)
     x = torch.randn(batch, channels, height, width)
-    calibrate(model, x[: min(batch, 32)])
+    calibrate(model, x[: min(batch, 32)], scale_init="lsq")  # values do not matter for timing and sizes
     artefact = export_int8(model, {"model": cfg.__dict__}, bits)
     deployed = load_dequantized(build_quant_model(cfg, bits), artefact, bits[0]).eval()
     model.eval()

@@ -121,7 +121,8 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     train_loader, _ = build_loaders(cfg.data, dist, cfg.seed)
     batches = first_batches(train_loader, max(1, -(-cfg.mixed.hessian_images // cfg.mixed.hessian_batch)))
     result = compute_traces(cfg, model, batches, dist.device)
-    _write_json(out / "hessian" / "traces.json", result.as_dict())
+    if dist.is_main:
+        _write_json(out / "hessian" / "traces.json", result.as_dict())
     print(json.dumps(result.as_dict()["traces"], indent=1))
     return 0
 
@@ -155,7 +156,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         configs = [parse_config(text, layers) for text in args.bits.split(";")]
     dist = dist_setup(args.device)
     _, test_loader = build_loaders(cfg.data, dist, cfg.seed)
-    rows = evaluate_int8(artefact, test_loader, configs, dist.device, expect=cfg.model)
+    model_given = args.config is not None or any(o.startswith("model.") for o in args.overrides)
+    rows = evaluate_int8(artefact, test_loader, configs, dist.device, expect=cfg.model if model_given else None)
     for row in rows:
         print(json.dumps(row))
     if args.json:

@@ -288,6 +288,7 @@ def train_quantized(cfg: Config, model: nn.Module, tc: TrainConfig, train_loader
     result = trainer.fit()
     result["seconds"] = time.perf_counter() - start
     result["cpu_seconds"] = time.process_time() - cpu_start  # less sensitive to other processes on the machine
+    broadcast_buffers(model, dist)  # the last step's BN statistics are rank-local: keep rank 0's everywhere
     result["alrs_clamp_rate"] = step.alrs.clamp_rate()
     result["clamped_scales"] = step.clamped_scales
     set_bits(model, graph_of(model).bits[0])

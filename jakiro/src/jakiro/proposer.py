@@ -104,11 +104,12 @@ class JakiroProposer(LevelProposer):
                 out = draft(in_feats[None], in_tokens[None], pos, allowed[None], kv=self.cache,
                             branches="both" if penultimate else "moe")
                 forwards += 1
-                if penultimate:
-                    contrastive_logp = self._logprobs(out[1, 0])
+                if penultimate:  # both branches through the LM head in one call (one read of W_lm)
+                    both = self._logprobs(out[:, 0])
+                    logp, contrastive_logp, out = both[0], both[1], out[0, 0]
+                else:
                     out = out[0]
-                out = out[0]
-                logp = self._logprobs(out)
+                    logp = self._logprobs(out)
             if out is None:
                 rows = torch.arange(q, device=device)
                 if self.alignment == "parent":

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from effrepro.errors import UsageError
 from effrepro.specdec.tree import DraftTree
@@ -43,8 +43,8 @@ class SamplingConfig:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    def warpers(self) -> LogitsProcessorList:
-        warpers = LogitsProcessorList()
+    def warpers(self) -> list:
+        warpers: list = []
         if self.temperature not in (0.0, 1.0):
             warpers.append(TemperatureLogitsWarper(self.temperature))
         if self.top_k > 0:
@@ -57,7 +57,8 @@ class SamplingConfig:
 def target_probs(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
     """The processed target distribution(s) in float64: ``softmax(warpers(logits))`` over the last dim."""
     scores = logits.double().reshape(-1, logits.shape[-1])
-    scores = sampling.warpers()(None, scores)
+    for warper in sampling.warpers():  # called one by one: LogitsProcessorList inspects signatures every call
+        scores = warper(None, scores)
     return torch.softmax(scores, dim=-1).reshape(logits.shape)
 
 
