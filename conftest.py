@@ -11,6 +11,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# pytest's ``--import-mode=importlib`` names a test module ``<project>.tests.test_x`` (from the rootdir) and, when
+# ``<project>`` is not imported yet, registers the project *folder* as an empty namespace package of that name,
+# which hides the installed package (``<project>/src/<project>``). Importing the installed packages first, here,
+# keeps the real ones in ``sys.modules``; pytest then only adds ``<project>.tests`` beneath them.
+PROJECT_PACKAGES = ("partialnet", "kerneldna", "deepkd", "double_rounding", "jakiro", "gumiho", "token_router_pruning")
+for _name in PROJECT_PACKAGES:
+    _spec = importlib.util.find_spec(_name)
+    if _spec is not None and _spec.origin is not None:  # installed (not just the bare project folder)
+        importlib.import_module(_name)
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch

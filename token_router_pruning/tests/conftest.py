@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-# pytest's --import-mode=importlib names this folder's modules ``token_router_pruning.tests.*`` and registers
-# the project folder as a namespace package ``token_router_pruning``, hiding the installed package
-# (token_router_pruning/src/token_router_pruning). Swap the real package back in before tests import it.
-_shadow = sys.modules.get("token_router_pruning")
-if _shadow is not None and getattr(_shadow, "__file__", None) is None:
-    del sys.modules["token_router_pruning"]
-    importlib.import_module("token_router_pruning")
 
 
 def make_tiny_llama(layers: int = 4, dtype: torch.dtype = torch.float64, attn: str = "sdpa", vocab: int = 96,
