@@ -27,3 +27,16 @@ def test_cli_errors_are_usage_errors(tmp_path):
         run(["reproduce", "--scale", "full"])
     with pytest.raises(UsageError, match="not found"):
         run(["eval", "--head", str(tmp_path / "missing.pt")])
+
+
+def test_device_and_dtype_options():
+    from gumiho.cli import _device, build_parser
+    from gumiho.train import load_target_on
+
+    parse = build_parser().parse_args
+    assert _device(parse(["reproduce", "--scale", "smoke"])) == "cpu"  # the miniature is a CPU experiment
+    assert _device(parse(["reproduce", "--scale", "smoke", "--device", "cuda:1"])) == "cuda:1"
+    assert _device(parse(["train", "--out", "x"])) in ("cpu", "cuda")
+    assert parse(["eval", "--head", "h.pt", "--dtype", "bfloat16"]).dtype == "bfloat16"
+    with pytest.raises(UsageError, match="dtype"):
+        load_target_on("smollm2-135m", "cpu", "int8")

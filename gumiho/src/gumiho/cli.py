@@ -24,10 +24,24 @@ def _load(args: argparse.Namespace):
     return config
 
 
+def _device(args: argparse.Namespace) -> str:
+    if args.device:
+        return args.device
+    if getattr(args, "scale", None) == "smoke":  # the miniature is a CPU experiment
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML run config (default: gumiho/configs/smoke.yaml)")
     parser.add_argument("--target", help="local HF model dir or 'smollm2-135m' (overrides the config's target)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--device", help="target device: cpu, cuda, cuda:1, or auto (device_map='auto' over every "
+                                         "GPU); default cuda when there is one (reproduce --scale smoke: cpu)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="target dtype (the drafts stay float32)")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. train.epochs=5)")
 
 
@@ -39,38 +53,36 @@ def _threads(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from effrepro.data import load_target
-
-    from gumiho.train import train_draft, variant_structure
+    from gumiho.train import load_target_on, train_draft, variant_structure
 
     config = _load(args)
     if args.variant:
         config = replace(config, structure=variant_structure(args.variant))
     _threads(args)
-    model, tokenizer = load_target(config.target)
+    model, tokenizer = load_target_on(config.target, _device(args), args.dtype)
     result = train_draft(config, model, tokenizer, args.out, resume=not args.no_resume)
     print(f"wrote {result['head']} ({result['steps']} steps, data {result['data_dir']})")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from effrepro.data import load_target
     from effrepro.specdec import TargetAdapter
     from effrepro.specdec.eagle import head_from_checkpoint
     from effrepro.train import load_checkpoint
 
     from gumiho.eval import eagle_factory, eagle_tree_for, gumiho_factory, run_eval
-    from gumiho.train import load_draft
+    from gumiho.train import load_draft, load_target_on
 
     config = _load(args)
     for path in filter(None, (args.head, args.eagle_head)):
         if not Path(path).is_file():
             raise UsageError(f"head checkpoint not found: {path}; train one with `gumiho train --out DIR`")
     _threads(args)
-    model, tokenizer = load_target(config.target)
+    model, tokenizer = load_target_on(config.target, _device(args), args.dtype)
     methods = {"gumiho": gumiho_factory(load_draft(args.head, model), config.tree)}
     if args.eagle_head:
-        eagle = head_from_checkpoint(load_checkpoint(args.eagle_head), model.get_input_embeddings().weight.detach())
+        embed = model.get_input_embeddings().weight.detach()
+        eagle = head_from_checkpoint(load_checkpoint(args.eagle_head), embed).to(embed.device)
         methods["eagle2"] = eagle_factory(eagle.eval(), eagle_tree_for(config.tree))
     target = TargetAdapter(model, max_length=config.eval.max_length)
     result = run_eval(target, tokenizer, methods, config.eval, args.out)
@@ -91,7 +103,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         target_config = AutoConfig.from_pretrained(resolve_model_dir(config.target))
     result = draft_round_benchmark(target_config, config.tree, context=args.context, new_tokens=args.new_tokens,
-                                   repeats=args.repeats, device=args.device)
+                                   repeats=args.repeats, device=_device(args).replace("auto", "cuda"))
     print("| draft | ms / round | vs EAGLE-2 | serial forwards |\n|---|---|---|---|")
     for name, row in result.items():
         print(f"| {name} | {1e3 * row['seconds']:.2f} | {row['vs_eagle2']:.3f} | {row['serial_forwards']} |")
@@ -102,7 +114,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from gumiho.reproduce import reproduce
 
     reproduce(args.scale, tiny=args.tiny, out=args.out, config_path=args.config, overrides=args.overrides,
-              target=args.target, threads=args.threads or 2)
+              target=args.target, threads=args.threads or 2, device=_device(args), dtype=args.dtype)
     return 0
 
 
@@ -127,7 +139,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--context", type=int, default=128)
     bench.add_argument("--new-tokens", type=int, default=3, help="accepted positions fed to the draft per round")
     bench.add_argument("--repeats", type=int, default=21)
-    bench.add_argument("--device", default="cpu")
     bench.set_defaults(func=cmd_bench)
     rep = sub.add_parser("reproduce", help="the paper's claims: --scale smoke (CPU miniature) or full")
     _common(rep)

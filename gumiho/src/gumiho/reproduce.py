@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from effrepro.config import config_to_dict, load_config
-from effrepro.data import load_target
 from effrepro.errors import UsageError
 from effrepro.report import Claim, results_dir, save_figure, write_claims, write_report
 from effrepro.specdec import TargetAdapter, train_head
@@ -35,7 +34,7 @@ from gumiho.config import GumihoRunConfig
 from gumiho.data import split_mtbench, write_questions
 from gumiho.eval import chain_tree, eagle_factory, eagle_tree_for, gumiho_factory, run_eval
 from gumiho.theory import chain_tau, marginal_value
-from gumiho.train import VARIANTS, draft_data_dir, load_draft, train_draft
+from gumiho.train import VARIANTS, draft_data_dir, load_draft, load_target_on, train_draft
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -100,8 +99,8 @@ def _train_all(config: GumihoRunConfig, model: Any, tokenizer: Any, runs: Path, 
 
 def _methods(config: GumihoRunConfig, model: Any, runs: Path) -> dict[str, Any]:
     tree = config.tree
-    eagle = head_from_checkpoint(load_checkpoint(runs / "eagle2" / "head.pt"),
-                                 model.get_input_embeddings().weight.detach()).eval()
+    embed = model.get_input_embeddings().weight.detach()
+    eagle = head_from_checkpoint(load_checkpoint(runs / "eagle2" / "head.pt"), embed).to(embed.device).eval()
     drafts = {name: load_draft(runs / name / "head.pt", model) for name in VARIANTS}
     corrected = replace(tree, fta="off", official_compat=False)
     methods = {"eagle2": eagle_factory(eagle, eagle_tree_for(corrected))}
@@ -245,7 +244,7 @@ def _notes(config: GumihoRunConfig, trained: dict[str, dict[str, Any]], data_met
 
 def reproduce(scale: str = "smoke", tiny: bool = False, out: str | None = None, config_path: str | None = None,
               overrides: list[str] | None = None, target: str | None = None, threads: int = 2,
-              log: Any = print) -> Path:
+              device: str = "cpu", dtype: str = "float32", log: Any = print) -> Path:
     """Run the experiment and write claims.json / report.md / metrics.jsonl / plots; returns the results dir."""
     if scale not in ("smoke", "full"):
         raise UsageError(f"unknown scale {scale!r}; use smoke or full")
@@ -263,7 +262,7 @@ def reproduce(scale: str = "smoke", tiny: bool = False, out: str | None = None, 
     runs = out_dir / "runs"
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    model, tokenizer = load_target(config.target)
+    model, tokenizer = load_target_on(config.target, device, dtype)
     if config.data_source == "mtbench_split":  # evaluate on the held-out questions only
         config.eval.questions = str(write_questions(split_mtbench()[1], out_dir / "eval_questions.jsonl"))
     data_dir = draft_data_dir(config, model, tokenizer, progress=False)

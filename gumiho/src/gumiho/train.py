@@ -59,12 +59,32 @@ def train_draft(config: GumihoRunConfig, model: Any, tokenizer: Any, out_dir: st
     return {**result, "data_dir": str(data_dir), "head": str(Path(out_dir) / "head.pt")}
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_target_on(name: str, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
+    """The target and its tokenizer on ``device`` (``cpu``, ``cuda``, ``cuda:1``; ``auto``: ``device_map="auto"``
+    over every GPU) in ``dtype`` (``float32`` / ``bfloat16`` / ``float16``)."""
+    from effrepro.data import load_target
+
+    if dtype not in DTYPES:
+        raise UsageError(f"dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    if device == "auto":
+        return load_target(name, dtype=DTYPES[dtype], device_map="auto")
+    model, tokenizer = load_target(name, dtype=DTYPES[dtype])
+    return model.to(device), tokenizer
+
+
 def load_draft(path: str | Path, model: Any) -> GumihoDraft:
-    """A trained draft from ``head.pt`` for this target (clear error for another target or another method)."""
+    """A trained draft from ``head.pt`` for this target (clear error for another target or another method).
+
+    The draft lands on the device of the target's embedding and stays float32 (the proposer casts the target's
+    features to the dtype of the LM head it is given, float32 in ``gumiho.eval``)."""
     state = load_checkpoint(Path(path))
     if not isinstance(state, dict):
         raise UsageError(f"{path} is not a head checkpoint")
-    return head_from_checkpoint(state, model.get_input_embeddings().weight.detach())
+    embed = model.get_input_embeddings().weight.detach()
+    return head_from_checkpoint(state, embed).to(embed.device)
 
 
 def trainable_parameters(draft: torch.nn.Module) -> int:
