@@ -182,6 +182,14 @@ def test_bad_input_is_a_clear_error(model):
                         num_key_value_heads=2, vocab_size=VOCAB)
     with pytest.raises(UsageError, match="hidden 32"):
         build_eagle_head(other).check_compatible(64, VOCAB)
+    with pytest.raises(UsageError, match=f"vocab {VOCAB}, the target has hidden 64 / vocab {VOCAB + 5}"):
+        head.check_compatible(64, VOCAB + 5)
+    with pytest.raises(UsageError, match="does not fit the head"):
+        head.freeze_embedding(torch.zeros(VOCAB + 5, 64))
+    with pytest.raises(UsageError, match="empty prompt"):
+        autoregressive_generate(adapter, torch.tensor([], dtype=torch.long), GenerationConfig())
+    with pytest.raises(UsageError, match="context budget"):
+        speculative_generate(adapter, proposer, torch.zeros(32, dtype=torch.long), GenerationConfig())
     with pytest.raises(UsageError):
         SamplingConfig(temperature=-1)
     with pytest.raises(UsageError):

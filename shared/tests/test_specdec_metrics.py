@@ -15,6 +15,7 @@ from effrepro.specdec import (
     speed_ratio,
     summarize,
     tau_metrics,
+    topk_accuracy,
 )
 from effrepro.specdec.harness import load_questions
 
@@ -137,3 +138,34 @@ def test_eagle_loss_weights():
     # SmoothL1 with beta 1 of a constant 0.5 error is 0.5 * 0.5^2 = 0.125 on every masked position
     assert float(parts["reg"]) == pytest.approx(0.125 * 5 / (5 + 1e-5))
     assert math.isfinite(float(parts["cls"]))
+
+
+def test_feature_losses_skip_unsupervised_rows():
+    """Prompt / padding rows are dropped, not computed and zeroed: garbage (NaN) there cannot reach the loss or
+    the gradient, and the value equals the masked-mean formula."""
+    torch.manual_seed(0)
+    batch_size, length, hidden, vocab = 2, 7, 4, 11
+    target = torch.randn(batch_size, length, hidden)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0, 0], [0, 1, 1, 0, 0, 0, 0]], dtype=torch.float32)
+    batch = DraftBatch(torch.zeros(batch_size, length, dtype=torch.long), target.clone(),
+                       torch.zeros(batch_size, length, dtype=torch.long), target, mask,
+                       torch.ones(batch_size, length, dtype=torch.long))
+    lm_head = torch.randn(vocab, hidden)
+    pred = torch.randn(batch_size, length, hidden)
+    reg, cls = feature_losses(pred, batch, lm_head)
+    denom = mask.sum() + 1e-5
+    want_reg = (torch.nn.functional.smooth_l1_loss(pred, target, reduction="none").mean(-1) * mask).sum() / denom
+    teacher = torch.softmax(target @ lm_head.t(), -1)
+    want_cls = -((teacher * torch.log_softmax(pred @ lm_head.t(), -1)).sum(-1) * mask).sum() / denom
+    assert float(reg) == pytest.approx(float(want_reg), rel=1e-6)
+    assert float(cls) == pytest.approx(float(want_cls), rel=1e-6)
+    poisoned = pred.clone().requires_grad_(True)
+    with torch.no_grad():
+        poisoned[mask == 0] = float("nan")
+    reg2, cls2 = feature_losses(poisoned, batch, lm_head)
+    assert float(reg2.detach()) == pytest.approx(float(reg), rel=1e-6)
+    assert float(cls2.detach()) == pytest.approx(float(cls), rel=1e-6)
+    (reg2 + cls2).backward()
+    assert torch.all(poisoned.grad[mask == 0] == 0) and torch.isfinite(poisoned.grad).all()
+    hits, count = topk_accuracy(poisoned.detach(), batch, lm_head, k=1)
+    assert count == float(mask.sum()) and 0 <= hits <= count

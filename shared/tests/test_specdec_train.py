@@ -1,6 +1,7 @@
 """Draft data (chat template, loss mask, cache), the head trainer and the CLI on a tiny random target."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -149,3 +150,99 @@ def test_eval_harness_and_cli(target, tmp_path, monkeypatch, capsys):
     assert "tokens" in capsys.readouterr().out
     with pytest.raises(UsageError, match="empty prompt"):
         main(["generate", "--target", str(folder), "--head", str(out / "head.pt"), "--prompt", " "])
+
+
+def test_last_checkpoint_leaves_out_frozen_parts_and_resume_equals_a_straight_run(target, tmp_path):
+    from effrepro.specdec.trainer import FROZEN_KEY
+
+    model, tokenizer, _ = target
+    folder = generate_draft_data(model, tokenizer, DraftDataConfig(target="tiny", sharegpt=16, max_len=64,
+                                                                   feature_dtype="float32"),
+                                 cache_root=tmp_path / "cache", progress=False)
+    embed, lm_head = model.get_input_embeddings().weight, model.lm_head.weight.detach()
+    train = HeadTrainConfig(epochs=2, batch_size=4, lr=3e-3, warmup_steps=2, max_len=64)
+    torch.manual_seed(0)
+    straight = build_eagle_head(model.config, embed)
+    train_head(straight, lm_head, folder, train, tmp_path / "straight", progress=False)
+    state = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
+    assert not [k for k in state["model"] if "embed_tokens" in k] and FROZEN_KEY in state["model"]
+    assert "head.fc.weight" in state["model"]
+
+    calls = {"n": 0}
+
+    def interrupted(head, batch, ctx):  # dies in the second epoch, after epoch 1's last.pt
+        calls["n"] += 1
+        if ctx.epoch >= 1:
+            raise KeyboardInterrupt
+        return head.compute_loss(batch, ctx)
+
+    torch.manual_seed(0)  # the same initial head
+    with pytest.raises(KeyboardInterrupt):
+        train_head(build_eagle_head(model.config, embed), lm_head, folder, train, tmp_path / "resumed",
+                   loss_fn=interrupted, progress=False)
+    resumed = build_eagle_head(model.config, embed)
+    result = train_head(resumed, lm_head, folder, train, tmp_path / "resumed", progress=False)
+    assert [row["epoch"] for row in result["history"]] == [1, 2]
+    for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert torch.equal(resumed.embed_tokens.weight, embed.detach().float())  # rebuilt from the target
+
+    other = build_eagle_head(model.config, embed.detach() + 0.5)  # "another target" of the same shapes
+    shutil.copytree(tmp_path / "straight", tmp_path / "other")
+    with pytest.raises(UsageError, match="frozen parameters"):
+        train_head(other, lm_head, folder, train, tmp_path / "other", progress=False)
+
+
+def test_old_last_checkpoint_with_frozen_tensors_still_resumes(target, tmp_path):
+    from effrepro.specdec.trainer import FROZEN_KEY, _HeadWithLoss
+
+    model, _, _ = target
+    head = build_eagle_head(model.config, model.get_input_embeddings().weight)
+    wrapper = _HeadWithLoss(head, None)
+    full = torch.nn.Module.state_dict(wrapper)  # the old format: every tensor, no fingerprint
+    assert "head.embed_tokens.weight" in full and FROZEN_KEY not in full
+    fresh = _HeadWithLoss(build_eagle_head(model.config, model.get_input_embeddings().weight), None)
+    fresh.load_state_dict(full)
+    assert torch.equal(fresh.head.fc.weight, head.fc.weight)
+    full["head.embed_tokens.weight"] = full["head.embed_tokens.weight"] + 1
+    with pytest.raises(UsageError, match="frozen parameters"):
+        fresh.load_state_dict(full)
+
+
+def test_prompt_list_and_prompt_sources_for_self_distillation(target, tmp_path):
+    from effrepro.specdec.draft_data import distillation_prompts, load_prompt_file
+    from effrepro.specdec.harness import load_questions, mtbench_split
+
+    model, tokenizer, _ = target
+    config = DraftDataConfig(target="tiny", sharegpt=0, self_generated=3, self_max_new_tokens=4, max_len=64,
+                             feature_dtype="float32")
+    prompts = ["hello how are you", "tell me a story", "what is the answer", "unused fourth"]
+    folder = generate_draft_data(model, tokenizer, config, cache_root=tmp_path, progress=False, prompts=prompts)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["prompts"] == 3 and meta["samples"] == 3
+    texts = [tokenizer.decode(sample["input_ids"].tolist()) for sample in FeatureDataset(folder, "all")]
+    assert all(text.count("user") == 1 and text.count("assistant") == 1 for text in texts)
+    assert sum("hello" in text for text in texts) == 1 and sum("story" in text for text in texts) == 1
+    assert generate_draft_data(model, tokenizer, config, cache_root=tmp_path, progress=False,
+                               prompts=prompts[1:]) != folder  # the list keys the cache
+    with pytest.raises(UsageError, match="prompt list is empty"):
+        generate_draft_data(model, tokenizer, config, cache_root=tmp_path, progress=False, prompts=[" "])
+
+    train, held = mtbench_split()
+    assert len(train) == 72 and len(held) == 8 and {q["question_id"] for q in held} == set(range(81, 161, 10))
+    assert load_questions("mtbench-heldout") == held
+    mixed = distillation_prompts([], "mtbench-train")
+    assert mixed == [q["turns"][0].strip() for q in train]
+    assert not {q["turns"][0].strip() for q in held} & set(mixed)
+    text = tmp_path / "p.txt"
+    text.write_text("one\n\ntwo\none\n")
+    rows = tmp_path / "p.jsonl"
+    rows.write_text('{"prompt": "three"}\n{"turns": ["four", "x"]}\n')
+    assert load_prompt_file(text) == ["one", "two", "one"]
+    assert distillation_prompts([], f"{text},{rows}") == ["one", "two", "three", "four"]
+    with pytest.raises(UsageError, match="neither"):
+        distillation_prompts([], "no-such-source")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"x": 1}\n')
+    with pytest.raises(UsageError, match="bad.jsonl:1"):
+        load_prompt_file(bad)

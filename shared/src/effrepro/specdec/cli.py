@@ -41,6 +41,10 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-len", type=int, default=2048)
     parser.add_argument("--sharegpt-path", default=os.environ.get("EFFREPRO_SHAREGPT", ""),
                         help="full scale: a local ShareGPT json instead of the embedded dummy conversations")
+    parser.add_argument("--prompts", default="",
+                        help="self-generated prompts, comma-separated, in order: sharegpt, corpus, mtbench-train "
+                             "(MT-bench minus the held-out eval questions) and/or prompt files (.txt one a line, "
+                             ".jsonl, ShareGPT .json); default sharegpt,corpus")
 
 
 def _tree_args(parser: argparse.ArgumentParser) -> None:
@@ -72,11 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         train.add_argument("--warmup-steps", type=int, default=2000)
         train.add_argument("--schedule", default="cosine")
         train.add_argument("--seed", type=int, default=0)
+        train.add_argument("--holdout", type=float, default=0.05, help="held-out share of the draft data")
         train.add_argument("--no-resume", action="store_true")
     evaluate = sub.add_parser("eval", help="EAGLE-2 vs plain decoding on MT-bench or a question file")
     _target_args(evaluate)
     _tree_args(evaluate)
-    evaluate.add_argument("--questions", default="mtbench", help="'mtbench' or an MT-bench-format question.jsonl")
+    evaluate.add_argument("--questions", default="mtbench",
+                          help="'mtbench', 'mtbench-heldout' (the 8 questions --prompts mtbench-train leaves out) "
+                               "or an MT-bench-format question.jsonl")
     evaluate.add_argument("--max-questions", type=int, default=0)
     evaluate.add_argument("--max-turns", type=int, default=0)
     evaluate.add_argument("--warmup", type=int, default=3)
@@ -105,7 +112,8 @@ def _data_config(args: argparse.Namespace) -> Any:
 
     return DraftDataConfig(target=str(args.target), sharegpt=args.sharegpt, self_generated=args.self_generated,
                            self_max_new_tokens=args.self_max_new_tokens, max_len=args.max_len,
-                           chat_template=args.chat_template, sharegpt_path=args.sharegpt_path)
+                           chat_template=args.chat_template, sharegpt_path=args.sharegpt_path,
+                           prompts=args.prompts)
 
 
 def _tree(args: argparse.Namespace) -> Any:
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = _load(args)
         train = HeadTrainConfig(epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
                                 lr=args.lr, warmup_steps=args.warmup_steps, schedule=args.schedule,
-                                max_len=args.max_len, seed=args.seed)
+                                max_len=args.max_len, seed=args.seed, holdout=args.holdout)
         path = train_eagle(model, tokenizer, args.out, _data_config(args), train)
         print(path)
         return 0

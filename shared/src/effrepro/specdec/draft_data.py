@@ -51,6 +51,12 @@ class DraftDataConfig:
     sharegpt_path: str = ""  # full scale: a local ShareGPT json (e.g. ShareGPT_V4.3_unfiltered_cleaned_split.json)
     feature_dtype: str = "float16"
     seed: int = 42
+    # Prompts of the self-generated source, in order: comma-separated items among "sharegpt" (distinct user turns
+    # of the ShareGPT pool), "corpus" (instructions over the text corpus), "mtbench-train" (first turns of the
+    # MT-bench questions the held-out evaluation does not use, ``harness.mtbench_split``) and file paths (a .txt
+    # with one prompt a line, a .jsonl of {"prompt"} / {"turns"} rows, or a ShareGPT json: its user turns).
+    # "" = "sharegpt,corpus" (the original behaviour, and the original cache keys).
+    prompts: str = ""
 
 
 class ChatFormatter:
@@ -134,8 +140,12 @@ def _target_fingerprint(model: Any) -> dict[str, Any]:
 
 def data_key(config: DraftDataConfig, model: Any) -> str:
     settings = asdict(config)
-    if not settings["sharegpt_path"]:  # added later: an unset path keeps the keys of existing caches
-        del settings["sharegpt_path"]
+    for key in ("sharegpt_path", "prompts"):  # added later: unset, they keep the keys of existing caches
+        if not settings[key]:
+            del settings[key]
+    if config.self_generated and config.prompts:  # a prompt file's content, not only its name, keys the data
+        settings["prompt_files"] = {item: _file_digest(item) for item in _prompt_items(config.prompts)
+                                    if item not in PROMPT_SOURCES}
     payload = {"config": settings, "target": _target_fingerprint(model), "version": DATA_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -167,53 +177,123 @@ def load_sharegpt_file(path: str | os.PathLike) -> list[list[dict]]:
     return conversations
 
 
-def _conversations(model: Any, tokenizer: Any, formatter: ChatFormatter,
-                   config: DraftDataConfig) -> list[list[dict]]:
+PROMPT_SOURCES = ("sharegpt", "corpus", "mtbench-train")
+
+
+def _prompt_items(spec: str) -> list[str]:
+    return [item.strip() for item in (spec or "sharegpt,corpus").split(",") if item.strip()]
+
+
+def _file_digest(path: str) -> str:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UsageError(f"prompt source {path!r} is neither one of {', '.join(PROMPT_SOURCES)} nor a file")
+    return hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+
+
+def load_prompt_file(path: str | os.PathLike) -> list[str]:
+    """Prompts from a file: ``.txt`` (one a line), ``.jsonl`` (rows with ``prompt`` / ``text`` / ``turns``: the
+    first turn) or a ShareGPT ``.json`` (its user turns)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UsageError(f"prompt file {file} not found")
+    if file.suffix == ".json":
+        return [t["content"] for c in load_sharegpt_file(file) for t in c if t["role"] == "user"]
+    lines = [line for line in file.read_text().splitlines() if line.strip()]
+    if file.suffix != ".jsonl":
+        return [line.strip() for line in lines]
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            text = row.get("prompt") or row.get("text") or row["turns"][0]
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+            raise UsageError(f"{file}:{number} is not a prompt row ({{'prompt': str}} or {{'turns': [str]}})")\
+                from None
+        prompts.append(str(text))
+    return prompts
+
+
+def _conversations(model: Any, tokenizer: Any, formatter: ChatFormatter, config: DraftDataConfig,
+                   prompts: list[str] | None = None) -> list[list[dict]]:
     from effrepro.data import sharegpt_conversations
 
     pool = load_sharegpt_file(config.sharegpt_path) if config.sharegpt_path else sharegpt_conversations()
     order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(config.seed)).tolist()
     conversations = [pool[i] for i in order[: config.sharegpt]]
-    if config.self_generated:
-        conversations += self_generate(model, tokenizer, formatter, [pool[i] for i in order], config)
+    if config.self_generated or prompts is not None:
+        if prompts is None:
+            prompts = distillation_prompts([pool[i] for i in order], config.prompts)
+        prompts = prompts[: config.self_generated or None]
+        conversations += self_generate(model, tokenizer, formatter, prompts, config)
     if not conversations:
         raise UsageError("no conversations selected; set sharegpt > 0 or self_generated > 0")
     return conversations
 
 
-def _prompts(pool: list[list[dict]], count: int) -> list[str]:
-    """Prompts for self-distillation (never MT-bench): the distinct ShareGPT user turns, then instructions over
-    the shipped text corpus (``effrepro.data.text_corpus``: Python docs), alternating "explain" and "summarize".
-
-    The embedded ShareGPT set is FastChat's identity/dummy conversations (a few dozen distinct questions), so the
-    corpus prompts carry the diversity at smoke scale; a full-scale ShareGPT file gives real user turns first.
-    """
+def _corpus_prompts() -> list[str]:
     from effrepro.data import text_corpus
 
-    seen: set[str] = set()
     prompts = []
-    for conversation in pool:
-        for message in conversation:
-            text = message["content"].strip()
-            if message["role"] == "user" and text and text not in seen:
-                seen.add(text)
-                prompts.append(text)
     for number, doc in enumerate(text_corpus()):
         if number % 2 == 0:
             paragraph = doc.strip().split("\n\n")[0][:300]
             prompts.append(f"Explain the following in simple terms and give an example:\n\n{paragraph}")
         else:
             prompts.append(f"Summarize the following text in a few sentences:\n\n{doc.strip()[:600]}")
-    return prompts[:count]
+    return prompts
+
+
+def distillation_prompts(pool: list[list[dict]], spec: str = "") -> list[str]:
+    """Prompts for self-distillation, in the order of ``spec`` (``DraftDataConfig.prompts``), duplicates dropped.
+
+    ``sharegpt``: the distinct user turns of ``pool``; ``corpus``: instructions over the shipped text corpus
+    (``effrepro.data.text_corpus``: Python docs), alternating "explain" and "summarize"; ``mtbench-train``: the
+    first turns of the 72 MT-bench questions that ``harness.mtbench_split`` does not hold out (never the evaluated
+    ones); a path: ``load_prompt_file``. The embedded ShareGPT set is FastChat's identity/dummy conversations (a
+    few dozen distinct questions), so at smoke scale the corpus and MT-bench-train prompts carry the diversity.
+    """
+    seen: set[str] = set()
+    prompts = []
+    for item in _prompt_items(spec):
+        if item == "sharegpt":
+            batch = [m["content"] for c in pool for m in c if m["role"] == "user"]
+        elif item == "corpus":
+            batch = _corpus_prompts()
+        elif item == "mtbench-train":
+            from effrepro.specdec.harness import mtbench_split
+
+            batch = [q["turns"][0] for q in mtbench_split()[0]]
+        else:
+            _file_digest(item)
+            batch = load_prompt_file(item)
+        for text in batch:
+            text = text.strip()
+            if text and text not in seen:
+                seen.add(text)
+                prompts.append(text)
+    return prompts
+
+
+def _prompts(pool: list[list[dict]], count: int) -> list[str]:
+    """The default prompt list (``distillation_prompts(pool)``), first ``count``; kept for older callers."""
+    return distillation_prompts(pool)[:count]
 
 
 @torch.no_grad()
-def self_generate(model: Any, tokenizer: Any, formatter: ChatFormatter, pool: list[list[dict]],
+def self_generate(model: Any, tokenizer: Any, formatter: ChatFormatter, pool: list[list[dict]] | list[str],
                   config: DraftDataConfig, batch_size: int = 32) -> list[list[dict]]:
-    """The target's own answers to ``config.self_generated`` user prompts (batched ``transformers`` generate)."""
+    """The target's own answers (batched ``transformers`` generate, greedy unless ``config.self_temperature``).
+
+    ``pool``: a list of prompt strings (all answered), or conversations whose ``distillation_prompts`` (the
+    default spec, first ``config.self_generated``) are answered.
+    """
     from effrepro.specdec.generate import stop_tokens
 
-    prompts = _prompts(pool, config.self_generated)
+    if pool and all(isinstance(item, str) for item in pool):
+        prompts = [str(item) for item in pool if str(item).strip()]
+    else:
+        prompts = _prompts(pool, config.self_generated)
     encoded = [(text, formatter.prompt_ids([{"role": "user", "content": text}])) for text in prompts]
     encoded = [(t, ids) for t, ids in encoded if ids.numel() + config.self_max_new_tokens <= config.max_len]
     encoded.sort(key=lambda item: item[1].numel())
@@ -260,16 +340,26 @@ def encode_features(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def generate_draft_data(model: Any, tokenizer: Any, config: DraftDataConfig, cache_root: Path | None = None,
-                        progress: bool = True) -> Path:
-    """Encode the conversations with the target and store one ``.pt`` per sample; returns the (cached) folder."""
+                        progress: bool = True, prompts: list[str] | None = None) -> Path:
+    """Encode the conversations with the target and store one ``.pt`` per sample; returns the (cached) folder.
+
+    ``prompts``: an explicit prompt list for the self-generated source (the first ``config.self_generated``
+    answered), instead of ``config.prompts``; the list is part of the cache key.
+    """
     from effrepro.data import cache_dir
 
     root = Path(cache_root) if cache_root is not None else cache_dir() / "specdec" / "draft_data"
-    folder = root / data_key(config, model)
+    key = data_key(config, model)
+    if prompts is not None:
+        prompts = [p.strip() for p in prompts if p and p.strip()][: config.self_generated or None]
+        if not prompts:
+            raise UsageError("the prompt list is empty; give at least one non-empty prompt")
+        key = hashlib.sha256(json.dumps([key, prompts]).encode()).hexdigest()[:16]
+    folder = root / key
     if (folder / "meta.json").is_file():
         return folder
     formatter = ChatFormatter(tokenizer, config.chat_template)
-    conversations = _conversations(model, tokenizer, formatter, config)
+    conversations = _conversations(model, tokenizer, formatter, config, prompts)
     dtype = getattr(torch, config.feature_dtype)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".draft-data-", dir=root))
@@ -291,6 +381,8 @@ def generate_draft_data(model: Any, tokenizer: Any, config: DraftDataConfig, cac
         meta = {"config": asdict(config), "target": _target_fingerprint(model), "samples": count, "tokens": tokens,
                 "supervised_tokens": supervised, "hidden_size": int(model.config.hidden_size),
                 "version": DATA_VERSION}
+        if prompts is not None:
+            meta["prompts"] = len(prompts)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if folder.exists():
             shutil.rmtree(folder)
@@ -301,16 +393,19 @@ def generate_draft_data(model: Any, tokenizer: Any, config: DraftDataConfig, cac
 
 
 def draft_data_folders(model: Any, tokenizer: Any, config: DraftDataConfig, cache_root: Path | None = None,
-                       progress: bool = True) -> list[Path]:
-    """One cached folder per source (ShareGPT, self-generated), so each is reused by any run that needs it."""
+                       progress: bool = True, prompts: list[str] | None = None) -> list[Path]:
+    """One cached folder per source (ShareGPT, self-generated), so each is reused by any run that needs it.
+
+    ``prompts``: an explicit prompt list for the self-generated source (else ``config.prompts``)."""
     folders = []
     defaults = DraftDataConfig()
     if config.sharegpt:  # the self-generation settings do not change this source: keep them out of its key
         sharegpt_only = replace(config, self_generated=0, self_max_new_tokens=defaults.self_max_new_tokens,
-                                self_temperature=defaults.self_temperature)
+                                self_temperature=defaults.self_temperature, prompts="")
         folders.append(generate_draft_data(model, tokenizer, sharegpt_only, cache_root, progress))
-    if config.self_generated:
-        folders.append(generate_draft_data(model, tokenizer, replace(config, sharegpt=0), cache_root, progress))
+    if config.self_generated or prompts is not None:
+        folders.append(generate_draft_data(model, tokenizer, replace(config, sharegpt=0), cache_root, progress,
+                                           prompts=prompts))
     if not folders:
         raise UsageError("no draft data selected; set sharegpt > 0 or self_generated > 0")
     return folders

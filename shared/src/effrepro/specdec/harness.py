@@ -54,7 +54,7 @@ BASELINE = "plain"
 
 @dataclass
 class EvalConfig:
-    questions: str = "mtbench"  # "mtbench" or a path to an MT-bench-format question.jsonl
+    questions: str = "mtbench"  # "mtbench", "mtbench-heldout", "mtbench-train" or an MT-bench question.jsonl
     max_questions: int = 0  # 0 = all
     max_turns: int = 0  # 0 = all turns of each question
     max_new_tokens: int = 512
@@ -68,12 +68,30 @@ class EvalConfig:
     cost_model_repeats: int = 11
 
 
+MTBENCH_HOLDOUT_EVERY = 10  # MT-bench lists 10 questions per category: the first of each block is held out
+
+
+def mtbench_split(holdout_every: int = MTBENCH_HOLDOUT_EVERY) -> tuple[list[dict], list[dict]]:
+    """``(train_questions, heldout_questions)`` of MT-bench: every ``holdout_every``-th question from the first
+    (ids 81, 91, ..., 151: one per category) is held out for evaluation, the other 72 may prompt draft data
+    (``DraftDataConfig.prompts = "mtbench-train"``). Same split as gumiho's ``split_mtbench``."""
+    from effrepro.data import mtbench_questions
+
+    questions = mtbench_questions()
+    held = [q for i, q in enumerate(questions) if i % holdout_every == 0]
+    train = [q for i, q in enumerate(questions) if i % holdout_every != 0]
+    return train, held
+
+
 def load_questions(source: str) -> list[dict]:
-    """``"mtbench"`` (the 80 shipped questions) or a local question.jsonl with ``question_id`` and ``turns``."""
+    """``"mtbench"`` (the 80 shipped questions), ``"mtbench-heldout"`` / ``"mtbench-train"`` (``mtbench_split``)
+    or a local question.jsonl with ``question_id`` and ``turns``."""
     if source == "mtbench":
         from effrepro.data import mtbench_questions
 
         return mtbench_questions()
+    if source in ("mtbench-heldout", "mtbench-train"):
+        return mtbench_split()[source == "mtbench-heldout"]
     path = Path(source).expanduser()
     if not path.is_file():
         raise UsageError(f"question file {path} not found; give 'mtbench' or a question.jsonl path")

@@ -7,6 +7,8 @@ Both terms are sums over positions divided by ``(sum of the mask + 1e-5)``, as t
 
 * regression: per-position mean over the hidden dimension of SmoothL1 (beta 1);
 * classification: soft cross-entropy against the teacher ``softmax(W_lm T)`` (no grad), in float32.
+
+Rows whose mask is 0 (prompt, padding, the last position) are dropped before either term is computed.
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ def feature_losses(
     """
     pred, target, mask = _shifted(pred, batch, shift)
     denom = mask.sum() + EPS
-    reg = (F.smooth_l1_loss(pred.float(), target.float(), reduction="none").mean(-1) * mask).sum() / denom
-    keep = mask.reshape(-1) > 0  # the LM head runs only on supervised rows (the vocabulary dominates the cost)
+    # Both terms run only on the supervised rows (prompt and padding rows are skipped, not computed and zeroed).
+    keep = mask.reshape(-1) > 0
     rows_pred = pred.reshape(-1, pred.shape[-1])[keep]
     rows_target = target.reshape(-1, target.shape[-1])[keep]
     rows_mask = mask.reshape(-1)[keep]
+    reg = (F.smooth_l1_loss(rows_pred.float(), rows_target.float(), reduction="none").mean(-1)
+           * rows_mask).sum() / denom
     cls = pred.new_zeros((), dtype=torch.float32)
     head = lm_head.to(pred.dtype)
     for start in range(0, rows_pred.shape[0], chunk):
@@ -67,6 +71,10 @@ def topk_accuracy(pred: torch.Tensor, batch: DraftBatch, lm_head: torch.Tensor, 
                   shift: int = 0) -> tuple[float, float]:
     """``(hits, count)``: whether the target's argmax token at t+1+shift is in the draft's top-k, masked."""
     pred, target, mask = _shifted(pred, batch, shift)
+    keep = mask.reshape(-1) > 0  # only supervised rows go through the LM head
+    pred = pred.reshape(-1, pred.shape[-1])[keep]
+    target = target.reshape(-1, target.shape[-1])[keep].to(pred.dtype)
+    mask = mask.reshape(-1)[keep]
     head = lm_head.to(pred.dtype)
     want = (target @ head.t()).argmax(-1)
     top = (pred @ head.t()).topk(k, dim=-1).indices

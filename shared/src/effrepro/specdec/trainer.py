@@ -61,8 +61,34 @@ class HeadTrainConfig:
             raise UsageError("epochs, batch_size must be >= 1 and lr > 0")
 
 
+FROZEN_KEY = "_frozen_fingerprint"
+
+
+def frozen_fingerprint(module: nn.Module) -> dict[str, list]:
+    """``{name: [shape, sum, sum of squares]}`` of the frozen parameters (``requires_grad`` False): what a resume
+    checks instead of storing them (the target's embedding copy is ~100 MB at 128k vocabularies)."""
+    out = {}
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            data = param.detach().double()
+            out[name] = [list(param.shape), float(data.sum()), float((data * data).sum())]
+    return out
+
+
+def _same_fingerprint(a: list | None, b: list | None) -> bool:
+    if a is None or b is None or list(a[0]) != list(b[0]):
+        return False
+    return all(abs(x - y) <= 1e-6 * max(1.0, abs(x), abs(y)) for x, y in zip(a[1:], b[1:], strict=True))
+
+
 class _HeadWithLoss(nn.Module):
-    """Runs the loss hook inside ``forward`` so a DDP wrapper sees the pass and synchronises gradients."""
+    """Runs the loss hook inside ``forward`` so a DDP wrapper sees the pass and synchronises gradients.
+
+    Its ``state_dict`` (what the Trainer's ``last.pt`` stores) leaves out the frozen parameters (the target's
+    embedding copy and anything else with ``requires_grad`` False) and keeps a fingerprint of them instead; on
+    resume the frozen parts come from the freshly built head (i.e. from the target) and ``load_state_dict``
+    raises a clear error if they differ from the run's. A checkpoint that still holds them loads too.
+    """
 
     def __init__(self, head: DraftHead, hook: LossHook | None) -> None:
         super().__init__()
@@ -72,6 +98,41 @@ class _HeadWithLoss(nn.Module):
         if self.hook is not None:
             return self.hook(self.head, batch, ctx)
         return self.head.compute_loss(batch, ctx)
+
+    def _frozen_names(self) -> set[str]:
+        return {name for name, param in self.named_parameters() if not param.requires_grad}
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if args or kwargs:  # nn.Module's recursive form (prefix / destination): leave it alone
+            return super().state_dict(*args, **kwargs)
+        frozen = self._frozen_names()
+        state = {k: v for k, v in super().state_dict().items() if k not in frozen}
+        state[FROZEN_KEY] = frozen_fingerprint(self)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        state = dict(state)
+        saved = state.pop(FROZEN_KEY, None)
+        frozen = self._frozen_names()
+        own = frozen_fingerprint(self)
+        if saved is not None:
+            bad = sorted(k for k in set(saved) | set(own) if not _same_fingerprint(saved.get(k), own.get(k)))
+        else:  # an older checkpoint with the frozen tensors inside: compare them directly
+            current = super().state_dict()
+            bad = sorted(k for k in frozen if k in state and not torch.equal(state[k].to(current[k].device),
+                                                                            current[k]))
+        if bad:
+            raise UsageError(
+                f"the checkpoint's frozen parameters ({', '.join(bad[:3])}) differ from this head's, which come "
+                "from the target: resume with the target the run was started with, or start a new run "
+                "(another output directory or --no-resume)")
+        state = {k: v for k, v in state.items() if k not in frozen}
+        result = super().load_state_dict(state, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if k not in frozen]
+        if strict and (missing or result.unexpected_keys):
+            raise UsageError(f"checkpoint does not match the draft head (missing {missing[:4]}, unexpected "
+                             f"{result.unexpected_keys[:4]}); use a new output directory or --no-resume")
+        return result
 
 
 def _schedule(optimizer: torch.optim.Optimizer, config: HeadTrainConfig, total: int) -> Any:

@@ -1,0 +1,190 @@
+"""The CPU miniature of the EAGLE-2 baseline: self-distilled draft data -> head training -> held-out MT-bench eval.
+
+    python -m effrepro.specdec.miniature --out runs/specdec_mini [--budget-min 25]
+
+One process, sized for about 25 minutes on 2 quiet CPU cores with the embedded SmolLM2-135M-Instruct:
+
+1. **data**: the target's own greedy answers (``self_max_new_tokens``) to ``--prompts`` (default: the 72 MT-bench
+   questions that are *not* evaluated, then the distinct ShareGPT user turns, then text-corpus instructions);
+   cached by ``draft_data_folders`` like any other draft data.
+2. **train**: one EAGLE-2 head, AdamW with a short warm-up and cosine decay over a step count fitted to the time
+   left (``--train-min``, measured on a few timed steps first), batches sampled with replacement.
+3. **eval**: the 8 held-out MT-bench questions (``mtbench-heldout``, both turns), greedy, plain decoding
+   interleaved with EAGLE-2 at depth 5 (``--tree``; extra trees with ``--extra-tree``) in the same run;
+   ``greedy_mismatches`` must be 0.
+
+Writes ``OUT/result.json`` (summaries, wall times per stage, machine, date) and the usual ``head.pt`` / eval
+records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from effrepro.errors import UsageError, run_cli
+
+
+def _machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _time_steps(head: Any, lm_head: torch.Tensor, folders: list[Path], train: Any, steps: int = 3) -> float:
+    """Seconds per training step (forward + backward + AdamW) on a throwaway copy of the head."""
+    from effrepro.specdec.draft_data import DraftCollator, FeatureDataset
+    from effrepro.specdec.protocol import LossContext
+
+    data = FeatureDataset(folders, "train", train.holdout)
+    collate = DraftCollator(train.noise_std, train.noise, train=True, max_len=train.max_len,
+                            generator=torch.Generator().manual_seed(0))
+    probe = copy.deepcopy(head)
+    params = [p for p in probe.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=train.lr)
+    ctx = LossContext(lm_head=lm_head, weights=dict(train.loss_weights))
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(1)).tolist()
+    times = []
+    for step in range(steps + 1):
+        picks = [order[(step * train.batch_size + i) % len(data)] for i in range(train.batch_size)]
+        batch = collate([data[i] for i in picks])
+        start = time.perf_counter()
+        loss = probe.compute_loss(batch, ctx)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step:  # the first step warms up allocators
+            times.append(time.perf_counter() - start)
+    return sum(times) / len(times)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from effrepro.data import load_target
+    from effrepro.specdec.draft_data import DraftDataConfig, draft_data_folders
+    from effrepro.specdec.eagle import build_eagle_head, eagle_factory, eval_eagle
+    from effrepro.specdec.harness import EvalConfig
+    from effrepro.specdec.protocol import TreeConfig
+    from effrepro.specdec.target import TargetAdapter
+    from effrepro.specdec.trainer import HeadTrainConfig, train_head
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    walls: dict[str, float] = {}
+    torch.manual_seed(args.seed)
+    model, tokenizer = load_target(args.target)
+    model.eval()
+
+    t0 = time.perf_counter()
+    data = DraftDataConfig(target=str(args.target), sharegpt=args.sharegpt, self_generated=args.self_generated,
+                           self_max_new_tokens=args.self_max_new_tokens, max_len=args.max_len,
+                           prompts=args.prompts)
+    folders = draft_data_folders(model, tokenizer, data, progress=args.progress)
+    walls["data_s"] = time.perf_counter() - t0
+    metas = [json.loads((f / "meta.json").read_text()) for f in folders]
+
+    t0 = time.perf_counter()
+    head = build_eagle_head(model.config, model.get_input_embeddings().weight)
+    lm_head = model.get_output_embeddings().weight.detach().float()
+    probe = HeadTrainConfig(epochs=1, batch_size=args.batch_size, lr=args.lr, max_len=args.max_len,
+                            holdout=args.holdout)
+    step_s = _time_steps(head, lm_head, folders, probe)
+    if args.steps:
+        steps = args.steps
+    else:
+        left = args.budget_min * 60 - (time.perf_counter() - started) - args.eval_min * 60
+        steps = int(min(args.train_min * 60, left) / (step_s * 1.08))  # ~8%: held-out eval + checkpoint
+        if steps < 20:
+            raise UsageError(f"only {steps} training steps fit the budget ({step_s:.1f} s a step); raise "
+                             "--budget-min or shrink the data")
+    epochs = max(1, args.epochs)
+    train = HeadTrainConfig(epochs=epochs, batch_size=args.batch_size, steps_per_epoch=max(1, steps // epochs),
+                            lr=args.lr, warmup_steps=max(1, int(args.warmup * steps)), schedule="cosine",
+                            max_len=args.max_len, holdout=args.holdout, seed=args.seed, log_every=10)
+    history = train_head(head, lm_head, folders, train, out, progress=args.progress, resume=not args.no_resume)
+    walls["train_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    target = TargetAdapter(model, max_length=args.max_length)
+    head = head.to(target.device, target.dtype).eval()
+    config = EvalConfig(questions=args.questions, max_new_tokens=args.eval_max_new_tokens, warmup=1,
+                        max_length=args.max_length, cost_model_repeats=5, max_questions=args.max_questions)
+    k, depth, total = (int(v) for v in args.tree.split(","))
+    extra = {}
+    for text in args.extra_tree:
+        ek, ed, et = (int(v) for v in text.split(","))
+        extra[f"eagle2-{ek}-{ed}-{et}"] = eagle_factory(head, TreeConfig(ek, ed, et))
+    result = eval_eagle(target, tokenizer, head, TreeConfig(k, depth, total), config, out / "eval",
+                        extra_methods=extra, progress=args.progress)
+    walls["eval_s"] = time.perf_counter() - t0
+    walls["total_s"] = time.perf_counter() - started
+    report = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": _machine(),
+        "args": vars(args), "data": [{k: m.get(k) for k in ("samples", "tokens", "supervised_tokens", "prompts")}
+                                     for m in metas],
+        "train": {"steps": history["steps"], "step_s_probe": step_s, "history": history["history"]},
+        "tree": args.tree, "summary": result["summary"], "costs": result.get("costs"), "walls": walls,
+    }
+    (out / "result.json").write_text(json.dumps(report, indent=1, default=str))
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m effrepro.specdec.miniature", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--target", default="smollm2-135m")
+    parser.add_argument("--prompts", default="mtbench-train,sharegpt,corpus")
+    parser.add_argument("--sharegpt", type=int, default=0, help="fixed-answer ShareGPT conversations as well")
+    parser.add_argument("--self-generated", type=int, default=256)
+    parser.add_argument("--self-max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-len", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--warmup", type=float, default=0.05, help="warm-up share of the steps")
+    parser.add_argument("--epochs", type=int, default=2, help="checkpoints (resume points) over the steps")
+    parser.add_argument("--steps", type=int, default=0, help="0 = fit to the time budget")
+    parser.add_argument("--holdout", type=float, default=0.03)
+    parser.add_argument("--budget-min", type=float, default=24.0, help="whole run, data to eval")
+    parser.add_argument("--train-min", type=float, default=11.0, help="at most this much training")
+    parser.add_argument("--eval-min", type=float, default=5.0, help="reserved for the evaluation")
+    parser.add_argument("--questions", default="mtbench-heldout")
+    parser.add_argument("--max-questions", type=int, default=0)
+    parser.add_argument("--eval-max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-length", type=int, default=2048)
+    parser.add_argument("--tree", default="10,5,60", help="K,DEPTH,TOTAL of the main EAGLE-2 tree")
+    parser.add_argument("--extra-tree", action="append", default=[], metavar="K,DEPTH,TOTAL")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-resume", action="store_true")
+    parser.add_argument("--progress", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    report = run(args)
+    brief = {name: {k: s.get(k) for k in ("tau", "tau_script", "speedup", "greedy_mismatches", "tokens_per_s",
+                                          "acceptance_by_depth", "cost_model_speedup") if k in s}
+             for name, s in report["summary"].items()}
+    print(json.dumps({"walls": report["walls"], "summary": brief}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
