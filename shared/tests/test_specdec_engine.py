@@ -194,3 +194,26 @@ def test_bad_input_is_a_clear_error(model):
         SamplingConfig(temperature=-1)
     with pytest.raises(UsageError):
         TreeConfig(top_k=0)
+
+
+@pytest.mark.slow
+def test_smollm2_speculative_greedy_equals_plain_greedy():
+    """The embedded SmolLM2-135M-Instruct (fp32): an untrained EAGLE head and an oracle proposer (the plain
+    continuation plus a distractor per level) both give exactly plain greedy decoding's tokens."""
+    from effrepro.data import load_target
+    from effrepro.specdec import ChatFormatter
+
+    model, tokenizer = load_target()
+    adapter = TargetAdapter(model, max_length=256)
+    prompt = ChatFormatter(tokenizer).prompt_ids([{"role": "user", "content": "Name three primary colours."}])
+    config = GenerationConfig(max_new_tokens=24)
+    plain = autoregressive_generate(adapter, prompt, config)
+    torch.manual_seed(0)
+    head = build_eagle_head(model.config, model.get_input_embeddings().weight)
+    spec = speculative_generate(adapter, head.make_proposer(model.lm_head.weight, TreeConfig(4, 3, 12)), prompt,
+                                config)
+    assert spec.tokens == plain.tokens and len(plain.tokens) == 24
+
+    oracle = OracleProposer(plain.tokens, prompt.numel(), depth=3, vocab=model.config.vocab_size)
+    result = speculative_generate(adapter, oracle, prompt, config)
+    assert result.tokens == plain.tokens and all(a == 3 for a in result.accept_lengths[:-1])
