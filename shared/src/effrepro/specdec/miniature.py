@@ -44,7 +44,7 @@ def _machine() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
+            "torch": torch.__version__, "python": platform.python_version(), "loadavg_end": os.getloadavg()}
 
 
 def _time_steps(head: Any, lm_head: torch.Tensor, folders: list[Path], train: Any, steps: int = 3) -> float:
@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            prompts=args.prompts)
     folders = draft_data_folders(model, tokenizer, data, progress=args.progress)
     walls["data_s"] = time.perf_counter() - t0
+    loads = {"after_data": os.getloadavg()}  # 1/5/15-min load: ~1-2 on a quiet 2-core machine running this alone
     metas = [json.loads((f / "meta.json").read_text()) for f in folders]
 
     t0 = time.perf_counter()
@@ -119,6 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             max_len=args.max_len, holdout=args.holdout, seed=args.seed, log_every=10)
     history = train_head(head, lm_head, folders, train, out, progress=args.progress, resume=not args.no_resume)
     walls["train_s"] = time.perf_counter() - t0
+    loads["after_train"] = os.getloadavg()
 
     t0 = time.perf_counter()
     target = TargetAdapter(model, max_length=args.max_length)
@@ -140,6 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                      for m in metas],
         "train": {"steps": history["steps"], "step_s_probe": step_s, "history": history["history"]},
         "tree": args.tree, "summary": result["summary"], "costs": result.get("costs"), "walls": walls,
+        "loadavg": loads,
     }
     (out / "result.json").write_text(json.dumps(report, indent=1, default=str))
     return report
