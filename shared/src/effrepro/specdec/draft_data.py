@@ -268,8 +268,8 @@ def distillation_prompts(pool: list[list[dict]], spec: str = "") -> list[str]:
             _file_digest(item)
             batch = load_prompt_file(item)
         for text in batch:
-            text = text.strip()
-            if text and text not in seen:
+            text = text if item == "corpus" else text.strip()  # corpus prompts verbatim (the original lists)
+            if text.strip() and text not in seen:
                 seen.add(text)
                 prompts.append(text)
     return prompts
