@@ -61,8 +61,10 @@ def _reproduce(args: argparse.Namespace) -> int:
             seeds = tuple(int(s) for s in args.seeds.split(","))
         except ValueError:
             raise UsageError(f"--seeds must be a comma list of integers, got {args.seeds!r}") from None
+    ckpts = [c for c in args.backbone_checkpoints.split(",") if c] if args.backbone_checkpoints else None
     reproduce(args.scale, tiny=args.tiny, out=args.out, data=args.data, variant=parse_variants(args.variant)[0],
-              seeds=seeds, resume=args.resume, overrides=args.overrides)
+              seeds=seeds, resume=args.resume, overrides=args.overrides, stages=args.stages, coco=args.coco,
+              backbone_checkpoints=ckpts)
     return 0
 
 
@@ -112,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", default="t2", help="variant trained by --scale full")
     p.add_argument("--seeds", help="comma list of seeds for smoke (default 0,1,2)")
     p.add_argument("--resume", action="store_true", help="keep and resume existing runs/")
+    p.add_argument("--stages", help="comma list of main (classification, latency) and det (Mask R-CNN); default: "
+                   "both for smoke (main only with --tiny), main for full (+ det with --coco)")
+    p.add_argument("--coco", help="COCO 2017 root for the det stage at --scale full (train2017/, val2017/, "
+                   "annotations/instances_*.json)")
+    p.add_argument("--backbone-checkpoints", help="det at --scale full: PARTIALNET.pt,FASTERNET.pt ImageNet "
+                   "checkpoints (default: the main stage's runs/<model>/last.pt)")
     p.add_argument("overrides", nargs="*", help="key=value recipe overrides for --scale full")
     p.set_defaults(func=_reproduce)
     return parser

@@ -5,6 +5,7 @@ parameters / FLOPs and lower latency -- measured in miniature on CPU (``smoke``)
 
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 import time
@@ -16,7 +17,7 @@ import timm
 import torch
 from effrepro.bench import count_flops, count_params
 from effrepro.errors import UsageError
-from effrepro.report import Claim, results_dir, save_figure, write_claims, write_report
+from effrepro.report import Claim, claims_table, results_dir, save_figure, write_claims, write_report
 from effrepro.train import MetricsLogger
 
 from partialnet.bench import benchmark, complexity_table
@@ -229,9 +230,137 @@ def paper_table(table: list[dict[str, Any]]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# det stage: Mask R-CNN with each backbone (effrepro.mm), COCO-format digits (smoke) or COCO 2017 (full)
+# ----------------------------------------------------------------------------------------------------------
+STAGES = ("main", "det")
+DET_ARCH = "t0"  # the miniature's backbones: PartialNet-T0 vs FasterNet-T0, random init, every stage trained
+DET_MARK = "<!-- det stage -->"
+
+
+def parse_stages(text: str | None, scale: str, tiny: bool, coco: str | None) -> tuple[str, ...]:
+    """``--stages main,det``; default: smoke runs both (``--tiny``: main only, its CI budget), full runs main
+    and, with ``--coco``, det."""
+    if text is None:
+        return ("main",) if tiny or (scale == "full" and not coco) else STAGES
+    stages = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise UsageError(f"--stages: unknown {unknown or text!r}; use a comma list of {', '.join(STAGES)}")
+    return stages
+
+
+def det_param_claim(details: dict[str, Any], ours: str, base: str) -> Claim:
+    arms = details["arms"]
+    measured = arms[ours]["backbone_params"] / arms[base]["backbone_params"]
+    return Claim(id=f"det_{ours}_backbone_params_ratio", description=f"backbone parameters {ours} / {base} "
+                 "(inside Mask R-CNN)", paper=None, measured=measured, unit="x", baseline=base, expect="< 1.0",
+                 details={ours: arms[ours]["backbone_params"], base: arms[base]["backbone_params"]})
+
+
+def det_notes(details: dict[str, Any], seconds: float) -> str:
+    b = details["budget"]
+    lines = ["| backbone | bbox AP | bbox AP50 | mask AP | backbone params | backbone GFLOPs (128²) "
+             "| backbone+FPN latency (ms) |", "|---|---|---|---|---|---|---|"]
+    for name, r in details["arms"].items():
+        lines.append(f"| {name} | {100 * r['bbox_mAP']:.1f} | {100 * r['bbox_mAP_50']:.1f} | {100 * r['segm_mAP']:.1f} "
+                     f"| {r['backbone_params'] / 1e6:.2f} M | {r['backbone_flops'] / 1e9:.3f} "
+                     f"| {r['feature_latency_ms']:.1f} |")
+    return "\n".join([
+        "### Detection and instance segmentation (det stage)", "",
+        f"Mask R-CNN + FPN (mmdet 3.3, heads narrowed for the CPU: FPN width 64, 256-wide box FCs, 128 RoIs), "
+        f"PartialNet-{DET_ARCH.upper()} vs FasterNet-{DET_ARCH.upper()} from random init, same recipe, data and seed: "
+        f"COCO-format digits (real MNIST digits on 128x128 canvases, boxes and masks from the digit pixels), "
+        f"{b['train_images']} train / {b['val_images']} val images, {b['epochs']} epochs, batch {b['batch_size']}, "
+        f"AdamW lr {b['lr']} (FasterNet's detection optimiser), no flip. AP from pycocotools (x100 below; "
+        "claims are in 0..1). Latency: backbone+FPN, batch 1, 128x128, interleaved. "
+        f"Wall time of the stage: {seconds / 60:.1f} min.", "", *lines])
+
+
+def run_det(out: Path, tiny: bool, resume: bool = False) -> tuple[list[Claim], str]:
+    """PartialNet-T0 vs FasterNet-T0 inside Mask R-CNN on COCO-format digits (the papers' detection table in
+    miniature): bbox / mask AP, AP deltas, backbone params / FLOPs / latency ratios."""
+    try:
+        from effrepro.mm import DetArm, DetBudget, run_detection_miniature
+
+        from partialnet import mm
+    except ImportError as exc:
+        raise UsageError(f"the det stage needs the OpenMMLab extra (mmengine, mmdet, mmsegmentation): {exc}") from None
+    if not resume:
+        for old in (out / "runs").glob("det_*"):
+            shutil.rmtree(old)
+    arms = [DetArm(f"{family}_{DET_ARCH}", mm.backbone(DET_ARCH, family), mm.stage_channels(DET_ARCH, family))
+            for family in ("partialnet", "fasternet")]
+    started = time.perf_counter()
+    claims, details = run_detection_miniature(arms, f"fasternet_{DET_ARCH}", out, out / "coco_digits",
+                                              DetBudget.tiny() if tiny else DetBudget())
+    seconds = time.perf_counter() - started
+    claims.append(det_param_claim(details, f"partialnet_{DET_ARCH}", f"fasternet_{DET_ARCH}"))
+    MetricsLogger(out / "metrics.jsonl").log(kind="det", seconds=seconds, **details)
+    return claims, det_notes(details, seconds)
+
+
+def run_det_full(out: Path, coco: str | None, variant: str, checkpoints: list[str] | None) -> tuple[list[Claim], str]:
+    """The paper's COCO recipe (Mask R-CNN 1x) for PartialNet-<v> and FasterNet-<v>, initialised from the ImageNet
+    checkpoints of the main stage (``runs/<model>/last.pt``) or ``--backbone-checkpoints``."""
+    if not coco:
+        raise UsageError("the det stage at --scale full trains on COCO 2017: pass --coco /path/to/coco "
+                         "(train2017/, val2017/, annotations/instances_{train,val}2017.json)")
+    try:
+        from effrepro.mm import train_and_evaluate
+
+        from partialnet import mm
+    except ImportError as exc:
+        raise UsageError(f"the det stage needs the OpenMMLab extra (mmengine, mmdet, mmsegmentation): {exc}") from None
+    names = [f"partialnet_{variant}", f"fasternet_{variant}"]
+    ckpts = checkpoints or [str(out / "runs" / name / "last.pt") for name in names]
+    if len(ckpts) != 2:
+        raise UsageError("--backbone-checkpoints takes two paths: PartialNet's,FasterNet's")
+    for ckpt in ckpts:
+        if not Path(ckpt).is_file():
+            raise UsageError(f"ImageNet checkpoint {ckpt} not found: the COCO recipe starts from ImageNet weights; "
+                             "run the main stage first or pass --backbone-checkpoints PARTIALNET.pt,FASTERNET.pt")
+    configs = {name: mm.coco_config(coco, out / "runs" / f"mask-rcnn_{name}_1x_coco", variant, name.split("_")[0], ckpt)
+               for name, ckpt in zip(names, ckpts, strict=True)}
+    metrics = {name: train_and_evaluate(cfg) for name, cfg in configs.items()}
+    ours, base = (metrics[n] for n in names)
+    claims = [Claim(id=f"det_coco_{kind}_ap_delta_{variant}", unit="AP points", paper=None,
+                    description=f"COCO val2017 Mask R-CNN 1x {kind} AP PartialNet-{variant.upper()} - "
+                                f"FasterNet-{variant.upper()} (same recipe)",
+                    measured=100 * (ours[f"coco/{key}_mAP"] - base[f"coco/{key}_mAP"]), baseline=names[1],
+                    expect="> 0", details={"partialnet": ours, "fasternet": base})
+              for kind, key in (("bbox", "bbox"), ("mask", "segm"))]
+    return claims, f"### COCO Mask R-CNN 1x\n\n```\n{json.dumps(metrics, indent=1)}\n```"
+
+
+def merge_det(out: Path, title: str, paper_md: str, claims: list[Claim], notes: str) -> None:
+    """A det-only run: its claims replace the ``det_*`` ones of ``claims.json`` (others kept), its section replaces
+    the previous det section of ``report.md``; ``det/report.md`` holds the stage's own report."""
+    path = out / "claims.json"
+    kept = [c for c in json.loads(path.read_text()) if not c["id"].startswith("det_")] if path.is_file() else []
+    write_claims(out, kept + [c.as_dict() for c in claims])
+    write_report(out / "det", f"{title}: det stage", paper_md, claims, notes)
+    report = out / "report.md"
+    section = f"{DET_MARK}\n## Detection (det stage, run on its own)\n\n{claims_table(claims)}\n\n{notes}\n"
+    if report.is_file():
+        text = report.read_text()
+        text = text[: text.index(DET_MARK)] if DET_MARK in text else text + "\n"
+        report.write_text(text + section)
+    else:
+        write_report(out, f"{title}: det stage", paper_md, claims, notes)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # entry points
 # ----------------------------------------------------------------------------------------------------------
-def run_smoke(out: Path, budget: SmokeBudget, resume: bool = False) -> list[Claim]:
+SMOKE_TITLE = "PartialNet vs FasterNet: smoke (CPU miniature)"
+
+
+def run_smoke(out: Path, budget: SmokeBudget, resume: bool = False, stages: tuple[str, ...] = ("main",),
+              tiny: bool = False) -> list[Claim]:
+    if "main" not in stages:
+        claims, notes = run_det(out, tiny, resume)
+        merge_det(out, SMOKE_TITLE, paper_table(complexity_table()), claims, notes)
+        return claims
     if not resume and (out / "runs").exists():
         shutil.rmtree(out / "runs")
     (out / "metrics.jsonl").unlink(missing_ok=True)
@@ -258,8 +387,13 @@ def run_smoke(out: Path, budget: SmokeBudget, resume: bool = False) -> list[Clai
               fusion_claim(diffs)]
     plots = [plot_accuracy(mini, out / "mnist100_top1.png"), plot_speed_and_size(bench, table, out / "speed_size.png")]
     notes = smoke_notes(budget, mini_sizes, bench, time.perf_counter() - started, threads)
+    if "det" in stages:
+        print("[det] Mask R-CNN on COCO-format digits: PartialNet vs FasterNet backbones", flush=True)
+        det_claims, det_md = run_det(out, tiny, resume)
+        claims += det_claims
+        notes += "\n\n" + det_md
     write_claims(out, claims)
-    write_report(out, "PartialNet vs FasterNet: smoke (CPU miniature)", paper_table(table), claims, notes, plots)
+    write_report(out, SMOKE_TITLE, paper_table(table), claims, notes, plots)
     return claims
 
 
@@ -283,9 +417,22 @@ def smoke_notes(budget: SmokeBudget, sizes: dict[str, Any], bench: dict[str, Any
     ])
 
 
-def run_full(out: Path, data: str | None, variant: str, overrides: list[str]) -> list[Claim]:
+def run_full(out: Path, data: str | None, variant: str, overrides: list[str], stages: tuple[str, ...] = ("main",),
+             coco: str | None = None, backbone_checkpoints: list[str] | None = None) -> list[Claim]:
     """Train PartialNet-<v> and FasterNet-<v> with the official recipe on ImageNet (resumable), evaluate their
-    deploy forms, benchmark them on this machine."""
+    deploy forms, benchmark them on this machine; with the det stage, then Mask R-CNN 1x on COCO from them."""
+    if "det" in stages:
+        if not coco:
+            raise UsageError("the det stage at --scale full trains on COCO 2017: pass --coco /path/to/coco "
+                             "(train2017/, val2017/, annotations/instances_{train,val}2017.json)")
+        from effrepro.mm.runner import detection_config
+
+        detection_config({}, coco, out, 1, 0.0, train_split="train2017", val_split="val2017")  # layout check, early
+    title = f"PartialNet-{variant.upper()} vs FasterNet-{variant.upper()}"
+    if "main" not in stages:
+        claims, notes = run_det_full(out, coco, variant, backbone_checkpoints)
+        merge_det(out, f"{title}: COCO", paper_table(complexity_table()), claims, notes)
+        return claims
     if not data:
         raise UsageError("--scale full trains on ImageNet: pass --data /path/to/imagenet (train/ and val/ inside)")
     from partialnet.eval import evaluate_imagenet
@@ -313,24 +460,30 @@ def run_full(out: Path, data: str | None, variant: str, overrides: list[str]) ->
                             measured=row["throughput_ratio"], expect="> 1.0", details=row))
     cpu = benchmark([variant], device="cpu", threads=1)
     claims += latency_claims(cpu)
+    notes = ""
+    if "det" in stages:
+        det_claims, notes = run_det_full(out, coco, variant, backbone_checkpoints)
+        claims += det_claims
     write_claims(out, claims)
-    write_report(out, f"PartialNet-{variant.upper()} vs FasterNet-{variant.upper()}: ImageNet", paper_table(
-        complexity_table()), claims)
+    write_report(out, f"{title}: ImageNet", paper_table(complexity_table()), claims, notes)
     return claims
 
 
 def reproduce(scale: str, tiny: bool = False, out: str | None = None, data: str | None = None, variant: str = "t2",
-              seeds: tuple[int, ...] | None = None, resume: bool = False, overrides: list[str] | None = None) -> Path:
+              seeds: tuple[int, ...] | None = None, resume: bool = False, overrides: list[str] | None = None,
+              stages: str | None = None, coco: str | None = None,
+              backbone_checkpoints: list[str] | None = None) -> Path:
     if scale not in ("smoke", "full"):
         raise UsageError(f"unknown scale {scale!r}; use smoke or full")
+    selected = parse_stages(stages, scale, tiny, coco)
     path = results_dir("partialnet", scale, out)
     if scale == "full":
-        run_full(path, data, variant, overrides or [])
+        run_full(path, data, variant, overrides or [], selected, coco, backbone_checkpoints)
     else:
         budget = TINY if tiny else SmokeBudget()
         if seeds:
             budget = replace(budget, seeds=tuple(seeds))
-        run_smoke(path, budget, resume)
+        run_smoke(path, budget, resume, selected, tiny)
     print(f"wrote {path / 'claims.json'} and {path / 'report.md'}")
     return path
 

@@ -29,13 +29,24 @@ def _checkpoint_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     raise UsageError(f"checkpoint {path} holds no model state dict (looked for ema, model, state_dict)")
 
 
+def pretrained_checkpoint(init_cfg: Any) -> str | None:
+    """The path in an mm ``init_cfg=dict(type="Pretrained", checkpoint=path)`` (None for ``init_cfg=None``)."""
+    if init_cfg is None:
+        return None
+    if isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained" and init_cfg.get("checkpoint"):
+        return str(init_cfg["checkpoint"])
+    raise UsageError(f"init_cfg {init_cfg!r}: only dict(type='Pretrained', checkpoint=path) is supported "
+                     "(or pass checkpoint=path)")
+
+
 class TimmBackbone(nn.Module):
     """``timm.create_model(model_name, features_only=True)`` with mm conventions.
 
     ``frozen_stages=k`` freezes the stem and the first ``k`` feature stages (-1: nothing) and keeps their
     BatchNorms in eval mode; ``norm_eval`` keeps every BatchNorm in eval mode. ``checkpoint`` loads an
     ImageNet checkpoint of the classification model (EMA weights when present); the classifier head is
-    dropped, and any other missing or unexpected key is an error, never silently ignored.
+    dropped, and any other missing or unexpected key is an error, never silently ignored. The mm spelling
+    ``init_cfg=dict(type="Pretrained", checkpoint=path)`` does the same.
     """
 
     def __init__(self, model_name: str, out_indices: tuple[int, ...] = (0, 1, 2, 3), frozen_stages: int = -1,
@@ -58,6 +69,7 @@ class TimmBackbone(nn.Module):
         self.model_kwargs = dict(model_kwargs)
         self.out_channels = list(self.body.feature_info.channels())
         self.stage_modules = [m.replace(".", "_") for m in self.body.feature_info.module_name()]
+        checkpoint = checkpoint or pretrained_checkpoint(init_cfg)
         if checkpoint:
             self.load_classification_checkpoint(checkpoint)
         self._freeze()
@@ -89,11 +101,15 @@ class TimmBackbone(nn.Module):
             raise UsageError(f"checkpoint {path} does not match {self.model_name}: shape of {shapes[0]}")
         self.body.load_state_dict({k: renamed[k] for k in own})
 
+    def _stage_root(self) -> nn.Module:
+        """The module whose children are the stem and the stages, in order (timm's feature model itself)."""
+        return self.body
+
     def _frozen_children(self) -> list[nn.Module]:
         """mm convention: 0 freezes the stem (everything before the first output stage), k also stages 1..k."""
         if self.frozen_stages < 0:
             return []
-        children = list(self.body.named_children())
+        children = list(self._stage_root().named_children())
         names = [name for name, _ in children]
         first = self.stage_modules[0]
         if self.frozen_stages > len(self.stage_modules) or first not in names:

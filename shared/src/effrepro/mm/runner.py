@@ -33,11 +33,13 @@ def detection_config(model: dict[str, Any], data_root: str | os.PathLike, work_d
                      lr: float, batch_size: int = 4, classes: tuple[str, ...] | None = None,
                      train_split: str = "train", val_split: str = "val", weight_decay: float = 1e-4,
                      milestones: tuple[int, ...] = (), warmup_iters: int = 100, seed: int = 0,
-                     num_workers: int = 0, image_scale: tuple[int, int] = (1333, 800)) -> dict[str, Any]:
+                     num_workers: int = 0, image_scale: tuple[int, int] = (1333, 800),
+                     check: bool = True) -> dict[str, Any]:
     """An mmengine Runner config: AdamW (the FasterNet / PartialNet detection recipe), linear warm-up,
-    step decay at ``milestones`` (epochs), COCO bbox + segm metric on the val split."""
+    step decay at ``milestones`` (epochs), COCO bbox + segm metric on the val split. ``check=False`` skips the
+    data-layout check (for writing config files with a placeholder ``data_root``)."""
     root = Path(data_root)
-    for split in (train_split, val_split):
+    for split in (train_split, val_split) if check else ():
         if not (root / "annotations" / f"instances_{split}.json").is_file() or not (root / split).is_dir():
             raise UsageError(f"COCO layout not found under {root}: need annotations/instances_{split}.json and "
                              f"{split}/ (for COCO 2017: train2017/, val2017/ and their instances_*.json)")
@@ -73,6 +75,48 @@ def detection_config(model: dict[str, Any], data_root: str | os.PathLike, work_d
         log_level="WARNING",
         randomness=dict(seed=seed),
         resume=True,
+    )
+
+
+ADE20K_PIPELINES = {
+    "train": [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", reduce_zero_label=True),
+              dict(type="RandomResize", scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
+              dict(type="RandomCrop", crop_size=(512, 512), cat_max_ratio=0.75), dict(type="RandomFlip", prob=0.5),
+              dict(type="PhotoMetricDistortion"), dict(type="PackSegInputs")],
+    "val": [dict(type="LoadImageFromFile"), dict(type="Resize", scale=(2048, 512), keep_ratio=True),
+            dict(type="LoadAnnotations", reduce_zero_label=True), dict(type="PackSegInputs")],
+}
+
+
+def ade20k_runner(model: dict[str, Any], data_root: str | os.PathLike, work_dir: str | os.PathLike,
+                  optimizer: dict[str, Any], iters: int, batch_size: int, workers: int = 4) -> dict[str, Any]:
+    """An mmseg Runner config on ADE20K (``ADEChallengeData2016`` layout, 150 classes): mmseg's ADE20K
+    pipeline with 512x512 crops, ``optimizer`` with poly decay over ``iters``, mIoU on the validation split."""
+    def loader(split: str, batch: int) -> dict[str, Any]:
+        folder = "training" if split == "train" else "validation"
+        return dict(batch_size=batch, num_workers=workers, persistent_workers=workers > 0,
+                    sampler=dict(type="InfiniteSampler" if split == "train" else "DefaultSampler",
+                                 shuffle=split == "train"),
+                    dataset=dict(type="ADE20KDataset", data_root=str(data_root),
+                                 data_prefix=dict(img_path=f"images/{folder}", seg_map_path=f"annotations/{folder}"),
+                                 pipeline=ADE20K_PIPELINES[split]))
+
+    return dict(
+        default_scope="mmseg", model=model, work_dir=str(work_dir),
+        train_dataloader=loader("train", batch_size), val_dataloader=loader("val", 1),
+        val_evaluator=dict(type="IoUMetric", iou_metrics=["mIoU"]),
+        train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=iters // 10),
+        val_cfg=dict(type="ValLoop"),
+        optim_wrapper=dict(type="OptimWrapper", optimizer=optimizer, clip_grad=None),
+        param_scheduler=[dict(type="PolyLR", eta_min=0.0, power=0.9, begin=0, end=iters, by_epoch=False)],
+        default_hooks=dict(timer=dict(type="IterTimerHook"), logger=dict(type="LoggerHook", interval=50),
+                           param_scheduler=dict(type="ParamSchedulerHook"),
+                           checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=iters // 10,
+                                           max_keep_ckpts=1),
+                           sampler_seed=dict(type="DistSamplerSeedHook")),
+        env_cfg=dict(cudnn_benchmark=True, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+                     dist_cfg=dict(backend="nccl")),
+        log_processor=dict(by_epoch=False), log_level="INFO", randomness=dict(seed=0), resume=True,
     )
 
 
