@@ -112,8 +112,9 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     variants = [v for v in args.variants.split(",") if v] if args.variants else None
     seeds = parse_ints(args.seeds) if args.seeds else None
+    ckpts = [c for c in args.backbone_checkpoints.split(",") if c] if args.backbone_checkpoints else None
     out = reproduce(args.scale, args.out, tiny=args.tiny, data=args.data, arch=args.arch, variants=variants,
-                    epochs=args.epochs, seeds=seeds)
+                    epochs=args.epochs, seeds=seeds, stages=args.stages, coco=args.coco, backbone_checkpoints=ckpts)
     print(f"claims and report written to {out}")
     return 0
 
@@ -160,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="resnet18", help="architecture for --scale full")
     p.add_argument("--variants", help="variants for --scale full (default baseline,kerneldna)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (--scale full)")
+    p.add_argument("--stages", help="comma list of main (classification miniatures, zoo, bench) and det (Mask "
+                   "R-CNN); default: both for smoke (main only with --tiny), main for full (+ det with --coco)")
+    p.add_argument("--coco", help="COCO 2017 root for the det stage at --scale full (train2017/, val2017/, "
+                   "annotations/instances_*.json)")
+    p.add_argument("--backbone-checkpoints", help="det at --scale full: KERNELDNA.pt,BASELINE.pt ImageNet "
+                   "checkpoints (default: the main stage's runs/<variant>/last.pt)")
     p.set_defaults(fn=_reproduce)
     return parser
 

@@ -1,0 +1,163 @@
+"""KernelDNA ResNets as mmdet and mmseg backbones (``kerneldna.mm``): builds, forward/backward, strict checkpoint
+init, frozen stages, config files, the ``--coco`` error, and one-iteration train + eval of the det stage."""
+
+import json
+
+import pytest
+import torch
+from effrepro.errors import UsageError
+from effrepro.train import save_checkpoint
+
+pytestmark = pytest.mark.mm
+
+
+@pytest.fixture(scope="module")
+def mm():
+    from kerneldna import mm
+
+    return mm
+
+
+def _det_batch(model, size=64):
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+
+    samples = []
+    for i in range(2):  # two images: the SE gates' BatchNorm needs more than one sample in train mode
+        sample = DetDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size), pad_shape=(size, size),
+                                             scale_factor=(1.0, 1.0), batch_input_shape=(size, size)))
+        masks = torch.zeros(1, size, size, dtype=torch.uint8)
+        masks[0, 10 + i:40, 12:30] = 1
+        sample.gt_instances = InstanceData(bboxes=torch.tensor([[12.0, 10 + i, 30, 40]]), labels=torch.tensor([1]),
+                                           masks=BitmapMasks(masks.numpy(), size, size))
+        samples.append(sample)
+    images = [torch.randint(0, 255, (3, size, size), dtype=torch.uint8) for _ in samples]
+    return model.data_preprocessor({"inputs": images, "data_samples": samples}, training=True)
+
+
+@pytest.mark.parametrize("variant", ["kerneldna", "baseline"])
+def test_backbone_in_mask_rcnn_forward_backward_predict(mm, variant):
+    from effrepro.mm import build_detector, mask_rcnn
+
+    backbone = mm.backbone(18, variant, frozen_stages=-1, norm_eval=False)
+    model = build_detector(mask_rcnn(backbone, mm.stage_channels(18), num_classes=3, width=32, fc_channels=64,
+                                     roi_samples=32))
+    model.init_weights()
+    assert model.backbone.out_channels == [64, 128, 256, 512]
+    assert not any("fc." in k for k in model.backbone.state_dict())  # the classifier is gone
+    losses = model(**_det_batch(model), mode="loss")
+    total = sum(v.sum() if isinstance(v, torch.Tensor) else sum(v) for k, v in losses.items() if "loss" in k)
+    assert {"loss_rpn_cls", "loss_cls", "loss_bbox", "loss_mask"} <= set(losses) and torch.isfinite(total)
+    total.backward()
+    net = model.backbone.body.model
+    assert net.conv1.weight.grad.abs().sum() > 0
+    if variant == "kerneldna":  # the shared parent kernel and the child adapters both learn
+        assert net.layer3.conv2.weight.grad.abs().sum() > 0 and net.layer3.static_filter_attn.grad is not None
+    model.eval()
+    with torch.no_grad():
+        out = model(**model.data_preprocessor(_det_batch(model)), mode="predict")
+    assert out[0].pred_instances.bboxes.shape[1] == 4 and hasattr(out[0].pred_instances, "masks")
+
+
+def test_backbone_in_upernet_forward_backward(mm):
+    from effrepro.mm import build_segmentor
+    from effrepro.mm.configs import upernet
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    model = build_segmentor(upernet(mm.backbone(18, frozen_stages=-1, norm_eval=False), mm.stage_channels(18),
+                                    num_classes=5, size=(64, 64), channels=64))
+    samples = []
+    for _ in range(2):
+        sample = SegDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64), pad_shape=(64, 64)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, 5, (1, 64, 64)))
+        samples.append(sample)
+    images = [torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8) for _ in samples]
+    losses = model(**model.data_preprocessor({"inputs": images, "data_samples": samples}, training=True), mode="loss")
+    losses["decode.loss_ce"].backward()
+    assert torch.isfinite(losses["decode.loss_ce"])
+    assert model.backbone.body.model.layer4.conv3.weight.grad is not None
+
+
+def test_checkpoint_init_is_strict_and_stages_freeze(mm, tmp_path):
+    from effrepro.mm import build_detector
+    from kerneldna.models import build_model
+
+    classifier = build_model("resnet18", "kerneldna", num_classes=10)  # a `kerneldna train` model, another head
+    save_checkpoint(tmp_path / "k.pt", {"model": classifier.state_dict(), "config": {}})
+    model = build_detector(mm.mask_rcnn_model(18, "kerneldna", checkpoint=str(tmp_path / "k.pt"), num_classes=3))
+    model.init_weights()  # mm's init must not overwrite the checkpoint
+    net = model.backbone.body.model
+    for key in ("conv1.weight", "layer3.conv2.weight", "layer3.static_filter_attn", "layer4.se.0.se.fc1.weight"):
+        assert torch.equal(net.get_parameter(key), classifier.get_parameter(key))
+    model.train()  # the COCO recipe: stem + layer1 frozen, every BatchNorm (the SE gates' too) in eval mode
+    assert not net.conv1.weight.requires_grad and not net.layer1[0].conv1.weight.requires_grad
+    assert net.layer2[0].conv1.weight.requires_grad and not net.layer2[0].bn1.training
+    assert not net.layer3.se[0].se.bn.training
+
+    save_checkpoint(tmp_path / "b.pt", {"model": build_model("resnet18", "baseline").state_dict()})
+    with pytest.raises(UsageError, match="does not match kerneldna_resnet18"):
+        mm.KernelDNAResNetBackbone(18, init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "b.pt")))
+    mm.KernelDNAResNetBackbone(18, "baseline", checkpoint=str(tmp_path / "b.pt"))
+    with pytest.raises(UsageError, match="depth must be 18 or 50"):
+        mm.backbone(34)
+    with pytest.raises(UsageError, match="cannot freeze 5 stages"):
+        mm.KernelDNAResNetBackbone(18, frozen_stages=5)
+    with pytest.raises(UsageError, match="init_cfg"):
+        mm.KernelDNAResNetBackbone(18, init_cfg=dict(type="Kaiming"))
+
+
+def test_config_files_are_the_builders_output(mm):
+    from pathlib import Path
+
+    from mmengine.config import Config
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "mm"
+    det = Config.fromfile(root / "mask-rcnn_kerneldna-r50_fpn_1x_coco.py")
+    built = mm.coco_config("data/coco", "work_dirs/mask-rcnn_kerneldna-r50_fpn_1x_coco", 50, "kerneldna",
+                           "checkpoints/kerneldna_resnet50_imagenet.pt", check=False)
+    assert det.to_dict() == Config(built).to_dict()
+    assert det.optim_wrapper.optimizer == dict(type="SGD", lr=0.02, momentum=0.9, weight_decay=1e-4)
+    assert det.model.backbone.frozen_stages == 1 and det.model.backbone.norm_eval
+    assert det.model.neck.in_channels == [256, 512, 1024, 2048] and det.auto_scale_lr.base_batch_size == 16
+    seg = Config.fromfile(root / "upernet_kerneldna-r50_4xb4-160k_ade20k-512x512.py")
+    assert seg.model.decode_head.type == "UPerHead" and seg.train_cfg.max_iters == 160_000
+    assert len(list(root.glob("*.py"))) == 8
+
+
+def test_full_scale_det_needs_a_coco_layout(tmp_path):
+    from kerneldna.reproduce import reproduce
+
+    with pytest.raises(UsageError, match="pass --coco"):
+        reproduce("full", str(tmp_path / "o"), stages="det")
+    (tmp_path / "coco" / "annotations").mkdir(parents=True)
+    with pytest.raises(UsageError, match="COCO layout not found"):
+        reproduce("full", str(tmp_path / "o"), coco=str(tmp_path / "coco"))
+    with pytest.raises(UsageError, match="ResNet-18/50"):
+        reproduce("full", str(tmp_path / "o"), coco=str(tmp_path / "coco"), arch="mobilenetv2_100")
+
+
+def test_det_stage_trains_and_evaluates_end_to_end(tmp_path):
+    """``kerneldna reproduce --tiny --stages det``: one iteration of Mask R-CNN training per backbone on the
+    COCO-format digits, COCO evaluation, claims merged into an existing claims.json, a report section."""
+    from effrepro.report import Claim, validate_claims, write_claims
+    from kerneldna.reproduce import reproduce
+
+    write_claims(tmp_path, [Claim("main_claim", "from the main stage", None, 1.0, "x", "-", "> 0")])
+    (tmp_path / "report.md").write_text("# main report\n")
+    reproduce("smoke", str(tmp_path), tiny=True, stages="det")
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    validate_claims(claims)
+    ids = {c["id"] for c in claims}
+    assert {"main_claim", "det_kerneldna_resnet18_bbox_ap", "det_kerneldna_resnet18_mask_ap",
+            "det_baseline_resnet18_bbox_ap", "det_kerneldna_resnet18_bbox_ap_delta",
+            "det_kerneldna_resnet18_backbone_flops_ratio", "det_kerneldna_resnet18_backbone_latency_ratio",
+            "det_kerneldna_resnet18_backbone_params_ratio"} <= ids
+    by_id = {c["id"]: c for c in claims}
+    assert by_id["det_kerneldna_resnet18_backbone_params_ratio"]["measured"] == pytest.approx(
+        (9_240_798 - 513_000) / (11_689_512 - 513_000))  # the official counts without the fc (512*1000+1000)
+    assert (tmp_path / "runs" / "det_kerneldna_resnet18" / "epoch_1.pth").is_file()
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# main report") and "Detection (det stage" in report
+    assert (tmp_path / "det" / "report.md").is_file()
