@@ -118,6 +118,12 @@ def test_config_files_are_the_builders_output(mm):
     assert det.optim_wrapper.optimizer == dict(type="AdamW", lr=2e-4, weight_decay=1e-4)
     assert det.train_cfg.max_epochs == 12 and det.param_scheduler[1].milestones == [8, 11]
     assert det.model.neck.in_channels == [64, 128, 256, 512] and det.model.backbone.type == "PartialNet"
+    model_cfg = det.model.to_dict()
+    assert model_cfg["backbone"].pop("init_cfg") == dict(type="Pretrained",
+                                                         checkpoint="checkpoints/partialnet_t2_imagenet.pt")
+    from effrepro.mm import build_detector
+
+    assert build_detector(model_cfg).backbone.arch == "t2"  # the file's model dict builds as is
     seg = Config.fromfile(root / "fpn_partialnet-t2_40k_ade20k-512x512.py")
     assert seg.to_dict() == Config(mm.ade20k_config("data/ade/ADEChallengeData2016",
                                                     "work_dirs/partialnet_t2_fpn_ade20k", "t2",
