@@ -67,7 +67,7 @@ def sample_sequences(rule: str, sampling: SamplingConfig, n: int, length: int = 
     static = StaticTree.from_choices(SMALL_TREE)
     skeleton = tree_from_parents(torch.zeros(static.size, dtype=torch.long), torch.tensor(static.parents))
     kids_of = [(node, static.children(node)) for node in range(static.size) if static.children(node)]
-    processed = torch.stack([sampling.warpers()(None, draft[c].clone()) for c in range(V)])  # [V, 2, V]
+    processed = torch.stack([sampling.warp(draft[c].clone()) for c in range(V)])  # [V, 2, V]
     pis = torch.softmax(torch.cat([processed[:, 0], processed[:, 1]], dim=-1), dim=-1)  # [V, 2V]
     gen = torch.Generator().manual_seed(seed + 1)
     counts = torch.zeros([V] * length)

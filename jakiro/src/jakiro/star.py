@@ -170,7 +170,7 @@ class StarProposer:
         if self.sampling.greedy:
             return logits
         q, _, vocab = logits.shape
-        return self.sampling.warpers()(None, logits.reshape(2 * q, vocab)).reshape(q, 2, vocab)
+        return self.sampling.warp(logits.reshape(2 * q, vocab)).reshape(q, 2, vocab)
 
     def _children(self, expert_logits: torch.Tensor, counts: list[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per node of a level (``expert_logits [q, 2, V]``): its children (tokens at T = 0, else ``2V`` draws) and

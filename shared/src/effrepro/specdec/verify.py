@@ -53,12 +53,17 @@ class SamplingConfig:
             warpers.append(TopPLogitsWarper(self.top_p))
         return warpers
 
+    def warp(self, scores: torch.Tensor) -> torch.Tensor:
+        """``scores [N, V]`` after temperature / top-k / top-p (each warper called directly: a
+        ``LogitsProcessorList`` inspects signatures on every call, which costs more than the warping here)."""
+        for warper in self.warpers():
+            scores = warper(None, scores)
+        return scores
+
 
 def target_probs(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
     """The processed target distribution(s) in float64: ``softmax(warpers(logits))`` over the last dim."""
-    scores = logits.double().reshape(-1, logits.shape[-1])
-    for warper in sampling.warpers():  # called one by one: LogitsProcessorList inspects signatures every call
-        scores = warper(None, scores)
+    scores = sampling.warp(logits.double().reshape(-1, logits.shape[-1]))
     return torch.softmax(scores, dim=-1).reshape(logits.shape)
 
 
