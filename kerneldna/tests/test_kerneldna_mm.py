@@ -153,7 +153,7 @@ def test_det_stage_trains_and_evaluates_end_to_end(tmp_path):
     assert {"main_claim", "det_kerneldna_resnet18_bbox_ap", "det_kerneldna_resnet18_mask_ap",
             "det_baseline_resnet18_bbox_ap", "det_kerneldna_resnet18_bbox_ap_delta",
             "det_kerneldna_resnet18_backbone_flops_ratio", "det_kerneldna_resnet18_backbone_latency_ratio",
-            "det_kerneldna_resnet18_backbone_params_ratio"} <= ids
+            "det_kerneldna_resnet18_backbone_params_ratio", "det_kerneldna_resnet18_backbone_throughput_ratio"} <= ids
     by_id = {c["id"]: c for c in claims}
     assert by_id["det_kerneldna_resnet18_backbone_params_ratio"]["measured"] == pytest.approx(
         (9_240_798 - 513_000) / (11_689_512 - 513_000))  # the official counts without the fc (512*1000+1000)
