@@ -29,9 +29,13 @@ def _device(args: argparse.Namespace) -> str:
         return args.device
     if getattr(args, "scale", None) == "smoke":  # the miniature is a CPU experiment
         return "cpu"
+    import os
+
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{os.environ['LOCAL_RANK']}" if "LOCAL_RANK" in os.environ else "cuda"  # torchrun: own GPU
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
