@@ -41,3 +41,20 @@ def test_fasternet_from_timm_inside_mask_rcnn():
     model = build_detector(mask_rcnn(backbone, [40, 80, 160, 320], num_classes=10, width=32, fc_channels=64))
     feats = model.extract_feat(torch.randn(1, 3, 64, 64))
     assert len(feats) == 5 and feats[0].shape[1] == 32
+
+
+def test_reproduce_stages_default_and_errors(monkeypatch, capsys):
+    import importlib.util
+
+    from effrepro.mm.miniature import parse_stages
+
+    assert parse_stages(None, "smoke", None) == ("main", "det")  # the OpenMMLab extra is installed here
+    assert parse_stages(None, "full", None) == ("main",)  # COCO is the user's: det only with --coco
+    assert parse_stages(None, "full", "/data/coco") == ("main", "det")
+    assert parse_stages(" det ,main", "smoke", None) == ("det", "main")
+    with pytest.raises(UsageError, match="--stages"):
+        parse_stages("main,seg", "smoke", None)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "mmdet" else real(name))
+    assert parse_stages(None, "smoke", None) == ("main",)
+    assert "skipping the det stage" in capsys.readouterr().out

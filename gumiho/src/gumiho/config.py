@@ -12,6 +12,8 @@ from gumiho.loss import LossWeights
 from gumiho.model import GumihoConfig
 from gumiho.proposer import ProposerConfig
 
+EXTRA_DECODERS = ("gumiho-official", "medusa-chain")
+
 
 @dataclass
 class StructureConfig:
@@ -77,10 +79,17 @@ class GumihoRunConfig:
     train: HeadTrainConfig = field(default_factory=_deepspeed_recipe)
     tree: GumihoTreeConfig = field(default_factory=GumihoTreeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # Decoders ``reproduce`` adds beyond the set (plain, the five trees, FTA on, EAGLE-2/Gumiho chains):
+    # "gumiho-official" (the official sibling mask + row pairing + FTA) and "medusa-chain" (Medusa's per-position
+    # acceptance). Each costs as much evaluation time as a method; the smoke budget leaves them out.
+    extra_decoders: list[str] = field(default_factory=lambda: list(EXTRA_DECODERS))
 
     def __post_init__(self) -> None:
         if self.data_source not in ("engine", "mtbench_split"):
             raise UsageError(f"data_source={self.data_source!r}; use engine or mtbench_split")
+        unknown = sorted(set(self.extra_decoders) - set(EXTRA_DECODERS))
+        if unknown:
+            raise UsageError(f"unknown extra_decoders {unknown}; choose from {list(EXTRA_DECODERS)}")
         self.tree.check()
         if self.structure.serial_steps + self.structure.mlp_num < self.tree.depth:
             raise UsageError(f"tree.depth={self.tree.depth} exceeds the draft's "

@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", help="variants for --scale full (default baseline,kerneldna)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (--scale full)")
     p.add_argument("--stages", help="comma list of main (classification miniatures, zoo, bench) and det (Mask "
-                   "R-CNN); default: both for smoke (main only with --tiny), main for full (+ det with --coco)")
+                   "R-CNN); default: both for smoke and --tiny (main alone without mmdet), main for full (+ det "
+                   "with --coco)")
     p.add_argument("--coco", help="COCO 2017 root for the det stage at --scale full (train2017/, val2017/, "
                    "annotations/instances_*.json)")
     p.add_argument("--backbone-checkpoints", help="det at --scale full: KERNELDNA.pt,BASELINE.pt ImageNet "

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from effrepro.bench import count_flops, count_params
 from effrepro.errors import UsageError
+from effrepro.mm.miniature import parse_stages
 from effrepro.report import Claim, claims_table, results_dir, save_figure, write_claims, write_report
 from effrepro.train import MetricsLogger
 
@@ -233,21 +234,8 @@ accuracy"*. The structural numbers below are those of the official code (spec §
 
 # ---- det stage: Mask R-CNN with each backbone (effrepro.mm) on COCO-format digits (smoke) or COCO (full) -----
 
-STAGES = ("main", "det")
 DET_DEPTH = 18  # the miniature: KernelDNA ResNet-18 vs the torchvision ResNet-18 baseline, random init
 DET_MARK = "<!-- det stage -->"
-
-
-def parse_stages(text: str | None, scale: str, tiny: bool, coco: str | None) -> tuple[str, ...]:
-    """``--stages main,det``; default: ``main`` (smoke and ``--tiny``), full runs main and, with ``--coco``, det.
-    The det miniature is opt-in for smoke: one Mask R-CNN arm took over 22 min on the shared 2-core CPU (6 epochs)."""
-    if text is None:
-        return STAGES if scale == "full" and coco else ("main",)
-    stages = tuple(s.strip() for s in text.split(",") if s.strip())
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown or not stages:
-        raise UsageError(f"--stages: unknown {unknown or text!r}; use a comma list of {', '.join(STAGES)}")
-    return stages
 
 
 def _mm() -> Any:
@@ -507,7 +495,7 @@ def reproduce(scale: str, out: str | None, tiny: bool = False, data: str | None 
               backbone_checkpoints: list[str] | None = None) -> Path:
     if scale not in ("smoke", "full"):
         raise UsageError(f"unknown scale {scale!r}; use smoke or full")
-    selected = parse_stages(stages, scale, tiny, coco)
+    selected = parse_stages(stages, scale, coco)
     name = f"{scale}-tiny" if tiny else scale
     out_dir = results_dir("kerneldna", name, out)
     if "OMP_NUM_THREADS" not in os.environ:

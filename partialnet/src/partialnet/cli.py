@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", help="comma list of seeds for smoke (default 0,1,2)")
     p.add_argument("--resume", action="store_true", help="keep and resume existing runs/")
     p.add_argument("--stages", help="comma list of main (classification, latency) and det (Mask R-CNN); default: "
-                   "both for smoke (main only with --tiny), main for full (+ det with --coco)")
+                   "both for smoke and --tiny (main alone without mmdet), main for full (+ det with --coco)")
     p.add_argument("--coco", help="COCO 2017 root for the det stage at --scale full (train2017/, val2017/, "
                    "annotations/instances_*.json)")
     p.add_argument("--backbone-checkpoints", help="det at --scale full: PARTIALNET.pt,FASTERNET.pt ImageNet "

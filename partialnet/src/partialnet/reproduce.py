@@ -17,6 +17,7 @@ import timm
 import torch
 from effrepro.bench import count_flops, count_params
 from effrepro.errors import UsageError
+from effrepro.mm.miniature import parse_stages
 from effrepro.report import Claim, claims_table, results_dir, save_figure, write_claims, write_report
 from effrepro.train import MetricsLogger
 
@@ -232,21 +233,8 @@ def paper_table(table: list[dict[str, Any]]) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # det stage: Mask R-CNN with each backbone (effrepro.mm), COCO-format digits (smoke) or COCO 2017 (full)
 # ----------------------------------------------------------------------------------------------------------
-STAGES = ("main", "det")
 DET_ARCH = "t0"  # the miniature's backbones: PartialNet-T0 vs FasterNet-T0, random init, every stage trained
 DET_MARK = "<!-- det stage -->"
-
-
-def parse_stages(text: str | None, scale: str, tiny: bool, coco: str | None) -> tuple[str, ...]:
-    """``--stages main,det``; default: ``main`` (smoke and ``--tiny``), full runs main and, with ``--coco``, det.
-    The det miniature is opt-in for smoke: one Mask R-CNN arm took over 22 min on the shared 2-core CPU (6 epochs)."""
-    if text is None:
-        return STAGES if scale == "full" and coco else ("main",)
-    stages = tuple(s.strip() for s in text.split(",") if s.strip())
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown or not stages:
-        raise UsageError(f"--stages: unknown {unknown or text!r}; use a comma list of {', '.join(STAGES)}")
-    return stages
 
 
 def det_param_claim(details: dict[str, Any], ours: str, base: str) -> Claim:
@@ -475,7 +463,7 @@ def reproduce(scale: str, tiny: bool = False, out: str | None = None, data: str 
               backbone_checkpoints: list[str] | None = None) -> Path:
     if scale not in ("smoke", "full"):
         raise UsageError(f"unknown scale {scale!r}; use smoke or full")
-    selected = parse_stages(stages, scale, tiny, coco)
+    selected = parse_stages(stages, scale, coco)
     path = results_dir("partialnet", scale, out)
     if scale == "full":
         run_full(path, data, variant, overrides or [], selected, coco, backbone_checkpoints)

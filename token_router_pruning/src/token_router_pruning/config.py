@@ -58,6 +58,8 @@ class ReproduceConfig:
     bench: BenchConfig = field(default_factory=BenchConfig)
     blockpruner_lazy_top: int | None = 6
     allocations: tuple[str, ...] = ("uniform", "bi")  # extra static-router allocations compared in E1
+    # ablation arm: the trained router on the stage-1 (static-router) schedule, before the stage-3 fine-tune
+    dynamic_stage1: bool = True
     latency_methods: tuple[str, ...] = ("ftp", "ftp_static", "shortgpt", "blockpruner")
 
     def __post_init__(self) -> None:

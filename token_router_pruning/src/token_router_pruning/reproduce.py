@@ -64,6 +64,7 @@ TINY_OVERRIDES = [
     "ga.population=3", "ga.generations=1", "ga.elitism=1", "finetune.population=2", "finetune.generations=1",
     "router.steps=2", "router.steps_per_epoch=2", "bench.seq_len=64", "bench.repeats=1", "bench.warmup=0",
     "blockpruner_lazy_top=2", "allocations=[uniform]", "latency_methods=[ftp]", "budgets=[0.25]",
+    "dynamic_stage1=true",  # the optional arm's code path, end to end
 ]
 PAPER_TABLE = """\
 | LLaMA2-7B method | "ratio" | Avg % retention (ARC-c, ARC-e, HellaSwag, MMLU, WinoGrande) |
@@ -360,7 +361,8 @@ def run(cfg: ReproduceConfig, scale: str, out: str | None = None, tasks_dir: str
         matched[b] = {"ftp": target_ratio, "shortgpt": short_ratio, "blockpruner": bp_ratio,
                       "shortgpt_layers": sorted({i for i, _ in short_plan.removed}), "blockpruner_removed": bp_count}
         plans[f"ftp_{p}"] = ("ftp", b, ftp_plans[b])
-        plans[f"ftp_dynamic_stage1_{p}"] = ("ftp_dynamic_stage1", b, exp.plan("dyn", searched[b]["best"], router))
+        if cfg.dynamic_stage1:
+            plans[f"ftp_dynamic_stage1_{p}"] = ("ftp_dynamic_stage1", b, exp.plan("dyn", searched[b]["best"], router))
         plans[f"ftp_static_{p}"] = ("ftp_static", b, exp.plan("static", searched[b]["best"], static))
         plans[f"random_{p}"] = ("random", b, exp.plan("random", searched[b]["best"], RandomRouter(cfg.seed)))
         if "uniform" in cfg.allocations:

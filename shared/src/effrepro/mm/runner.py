@@ -58,7 +58,9 @@ def detection_config(model: dict[str, Any], data_root: str | os.PathLike, work_d
         val_dataloader=loader(val_split, True),
         val_evaluator=dict(type="CocoMetric", ann_file=str(root / "annotations" / f"instances_{val_split}.json"),
                            metric=["bbox", "segm"]),
-        train_cfg=dict(type="EpochBasedTrainLoop", max_epochs=epochs, val_interval=epochs + 1),
+        # val_begin past the last epoch: mmengine would otherwise also validate after the final epoch, and
+        # train_and_evaluate runs the val loop itself (it doubled the miniature's evaluation time)
+        train_cfg=dict(type="EpochBasedTrainLoop", max_epochs=epochs, val_begin=epochs + 1, val_interval=epochs + 1),
         val_cfg=dict(type="ValLoop"),
         optim_wrapper=dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=lr, weight_decay=weight_decay),
                            clip_grad=dict(max_norm=35, norm_type=2)),
