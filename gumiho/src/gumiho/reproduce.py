@@ -1,6 +1,6 @@
 """``gumiho reproduce``: the paper's headline claims in miniature (smoke) or the paper's recipe (full).
 
-Smoke (CPU, SmolLM2-135M-Instruct, one process, ~20 min on 2 cores):
+Smoke (CPU, SmolLM2-135M-Instruct, one process, 16 min on 2 cores):
 
 1. draft data from the target (the engine's cache: conversations rendered in the chat template, self-distilled
    answers, post-norm features);
@@ -8,8 +8,9 @@ Smoke (CPU, SmolLM2-135M-Instruct, one process, ~20 min on 2 cores):
    (epochs, batches, optimizer, schedule): ``gumiho`` (2 serial + 5 MLP), ``gumiho-1s`` (1 + 6), ``gumiho-3s``
    (3 + 4) and ``medusa`` (0 + 7, all-parallel);
 3. one interleaved evaluation (``effrepro.specdec.evaluate``) on held-out MT-bench questions: plain decoding, every
-   draft as a tree (equal budget: top_k, tree size, 7 levels), Gumiho with FTA on, Gumiho with the official
-   compat flags, and top-1 chains of EAGLE-2 / Gumiho / Medusa for exact per-position acceptance;
+   draft as a tree (equal budget: top_k, tree size, 7 levels), Gumiho with FTA on, and top-1 chains of EAGLE-2 /
+   Gumiho for exact per-position acceptance; ``extra_decoders`` adds Gumiho with the official compat flags and
+   the Medusa chain;
 4. ``claims.json`` + ``report.md`` + plots under ``results/gumiho/<scale>/``.
 """
 

@@ -17,7 +17,7 @@ import timm
 import torch
 from effrepro.bench import count_flops, count_params
 from effrepro.errors import UsageError
-from effrepro.mm.miniature import parse_stages
+from effrepro.mm.miniature import HEADS_TEXT, parse_stages
 from effrepro.report import Claim, claims_table, results_dir, save_figure, write_claims, write_report
 from effrepro.train import MetricsLogger
 
@@ -255,7 +255,7 @@ def det_notes(details: dict[str, Any], seconds: float) -> str:
                      f"| {r['feature_latency_ms']:.1f} |")
     return "\n".join([
         "### Detection and instance segmentation (det stage)", "",
-        f"Mask R-CNN + FPN (mmdet 3.3, heads narrowed for the CPU: FPN width 64, 256-wide box FCs, 128 RoIs), "
+        f"Mask R-CNN + FPN (mmdet 3.3, heads narrowed for the CPU: {HEADS_TEXT}), "
         f"PartialNet-{DET_ARCH.upper()} vs FasterNet-{DET_ARCH.upper()} from random init, same recipe, data and seed: "
         f"COCO-format digits (real MNIST digits on 128x128 canvases, boxes and masks from the digit pixels), "
         f"{b['train_images']} train / {b['val_images']} val images, {b['epochs']} epochs, batch {b['batch_size']}, "

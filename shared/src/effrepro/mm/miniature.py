@@ -45,6 +45,8 @@ def parse_stages(text: str | None, scale: str, coco: str | None) -> tuple[str, .
 # 1-4 digits per 128x128 canvas, 64 sampled RoIs per image (16 positives) suffice; RoIAlign's backward and the mask
 # head scale with them (128 -> 64: 1.18 -> 0.90 s per training iteration of the PartialNet-T0 arm).
 MINI_HEADS = dict(width=64, fc_channels=256, roi_samples=64)
+HEADS_TEXT = (f"FPN width {MINI_HEADS['width']}, {MINI_HEADS['fc_channels']}-wide box FCs, "
+              f"{MINI_HEADS['roi_samples']} sampled RoIs per image")  # for the reports
 
 
 @dataclass
