@@ -58,9 +58,7 @@ def detection_config(model: dict[str, Any], data_root: str | os.PathLike, work_d
         val_dataloader=loader(val_split, True),
         val_evaluator=dict(type="CocoMetric", ann_file=str(root / "annotations" / f"instances_{val_split}.json"),
                            metric=["bbox", "segm"]),
-        # val_begin past the last epoch: mmengine would otherwise also validate after the final epoch, and
-        # train_and_evaluate runs the val loop itself (it doubled the miniature's evaluation time)
-        train_cfg=dict(type="EpochBasedTrainLoop", max_epochs=epochs, val_begin=epochs + 1, val_interval=epochs + 1),
+        train_cfg=dict(type="EpochBasedTrainLoop", max_epochs=epochs, val_interval=epochs + 1),
         val_cfg=dict(type="ValLoop"),
         optim_wrapper=dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=lr, weight_decay=weight_decay),
                            clip_grad=dict(max_norm=35, norm_type=2)),
@@ -135,6 +133,12 @@ def train_and_evaluate(config: dict[str, Any]) -> dict[str, float]:
     from mmengine.runner import Runner
 
     register_all_modules(init_default_scope=False)
+    loop = config.get("train_cfg", {})
+    if loop.get("type") == "EpochBasedTrainLoop":
+        # mmengine's loop validates after its last epoch whatever val_interval says, and the val loop below evaluates
+        # the same model again (it doubled the miniature's evaluation time): start validation past the last epoch.
+        # Config files written for mmdet's tools/train.py keep the loop's final validation.
+        config = {**config, "train_cfg": {**loop, "val_begin": loop["max_epochs"] + 1}}
     runner = Runner.from_cfg(Config(config))
     # mmengine 0.10 resumes its own checkpoints (message hub, numpy state) with torch.load's default, which is
     # weights_only=True since torch 2.6 and refuses them. The files are the ones this runner wrote in its own
