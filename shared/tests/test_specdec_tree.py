@@ -180,20 +180,17 @@ def test_eagle_proposer_tree_masks_and_positions():
     assert a2[0].tolist() == [[True, False, True, False], [False, True, False, True]]
 
 
-def _path_logprobs(head, lm_head, feats, next_ids, path_tokens):
-    """Score a draft path by running the head causally (``train_forward``) along it, with no cache and no tree.
-
-    Each step feeds the previous step's output feature with the drafted token, as EAGLE drafting does; the
-    returned list holds log p(token_d | path before it) for d = 1..len(path_tokens).
-    """
+def _path_score(head, lm_head, feats, next_ids, path_tokens):
+    """Sum of log p(token_d | path before it) from running the head causally (``train_forward``) along the path,
+    with no cache and no tree; each step feeds the previous step's output feature with the drafted token, as EAGLE
+    drafting does."""
     features, ids = feats.clone(), next_ids.clone()
-    logps = []
+    score = 0.0
     for token in path_tokens:
         out = head.train_forward(features[None], ids[None])[0, -1]
-        logp = torch.log_softmax(out @ lm_head.t(), -1)
-        logps.append(float(logp[token]))
+        score += float(torch.log_softmax(out @ lm_head.t(), -1)[token])
         features, ids = torch.cat([features, out[None]]), torch.cat([ids, torch.tensor([token])])
-    return logps
+    return score
 
 
 def _tree_path(levels, level, index):
@@ -232,5 +229,5 @@ def test_eagle_tree_scores_equal_causal_drafting_along_each_path(rounds):
         for level, lv in enumerate(levels):
             for index in range(len(lv.tokens)):
                 path = _tree_path(levels, level, index)
-                expected = sum(_path_logprobs(head, lm_head, feats, ids, path))
+                expected = _path_score(head, lm_head, feats, ids, path)
                 assert float(lv.scores[index]) == pytest.approx(expected, abs=1e-4), (level, index, path)
