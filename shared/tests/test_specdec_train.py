@@ -246,3 +246,83 @@ def test_prompt_list_and_prompt_sources_for_self_distillation(target, tmp_path):
     bad.write_text('{"x": 1}\n')
     with pytest.raises(UsageError, match="bad.jsonl:1"):
         load_prompt_file(bad)
+
+
+def test_multi_turn_self_generation_answers_each_turn_after_its_own_answers(target):
+    from effrepro.specdec.draft_data import self_generate
+    from effrepro.specdec.generate import stop_tokens
+
+    model, tokenizer, _ = target
+    formatter = ChatFormatter(tokenizer)
+    greedy = DraftDataConfig(target="tiny", sharegpt=0, self_max_new_tokens=4, max_len=128)
+    chat = self_generate(model, tokenizer, formatter, [("hello how are you", "tell me a story")], greedy)
+    single = self_generate(model, tokenizer, formatter, ["hello how are you"], greedy)
+    assert len(chat) == 1 and [m["role"] for m in chat[0]] == ["user", "assistant", "user", "assistant"]
+    assert chat[0][:2] == single[0]  # turn one is answered exactly as the single prompt is
+    # turn two: plain greedy decoding of the conversation so far, the target's own first answer included
+    prompt = formatter.prompt_ids(chat[0][:3])
+    row = model.generate(prompt[None], attention_mask=torch.ones_like(prompt)[None], max_new_tokens=4,
+                         do_sample=False, pad_token_id=2)[0, prompt.numel():].tolist()
+    stops = set(stop_tokens(model, tokenizer))
+    cut = next((i for i, token in enumerate(row) if token in stops), len(row))
+    assert chat[0][3]["content"] == tokenizer.decode(row[:cut], skip_special_tokens=True)
+    # a turn that would not fit max_len ends the conversation after the turns that did
+    tight = DraftDataConfig(target="tiny", sharegpt=0, self_max_new_tokens=4, max_len=prompt.numel() + 3)
+    cut_short = self_generate(model, tokenizer, formatter, [("hello how are you", "tell me a story")], tight)
+    assert cut_short == [chat[0][:2]]
+
+
+def test_sampled_repeats_and_their_config_errors(target):
+    from effrepro.specdec.draft_data import data_key, self_generate
+
+    model, tokenizer, _ = target
+    formatter = ChatFormatter(tokenizer)
+    sampled = DraftDataConfig(target="tiny", sharegpt=0, self_max_new_tokens=6, max_len=128, self_temperature=1.0,
+                              self_repeats=3)
+    out = self_generate(model, tokenizer, formatter, ["hello how are you", ("what is the answer", "why")], sampled)
+    first = [c[1]["content"] for c in out if c[0]["content"] == "hello how are you"]
+    chats = [c for c in out if c[0]["content"] == "what is the answer"]
+    assert len(first) == 3 and len(set(first)) > 1  # three answers, not one repeated
+    assert len(chats) == 3 and all(len(c) == 4 and c[2]["content"] == "why" for c in chats)
+    assert self_generate(model, tokenizer, formatter, ["hello how are you", ("what is the answer", "why")],
+                         sampled) == out  # seeded
+    greedy = DraftDataConfig(target="tiny", sharegpt=0)
+    assert data_key(greedy, model) != data_key(sampled, model)
+    with pytest.raises(UsageError, match="self_temperature"):
+        DraftDataConfig(self_repeats=2)
+    with pytest.raises(UsageError, match="self_repeats"):
+        DraftDataConfig(self_repeats=0, self_temperature=0.7)
+
+
+def test_mtbench_train_chat_prompts_and_extra_data_sources():
+    from effrepro.specdec.draft_data import distillation_prompts
+    from effrepro.specdec.harness import mtbench_split
+    from effrepro.specdec.miniature import parse_extra_data
+
+    train, held = mtbench_split()
+    chats = distillation_prompts([], "mtbench-train-chat")
+    assert chats == [tuple(turn.strip() for turn in q["turns"]) for q in train] and all(len(c) == 2 for c in chats)
+    assert not {tuple(turn.strip() for turn in q["turns"]) for q in held} & set(chats)
+    base = DraftDataConfig(target="smollm2-135m", sharegpt=0, self_generated=784, max_len=1024)
+    greedy, sampled = parse_extra_data(["mtbench-train-chat:0:1:96", "a.txt,corpus:0.7:2:64"], base)
+    assert (greedy.prompts, greedy.self_temperature, greedy.self_repeats, greedy.self_max_new_tokens) == \
+        ("mtbench-train-chat", 0.0, 1, 96)
+    assert (sampled.prompts, sampled.self_temperature, sampled.self_repeats, sampled.max_len) == \
+        ("a.txt,corpus", 0.7, 2, 1024)
+    for bad, message in (("mtbench-train-chat:0.7", "expected"), ("x:0.7:two:96", "expected"),
+                         ("x:0.7:2:0", "MAX_NEW_TOKENS"), ("x:0:2:96", "self_temperature")):
+        with pytest.raises(UsageError, match=message):
+            parse_extra_data([bad], base)
+
+
+@pytest.mark.slow
+def test_smollm2_draft_data_cache_key_is_stable():
+    """Fields added to ``DraftDataConfig`` must not move the keys of existing caches (hours of CPU time): this is
+    the key of the recorded miniature run B (784 self-distilled prompts)."""
+    from effrepro.data import load_target
+    from effrepro.specdec.draft_data import data_key
+
+    model, _ = load_target()
+    config = DraftDataConfig(target="smollm2-135m", sharegpt=0, self_generated=784, self_max_new_tokens=128,
+                             max_len=1024, prompts="mtbench-train,sharegpt,corpus")
+    assert data_key(config, model) == "a30fb8f4f645feb6"

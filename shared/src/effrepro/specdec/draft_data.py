@@ -6,8 +6,10 @@ assistant tokens, their end-of-turn token included). Sources:
 
 * ``sharegpt``: the ShareGPT-format conversations shipped with the assets (``effrepro.data``), as the official
   ``ge_data`` scripts use them (fixed responses, not regenerated);
-* ``self_generated``: the first user turn of conversations answered by the target itself (greedy or sampled), a
-  self-distillation set that matches the draft to the target's own distribution.
+* ``self_generated``: prompts answered by the target itself (greedy or sampled, ``self_repeats`` answers each), a
+  self-distillation set that matches the draft to the target's own distribution. A prompt is one user turn or a
+  sequence of turns (``mtbench-train-chat``): the target answers each turn after its own earlier answers, as the
+  MT-bench evaluation does.
 
 The cache lives under ``effrepro.data.cache_dir()/specdec/draft_data/<hash>``, the hash taken over every setting
 that changes the data (``DraftDataConfig``) and the target's identity, so EAGLE / Jakiro / Gumiho runs on the same
@@ -43,20 +45,28 @@ class DraftDataConfig:
 
     target: str = "smollm2-135m"
     sharegpt: int = 500  # ShareGPT conversations to encode (0 = none)
-    self_generated: int = 0  # first user turns answered by the target itself (self-distillation)
+    self_generated: int = 0  # prompts answered by the target itself (self-distillation); the first N
     max_len: int = 2048
     self_max_new_tokens: int = 256
     self_temperature: float = 0.0
+    self_repeats: int = 1  # answers per prompt; > 1 needs self_temperature > 0 (each answer a fresh sample)
     chat_template: str = "auto"  # "auto" = the tokenizer's template; else an fschat template name
     sharegpt_path: str = ""  # full scale: a local ShareGPT json (e.g. ShareGPT_V4.3_unfiltered_cleaned_split.json)
     feature_dtype: str = "float16"
     seed: int = 42
     # Prompts of the self-generated source, in order: comma-separated items among "sharegpt" (distinct user turns
     # of the ShareGPT pool), "corpus" (instructions over the text corpus), "mtbench-train" (first turns of the
-    # MT-bench questions the held-out evaluation does not use, ``harness.mtbench_split``) and file paths (a .txt
-    # with one prompt a line, a .jsonl of {"prompt"} / {"turns"} rows, or a ShareGPT json: its user turns).
+    # MT-bench questions the held-out evaluation does not use, ``harness.mtbench_split``), "mtbench-train-chat"
+    # (the same questions with both turns, answered turn by turn) and file paths (a .txt with one prompt a line,
+    # a .jsonl of {"prompt"} / {"turns"} rows, or a ShareGPT json: its user turns).
     # "" = "sharegpt,corpus" (the original behaviour, and the original cache keys).
     prompts: str = ""
+
+    def __post_init__(self) -> None:
+        if self.self_repeats < 1:
+            raise UsageError(f"self_repeats must be >= 1, got {self.self_repeats}")
+        if self.self_repeats > 1 and self.self_temperature <= 0:
+            raise UsageError("self_repeats > 1 needs self_temperature > 0: greedy answers would repeat verbatim")
 
 
 class ChatFormatter:
@@ -143,6 +153,8 @@ def data_key(config: DraftDataConfig, model: Any) -> str:
     for key in ("sharegpt_path", "prompts"):  # added later: unset, they keep the keys of existing caches
         if not settings[key]:
             del settings[key]
+    if settings["self_repeats"] == 1:  # added later too
+        del settings["self_repeats"]
     if config.self_generated and config.prompts:  # a prompt file's content, not only its name, keys the data
         settings["prompt_files"] = {item: _file_digest(item) for item in _prompt_items(config.prompts)
                                     if item not in PROMPT_SOURCES}
@@ -177,7 +189,8 @@ def load_sharegpt_file(path: str | os.PathLike) -> list[list[dict]]:
     return conversations
 
 
-PROMPT_SOURCES = ("sharegpt", "corpus", "mtbench-train")
+PROMPT_SOURCES = ("sharegpt", "corpus", "mtbench-train", "mtbench-train-chat")
+Prompt = str | tuple[str, ...]  # one user turn, or the user turns of a conversation answered one after another
 
 
 def _prompt_items(spec: str) -> list[str]:
@@ -215,7 +228,7 @@ def load_prompt_file(path: str | os.PathLike) -> list[str]:
 
 
 def _conversations(model: Any, tokenizer: Any, formatter: ChatFormatter, config: DraftDataConfig,
-                   prompts: list[str] | None = None) -> list[list[dict]]:
+                   prompts: list[Prompt] | None = None) -> list[list[dict]]:
     from effrepro.data import sharegpt_conversations
 
     pool = load_sharegpt_file(config.sharegpt_path) if config.sharegpt_path else sharegpt_conversations()
@@ -244,18 +257,28 @@ def _corpus_prompts() -> list[str]:
     return prompts
 
 
-def distillation_prompts(pool: list[list[dict]], spec: str = "") -> list[str]:
+def _clean_prompt(prompt: Prompt | list[str]) -> Prompt | None:
+    """A stripped single turn, or a tuple of stripped turns (a multi-turn prompt); None when nothing is left."""
+    if isinstance(prompt, str):
+        return prompt.strip() or None
+    turns = tuple(str(turn).strip() for turn in prompt)
+    return turns if turns and all(turns) else None
+
+
+def distillation_prompts(pool: list[list[dict]], spec: str = "") -> list[Prompt]:
     """Prompts for self-distillation, in the order of ``spec`` (``DraftDataConfig.prompts``), duplicates dropped.
 
     ``sharegpt``: the distinct user turns of ``pool``; ``corpus``: instructions over the shipped text corpus
     (``effrepro.data.text_corpus``: Python docs), alternating "explain" and "summarize"; ``mtbench-train``: the
     first turns of the 72 MT-bench questions that ``harness.mtbench_split`` does not hold out (never the evaluated
-    ones); a path: ``load_prompt_file``. The embedded ShareGPT set is FastChat's identity/dummy conversations (a
-    few dozen distinct questions), so at smoke scale the corpus and MT-bench-train prompts carry the diversity.
+    ones); ``mtbench-train-chat``: those questions with both turns (a tuple each, answered turn by turn); a path:
+    ``load_prompt_file``. The embedded ShareGPT set is FastChat's identity/dummy conversations (a few dozen
+    distinct questions), so at smoke scale the corpus and MT-bench-train prompts carry the diversity.
     """
-    seen: set[str] = set()
-    prompts = []
+    seen: set[Prompt] = set()
+    prompts: list[Prompt] = []
     for item in _prompt_items(spec):
+        batch: list[Any]
         if item == "sharegpt":
             batch = [m["content"] for c in pool for m in c if m["role"] == "user"]
         elif item == "corpus":
@@ -264,12 +287,16 @@ def distillation_prompts(pool: list[list[dict]], spec: str = "") -> list[str]:
             from effrepro.specdec.harness import mtbench_split
 
             batch = [q["turns"][0] for q in mtbench_split()[0]]
+        elif item == "mtbench-train-chat":
+            from effrepro.specdec.harness import mtbench_split
+
+            batch = [tuple(q["turns"]) for q in mtbench_split()[0]]
         else:
             _file_digest(item)
             batch = load_prompt_file(item)
-        for text in batch:
-            text = text if item == "corpus" else text.strip()  # corpus prompts verbatim (the original lists)
-            if text.strip() and text not in seen:
+        for raw in batch:
+            text = raw if item == "corpus" and raw.strip() else _clean_prompt(raw)  # corpus verbatim (old keys)
+            if text is not None and text not in seen:
                 seen.add(text)
                 prompts.append(text)
     return prompts
@@ -281,54 +308,76 @@ def _prompts(pool: list[list[dict]], count: int) -> list[str]:
 
 
 @torch.no_grad()
-def self_generate(model: Any, tokenizer: Any, formatter: ChatFormatter, pool: list[list[dict]] | list[str],
+def self_generate(model: Any, tokenizer: Any, formatter: ChatFormatter, pool: list[list[dict]] | list[Prompt],
                   config: DraftDataConfig, batch_size: int = 32) -> list[list[dict]]:
     """The target's own answers (batched ``transformers`` generate, greedy unless ``config.self_temperature``).
 
-    ``pool``: a list of prompt strings (all answered), or conversations whose ``distillation_prompts`` (the
-    default spec, first ``config.self_generated``) are answered.
+    ``pool``: a list of prompts (all answered, ``config.self_repeats`` times each), or conversations whose
+    ``distillation_prompts`` (the default spec, first ``config.self_generated``) are answered. A multi-turn prompt
+    is answered turn by turn, each turn after the target's own earlier answers; its conversation ends early where
+    an answer is empty or the next turn would not fit ``max_len``. Conversations come back in the order their
+    first turns were generated (shortest prompt first), which keeps the caches of single-turn data unchanged.
     """
     from effrepro.specdec.generate import stop_tokens
 
-    if pool and all(isinstance(item, str) for item in pool):
-        prompts = [str(item) for item in pool if str(item).strip()]
+    if pool and all(isinstance(item, str | tuple) for item in pool):
+        prompts = [p for p in (_clean_prompt(item) for item in pool) if p is not None]
     else:
         prompts = _prompts(pool, config.self_generated)
-    encoded = [(text, formatter.prompt_ids([{"role": "user", "content": text}])) for text in prompts]
-    encoded = [(t, ids) for t, ids in encoded if ids.numel() + config.self_max_new_tokens <= config.max_len]
-    encoded.sort(key=lambda item: item[1].numel())
+    jobs = [(p,) if isinstance(p, str) else p for p in prompts for _ in range(config.self_repeats)]
+    conversations: list[list[dict]] = [[] for _ in jobs]
+    first_order: list[int] = []
     stops = list(stop_tokens(model, tokenizer))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else 0)
-    device = model.get_input_embeddings().weight.device
-    sampling = config.self_temperature > 0
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(config.seed)
-    out = []
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start:start + batch_size]
-        width = max(ids.numel() for _, ids in chunk)
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        attention = torch.zeros(len(chunk), width, dtype=torch.long)
-        for row, (_, ids) in enumerate(chunk):  # left padding
-            input_ids[row, width - ids.numel():] = ids
-            attention[row, width - ids.numel():] = 1
-        generated = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention.to(device),
-            max_new_tokens=config.self_max_new_tokens, do_sample=sampling,
-            temperature=config.self_temperature if sampling else None, top_p=None, top_k=None,
-            eos_token_id=stops or None, pad_token_id=pad,
-        )[:, width:].cpu()
-        for (text, _), row in zip(chunk, generated, strict=True):
-            answer_ids = []
-            for token in row.tolist():
-                if token in stops:
-                    break
-                answer_ids.append(token)
-            answer = tokenizer.decode(answer_ids, skip_special_tokens=True)
-            if answer.strip():
-                out.append([{"role": "user", "content": text}, {"role": "assistant", "content": answer}])
-    torch.random.set_rng_state(generator_state)
-    return out
+    try:
+        for turn in range(max((len(turns) for turns in jobs), default=0)):
+            pending = []
+            for index, turns in enumerate(jobs):
+                if turn >= len(turns) or len(conversations[index]) != 2 * turn:  # done, or ended at an earlier turn
+                    continue
+                messages = conversations[index] + [{"role": "user", "content": turns[turn]}]
+                ids = formatter.prompt_ids(messages)
+                if ids.numel() + config.self_max_new_tokens <= config.max_len:
+                    pending.append((index, messages, ids))
+            pending.sort(key=lambda item: item[2].numel())
+            if turn == 0:
+                first_order = [index for index, _, _ in pending]
+            for start in range(0, len(pending), batch_size):
+                chunk = pending[start:start + batch_size]
+                answers = _generate_answers(model, [ids for _, _, ids in chunk], config, stops, pad)
+                for (index, messages, _), answer_ids in zip(chunk, answers, strict=True):
+                    answer = tokenizer.decode(answer_ids, skip_special_tokens=True)
+                    if answer.strip():
+                        conversations[index] = messages + [{"role": "assistant", "content": answer}]
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return [conversations[index] for index in first_order if conversations[index]]
+
+
+def _generate_answers(model: Any, prompts: list[torch.Tensor], config: DraftDataConfig, stops: list[int],
+                      pad: int) -> list[list[int]]:
+    """One batched ``generate`` over left-padded prompts; each answer's ids up to (without) its stop token."""
+    width = max(ids.numel() for ids in prompts)
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    attention = torch.zeros(len(prompts), width, dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        input_ids[row, width - ids.numel():] = ids
+        attention[row, width - ids.numel():] = 1
+    device = model.get_input_embeddings().weight.device
+    sampling = config.self_temperature > 0
+    generated = model.generate(
+        input_ids=input_ids.to(device), attention_mask=attention.to(device),
+        max_new_tokens=config.self_max_new_tokens, do_sample=sampling,
+        temperature=config.self_temperature if sampling else None, top_p=None, top_k=None,
+        eos_token_id=stops or None, pad_token_id=pad,
+    )[:, width:].cpu()
+    answers = []
+    for row in generated.tolist():
+        cut = next((i for i, token in enumerate(row) if token in stops), len(row))
+        answers.append(row[:cut])
+    return answers
 
 
 @torch.no_grad()
@@ -340,7 +389,7 @@ def encode_features(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def generate_draft_data(model: Any, tokenizer: Any, config: DraftDataConfig, cache_root: Path | None = None,
-                        progress: bool = True, prompts: list[str] | None = None) -> Path:
+                        progress: bool = True, prompts: list[Prompt] | None = None) -> Path:
     """Encode the conversations with the target and store one ``.pt`` per sample; returns the (cached) folder.
 
     ``prompts``: an explicit prompt list for the self-generated source (the first ``config.self_generated``
@@ -351,7 +400,8 @@ def generate_draft_data(model: Any, tokenizer: Any, config: DraftDataConfig, cac
     root = Path(cache_root) if cache_root is not None else cache_dir() / "specdec" / "draft_data"
     key = data_key(config, model)
     if prompts is not None:
-        prompts = [p.strip() for p in prompts if p and p.strip()][: config.self_generated or None]
+        cleaned = (_clean_prompt(p) for p in prompts if p)
+        prompts = [p for p in cleaned if p is not None][: config.self_generated or None]
         if not prompts:
             raise UsageError("the prompt list is empty; give at least one non-empty prompt")
         key = hashlib.sha256(json.dumps([key, prompts]).encode()).hexdigest()[:16]
@@ -393,7 +443,7 @@ def generate_draft_data(model: Any, tokenizer: Any, config: DraftDataConfig, cac
 
 
 def draft_data_folders(model: Any, tokenizer: Any, config: DraftDataConfig, cache_root: Path | None = None,
-                       progress: bool = True, prompts: list[str] | None = None) -> list[Path]:
+                       progress: bool = True, prompts: list[Prompt] | None = None) -> list[Path]:
     """One cached folder per source (ShareGPT, self-generated), so each is reused by any run that needs it.
 
     ``prompts``: an explicit prompt list for the self-generated source (else ``config.prompts``)."""
@@ -401,7 +451,7 @@ def draft_data_folders(model: Any, tokenizer: Any, config: DraftDataConfig, cach
     defaults = DraftDataConfig()
     if config.sharegpt:  # the self-generation settings do not change this source: keep them out of its key
         sharegpt_only = replace(config, self_generated=0, self_max_new_tokens=defaults.self_max_new_tokens,
-                                self_temperature=defaults.self_temperature, prompts="")
+                                self_temperature=defaults.self_temperature, self_repeats=1, prompts="")
         folders.append(generate_draft_data(model, tokenizer, sharegpt_only, cache_root, progress))
     if config.self_generated or prompts is not None:
         folders.append(generate_draft_data(model, tokenizer, replace(config, sharegpt=0), cache_root, progress,

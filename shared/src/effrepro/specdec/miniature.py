@@ -96,12 +96,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            self_max_new_tokens=args.self_max_new_tokens, max_len=args.max_len,
                            prompts=args.prompts)
     folders = draft_data_folders(model, tokenizer, data, progress=args.progress)
+    for extra in parse_extra_data(args.extra_data, data):
+        folders += draft_data_folders(model, tokenizer, extra, progress=args.progress)
     walls["data_s"] = time.perf_counter() - t0
     loads = {"after_data": os.getloadavg()}  # 1/5/15-min load: ~1-2 on a quiet 2-core machine running this alone
     metas = [json.loads((f / "meta.json").read_text()) for f in folders]
 
     t0 = time.perf_counter()
     head = build_eagle_head(model.config, model.get_input_embeddings().weight)
+    if args.init_head:  # continued training: start from a trained head (checked against this target)
+        from effrepro.specdec.eagle import head_from_checkpoint
+        from effrepro.train import load_checkpoint
+
+        head = head_from_checkpoint(load_checkpoint(args.init_head, required=("config", "state_dict")),
+                                    model.get_input_embeddings().weight)
     lm_head = model.get_output_embeddings().weight.detach().float()
     probe = HeadTrainConfig(epochs=1, batch_size=args.batch_size, lr=args.lr, max_len=args.max_len,
                             holdout=args.holdout)
@@ -148,6 +156,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def parse_extra_data(specs: list[str], base: Any) -> list[Any]:
+    """``--extra-data PROMPTS:TEMPERATURE:REPEATS:MAX_NEW_TOKENS`` -> one more self-generated source each (all of
+    its prompts answered), with the rest of ``base`` (target, ``max_len``...)."""
+    from dataclasses import replace
+
+    sources = []
+    for spec in specs:
+        parts = spec.rsplit(":", 3)
+        try:
+            prompts, temperature, repeats, new_tokens = parts[0], float(parts[1]), int(parts[2]), int(parts[3])
+        except (IndexError, ValueError):
+            raise UsageError(f"--extra-data {spec!r}: expected PROMPTS:TEMPERATURE:REPEATS:MAX_NEW_TOKENS, e.g. "
+                             "mtbench-train-chat:0.7:2:96") from None
+        if new_tokens < 1:
+            raise UsageError(f"--extra-data {spec!r}: MAX_NEW_TOKENS must be >= 1")
+        sources.append(replace(base, sharegpt=0, self_generated=1_000_000, prompts=prompts,
+                               self_temperature=temperature, self_repeats=repeats, self_max_new_tokens=new_tokens))
+    return sources
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m effrepro.specdec.miniature", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
@@ -156,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sharegpt", type=int, default=0, help="fixed-answer ShareGPT conversations as well")
     parser.add_argument("--self-generated", type=int, default=256)
     parser.add_argument("--self-max-new-tokens", type=int, default=128)
+    parser.add_argument("--extra-data", action="append", default=[], metavar="PROMPTS:T:REPEATS:MAX_NEW",
+                        help="one more self-generated source (all its prompts; T > 0 samples REPEATS answers each)")
+    parser.add_argument("--init-head", default="", help="continue training from this head.pt")
     parser.add_argument("--max-len", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
