@@ -150,6 +150,8 @@ def test_eval_harness_and_cli(target, tmp_path, monkeypatch, capsys):
     assert "tokens" in capsys.readouterr().out
     with pytest.raises(UsageError, match="empty prompt"):
         main(["generate", "--target", str(folder), "--head", str(out / "head.pt"), "--prompt", " "])
+    with pytest.raises(UsageError, match="self_temperature"):
+        main(["data", "--target", str(folder), "--sharegpt", "0", "--self-generated", "2", "--self-repeats", "2"])
 
 
 def test_last_checkpoint_leaves_out_frozen_parts_and_resume_equals_a_straight_run(target, tmp_path):

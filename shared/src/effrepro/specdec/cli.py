@@ -38,12 +38,15 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sharegpt", type=int, default=500, help="ShareGPT conversations to encode")
     parser.add_argument("--self-generated", type=int, default=0, help="prompts answered by the target itself")
     parser.add_argument("--self-max-new-tokens", type=int, default=256)
+    parser.add_argument("--self-temperature", type=float, default=0.0, help="> 0: sampled answers, not greedy")
+    parser.add_argument("--self-repeats", type=int, default=1, help="answers per prompt (needs --self-temperature)")
     parser.add_argument("--max-len", type=int, default=2048)
     parser.add_argument("--sharegpt-path", default=os.environ.get("EFFREPRO_SHAREGPT", ""),
                         help="full scale: a local ShareGPT json instead of the embedded dummy conversations")
     parser.add_argument("--prompts", default="",
                         help="self-generated prompts, comma-separated, in order: sharegpt, corpus, mtbench-train "
-                             "(MT-bench minus the held-out eval questions) and/or prompt files (.txt one a line, "
+                             "(MT-bench minus the held-out eval questions), mtbench-train-chat (both turns) "
+                             "and/or prompt files (.txt one a line, "
                              ".jsonl, ShareGPT .json); default sharegpt,corpus")
 
 
@@ -113,7 +116,8 @@ def _data_config(args: argparse.Namespace) -> Any:
     return DraftDataConfig(target=str(args.target), sharegpt=args.sharegpt, self_generated=args.self_generated,
                            self_max_new_tokens=args.self_max_new_tokens, max_len=args.max_len,
                            chat_template=args.chat_template, sharegpt_path=args.sharegpt_path,
-                           prompts=args.prompts)
+                           prompts=args.prompts, self_temperature=args.self_temperature,
+                           self_repeats=args.self_repeats)
 
 
 def _tree(args: argparse.Namespace) -> Any:
