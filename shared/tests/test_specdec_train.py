@@ -325,6 +325,7 @@ def test_smollm2_draft_data_cache_key_is_stable():
     from effrepro.specdec.draft_data import data_key
 
     model, _ = load_target()
+    model.config._name_or_path = "/root/.cache/effrepro/models/smollm2-135m"  # the recorded run's cache path
     config = DraftDataConfig(target="smollm2-135m", sharegpt=0, self_generated=784, self_max_new_tokens=128,
                              max_len=1024, prompts="mtbench-train,sharegpt,corpus")
     assert data_key(config, model) == "a30fb8f4f645feb6"
