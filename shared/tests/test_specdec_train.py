@@ -150,6 +150,11 @@ def test_eval_harness_and_cli(target, tmp_path, monkeypatch, capsys):
     assert "tokens" in capsys.readouterr().out
     with pytest.raises(UsageError, match="empty prompt"):
         main(["generate", "--target", str(folder), "--head", str(out / "head.pt"), "--prompt", " "])
+    from effrepro.specdec.eagle import read_eagle_head  # --init-head: the same weights, fp32 and trainable
+
+    start = read_eagle_head(out / "head.pt", model.get_input_embeddings().weight)
+    loaded = load_eagle_head(out / "head.pt", adapter)
+    assert start.fc.weight.requires_grad and torch.equal(start.fc.weight, loaded.fc.weight.float())
     with pytest.raises(UsageError, match="self_temperature"):
         main(["data", "--target", str(folder), "--sharegpt", "0", "--self-generated", "2", "--self-repeats", "2"])
 

@@ -209,15 +209,19 @@ def head_from_checkpoint(state: dict[str, Any], embed_weight: torch.Tensor) -> E
 
 
 # ----- the EAGLE-2 baseline as functions (jakiro / gumiho reproduce runs call these) -----
-def load_eagle_head(path: str | Path, target: TargetAdapter) -> EagleHead:
-    """A trained EAGLE head from ``head.pt``, checked against ``target`` and cast to its device and dtype."""
+def read_eagle_head(path: str | Path, embed_weight: torch.Tensor) -> EagleHead:
+    """A trained EAGLE head from ``head.pt`` (fp32, trainable), checked against the target's embedding."""
     from effrepro.train import load_checkpoint
 
     state = load_checkpoint(path, required=("config", "state_dict"))
     if state.get("method", "EagleHead") != "EagleHead":
         raise UsageError(f"{path} holds a {state['method']} head, not an EAGLE head; load it with its project")
-    head = head_from_checkpoint(state, target.embed_weight)
-    return head.to(target.device, target.dtype).eval()
+    return head_from_checkpoint(state, embed_weight)
+
+
+def load_eagle_head(path: str | Path, target: TargetAdapter) -> EagleHead:
+    """A trained EAGLE head from ``head.pt``, checked against ``target`` and cast to its device and dtype."""
+    return read_eagle_head(path, target.embed_weight).to(target.device, target.dtype).eval()
 
 
 def eagle_factory(head: EagleHead, tree: TreeConfig) -> Callable[[TargetAdapter], EagleProposer]:

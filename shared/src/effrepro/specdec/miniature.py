@@ -77,7 +77,7 @@ def _time_steps(head: Any, lm_head: torch.Tensor, folders: list[Path], train: An
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from effrepro.data import load_target
     from effrepro.specdec.draft_data import DraftDataConfig, draft_data_folders
-    from effrepro.specdec.eagle import build_eagle_head, eagle_factory, eval_eagle
+    from effrepro.specdec.eagle import build_eagle_head, eagle_factory, eval_eagle, read_eagle_head
     from effrepro.specdec.harness import EvalConfig
     from effrepro.specdec.protocol import TreeConfig
     from effrepro.specdec.target import TargetAdapter
@@ -103,13 +103,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     metas = [json.loads((f / "meta.json").read_text()) for f in folders]
 
     t0 = time.perf_counter()
-    head = build_eagle_head(model.config, model.get_input_embeddings().weight)
-    if args.init_head:  # continued training: start from a trained head (checked against this target)
-        from effrepro.specdec.eagle import head_from_checkpoint
-        from effrepro.train import load_checkpoint
-
-        head = head_from_checkpoint(load_checkpoint(args.init_head, required=("config", "state_dict")),
-                                    model.get_input_embeddings().weight)
+    embed = model.get_input_embeddings().weight
+    # --init-head: continued training from a trained head (checked against this target)
+    head = read_eagle_head(args.init_head, embed) if args.init_head else build_eagle_head(model.config, embed)
     lm_head = model.get_output_embeddings().weight.detach().float()
     probe = HeadTrainConfig(epochs=1, batch_size=args.batch_size, lr=args.lr, max_len=args.max_len,
                             holdout=args.holdout)
@@ -156,6 +152,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+ALL_PROMPTS = 1_000_000  # ``self_generated`` of an --extra-data source: every prompt (0 would mean no source)
+
+
 def parse_extra_data(specs: list[str], base: Any) -> list[Any]:
     """``--extra-data PROMPTS:TEMPERATURE:REPEATS:MAX_NEW_TOKENS`` -> one more self-generated source each (all of
     its prompts answered), with the rest of ``base`` (target, ``max_len``...)."""
@@ -171,7 +170,7 @@ def parse_extra_data(specs: list[str], base: Any) -> list[Any]:
                              "mtbench-train-chat:0.7:2:96") from None
         if new_tokens < 1:
             raise UsageError(f"--extra-data {spec!r}: MAX_NEW_TOKENS must be >= 1")
-        sources.append(replace(base, sharegpt=0, self_generated=1_000_000, prompts=prompts,
+        sources.append(replace(base, sharegpt=0, self_generated=ALL_PROMPTS, prompts=prompts,
                                self_temperature=temperature, self_repeats=repeats, self_max_new_tokens=new_tokens))
     return sources
 
