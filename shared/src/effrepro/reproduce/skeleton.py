@@ -1,0 +1,336 @@
+"""The reproduce skeleton every paper uses.
+
+A paper declares a :class:`Reproduction`: its plans (``smoke`` / ``tiny`` / ``full``, instances of one
+:class:`Plan` dataclass), a declarative table of :class:`ClaimSpec` and :class:`FactSpec`, and one function
+``run(plan, ctx) -> Results`` that holds its experiment only. The skeleton owns the rest: argument parsing
+(``--scale``, ``--tiny``, ``--out``, ``--threads``, ``--stages``, ``--set key=value``, ``--no-resume``,
+``--prepare``), the output folder (checked before any work), threads, per-stage wall times, the metrics log,
+resumable per-stage caches, turning estimates into claims with verdicts, the claims / report / env writers, and
+merging a partial-stage run (e.g. ``--stages det``) into an earlier full one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from effrepro.errors import UsageError
+from effrepro.report import (
+    Claim,
+    Fact,
+    atomic_write_text,
+    claims_document,
+    environment,
+    read_claims,
+    write_report,
+)
+from effrepro.stats import Estimate, Expectation
+
+SCALES = ("smoke", "full")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """What every plan has; a paper subclasses it with its experiment's knobs (seeds, epochs, sizes...).
+
+    ``name`` is ``smoke``, ``tiny`` (smoke's code path with a tiny budget, for tests) or ``full``; ``stages`` the
+    stages to run (a paper with several declares them in :attr:`Reproduction.stages`); ``threads`` the torch
+    threads (``None``: 2 on a quiet machine, 1 when other processes share the cores, where OpenMP spinning makes
+    two threads slower than one).
+    """
+
+    name: str = "smoke"
+    stages: tuple[str, ...] = ("main",)
+    threads: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClaimSpec:
+    """One row of a paper's claims table: what is measured, the paper's value and what would confirm it."""
+
+    id: str
+    description: str
+    paper: float | None
+    unit: str
+    baseline: str
+    expect: str
+    headline: bool = False
+
+    def __post_init__(self) -> None:
+        Expectation.parse(self.expect)
+
+    def claim(self, estimate: Estimate, **details: Any) -> Claim:
+        return Claim.from_estimate(estimate, id=self.id, description=self.description, paper=self.paper,
+                                   unit=self.unit, baseline=self.baseline, expect=self.expect, headline=self.headline,
+                                   details=details)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FactSpec:
+    """One row of a paper's facts table (fixed by construction, or reported without a test)."""
+
+    id: str
+    description: str
+    unit: str = ""
+    paper: float | None = None
+    exact: bool = True
+
+    def fact(self, value: Any, **details: Any) -> Fact:
+        return Fact(id=self.id, description=self.description, value=value, unit=self.unit, paper=self.paper,
+                    exact=self.exact, details=details)
+
+
+@dataclass
+class Results:
+    """What a paper's ``run`` returns: estimates by claim id, fact values by fact id (a ``(value, details)``
+    pair where details help), markdown for the report, plot paths inside the output folder."""
+
+    estimates: dict[str, Estimate] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+    tables_md: str = ""
+    notes_md: str = ""
+    plots: list[Path] = field(default_factory=list)
+
+
+class Context:
+    """Handed to a paper's ``run``: the output folders, the metrics log, stage timing and resumable caches."""
+
+    def __init__(self, paper: str, plan: Plan, out: Path, resume: bool = True) -> None:
+        from effrepro.train import MetricsLogger
+
+        self.paper, self.plan, self.out, self.resume = paper, plan, out, resume
+        self.runs = out / "runs"
+        self.runs.mkdir(parents=True, exist_ok=True)
+        self.log = MetricsLogger(out / "metrics.jsonl")
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage (seconds accumulate under ``name`` in env.json) and say when it starts and ends."""
+        print(f"[{self.paper}] {name} ...", flush=True)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            self.timings[name] = self.timings.get(name, 0.0) + seconds
+            print(f"[{self.paper}] {name} done in {seconds:.0f} s", flush=True)
+
+    def cached(self, name: str, compute: Callable[[], Any], key: Any = None) -> Any:
+        """``compute()``'s JSON-able result, stored atomically as ``runs/<name>.json`` with ``key`` (the settings
+        that produced it). A later run with the same key reuses it (resume); a different key, an unreadable file
+        or ``--no-resume`` recomputes."""
+        path = self.runs / f"{name}.json"
+        key = json.loads(json.dumps(key, default=str))
+        if self.resume and path.is_file():
+            try:
+                stored = json.loads(path.read_text())
+                if stored.get("key") == key and "value" in stored:
+                    print(f"[{self.paper}] {name}: reusing {path}", flush=True)
+                    return stored["value"]
+            except (OSError, ValueError):
+                print(f"[{self.paper}] {name}: {path} is unreadable; recomputing", flush=True)
+        value = compute()
+        atomic_write_text(path, json.dumps({"key": key, "value": value}, default=_json_plain))
+        return json.loads(json.dumps(value, default=_json_plain))
+
+
+def _json_plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+def default_threads() -> int:
+    """2 threads on a quiet machine with 2+ cores, else 1 (``EFFREPRO_THREADS`` overrides)."""
+    if os.environ.get("EFFREPRO_THREADS"):
+        return int(os.environ["EFFREPRO_THREADS"])
+    quiet = os.getloadavg()[0] < 1.0
+    return min(2, os.cpu_count() or 1) if quiet else 1
+
+
+def apply_overrides(plan: Plan, overrides: Sequence[str]) -> Plan:
+    """``key=value`` overrides of plan fields (values parsed as YAML; lists become tuples). Unknown keys and
+    values of the wrong type are one clear error."""
+    fields = {f.name: f for f in dataclasses.fields(plan)}
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or key not in fields:
+            raise UsageError(f"--set {item!r}: use key=value with a key of {type(plan).__name__}: "
+                             f"{', '.join(sorted(fields))}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise UsageError(f"--set {item!r}: the value is not valid YAML") from None
+        current = getattr(plan, key)
+        if isinstance(value, list):
+            value = tuple(value)
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if current is not None and value is not None and not isinstance(value, type(current)):
+            raise UsageError(f"--set {item!r}: {key} is a {type(current).__name__}, got {type(value).__name__}")
+        changes[key] = value
+    return dataclasses.replace(plan, **changes)
+
+
+def check_output_dir(path: Path) -> Path:
+    """The output folder must be creatable and writable: checked before any work, one ``error:`` line if not."""
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--out {path}: {existing} is a file, not a folder; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path}: {existing} is not writable; choose another --out")
+    return path
+
+
+@dataclass(kw_only=True)
+class Reproduction:
+    """A paper's reproduction, declared: see the module docstring."""
+
+    paper: str
+    title: str
+    paper_table: str
+    plans: Mapping[str, Plan]
+    claims: Sequence[ClaimSpec]
+    run: Callable[[Plan, Context], Results]
+    facts: Sequence[FactSpec] = ()
+    stages: tuple[str, ...] = ("main",)
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    configure: Callable[[Plan, argparse.Namespace], Plan] | None = None
+    prepare: Callable[[Plan, Context], None] | None = None
+
+    def __post_init__(self) -> None:
+        ids = [s.id for s in self.claims] + [s.id for s in self.facts]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"{self.paper}: duplicate claim/fact ids {duplicates}")
+
+    # ---- command line ------------------------------------------------------------------------------------------
+    def parser(self) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(prog=f"{self.paper} reproduce", description=self.title)
+        parser.add_argument("--scale", default="smoke", help=f"one of {', '.join(SCALES)} (default smoke)")
+        parser.add_argument("--tiny", action="store_true", help="smoke's code path with a tiny budget (tests)")
+        parser.add_argument("--out", default=None, help=f"output folder (default results/{self.paper}/<scale>)")
+        parser.add_argument("--threads", type=int, default=None, help="torch threads (default: 2 if quiet, else 1)")
+        parser.add_argument("--stages", default=None, help=f"comma list of {', '.join(self.stages)} (default all)")
+        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a field of the plan (repeatable)")
+        parser.add_argument("--no-resume", action="store_true", help="recompute every cached stage")
+        parser.add_argument("--prepare", action="store_true", help="only build the cached prerequisites")
+        if self.add_arguments is not None:
+            self.add_arguments(parser)
+        return parser
+
+    def plan_from_args(self, args: argparse.Namespace) -> Plan:
+        if args.scale not in SCALES:
+            raise UsageError(f"unknown scale {args.scale!r}; use one of {', '.join(SCALES)}")
+        name = "tiny" if args.tiny else args.scale
+        if args.tiny and args.scale != "smoke":
+            raise UsageError("--tiny is a smoke-scale budget; drop --scale full or --tiny")
+        if name not in self.plans:
+            raise UsageError(f"{self.paper} has no {name} plan; use one of {', '.join(self.plans)}")
+        plan = apply_overrides(self.plans[name], args.overrides)
+        if args.stages is not None:
+            stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+            unknown = [s for s in stages if s not in self.stages]
+            if unknown or not stages:
+                raise UsageError(f"--stages {args.stages!r}: use a comma list of {', '.join(self.stages)}")
+            plan = dataclasses.replace(plan, stages=stages)
+        if args.threads is not None:
+            if args.threads < 1:
+                raise UsageError("--threads must be at least 1")
+            plan = dataclasses.replace(plan, threads=args.threads)
+        if self.configure is not None:
+            plan = self.configure(plan, args)
+        return plan
+
+    def main(self, argv: list[str] | None = None) -> int:
+        args = self.parser().parse_args(argv)
+        plan = self.plan_from_args(args)
+        scale = "full" if plan.name == "full" else "smoke"
+        out = check_output_dir(Path(args.out) if args.out else Path(os.environ.get("EFFREPRO_RESULTS", "results"))
+                               / self.paper / scale)
+        if args.prepare:
+            if self.prepare is None:
+                print(f"[{self.paper}] nothing to prepare: this reproduction has no shared prerequisites")
+                return 0
+            self.prepare(plan, Context(self.paper, plan, out, resume=True))
+            return 0
+        self.execute(plan, out, resume=not args.no_resume)
+        return 0
+
+    # ---- running ----------------------------------------------------------------------------------------------
+    def execute(self, plan: Plan, out: Path, resume: bool = True) -> dict[str, Any]:
+        """Run ``plan`` into ``out``: claims.json, report.md, env.json, metrics.jsonl; returns the claims document."""
+        import torch
+
+        threads = plan.threads or default_threads()
+        torch.set_num_threads(threads)
+        out.mkdir(parents=True, exist_ok=True)
+        ctx = Context(self.paper, plan, out, resume)
+        load_start, started = os.getloadavg()[0], time.time()
+        print(f"[{self.paper}] plan {plan.name}, stages {','.join(plan.stages)}, {threads} thread(s) -> {out}",
+              flush=True)
+        results = self.run(plan, ctx)
+        claims, facts = self.assemble(results)
+        partial = set(plan.stages) != set(self.stages) and plan.name != "tiny"
+        if partial and (out / "claims.json").is_file():
+            claims, facts = _merge(read_claims(out / "claims.json"), claims, facts)
+        document = claims_document(claims, facts)
+        env = {"paper": self.paper, "plan": plan.name, "stages": list(plan.stages), **environment(),
+               "torch_threads": threads, "wall_seconds": round(time.time() - started, 1),
+               "stage_seconds": {k: round(v, 1) for k, v in ctx.timings.items()},
+               "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+               "plan_fields": json.loads(json.dumps(dataclasses.asdict(plan), default=str))}
+        atomic_write_text(out / "claims.json", json.dumps(document, indent=2) + "\n")
+        atomic_write_text(out / "env.json", json.dumps(env, indent=2) + "\n")
+        notes = "\n\n".join(part for part in (results.tables_md, results.notes_md) if part.strip())
+        write_report(out, self.title, self.paper_table, document["claims"], document["facts"], notes,
+                     results.plots, env={k: v for k, v in env.items() if k != "plan_fields"})
+        counts = {v: sum(c["verdict"] == v for c in document["claims"]) for v in ("holds", "fails", "inconclusive")}
+        print(f"[{self.paper}] wrote {out / 'claims.json'}: {counts['holds']} hold, {counts['fails']} fail, "
+              f"{counts['inconclusive']} inconclusive; {len(document['facts'])} facts", flush=True)
+        return document
+
+    def assemble(self, results: Results) -> tuple[list[Claim], list[Fact]]:
+        """Claims and facts in table order from a run's estimates; an id the tables do not declare is a bug."""
+        claim_specs = {s.id: s for s in self.claims}
+        fact_specs = {s.id: s for s in self.facts}
+        unknown = sorted(set(results.estimates) - set(claim_specs)) + sorted(set(results.facts) - set(fact_specs))
+        if unknown:
+            raise ValueError(f"{self.paper}: run returned ids missing from the claims/facts tables: {unknown}")
+        claims = [spec.claim(results.estimates[spec.id]) for spec in self.claims if spec.id in results.estimates]
+        facts = []
+        for spec in self.facts:
+            if spec.id in results.facts:
+                value = results.facts[spec.id]
+                value, details = value if isinstance(value, tuple) else (value, {})
+                facts.append(spec.fact(value, **details))
+        return claims, facts
+
+
+def _merge(previous: dict[str, Any], claims: list[Claim], facts: list[Fact]) -> tuple[list[Any], list[Any]]:
+    """A partial-stage run replaces the entries it produced and keeps the earlier run's others."""
+    new_ids = {c.id for c in claims} | {f.id for f in facts}
+    kept_claims = [c for c in previous["claims"] if c["id"] not in new_ids]
+    kept_facts = [f for f in previous["facts"] if f["id"] not in new_ids]
+    return kept_claims + [c.as_dict() for c in claims], kept_facts + [f.as_dict() for f in facts]
+

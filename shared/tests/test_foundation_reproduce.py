@@ -1,0 +1,283 @@
+"""The reproduce skeleton, intervals and verdicts, the claims schema, README generation, compare and promote."""
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from effrepro import stats
+from effrepro.errors import UsageError
+from effrepro.papers import PAPERS
+from effrepro.report import Claim, Fact, read_claims, validate_claims, write_claims
+from effrepro.reproduce import ClaimSpec, FactSpec, Plan, Reproduction, Results
+from effrepro.reproduce import summary as summary_mod
+from effrepro.reproduce.summary import BEGIN, END, compare, promote, readme_updates
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ---- intervals and verdicts ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("ci", "expect", "verdict"),
+    [((1.1, 1.3), ">= 1.0", "holds"), ((0.8, 0.95), ">= 1.0", "fails"), ((0.9, 1.2), ">= 1.0", "inconclusive"),
+     ((-3, -1), "< 0", "holds"), ((0.1, 0.2), "<= 0", "fails"), ((0.95, 1.05), "between 0.9 1.1", "holds"),
+     ((1.2, 1.3), "between 0.9 1.1", "fails"), ((1.0, 1.2), "between 0.9 1.1", "inconclusive"),
+     ((math.nan, math.nan), ">= 0", "inconclusive"), ((1.0, 1.0), "> 1.0", "fails")],
+)
+def test_verdict_of_an_interval(ci, expect, verdict):
+    assert stats.verdict(ci, expect) == verdict
+
+
+def test_exact_comparisons_are_not_claims():
+    with pytest.raises(ValueError, match="exact values"):
+        stats.verdict((1, 1), "== 1")
+    with pytest.raises(ValueError, match="cannot parse"):
+        stats.verdict((1, 1), "at least 1")
+
+
+def test_t_interval_known_value():
+    est = stats.mean_ci([1.0, 2.0, 3.0])
+    half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t_{0.975, 2} * sd / sqrt(n)
+    assert est.value == 2.0 and est.n == 3
+    assert est.ci == pytest.approx((2.0 - half, 2.0 + half))
+
+
+def test_single_value_is_undecidable():
+    est = stats.mean_ci([1.0])
+    assert est.n == 1 and all(math.isnan(v) for v in est.ci)
+    assert stats.verdict(est.ci, ">= 0") == "inconclusive"
+
+
+def test_paired_diff_uses_pairs_not_arms():
+    # a large seed effect shared by both arms: unpaired it would swamp the 1-point gain, paired it does not
+    base = np.array([60.0, 70.0, 80.0, 65.0, 75.0])
+    est = stats.paired_diff(base + 1.0 + np.array([0.1, -0.1, 0.05, -0.05, 0.0]), base)
+    assert est.value == pytest.approx(1.0)
+    assert est.ci[0] > 0.8 and est.ci[1] < 1.2
+
+
+def test_bootstrap_ratio_is_seeded_and_brackets_the_value():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(2.0, 0.1, 30), rng.normal(1.0, 0.1, 30)
+    first, second = stats.paired_ratio(a, b), stats.paired_ratio(a, b)
+    assert first.ci == second.ci
+    assert first.ci[0] < first.value < first.ci[1] and first.ci[0] > 1.7
+
+
+def test_n_to_decide_grows_when_the_effect_is_near_the_threshold():
+    est = stats.mean_ci([0.5, -0.2, 0.9, 0.1])
+    needed = stats.n_to_decide(est, ">= 0")
+    assert needed is not None and needed > est.n
+    assert stats.min_detectable_effect(est) > 0
+
+
+# ---- claims schema -------------------------------------------------------------------------------------------
+def _claim(**kw):
+    base = dict(id="tau_ratio", description="d", paper=1.1, measured=1.2, unit="x", baseline="eagle2",
+                expect=">= 1", n=8, ci=(1.1, 1.3))
+    base.update(kw)
+    return Claim(**base)
+
+
+def test_claim_verdict_is_computed_and_file_round_trips(tmp_path):
+    claims = [_claim(), _claim(id="b", measured=0.5, ci=(0.4, 0.6), details={"seeds": [0, 1]}),
+              _claim(id="c", ci=(0.9, 1.4), headline=True)]
+    assert [c.verdict for c in claims] == ["holds", "fails", "inconclusive"]
+    assert [c.holds for c in claims] == [True, False, False]
+    facts = [Fact(id="params", description="p", value=12, unit="M")]
+    path = write_claims(tmp_path, claims, facts)
+    document = read_claims(path)
+    assert document["claims"][1]["details"] == {"seeds": [0, 1]} and document["facts"][0]["value"] == 12
+
+
+def _valid_document():
+    return {"claims": [_claim().as_dict()], "facts": [Fact(id="f", description="d", value=1).as_dict()]}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d["claims"][0].pop("unit"), "missing keys"),
+        (lambda d: d["claims"][0].update(extra=1), "unknown keys"),
+        (lambda d: d["claims"][0].update(measured="1"), "'measured' must be a number"),
+        (lambda d: d["claims"][0].update(n=0), "'n' must be a positive integer"),
+        (lambda d: d["claims"][0].update(ci=[1.3, 1.1]), "lower bound"),
+        (lambda d: d["claims"][0].update(ci=[1]), "'ci' must be"),
+        (lambda d: d["claims"][0].update(verdict="fails"), "disagrees"),
+        (lambda d: d["claims"][0].update(verdict="maybe"), "'verdict' must be one of"),
+        (lambda d: d["claims"][0].update(holds=False), "'holds' must be true exactly"),
+        (lambda d: d["claims"][0].update(expect="=> 1"), "cannot parse"),
+        (lambda d: d["facts"][0].update(id="tau_ratio"), "duplicate id"),
+        (lambda d: d["facts"][0].update(value=None), "'value' must be"),
+        (lambda d: d.pop("facts"), 'exactly the keys "claims" and "facts"'),
+        (lambda d: d.update(claims=[]), "non-empty list"),
+    ],
+)
+def test_malformed_claims_files_give_a_clear_error(tmp_path, mutate, message):
+    document = _valid_document()
+    mutate(document)
+    with pytest.raises(ValueError, match=message):
+        validate_claims(document)
+    path = tmp_path / "claims.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(UsageError, match="not a valid claims file"):
+        read_claims(path)
+
+
+def test_old_list_format_is_rejected(tmp_path):
+    path = tmp_path / "claims.json"
+    path.write_text(json.dumps([_claim().as_dict()]))
+    with pytest.raises(UsageError, match="claims"):
+        read_claims(path)
+
+
+# ---- the skeleton, on a toy paper ----------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class ToyPlan(Plan):
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7)
+    effect: float = 1.0
+
+
+CLAIMS = [
+    ClaimSpec(id="gain", description="method minus baseline, paired by seed", paper=1.3, unit="points",
+              baseline="baseline", expect="> 0", headline=True),
+    ClaimSpec(id="ratio", description="method / baseline", paper=None, unit="ratio", baseline="baseline",
+              expect=">= 1.0"),
+]
+FACTS = [FactSpec(id="params", description="parameters", unit="M"),
+         FactSpec(id="wall", description="wall time", unit="s", exact=False)]
+
+
+def toy_run(plan: ToyPlan, ctx) -> Results:
+    rng = np.random.default_rng(0)
+    with ctx.stage("train"):
+        rows = ctx.cached("arms", lambda: [[70 + s + plan.effect + rng.normal(0, 0.1), 70 + s] for s in plan.seeds],
+                          key={"seeds": plan.seeds, "effect": plan.effect})
+    method, base = [r[0] for r in rows], [r[1] for r in rows]
+    return Results(estimates={"gain": stats.paired_diff(method, base), "ratio": stats.paired_ratio(method, base)},
+                   facts={"params": 1.5, "wall": (3.0, {"note": "toy"})}, notes_md="toy notes")
+
+
+TOY = Reproduction(paper="toy", title="Toy", paper_table="| a |\n|---|\n| 1 |", claims=CLAIMS, facts=FACTS,
+                   plans={"smoke": ToyPlan(), "tiny": ToyPlan(name="tiny", seeds=(0, 1, 2))}, run=toy_run,
+                   stages=("main",))
+
+
+def test_skeleton_writes_claims_report_env_and_resumes(tmp_path, capsys):
+    out = tmp_path / "toy"
+    assert TOY.main(["--out", str(out), "--threads", "1"]) == 0
+    document = read_claims(out / "claims.json")
+    gain = document["claims"][0]
+    assert gain["verdict"] == "holds" and gain["n"] == 8 and gain["headline"]
+    assert "t (paired differences)" in gain["details"]["interval"]
+    assert [f["id"] for f in document["facts"]] == ["params", "wall"]
+    env = json.loads((out / "env.json").read_text())
+    assert env["torch_threads"] == 1 and "train" in env["stage_seconds"]
+    assert env["plan_fields"]["seeds"] == list(range(8))
+    report = (out / "report.md").read_text()
+    assert "Headline claims" in report and "toy notes" in report and "Facts" in report
+    capsys.readouterr()
+    TOY.main(["--out", str(out), "--threads", "1"])
+    assert "reusing" in capsys.readouterr().out
+    # an override changes the cache key: recomputed, and the claim can come out false
+    TOY.main(["--out", str(out), "--threads", "1", "--set", "effect=-1.0"])
+    assert read_claims(out / "claims.json")["claims"][0]["verdict"] == "fails"
+
+
+def test_skeleton_rejects_bad_arguments_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("x")
+    cases = [["--scale", "huge"], ["--set", "nope=1"], ["--set", "effect=abc"], ["--out", str(tmp_path / "file" / "o")],
+             ["--stages", "det"], ["--tiny", "--scale", "full"], ["--scale", "full"]]
+    for argv in cases:
+        with pytest.raises(UsageError):
+            TOY.main(argv)
+    assert not (tmp_path / "file").is_dir()
+
+
+def test_run_ids_must_be_declared():
+    bad = Reproduction(paper="toy", title="T", paper_table="", claims=CLAIMS, plans={"smoke": ToyPlan()},
+                       run=lambda plan, ctx: Results(estimates={"undeclared": stats.exact(1.0)}))
+    with pytest.raises(ValueError, match="missing from the claims/facts tables"):
+        bad.assemble(bad.run(ToyPlan(), None))
+
+
+# ---- reference results: compare, promote, README blocks ------------------------------------------------------
+def _toy_document(tmp_path):
+    out = tmp_path / "run"
+    TOY.main(["--out", str(out), "--threads", "1"])
+    return out, read_claims(out / "claims.json")
+
+
+def test_compare_identical_runs_is_clean(tmp_path):
+    _, document = _toy_document(tmp_path)
+    _, problems = compare(document, document)
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("doctor", "reason"),
+    [
+        (lambda d: d["claims"][0].update(verdict="fails", holds=False), "headline verdict holds -> fails"),
+        (lambda d: d["claims"][1].update(measured=5.0), "outside"),
+        (lambda d: d["claims"].pop(1), "missing from your run"),
+        (lambda d: d["facts"][0].update(value=2.5), "exact fact changed"),
+        (lambda d: d["facts"].pop(0), "fact params: missing"),
+    ],
+)
+def test_strict_compare_names_the_difference(tmp_path, doctor, reason):
+    _, reference = _toy_document(tmp_path)
+    run = json.loads(json.dumps(reference))
+    doctor(run)
+    _, problems = compare(run, reference)
+    assert any(reason in p for p in problems), problems
+
+
+def test_informative_facts_may_change(tmp_path):
+    _, reference = _toy_document(tmp_path)
+    run = json.loads(json.dumps(reference))
+    run["facts"][1]["value"] = 99.0
+    assert compare(run, reference)[1] == []
+
+
+def test_promote_and_readme_blocks(tmp_path, monkeypatch):
+    out, _ = _toy_document(tmp_path)
+    root = tmp_path / "repo"
+    root.mkdir()
+    monkeypatch.setattr(summary_mod, "PAPERS", ("toy",))
+    (root / "README.md").write_text(f"intro\n{BEGIN}\nold\n{END}\nrest\n")
+    (root / "toy").mkdir()
+    (root / "toy" / "README.md").write_text(f"# toy\n{BEGIN}\n{END}\n")
+    target = promote("toy", out, root=root)
+    assert sorted(p.name for p in target.iterdir()) == ["claims.json", "env.json", "report.md"]
+    changed = readme_updates(root)
+    assert set(changed) == {root / "README.md", root / "toy" / "README.md"}
+    assert "`gain`" in changed[root / "README.md"] and "rest" in changed[root / "README.md"]
+    summary_mod.write_summary(root)
+    assert readme_updates(root) == {}
+
+
+def test_promote_refuses_an_unfinished_run(tmp_path):
+    with pytest.raises(UsageError, match="no claims file"):
+        promote("toy", tmp_path)
+
+
+# ---- the repository's own reference results and README tables ------------------------------------------------
+def test_committed_reference_results_are_valid_and_the_readmes_are_generated_from_them():
+    for path in sorted((REPO / "results" / "reference").glob("*/*/claims.json")):
+        read_claims(path)
+        assert (path.parent / "env.json").is_file() and (path.parent / "report.md").is_file()
+    stale = readme_updates(REPO)
+    assert stale == {}, f"run `make summary`: {sorted(map(str, stale))}"
+
+
+def test_dispatcher_reads_the_one_paper_list_and_checks_scale():
+    assert PAPERS == tuple((REPO / "shared/src/effrepro/papers.txt").read_text().split())
+    make_papers = subprocess.run(["make", "-s", "-C", str(REPO), "help"], capture_output=True, text=True).stdout
+    assert " ".join(PAPERS) in make_papers
+    for argv in (["run", "deepkd", "--scale", "huge"], ["run", "all", "--scale", "Full"], ["compare", "all"]):
+        proc = subprocess.run([sys.executable, "-m", "effrepro.reproduce", *argv], capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
