@@ -81,9 +81,10 @@ compare:
 promote:
 	@$(PY) -m effrepro.reproduce promote "$(PAPER)" --scale "$(SCALE)" $(if $(RUN),--run "$(RUN)")
 
+# What the reproduce CI workflow runs for one paper; the comparison table also goes to the job summary on GitHub.
 ci-reproduce: setup
 	$(MAKE) reproduce PAPER="$(PAPER)" SCALE=smoke
-	$(MAKE) compare PAPER="$(PAPER)" SCALE=smoke STRICT=1
+	set -o pipefail; $(MAKE) -s compare PAPER="$(PAPER)" SCALE=smoke STRICT=1 | tee -a "$${GITHUB_STEP_SUMMARY:-/dev/null}"
 
 clean:
 	rm -rf results/*/ .pytest_cache .ruff_cache

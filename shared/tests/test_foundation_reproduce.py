@@ -281,3 +281,28 @@ def test_dispatcher_reads_the_one_paper_list_and_checks_scale():
     for argv in (["run", "deepkd", "--scale", "huge"], ["run", "all", "--scale", "Full"], ["compare", "all"]):
         proc = subprocess.run([sys.executable, "-m", "effrepro.reproduce", *argv], capture_output=True, text=True)
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
+
+
+# ---- the reproduce CI workflow -------------------------------------------------------------------------------
+def test_affected_papers():
+    from effrepro.papers import affected_papers
+
+    assert affected_papers(["shared/src/effrepro/stats.py"]) == list(PAPERS)
+    assert affected_papers(["deepkd/README.md", "results/reference/gumiho/smoke/claims.json"]) == ["deepkd", "gumiho"]
+    assert affected_papers(["docs/x.md"]) == []
+
+
+def test_reproduce_workflow_is_valid_and_covers_the_papers():
+    import yaml
+
+    workflow = yaml.safe_load((REPO / ".github/workflows/reproduce.yml").read_text())
+    triggers = workflow[True]  # YAML 1.1 reads the key `on` as a boolean
+    assert {"workflow_dispatch", "schedule", "push"} <= set(triggers)
+    pushed = set(triggers["push"]["paths"])
+    assert {f"{paper}/**" for paper in PAPERS} | {"shared/**"} <= pushed
+    job = workflow["jobs"]["reproduce"]
+    assert job["timeout-minutes"] == 45
+    assert any("make ci-reproduce PAPER=${{ matrix.paper }}" == step.get("run") for step in job["steps"])
+    all_papers = subprocess.run([sys.executable, "-m", "effrepro.papers", "all"], capture_output=True, text=True)
+    assert json.loads(all_papers.stdout) == list(PAPERS)
+    assert workflow["jobs"]["gpu-check"]["runs-on"] == ["self-hosted", "gpu"]
