@@ -82,8 +82,10 @@ promote:
 	@$(PY) -m effrepro.reproduce promote "$(PAPER)" --scale "$(SCALE)" $(if $(RUN),--run "$(RUN)")
 
 # What the reproduce CI workflow runs for one paper; the comparison table also goes to the job summary on GitHub.
+# The run uses the reference run's thread count (env.json), so that both compute the same numerics.
 ci-reproduce: setup
-	$(MAKE) reproduce PAPER="$(PAPER)" SCALE=smoke
+	EFFREPRO_THREADS=$$($(PY) -c "import json; print(json.load(open('results/reference/$(PAPER)/smoke/env.json'))['torch_threads'])" 2>/dev/null || echo 1) \
+	  $(MAKE) reproduce PAPER="$(PAPER)" SCALE=smoke
 	set -o pipefail; $(MAKE) -s compare PAPER="$(PAPER)" SCALE=smoke STRICT=1 | tee -a "$${GITHUB_STEP_SUMMARY:-/dev/null}"
 
 clean:
