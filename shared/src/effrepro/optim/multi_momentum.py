@@ -19,6 +19,14 @@ released DOT / DeepKD optimizers do, and we reproduce it.
 coefficient: it decays with mu_TCG when the parameter also received a TCG gradient, else with mu_NCG when
 it received an NCG gradient, else with the mean of all coefficients. ``{"tog": ("tcg", "ncg")}`` encodes
 exactly that rule; ``{}`` (the default) gives every buffer its own coefficient (the paper's description).
+
+``implementation`` picks how the buffers move: ``"reference"`` (component by component, bucketed
+``torch._foreach_*`` calls over the parameters), or the fused step of :mod:`effrepro.kernels.momentum` for
+every parameter whose buffers all exist and that received every component's gradient this step (``"auto"``:
+one Triton kernel pass per parameter on CUDA, a few whole-list ``torch._foreach_*`` calls on CPU;
+``"foreach"``, ``"triton"`` force one). The fused CPU step performs the same float operations in the same
+order as the reference, so both give identical parameters; first steps and parameters missing a component
+always take the reference path.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 GradLists = Mapping[str, Sequence[Tensor | None]]
+IMPLEMENTATIONS = ("auto", "foreach", "triton", "reference")
 
 
 def _buffer_key(component: str) -> str:
@@ -52,6 +61,8 @@ class MultiMomentumSGD(Optimizer):
             coefficient of the first listed component the parameter received a gradient of this step, and
             with the mean of all coefficients when it received none of them (the released DeepKD rule).
         dampening: as in ``torch.optim.SGD`` (not applied on a buffer's first step).
+        implementation: ``"auto"`` (fused step: Triton on CUDA, ``torch._foreach_*`` on CPU), ``"foreach"``,
+            ``"triton"`` or ``"reference"`` (see the module docstring).
 
     Gradients are passed to :meth:`step` as ``{component: [grad or None per parameter]}`` aligned with
     :meth:`flat_params`, or collected from ``p.grad`` with :meth:`capture` (which takes ownership of the
@@ -69,7 +80,10 @@ class MultiMomentumSGD(Optimizer):
         order: Sequence[str] | None = None,
         tied_momenta: Mapping[str, Sequence[str] | str] | None = None,
         dampening: float = 0.0,
+        implementation: str = "auto",
     ) -> None:
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown implementation {implementation!r}; use one of {IMPLEMENTATIONS}")
         momenta = {str(k): float(v) for k, v in momenta.items()}
         if not momenta:
             raise ValueError("momenta must name at least one component")
@@ -92,6 +106,7 @@ class MultiMomentumSGD(Optimizer):
         self.components = order
         self.weight_decay_on = weight_decay_on
         self.tied_momenta = tied
+        self.implementation = implementation
         self._captured: dict[str, list[Tensor | None]] = {}
 
     # ---- gradient intake -----------------------------------------------------------------------------
@@ -158,6 +173,9 @@ class MultiMomentumSGD(Optimizer):
         lr, wd, damp, momenta = group["lr"], group["weight_decay"], group["dampening"], group["momenta"]
         present = [{k for k, v in grads.items() if v[i] is not None} for i in range(len(params))]
         decay_on = [self._decay_target(p) if wd else None for p in present]
+        if self.implementation != "reference":
+            fused = self._fused_step(group, params, grads, present)
+            grads = {k: [None if i in fused else g for i, g in enumerate(v)] for k, v in grads.items()}
         for component in self.components:
             if component not in grads:
                 continue
@@ -183,13 +201,40 @@ class MultiMomentumSGD(Optimizer):
                 torch._foreach_add_(bufs, ds, alpha=1.0 - damp)
                 torch._foreach_add_(ps, bufs, alpha=-lr)
 
+    def _fused_step(self, group: dict[str, Any], params: list[Tensor], grads: dict[str, list[Tensor | None]],
+                    present: list[set[str]]) -> set[int]:
+        """The fused step for the parameters that have every component's gradient and buffer (grouped by
+        device and dtype); returns their indices so the reference loop skips them."""
+        from effrepro.kernels.momentum import multi_momentum_step
+
+        comps = [k for k in self.components if k in grads]
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i, p in enumerate(params):
+            state = self.state[p]
+            if comps and present[i] == set(comps) and all(_buffer_key(k) in state for k in comps):
+                groups.setdefault((p.device, p.dtype), []).append(i)
+        fused: set[int] = set()
+        all_present = set(comps)
+        momenta = [self._coefficient(k, group["momenta"], all_present) for k in comps]
+        decay = self._decay_target(all_present) if group["weight_decay"] else None
+        for index in groups.values():
+            ps = [params[i] for i in index]
+            multi_momentum_step(
+                ps, [[grads[k][i] for i in index] for k in comps],
+                [[self.state[params[i]][_buffer_key(k)] for i in index] for k in comps], momenta, group["lr"],
+                group["weight_decay"], comps.index(decay) if decay in comps else None, group["dampening"],
+                backend=self.implementation)
+            fused.update(index)
+        return fused
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         self._captured = {}
         super().zero_grad(set_to_none=set_to_none)
 
 
 def dot_optimizer(
-    params: Iterable[Any], lr: float, momentum: float = 0.9, delta: float = 0.075, weight_decay: float = 0.0
+    params: Iterable[Any], lr: float, momentum: float = 0.9, delta: float = 0.075, weight_decay: float = 0.0,
+    implementation: str = "auto",
 ) -> MultiMomentumSGD:
     """DOT (Zhao et al., ICCV 2023): task buffer mu - delta carrying the weight decay, KD buffer mu + delta.
 
@@ -201,7 +246,7 @@ def dot_optimizer(
     """
     return MultiMomentumSGD(
         params, lr=lr, momenta={"task": momentum - delta, "kd": momentum + delta},
-        weight_decay=weight_decay, weight_decay_on="task", order=("task", "kd"),
+        weight_decay=weight_decay, weight_decay_on="task", order=("task", "kd"), implementation=implementation,
     )
 
 
@@ -218,6 +263,7 @@ def deepkd_optimizer(
     weight_decay: float = 0.0,
     mode: str = "code",
     weight_decay_on: str = "tcg",
+    implementation: str = "auto",
 ) -> MultiMomentumSGD:
     """DeepKD's three buffers TOG / TCG / NCG with coefficients ``momentum + delta_k``.
 
@@ -226,6 +272,8 @@ def deepkd_optimizer(
     order TOG, NCG, TCG, and the weight decay enters only through the TCG buffer. ``mode="paper"`` gives each
     buffer its own coefficient (mu_TOG = 0.975 with the default deltas), as the paper describes the method;
     update order and weight-decay placement stay as released unless ``weight_decay_on`` says otherwise.
+    ``implementation="auto"`` runs the fused step (:mod:`effrepro.kernels.momentum`); ``"reference"`` the
+    component-by-component loop (identical parameters on CPU).
     """
     if mode not in DEEPKD_MODES:
         raise ValueError(f"unknown DeepKD momentum mode {mode!r}; use one of {DEEPKD_MODES}")
@@ -233,5 +281,5 @@ def deepkd_optimizer(
     tied = {"tog": ("tcg", "ncg")} if mode == "code" else {}
     return MultiMomentumSGD(
         params, lr=lr, momenta=momenta, weight_decay=weight_decay, weight_decay_on=weight_decay_on,
-        order=("tog", "ncg", "tcg"), tied_momenta=tied,
+        order=("tog", "ncg", "tcg"), tied_momenta=tied, implementation=implementation,
     )

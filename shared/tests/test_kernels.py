@@ -1,0 +1,212 @@
+"""effrepro.kernels on CPU: low-bit / integer matmul and conv against their references, packing, the fused
+multi-momentum step against the reference step (bit-identical on CPU), dispatch fallbacks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from effrepro.errors import UsageError
+from effrepro.kernels import (
+    _dispatch,
+    int_conv2d,
+    int_linear,
+    int_linear_reference,
+    lowbit_codes,
+    lowbit_conv2d,
+    lowbit_linear,
+    lowbit_linear_reference,
+    multi_momentum_foreach,
+    multi_momentum_reference,
+    multi_momentum_step,
+    output_scale,
+    pack_codes,
+    quantize_activation,
+    unpack_codes,
+)
+from effrepro.optim import MultiMomentumSGD, deepkd_optimizer, dot_optimizer
+from effrepro.quant import dequantize_codes, shift_codes
+
+SHAPES = [(1, 1, 1), (5, 7, 3), (37, 75, 29), (64, 130, 17)]  # (M, K, N), odd sizes included
+
+
+def _codes(n: int, k: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+
+
+@pytest.mark.parametrize("bits", [8, 6, 4, 2])
+@pytest.mark.parametrize("tie", ["half_up", "floor", "half_even"])
+def test_lowbit_codes_are_the_double_rounding_shift(bits: int, tie: str) -> None:
+    codes = _codes(13, 11)
+    assert torch.equal(lowbit_codes(codes, bits, 8, tie), shift_codes(codes, 8 - bits, bits, tie))
+    with pytest.raises(UsageError):
+        lowbit_codes(codes, 8, 6)
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_pack_roundtrip_and_size(bits: int) -> None:
+    q = lowbit_codes(_codes(7, 13, seed=1), bits)
+    packed = pack_codes(q, bits)
+    assert packed.dtype == torch.uint8 and packed.shape == (7, -(-13 * bits // 8))
+    assert torch.equal(unpack_codes(packed, bits, 13), q)
+    with pytest.raises(UsageError):
+        pack_codes(torch.full((2, 2), 100, dtype=torch.int8), bits)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_lowbit_linear_int8pack_matches_reference(shape: tuple[int, int, int], bits: int) -> None:
+    m, k, n = shape
+    torch.manual_seed(m)
+    x = torch.randn(k, m).t()  # non-contiguous input
+    codes, scale, bias = _codes(n, k), torch.tensor(0.013), torch.randn(n)
+    ref = lowbit_linear_reference(x, codes, scale, bits, bias=bias)
+    got = lowbit_linear(x, codes, scale, bits, bias=bias, backend="int8pack")
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    # the reference is the de-quantised weight's product
+    w = dequantize_codes(shift_codes(codes, 8 - bits, bits), scale, 8 - bits)
+    torch.testing.assert_close(ref, F.linear(x, w, bias))
+
+
+def test_per_channel_scale_and_bad_scale() -> None:
+    x, codes = torch.randn(4, 9), _codes(6, 9)
+    scale = torch.rand(6) + 0.1
+    ref = x @ (lowbit_codes(codes, 4).float() * (scale * 16)[:, None]).t()
+    torch.testing.assert_close(lowbit_linear(x, codes, scale, 4, backend="int8pack"), ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(UsageError):
+        output_scale(torch.rand(5), 6, 0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("act_bits", [8, 6, 4, 2])
+def test_int_linear_is_exact_integer_product(shape: tuple[int, int, int], act_bits: int) -> None:
+    m, k, n = shape
+    g = torch.Generator().manual_seed(k)
+    codes = torch.randint(0, 1 << act_bits, (m, k), generator=g).float()
+    q = lowbit_codes(_codes(n, k), 4)
+    w_scale = output_scale(torch.tensor(0.02), n, 4)
+    got = int_linear(codes, act_bits, 0.05, q, w_scale, backend="int_mm")
+    exact = (codes.double() @ q.double().t()) * (0.05 * w_scale.double())
+    torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got, int_linear_reference(codes, 0.05, q, w_scale), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0), (5, 1, 2)])
+def test_conv_by_im2col(kernel: int, stride: int, padding: int) -> None:
+    torch.manual_seed(kernel + stride)
+    x = torch.randn(2, 5, 9, 7)
+    codes = torch.randint(-128, 128, (6, 5, kernel, kernel), dtype=torch.int8)
+    scale, bias = torch.tensor(0.01), torch.randn(6)
+    w = dequantize_codes(lowbit_codes(codes, 4), scale, 4)
+    ref = F.conv2d(x, w, bias, stride, padding)
+    got = lowbit_conv2d(x, codes, scale, 4, bias=bias, stride=stride, padding=padding, backend="int8pack")
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    act = quantize_activation(x.relu(), 0.1, 4)
+    q = lowbit_codes(codes, 4)
+    w_scale = output_scale(scale, 6, 4)
+    ref_int = F.conv2d(act * 0.1, q.float() * w_scale[:, None, None, None], bias, stride, padding)
+    got_int = int_conv2d(act, 4, 0.1, q, w_scale, bias, stride, padding)
+    torch.testing.assert_close(got_int, ref_int, rtol=1e-5, atol=1e-5)
+
+
+def test_quantize_activation_matches_the_fake_quantiser() -> None:
+    from effrepro.quant import fake_quant_act
+
+    x = torch.randn(1000).relu() * 3
+    s = torch.tensor(0.037)
+    codes = quantize_activation(x, s, 4)
+    assert torch.equal(codes * s, fake_quant_act(x, s, None, 4))
+
+
+def test_triton_request_without_triton_device_falls_back_with_notice(capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(_dispatch, "_NOTICED", set())
+    x, codes = torch.randn(3, 8), _codes(4, 8)
+    got = lowbit_linear(x, codes, torch.tensor(0.1), 4, backend="triton")
+    torch.testing.assert_close(got, lowbit_linear_reference(x, codes, torch.tensor(0.1), 4))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reference" in err[0]
+    with pytest.raises(UsageError):
+        lowbit_linear(x, codes, torch.tensor(0.1), 4, backend="cuda-magic")
+
+
+# ---- fused multi-momentum step ------------------------------------------------------------------------------
+def _problem(seed: int = 0, components: int = 3) -> tuple[list, list, list]:
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(3,), (17, 5), (1001,), (2, 3, 5, 7)]
+    params = [torch.randn(s, generator=g) for s in shapes]
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(components)]
+    bufs = [[torch.randn(s, generator=g) for s in shapes] for _ in range(components)]
+    grads[0][1] = torch.randn(5, 17, generator=g).t()  # non-contiguous gradient
+    bufs[-1][3] = torch.randn(7, 5, 3, 2, generator=g).permute(3, 2, 1, 0)  # non-contiguous buffer
+    return params, grads, bufs
+
+
+@pytest.mark.parametrize("decay_index", [None, 0, 2])
+@pytest.mark.parametrize("dampening", [0.0, 0.1])
+def test_foreach_step_is_bit_identical_to_reference(decay_index: int | None, dampening: float) -> None:
+    base = _problem()
+    a, b = copy.deepcopy(base), copy.deepcopy(base)
+    for _ in range(3):
+        multi_momentum_reference(*a, [0.975, 0.95, 0.825], 0.1, 5e-4, decay_index, dampening)
+        multi_momentum_foreach(*b, [0.975, 0.95, 0.825], 0.1, 5e-4, decay_index, dampening)
+    for x, y in zip(a[0] + sum(a[2], []), b[0] + sum(b[2], [])):
+        assert torch.equal(x, y)
+    assert not torch.equal(a[0][0], base[0][0])  # the step moved the parameters
+
+
+def test_step_dispatch_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    params, grads, bufs = _problem(components=2)
+    assert multi_momentum_step(params, grads, bufs, [0.9, 0.8], 0.1) == "foreach"
+    assert multi_momentum_step(params, grads, bufs, [0.9, 0.8], 0.1, backend="triton") == "foreach"
+    with pytest.raises(UsageError):
+        multi_momentum_step(params, grads[:1], bufs, [0.9, 0.8], 0.1)
+
+
+def _deepkd_run(implementation: str, steps: int = 4) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(7, 9), torch.nn.ReLU(), torch.nn.Linear(9, 3))
+    opt = deepkd_optimizer(model.parameters(), lr=0.05, weight_decay=5e-4, implementation=implementation)
+    gen = torch.Generator().manual_seed(1)
+    n = len(opt.flat_params())
+    for step in range(steps):
+        grads = {k: [torch.randn(p.shape, generator=gen) for p in opt.flat_params()] for k in ("tog", "tcg", "ncg")}
+        if step == 2:
+            grads["ncg"][n - 1] = None  # a parameter missing one component: reference path for it
+        opt.step(grads)
+    return [p.detach().clone() for p in model.parameters()] + [
+        b.clone() for p in model.parameters() for b in opt.state[p].values()]
+
+
+def test_deepkd_optimizer_fused_equals_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    from effrepro.kernels import momentum
+
+    calls = []
+    original = momentum.STEPS["foreach"]
+    monkeypatch.setitem(momentum.STEPS, "foreach", lambda *a: calls.append(len(a[0])) or original(*a))
+    fused = _deepkd_run("auto")
+    assert calls == [4, 3, 4]  # steps 1-3 fuse (step 0 creates the buffers); at step 2 one parameter lacks NCG
+    ref = _deepkd_run("reference")
+    assert len(fused) == len(ref)
+    for x, y in zip(fused, ref):
+        assert torch.equal(x, y)
+    assert deepkd_optimizer([torch.zeros(1, requires_grad=True)], lr=0.1).implementation == "auto"
+
+
+def test_dot_optimizer_and_bad_implementation() -> None:
+    p = torch.nn.Parameter(torch.ones(5))
+    opt = dot_optimizer([p], lr=0.1, weight_decay=1e-3, implementation="foreach")
+    for _ in range(3):
+        opt.step({"task": [torch.ones(5)], "kd": [torch.full((5,), 2.0)]})
+    q = torch.nn.Parameter(torch.ones(5))
+    ref = dot_optimizer([q], lr=0.1, weight_decay=1e-3, implementation="reference")
+    for _ in range(3):
+        ref.step({"task": [torch.ones(5)], "kd": [torch.full((5,), 2.0)]})
+    assert torch.equal(p, q)
+    with pytest.raises(ValueError):
+        MultiMomentumSGD([p], lr=0.1, momenta={"a": 0.9}, implementation="cuda")
