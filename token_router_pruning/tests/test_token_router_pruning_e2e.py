@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from effrepro.report import validate_claims
+from effrepro.report import read_claims
 from token_router_pruning.cli import main
 
 
@@ -20,10 +20,13 @@ def test_cli_bad_input_is_one_line(capsys, tmp_path):
     assert code == 2 and out.err.strip().startswith("error: --sparsity 1.2 is outside [0, 1)")
     code, out = _run(["reproduce", "--scale", "full"], capsys)
     assert code == 2 and "--target" in out.err and len(out.err.strip().splitlines()) == 1
-    code, out = _run(["reproduce", "--tiny", "--out", str(tmp_path), "--set", "ga.crossover=sbx"], capsys)
-    assert code == 2 and "crossover" in out.err
-    code, out = _run(["reproduce", "--tiny", "--out", str(tmp_path), "--set", "budgets=[0.99]"], capsys)
-    assert code == 2 and "cannot be met" in out.err
+    cases = [(["--cfg", "ga.crossover=sbx"], "crossover"), (["--cfg", "budgets=[0.99]"], "cannot be met"),
+             (["--cfg", "budgets=[0.33]"], "claims table covers"), (["--set", "nope=1"], "key of FTPPlan"),
+             (["--config", str(tmp_path / "missing.yaml")], "config file not found")]
+    for extra, message in cases:
+        code, out = _run(["reproduce", "--tiny", "--out", str(tmp_path / "o"), *extra], capsys)
+        assert code == 2 and message in out.err and len(out.err.strip().splitlines()) == 1, (extra, out.err)
+    assert not (tmp_path / "o").exists()  # rejected before any work
     bad_plan = tmp_path / "plan.pt"
     bad_plan.write_bytes(b"not a checkpoint")
     code, out = _run(["eval", "--plan", str(bad_plan), "--out", str(tmp_path)], capsys)
@@ -32,12 +35,35 @@ def test_cli_bad_input_is_one_line(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_reproduce_tiny_end_to_end(tmp_path, capsys):
-    code, _ = _run(["reproduce", "--scale", "smoke", "--tiny", "--out", str(tmp_path)], capsys)
-    assert code == 0
-    claims = json.loads((tmp_path / "claims.json").read_text())
-    validate_claims(claims)
-    ids = {c["id"] for c in claims}
-    assert {"redundancy_overall", "ftp_vs_shortgpt_25", "prefill_speedup_25", "determinism_router"} <= ids
+    code, out = _run(["reproduce", "--scale", "smoke", "--tiny", "--threads", "1", "--out", str(tmp_path)], capsys)
+    assert code == 0, out.err
+    document = read_claims(tmp_path / "claims.json")
+    claims = {c["id"]: c for c in document["claims"]}
+    facts = {f["id"]: f for f in document["facts"]}
+    assert set(claims) == {"redundancy_overall", "redundancy_depth_gap", "ftp_retention_25",
+                           "ftp_retention_no_recall_25", "ftp_vs_shortgpt_25", "ftp_vs_blockpruner_25",
+                           "trained_vs_static_25", "static_vs_random_25", "ga_vs_uniform_loss_25",
+                           "prefill_speedup_25"}
+    assert {c for c, v in claims.items() if v["headline"]} == {"ftp_retention_25", "ftp_vs_shortgpt_25",
+                                                              "ftp_vs_blockpruner_25", "trained_vs_static_25",
+                                                              "prefill_speedup_25"}
+    n_items = facts["test_items"]["value"]
+    assert n_items == 10  # 2 per family, 5 families: the unit of every accuracy claim
+    for cid in ("ftp_retention_25", "ftp_vs_shortgpt_25", "trained_vs_static_25", "ga_vs_uniform_loss_25"):
+        assert claims[cid]["n"] == n_items and "interval" in claims[cid]["details"]
+    assert claims["prefill_speedup_25"]["n"] == 2 and claims["redundancy_overall"]["n"] == 2
+    assert {"flops_ratio_25", "schedule_sparsity_25", "ppl_ratio_25", "prefill_speedups_25", "router_parameters",
+            "determinism_router_max_abs_diff", "determinism_fitness_abs_diff"} <= set(facts)
+    assert facts["router_parameters"]["value"] == 385
+    assert facts["determinism_router_max_abs_diff"]["value"] == 0
+    assert abs(facts["schedule_sparsity_25"]["value"] - 0.25) < 1e-6
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert {"setup", "redundancy", "eval", "ga_static", "router", "latency"} <= set(env["stage_seconds"])
     report = (tmp_path / "report.md").read_text()
-    assert "The paper's table" in report and "Environment" in report
-    assert (tmp_path / "redundancy.png").is_file() and (tmp_path / "runs" / "ftp_25.pt").is_file()
+    assert "Every method" in report and "ftp_dynamic_stage1_25" in report
+    for name in ("redundancy.png", "schedules.png", "router_training.png", "latency.png"):
+        assert (tmp_path / name).is_file()
+    assert (tmp_path / "runs" / "ftp_25.pt").is_file()
+    # a second run resumes from the stage caches
+    code, out = _run(["reproduce", "--tiny", "--threads", "1", "--out", str(tmp_path)], capsys)
+    assert code == 0 and "eval_dense: reusing" in out.out and "ga_static_25: reusing" in out.out

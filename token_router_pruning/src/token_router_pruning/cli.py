@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from effrepro.errors import UsageError, run_cli
 
-SCALES = ("smoke", "full")
+from token_router_pruning.planfile import load_plan, save_plan
 
 
 def _threads() -> None:
@@ -24,37 +25,6 @@ def _offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-# ---- plan files ------------------------------------------------------------------------------------
-def save_plan(path: str | Path, schedule: list[float], router: Any = None, scope: str = "block",
-              extra: dict | None = None) -> Path:
-    """A plan file: per-block schedule, scope and (optionally) the trained router's weights and options."""
-    from effrepro.train import save_checkpoint
-
-    obj = {"kind": "ftp_plan", "schedule": [float(v) for v in schedule], "scope": scope,
-           "router": None if router is None else {"state": router.state_dict(), "options": router.options()},
-           **(extra or {})}
-    return save_checkpoint(path, obj)
-
-
-def load_plan(path: str | Path, n_blocks: int, dtype: Any) -> Any:
-    from effrepro.train import load_checkpoint, load_state_dict_checked
-
-    from token_router_pruning.routers import DynamicRouter, StaticRouter
-    from token_router_pruning.routing import SkipPlan
-
-    obj = load_checkpoint(path, required=("kind", "schedule", "scope", "router"))
-    if obj["kind"] != "ftp_plan":
-        raise UsageError(f"{path} is not an FTP plan file (kind {obj['kind']!r})")
-    if len(obj["schedule"]) != n_blocks:
-        raise UsageError(f"{path} holds {len(obj['schedule'])} block sparsities; this model has {n_blocks} blocks")
-    router: Any = StaticRouter()
-    if obj["router"] is not None:
-        router = DynamicRouter(**obj["router"]["options"]).to(dtype)
-        load_state_dict_checked(router, obj["router"]["state"], str(path))
-        router.eval()
-    return SkipPlan(name=Path(path).stem, sparsity=tuple(obj["schedule"]), router=router, scope=obj["scope"])
 
 
 def _schedule_arg(args: argparse.Namespace, n_blocks: int) -> list[float]:
@@ -95,21 +65,12 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
 
 
 # ---- sub-commands ----------------------------------------------------------------------------------
-def cmd_reproduce(args: argparse.Namespace) -> int:
-    from token_router_pruning.reproduce import load_reproduce_config, run
+def cmd_reproduce(argv: list[str]) -> int:
+    """The paper's experiments on the effrepro reproduce skeleton (its own arguments: ``reproduce --help``)."""
+    from token_router_pruning.reproduce import REPRODUCTION
 
-    if args.scale == "full":
-        if not args.target or not args.tasks_dir:
-            raise UsageError("--scale full needs --target /path/to/hf-model (e.g. LLaMA-2-7B or Qwen1.5-7B) and "
-                             "--tasks-dir /path/to/tasks (arc_challenge/, arc_easy/, hellaswag/, winogrande/, mmlu/)")
-        if not Path(args.target).expanduser().is_dir():
-            raise UsageError(f"--target {args.target}: no such directory")
-    overrides = list(args.set or [])
-    if args.target:
-        overrides.append(f"target={args.target}")
-    cfg = load_reproduce_config(args.scale, args.config, overrides, args.tiny)
-    run(cfg, args.scale, out=args.out, tasks_dir=args.tasks_dir)
-    return 0
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    return REPRODUCTION.main(argv)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -189,15 +150,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="token_router_pruning", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("reproduce", help="the paper's experiments; writes results/token_router_pruning/<scale>")
-    p.add_argument("--scale", choices=SCALES, default="smoke")
-    p.add_argument("--tiny", action="store_true", help="the same code path with a tiny budget (tests)")
-    p.add_argument("--out", help="output directory (default results/token_router_pruning/<scale>)")
-    p.add_argument("--config", help="YAML config (default configs/<scale>.yaml)")
-    p.add_argument("--target", help="local HF model directory (required for --scale full)")
-    p.add_argument("--tasks-dir", help="paper tasks as local JSONL (required for --scale full)")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. ga.generations=5")
-    p.set_defaults(func=cmd_reproduce)
+    sub.add_parser("reproduce", add_help=False,
+                   help="the paper's experiments; writes results/token_router_pruning/<scale> (reproduce --help)")
     p = sub.add_parser("train", help="train the dynamic router for one schedule; writes OUT/plan.pt")
     _plan_args(p)
     p.add_argument("--config", help="YAML with RouterTrainConfig keys")
@@ -225,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: list[str] | None = None) -> int:
     _offline()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["reproduce"]:
+        return cmd_reproduce(argv[1:])
     args = build_parser().parse_args(argv)
     if getattr(args, "sparsity", None) is not None:
         from token_router_pruning.routers import check_sparsity

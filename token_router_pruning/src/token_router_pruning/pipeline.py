@@ -1,0 +1,309 @@
+"""The stages of ``token_router_pruning reproduce`` on one loaded model (the experiment; ``reproduce.py`` turns
+their results into claims).
+
+Redundancy (cosine figure, ShortGPT's block influence) -> GA sparsity search with the static router ->
+router training on the searched schedules -> GA fine-tune with the trained router -> baselines at matched
+analytic FLOPs (ShortGPT, BlockPruner-mini, random and uniform token skipping) -> lm-eval accuracy (per item),
+option loss and perplexity of every method against the dense model of the same run -> paired prefill latency
+(per round). Every expensive result is a ``ctx.cached`` JSON under ``runs/``, keyed by its inputs, so an
+interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from effrepro.bench import cuda_sync, paired_benchmark
+from effrepro.errors import UsageError
+from effrepro.reproduce import Context
+from effrepro.train import seed_everything
+
+from token_router_pruning.baselines import BlockPrunerResult, blockpruner_search
+from token_router_pruning.config import ReproduceConfig
+from token_router_pruning.eval import LmEval, encode_items, option_logliks, perplexity, text_windows
+from token_router_pruning.flops import ModelDims, model_flops
+from token_router_pruning.redundancy import RedundancyReport, block_cosines
+from token_router_pruning.routers import DynamicRouter, StaticRouter
+from token_router_pruning.routing import SkipPlan, TokenSkipper, attach
+from token_router_pruning.scheduler import GAConfig, genetic_search
+from token_router_pruning.tasks import load_mini_items, mini_task_name, paper_task_configs, write_mini_task_yamls
+from token_router_pruning.train import train_router
+
+
+def pct(budget: float) -> str:
+    return f"{round(100 * budget):d}"
+
+
+def _key(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def describe(plan: SkipPlan | None) -> Any:
+    """A JSON description of a plan (the cache key of its evaluation)."""
+    if plan is None:
+        return "dense"
+    router = plan.router
+    router_desc = None
+    if isinstance(router, DynamicRouter):
+        router_desc = {"dynamic": _key([v.tolist() for v in router.state_dict().values()]), **router.options()}
+    elif router is not None:
+        router_desc = {"name": router.name, "seed": getattr(router, "seed", None)}
+    return {"sparsity": [round(v, 8) for v in plan.sparsity] if plan.sparsity else None, "router": router_desc,
+            "removed": sorted(plan.removed), "scope": plan.scope}
+
+
+class Experiment:
+    """The model, tasks and text windows shared by the stages of one reproduce run."""
+
+    def __init__(self, cfg: ReproduceConfig, ctx: Context, tasks_dir: str | None, lm_eval_check: int = 4) -> None:
+        from effrepro.data import load_target
+
+        self.cfg, self.ctx, self.runs, self.tasks_dir = cfg, ctx, ctx.runs, tasks_dir
+        self.lm_eval_check = lm_eval_check
+        seed_everything(cfg.seed)
+        self.model, self.tokenizer = load_target(cfg.target)
+        self.model.eval()
+        self.skipper: TokenSkipper = attach(self.model)
+        self.dims = ModelDims.from_config(self.model.config)
+        self.n = self.dims.layers
+        self._setup_tasks()
+        self.windows = {
+            "calib": text_windows(self.tokenizer, cfg.data.text_len, "calib", cfg.data.redundancy_windows),
+            "eval": text_windows(self.tokenizer, cfg.data.text_len, "eval", cfg.data.ppl_windows),
+            "train": text_windows(self.tokenizer, cfg.data.text_len, "train", cfg.data.train_windows),
+        }
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def _setup_tasks(self) -> None:
+        cfg = self.cfg
+        if self.tasks_dir is None:
+            task_dir = self.runs / "lm_eval_tasks"
+            names = write_mini_task_yamls(task_dir)
+            # lm-eval scores a few items per family only, to check the batched scorer against it (parity fact)
+            self.lm_eval = LmEval(self.model, self.tokenizer, names, include_path=[task_dir],
+                                  limit=min(self.lm_eval_check, cfg.data.test_per_family))
+            self.calib_items = encode_items(self.tokenizer, load_mini_items("calibration", cfg.data.calib_per_family))
+            self.calib_lm_eval = None
+            self.test_items = encode_items(self.tokenizer, load_mini_items("test", cfg.data.test_per_family))
+            self.prompt_lengths = [len(it.context) for it in self.test_items]
+            self.ref_len = int(round(statistics.mean(self.prompt_lengths)))
+            return
+        self.test_items = []
+        configs = paper_task_configs(self.tasks_dir)
+        include = [Path(self.tasks_dir)] if list(Path(self.tasks_dir).glob("*.yaml")) else []
+        metric = {c["task"]: ("acc_norm" if c["metadata"]["paper_task"] in ("arc_challenge", "arc_easy", "hellaswag")
+                              else "acc") for c in configs}
+        self.lm_eval = LmEval(self.model, self.tokenizer, configs, include_path=include,
+                              limit=cfg.data.test_per_family or None, metric=metric)
+        calib = [dict(c) for c in paper_task_configs(self.tasks_dir, (cfg.data.calib_task,))]
+        for c in calib:
+            if "train" not in c["dataset_kwargs"]["data_files"]:
+                raise UsageError(f"GA fitness needs {self.tasks_dir}/{cfg.data.calib_task}/train.jsonl "
+                                 "(a split disjoint from the reported one)")
+            c.update(task=c["task"] + "_calib", test_split="train")
+            c.pop("validation_split", None)
+        self.calib_lm_eval = LmEval(self.model, self.tokenizer, calib, limit=cfg.data.calib_limit)
+        self.calib_items = []
+        self.prompt_lengths = []
+        self.ref_len = cfg.data.text_len
+
+    # ---- plans, fitness, FLOPs ----------------------------------------------------------------------------
+    def plan(self, name: str, schedule, router) -> SkipPlan:
+        return SkipPlan(name=name, sparsity=tuple(float(v) for v in schedule), router=router, scope=self.cfg.scope)
+
+    def fitness(self, router) -> Any:
+        """GA fitness: mean log-likelihood of the correct option on the calibration items (never the test)."""
+        def evaluate(schedule: np.ndarray) -> float:
+            with self.skipper.use(self.plan("fitness", schedule, router)):
+                if self.calib_lm_eval is not None:
+                    values = [v for r in self.calib_lm_eval.run().values() for v in r["gold_loglik"]]
+                else:
+                    values = [ll[0] for ll in option_logliks(self.model, self.calib_items,
+                                                             self.cfg.data.fitness_batch_size, gold_only=True)]
+            return float(np.mean(values))
+        return evaluate
+
+    def flops(self, plan: SkipPlan | None, seq_len: int) -> dict[str, float]:
+        if plan is None:
+            return model_flops(self.dims, seq_len).as_dict()
+        dynamic = plan.router is not None and plan.router.needs_attention
+        return model_flops(self.dims, seq_len, sparsity=plan.sparsity, removed=plan.removed, scope=plan.scope,
+                           dynamic_router=dynamic).as_dict()
+
+    # ---- evaluation ---------------------------------------------------------------------------------------
+    @property
+    def task_names(self) -> list[str]:
+        if self.test_items:
+            return sorted({mini_task_name(it.family) for it in self.test_items})
+        return self.lm_eval.task_names
+
+    def score_items(self, items: list) -> dict[str, dict[str, Any]]:
+        """Per family: accuracy, per-item correctness and gold log-likelihood from the batched scorer (equal to
+        lm-eval's log-likelihoods: single-token options of one context scored by one forward, batched)."""
+        logliks = option_logliks(self.model, items, self.cfg.data.fitness_batch_size)
+        rows: dict[str, dict[str, Any]] = {}
+        for item, ll in zip(items, logliks):
+            row = rows.setdefault(mini_task_name(item.family), {"correct": [], "gold_loglik": []})
+            row["correct"].append(float(max(range(len(ll)), key=lambda o: ll[o]) == item.gold))
+            row["gold_loglik"].append(float(ll[item.gold]))
+        for row in rows.values():
+            row.update(acc=float(np.mean(row["correct"])), n=len(row["correct"]))
+        return rows
+
+    def evaluate(self, key: str, plan: SkipPlan | None, budget: float | None, family: str) -> dict[str, Any]:
+        """lm-eval accuracy with per-item correctness and gold log-likelihood, and text perplexity, of one plan."""
+        def compute() -> dict[str, Any]:
+            start = time.perf_counter()
+            with torch.no_grad(), self.skipper.use(plan):
+                tasks = self.score_items(self.test_items) if self.test_items else self.lm_eval.run()
+                ppl = perplexity(self.model, self.windows["eval"])
+            return {"tasks": {t: {"acc": r["acc"], "n": r["n"]} for t, r in tasks.items()},
+                    "correct": {t: r["correct"] for t, r in tasks.items()},
+                    "gold_loglik": {t: r["gold_loglik"] for t, r in tasks.items()},
+                    "ppl": ppl["tail_ppl"], "text_nll_all_positions": ppl["nll"],
+                    "seconds": time.perf_counter() - start}
+
+        inputs = {"v": 3, "plan": describe(plan), "tasks": self.task_names,
+                  "limit": self.cfg.data.test_per_family if self.test_items else self.lm_eval.limit,
+                  "ppl": list(self.windows["eval"].shape), "target": self.cfg.target}
+        row = self.ctx.cached(f"eval_{key}", compute, inputs)
+        row.update(method=family, budget=budget, key=key,
+                   flops=self.flops(plan, self.ref_len), flops_bench=self.flops(plan, self.cfg.bench.seq_len))
+        self.rows[key] = row
+        acc = np.mean([v["acc"] for v in row["tasks"].values()])
+        self.ctx.log.log(stage="eval", key=key, method=family, budget=budget, acc=float(acc), ppl=row["ppl"],
+                         flops_ratio=row["flops"]["flops_ratio"])
+        print(f"[eval] {key:>22}: acc {acc:.3f}  ppl {row['ppl']:.2f}  flops {row['flops']['flops_ratio']:.3f}",
+              flush=True)
+        return row
+
+
+# ---- stages ------------------------------------------------------------------------------------------------
+def stage_redundancy(exp: Experiment) -> dict:
+    """Share of (token, block) pairs with cos(in, out) > 0.8, overall and per window (the unit of the claims)."""
+    def compute() -> dict:
+        report = RedundancyReport(block_cosines(exp.model, exp.windows["calib"]), 0.8, 3, True)
+        flags = (report.cosines[:, :, 1:] > report.threshold).float()  # (blocks, windows, tokens)
+        middle = [i for i in range(exp.n) if i not in report.edge_blocks]
+        return {**report.as_dict(), "per_window_share": flags.mean(dim=(0, 2)).tolist(),
+                "per_window_gap": (flags[middle].mean(dim=(0, 2)) - flags[report.edge_blocks].mean(dim=(0, 2)))
+                .tolist()}
+
+    result = exp.ctx.cached("redundancy", compute, {"v": 2, "windows": list(exp.windows["calib"].shape),
+                                                    "target": exp.cfg.target})
+    exp.ctx.log.log(stage="redundancy", overall=result["overall_share"], edge=result["edge_share"],
+                    middle=result["middle_share"])
+    return result
+
+
+def stage_search(exp: Experiment, budget: float, router, name: str, ga: GAConfig, seeds=()) -> dict:
+    def compute() -> dict:
+        start = time.perf_counter()
+        result = genetic_search(exp.fitness(router), exp.n, budget, ga, seeds=[np.asarray(s) for s in seeds],
+                                dims=exp.dims, seq_len=exp.ref_len,
+                                log=lambda row: exp.ctx.log.log(stage=name, budget=budget, **row))
+        return {**result.as_dict(), "seconds": time.perf_counter() - start}
+
+    inputs = {"budget": budget, "ga": asdict(ga), "router": describe(exp.plan("x", [0.0] * exp.n, router))["router"],
+              "seeds": [list(map(float, s)) for s in seeds], "calib": len(exp.calib_items), "target": exp.cfg.target,
+              "scope": exp.cfg.scope}
+    result = exp.ctx.cached(f"{name}_{pct(budget)}", compute, inputs)
+    print(f"[{name}] budget {budget}: best fitness {result['best_fitness']:.4f} after {result['evaluations']} "
+          "evaluations", flush=True)
+    return result
+
+
+def stage_router(exp: Experiment, schedules: list[list[float]]) -> tuple[DynamicRouter, dict]:
+    """One router for every budget's schedule (steps alternate); resumable from ``runs/router``."""
+    start = time.perf_counter()
+    router, summary = train_router(exp.model, exp.skipper, schedules, exp.windows["train"], exp.cfg.router,
+                                   out_dir=exp.runs / "router")
+    for row in summary["history"]:
+        exp.ctx.log.log(stage="router", **row)
+    summary = {**summary, "seconds": time.perf_counter() - start}
+    final = summary["final"]
+    print(f"[router] {exp.cfg.router.steps} steps: distill {final.get('train_distill', float('nan')):.4f} "
+          f"sparse {final.get('train_sparse', float('nan')):.4f}", flush=True)
+    return router, summary
+
+
+def stage_determinism(exp: Experiment, schedule: list[float], best_fitness: float) -> dict[str, float]:
+    """Same seed -> same router weights (two short trainings) and the same fitness of the searched schedule."""
+    cfg = exp.cfg.router
+    short = type(cfg)(**{**asdict(cfg), "steps": 2, "steps_per_epoch": 2})
+    weights = []
+    for _ in range(2):
+        r, _ = train_router(exp.model, exp.skipper, [schedule], exp.windows["train"][:2], short, out_dir=None)
+        weights.append(torch.cat([p.detach().flatten() for p in r.parameters()]))
+    again = exp.fitness(StaticRouter())(np.asarray(schedule))
+    return {"router_max_abs_diff": float((weights[0] - weights[1]).abs().max()),
+            "fitness_abs_diff": abs(again - best_fitness)}
+
+
+def stage_blockpruner(exp: Experiment, min_ratio: float) -> BlockPrunerResult:
+    windows = text_windows(exp.tokenizer, exp.cfg.data.blockpruner_len, "calib", exp.cfg.data.blockpruner_windows)
+
+    def compute() -> dict:
+        start = time.perf_counter()
+        result = blockpruner_search(exp.model, exp.skipper, windows, exp.dims, exp.ref_len, min_ratio,
+                                    lazy_top=exp.cfg.blockpruner_lazy_top,
+                                    log=lambda row: exp.ctx.log.log(stage="blockpruner", **row))
+        return {**result.as_dict(), "seconds": time.perf_counter() - start}
+
+    inputs = {"min_ratio": round(min_ratio, 6), "windows": list(windows.shape), "lazy": exp.cfg.blockpruner_lazy_top,
+              "ref_len": exp.ref_len, "target": exp.cfg.target}
+    data = exp.ctx.cached("blockpruner", compute, inputs)
+    print(f"[blockpruner] {len(data['order'])} sub-blocks ordered with {data['evaluations']} evaluations", flush=True)
+    return BlockPrunerResult.from_dict(data)
+
+
+def stage_scorer_check(exp: Experiment, plans: dict[str, SkipPlan | None]) -> dict[str, dict[str, float]]:
+    """lm-eval itself on the first ``lm_eval_check`` test items per family, beside the batched scorer that
+    produces the reported numbers: the largest |gold log-likelihood difference| and correctness disagreements."""
+    per_family, seen, items = exp.lm_eval.limit, {}, []
+    for item in exp.test_items:
+        seen[item.family] = seen.get(item.family, 0) + 1
+        if seen[item.family] <= per_family:
+            items.append(item)
+
+    def compute() -> dict[str, dict[str, float]]:
+        out = {}
+        for name, plan in plans.items():
+            with torch.no_grad(), exp.skipper.use(plan):
+                reference, ours = exp.lm_eval.run(), exp.score_items(items)
+            diffs = [abs(a - b) for t in ours for a, b in zip(ours[t]["gold_loglik"], reference[t]["gold_loglik"])]
+            flips = sum(a != b for t in ours for a, b in zip(ours[t]["correct"], reference[t]["correct"]))
+            out[name] = {"max_abs_loglik_diff": max(diffs), "correct_disagreements": flips, "items": len(items)}
+        return out
+
+    return exp.ctx.cached("scorer_check", compute, {"plans": {k: describe(p) for k, p in plans.items()},
+                                                    "per_family": per_family, "target": exp.cfg.target})
+
+
+@torch.no_grad()
+def stage_latency(exp: Experiment, plans: dict[str, SkipPlan | None]) -> dict[str, list[float]]:
+    """Prefill seconds per round (batch ``bench.batch_size``, ``bench.seq_len`` tokens, next-token logits only),
+    the plans interleaved round-robin with rotating order so machine drift hits them alike. Not cached: a
+    timing belongs to the machine state of this run."""
+    bench = exp.cfg.bench
+    ids = text_windows(exp.tokenizer, bench.seq_len, "eval", bench.batch_size).to(next(exp.model.parameters()).device)
+
+    def runner(plan: SkipPlan | None):
+        def call() -> None:
+            with exp.skipper.use(plan):
+                exp.model(input_ids=ids, logits_to_keep=1)
+        return call
+
+    stats = paired_benchmark({name: runner(plan) for name, plan in plans.items()}, warmup=bench.warmup,
+                             repeats=bench.repeats, sync=cuda_sync)
+    rounds = {name: list(s.samples) for name, s in stats.items()}
+    exp.ctx.log.log(stage="latency", **{k: statistics.median(v) for k, v in rounds.items()})
+    return rounds
