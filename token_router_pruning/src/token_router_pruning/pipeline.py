@@ -222,10 +222,18 @@ def stage_search(exp: Experiment, budget: float, router, name: str, ga: GAConfig
 
 
 def stage_router(exp: Experiment, schedules: list[list[float]]) -> tuple[DynamicRouter, dict]:
-    """One router for every budget's schedule (steps alternate); resumable from ``runs/router``."""
+    """One router for every budget's schedule (steps alternate); resumable from ``runs/router_<key>``, a folder
+    keyed by the settings, so a changed config trains afresh (and ``--no-resume`` always does)."""
+    import shutil
+
     start = time.perf_counter()
+    key = _key({"router": asdict(exp.cfg.router), "schedules": schedules, "windows": list(exp.windows["train"].shape),
+                "target": exp.cfg.target, "scope": exp.cfg.scope})
+    out_dir = exp.runs / f"router_{key}"
+    if not exp.ctx.resume:
+        shutil.rmtree(out_dir, ignore_errors=True)
     router, summary = train_router(exp.model, exp.skipper, schedules, exp.windows["train"], exp.cfg.router,
-                                   out_dir=exp.runs / "router")
+                                   out_dir=out_dir)
     for row in summary["history"]:
         exp.ctx.log.log(stage="router", **row)
     summary = {**summary, "seconds": time.perf_counter() - start}
