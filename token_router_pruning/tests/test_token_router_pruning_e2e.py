@@ -67,3 +67,19 @@ def test_reproduce_tiny_end_to_end(tmp_path, capsys):
     # a second run resumes from the stage caches
     code, out = _run(["reproduce", "--tiny", "--threads", "1", "--out", str(tmp_path)], capsys)
     assert code == 0 and "eval_dense: reusing" in out.out and "ga_static_25: reusing" in out.out
+
+
+def test_retention_estimate_is_the_papers_metric_with_a_paired_interval():
+    from token_router_pruning.eval import retention
+    from token_router_pruning.reproduce import accuracy_gap, retention_estimate
+
+    dense = {"correct": {"a": [1.0] * 20, "b": [1.0] * 10 + [0.0] * 10}}
+    method = {"correct": {"a": [1.0] * 18 + [0.0] * 2, "b": [1.0] * 5 + [0.0] * 15}}
+    accs = {name: {t: sum(v) / len(v) for t, v in row["correct"].items()} for name, row in
+            (("dense", dense), ("method", method))}
+    est = retention_estimate(method, dense)
+    assert est.value == pytest.approx(retention(accs["method"], accs["dense"]))  # (0.9 + 0.5) / 2 = 70 %
+    assert est.n == 40 and est.ci[0] < 70 < est.ci[1] and est.ci[1] < 100
+    assert retention_estimate(method, dense, exclude=("b",)).value == pytest.approx(90.0)
+    gap = accuracy_gap(method, dense)
+    assert gap.value == pytest.approx(-100 * 7 / 40) and gap.ci[1] < 0  # the method loses 7 of 40 items, never wins
