@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from effrepro.errors import UsageError, run_cli
@@ -73,14 +74,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from deepkd.reproduce import reproduce
-
-    reproduce(args.scale, tiny=args.tiny, out=args.out, data=args.data, seeds=args.seeds, workers=args.workers,
-              config=args.config, overrides=args.overrides, arms=args.arms.split(",") if args.arms else None)
-    return 0
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepkd", description="DeepKD: decoupled momenta + top-k mask KD")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,22 +111,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--repeats", type=int, default=21)
     p.set_defaults(fn=_cmd_bench)
-    p = sub.add_parser("reproduce", help="the paper's claims: smoke (CPU, MNIST-100) or full (your data)")
-    p.add_argument("--scale", choices=["smoke", "full"], default="smoke")
-    p.add_argument("--tiny", action="store_true", help="same code path, tiny budget (CI)")
-    p.add_argument("--out", default=None, help="results folder (default results/deepkd/<scale>)")
-    p.add_argument("--data", default=None, help="full scale: CIFAR-100 folder (or $CIFAR100_ROOT)")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds per arm")
-    p.add_argument("--workers", type=int, default=2, help="parallel processes (smoke)")
-    p.add_argument("--arms", default=None, help="smoke: comma-separated subset of the arms (ce is always run)")
-    p.add_argument("--config", default=None, help="full scale: student config (default the R32x4->R8x4 DKD one)")
-    p.add_argument("overrides", nargs="*", help="full scale: key=value overrides")
-    p.set_defaults(fn=_cmd_reproduce)
+    sub.add_parser("reproduce", help="the paper's claims: --scale smoke (CPU, MNIST-100) | full (your data); "
+                   "see reproduce --help")
     return parser
 
 
 def run(argv: list[str] | None = None) -> int:
     """The command without the error wrapper (raises :class:`UsageError`); used by tests."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "reproduce":
+        from deepkd.reproduce import REPRODUCTION
+
+        return REPRODUCTION.main(argv[1:])
     args = _parser().parse_args(argv)
     return int(args.fn(args) or 0)
 
