@@ -2,22 +2,61 @@ import json
 
 import pytest
 from effrepro.errors import UsageError
-from effrepro.report import validate_claims
+from effrepro.report import read_claims
 from gumiho.cli import run
+from gumiho.reproduce import CLAIMS, FACTS, REPRODUCTION, load_run_config, measure
+
+
+def _plan(argv):
+    return REPRODUCTION.plan_from_args(REPRODUCTION.parser().parse_args(argv))
+
+
+def _turns(cycles, wall, ids=(1, 2, 3), accept=None):
+    return [{"question_id": i, "turn": 0, "cycle_tokens": 12, "new_tokens": 12, "cycles": c, "wall_time": w,
+             "tokens": list(ids), "accept_lengths": accept or [0] * c, "tree_depths": [7] * c}
+            for i, (c, w) in enumerate(zip(cycles, wall))]
+
+
+def test_measure_pairs_turns_and_can_fail():
+    config = load_run_config(REPRODUCTION.plans["smoke"])
+    eagle = _turns([10, 11, 10, 12], [2.0, 2.2, 2.0, 2.4])
+    records = {name: eagle for name in ("plain", "eagle2", "gumiho-1s", "gumiho-3s", "medusa", "gumiho+fta")}
+    records["gumiho"] = _turns([12, 12, 12, 12], [1.5, 1.6, 1.4, 1.8])  # lower tau, faster than EAGLE-2
+    records["gumiho-chain"] = _turns([2] * 4, [1.0] * 4, accept=[1, 0])  # a1 = 1/2, a2 = 0/1
+    records["eagle2-chain"] = _turns([2] * 4, [1.0] * 4, ids=(9,), accept=[0, 0])
+    summary = {n: {"tau": 1.0, "draft_forwards_per_cycle": 2.0 if n == "gumiho" else 7.0} for n in records}
+    trained = {n: {"steps": 3, "params": 10} for n in ("eagle2", "gumiho", "gumiho-1s", "gumiho-3s", "medusa")}
+    estimates, facts = measure(config, records, summary, trained)
+    claims = {spec.id: spec.claim(estimates[spec.id]) for spec in CLAIMS if spec.id in estimates}
+    assert claims["tau_ratio_vs_eagle2"].verdict == "fails"
+    assert claims["speedup_ratio_vs_eagle2"].verdict == "holds"
+    assert claims["early_position_acceptance"].measured == pytest.approx(0.5)
+    assert claims["a1_vs_eagle2"].measured == pytest.approx(0.5)
+    lossless = claims["lossless_fta_off"]  # eagle2-chain's tokens differ from plain's on every turn
+    assert lossless.verdict == "fails" and lossless.details["mismatched_turns"] == 4
+    assert claims["fta_outputs_identical"].verdict == "holds"
+    assert facts["serial_passes_ratio_vs_eagle2"] == pytest.approx(2 / 7)
+    assert set(facts) <= {f.id for f in FACTS} and "compat_fix_tau" not in estimates
 
 
 @pytest.mark.slow
 def test_reproduce_tiny_writes_valid_claims(tmp_path):
-    assert run(["reproduce", "--scale", "smoke", "--tiny", "--threads", "2", "--out", str(tmp_path)]) == 0
-    claims = json.loads((tmp_path / "claims.json").read_text())
-    validate_claims(claims)
-    ids = {c["id"] for c in claims}
-    assert {"tau_ratio_vs_eagle2", "lossless_fta_off", "fta_outputs_identical", "serial_passes_gumiho",
-            "compat_fix_tau"} <= ids  # --tiny runs the optional decoders too
+    assert run(["reproduce", "--tiny", "--threads", "1", "--out", str(tmp_path)]) == 0
+    document = read_claims(tmp_path / "claims.json")
+    claims = {c["id"]: c for c in document["claims"]}
+    assert set(claims) == {spec.id for spec in CLAIMS}  # --tiny runs the optional decoders too
+    assert {f["id"] for f in document["facts"]} == {spec.id for spec in FACTS}
+    assert {i for i, c in claims.items() if c["headline"]} == {"tau_ratio_vs_eagle2", "speedup_ratio_vs_eagle2"}
+    assert claims["tau_ratio_vs_eagle2"]["n"] == 2 and "paired over turns" in claims["tau_ratio_vs_eagle2"][
+        "details"]["interval"]
+    lossless = claims["lossless_fta_off"]
+    assert lossless["measured"] == 0 and lossless["verdict"] == "holds" and lossless["n"] == 2 * 8
+    facts = {f["id"]: f for f in document["facts"]}
+    assert facts["serial_passes_gumiho"]["value"] == 2
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert {"gumiho-official", "medusa-chain", "eagle2-chain", "gumiho-chain"} <= set(summary["summary"])
-    lossless = next(c for c in claims if c["id"] == "lossless_fta_off")
-    assert lossless["measured"] == 0 and lossless["holds"]
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert {"data", "training", "evaluation"} <= set(env["stage_seconds"])
     assert (tmp_path / "report.md").is_file() and (tmp_path / "acceptance_and_tau.png").is_file()
 
 
@@ -27,9 +66,26 @@ def test_cli_errors_are_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="unknown variant"):
         run(["train", "--out", str(tmp_path), "--variant", "hydra"])
     with pytest.raises(UsageError, match="--target"):
-        run(["reproduce", "--scale", "full"])
+        run(["reproduce", "--scale", "full", "--out", str(tmp_path / "r")])
+    with pytest.raises(UsageError, match="key=value"):
+        run(["reproduce", "--out", str(tmp_path / "r"), "epochs"])
+    with pytest.raises(UsageError, match="not found"):
+        run(["reproduce", "--config", "nope.yaml", "--out", str(tmp_path / "r")])
     with pytest.raises(UsageError, match="not found"):
         run(["eval", "--head", str(tmp_path / "missing.pt")])
+    assert not (tmp_path / "r").exists()
+
+
+def test_plans_map_the_yaml_configs():
+    assert set(REPRODUCTION.plans) == {"smoke", "tiny", "full"}
+    smoke = load_run_config(_plan([]))
+    assert smoke.extra_decoders == [] and smoke.eval.max_questions == 6  # the smoke budget leaves them out
+    assert load_run_config(_plan(["eval.max_questions=8"])).eval.max_questions == 8
+    full = _plan(["--scale", "full", "--target", "/m"])
+    assert full.device == "cuda" and load_run_config(full).target == "/m"
+    assert load_run_config(full).tree.total_tokens == 64
+    with pytest.raises(UsageError, match="extra_decoders"):
+        _plan(["extra_decoders=[hydra-chain]"])
 
 
 def test_device_and_dtype_options():
@@ -37,17 +93,8 @@ def test_device_and_dtype_options():
     from gumiho.train import load_target_on
 
     parse = build_parser().parse_args
-    assert _device(parse(["reproduce", "--scale", "smoke"])) == "cpu"  # the miniature is a CPU experiment
-    assert _device(parse(["reproduce", "--scale", "smoke", "--device", "cuda:1"])) == "cuda:1"
+    assert _device(parse(["train", "--out", "x", "--device", "cuda:1"])) == "cuda:1"
     assert _device(parse(["train", "--out", "x"])) in ("cpu", "cuda")
     assert parse(["eval", "--head", "h.pt", "--dtype", "bfloat16"]).dtype == "bfloat16"
     with pytest.raises(UsageError, match="dtype"):
         load_target_on("smollm2-135m", "cpu", "int8")
-
-
-def test_extra_decoders_are_checked():
-    from gumiho.reproduce import _config
-
-    assert _config(None, [], tiny=False).extra_decoders == []  # the smoke budget leaves them out
-    with pytest.raises(UsageError, match="extra_decoders"):
-        _config(None, ["extra_decoders=[hydra-chain]"], tiny=False)

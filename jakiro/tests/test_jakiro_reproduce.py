@@ -1,44 +1,82 @@
-"""End-to-end: ``jakiro reproduce --scale smoke --tiny`` writes a valid claims.json, report and metrics."""
+"""``jakiro reproduce``: plans, usage errors before any work, and the tiny end-to-end run (claims with intervals)."""
 
 import json
 
 import pytest
 from effrepro.errors import UsageError
-from effrepro.report import validate_claims
+from effrepro.report import read_claims
 from jakiro.cli import dispatch
-from jakiro.reproduce import config_for
+from jakiro.reproduce import CLAIMS, FACTS, REPRODUCTION, measure
 
 
-def test_configs_load_and_bad_keys_are_usage_errors():
-    for scale, tiny in (("smoke", False), ("smoke", True), ("full", False)):
-        config = config_for(scale, tiny)
-        assert config.train.methods == ["eagle2", "jakiro", "jakiro_nocepd", "jakiro_star"]
-    with pytest.raises(UsageError, match="unknown"):
-        config_for("smoke", False, ["train.nonsense=1"])
-    with pytest.raises(UsageError, match="variant"):
-        config_for("smoke", False, ["eval.greedy_variants=[medusa]"])
-    with pytest.raises(UsageError, match="train.methods"):
-        config_for("smoke", False, ["train.methods=[eagle2]"])
+def _plan(argv):
+    return REPRODUCTION.plan_from_args(REPRODUCTION.parser().parse_args(argv))
+
+
+def test_plans_and_bad_settings_are_usage_errors():
+    assert set(REPRODUCTION.plans) == {"smoke", "tiny", "full"}
+    assert _plan([]).methods == ("eagle2", "jakiro", "jakiro_nocepd", "jakiro_star")
+    full = _plan(["--scale", "full", "--target", "/m", "--sharegpt-json", "/s.json"])
+    assert (full.target, full.sharegpt_json, full.lr, full.total_tokens) == ("/m", "/s.json", 9e-5, 60)
+    assert _plan(["--set", "max_questions=20"]).max_questions == 20
+    for argv, message in ((["--set", "nonsense=1"], "key=value"), (["--set", "greedy_variants=[medusa]"], "variant"),
+                          (["--set", "methods=[eagle2]"], "methods"), (["--set", "dtype=int8"], "dtype"),
+                          (["--set", "greedy_variants=[jakiro]"], "eagle2")):
+        with pytest.raises(UsageError, match=message):
+            _plan(argv)
 
 
 def test_full_scale_without_paths_is_a_clear_error(tmp_path):
     with pytest.raises(UsageError, match="--target"):
         dispatch(["reproduce", "--scale", "full", "--out", str(tmp_path)])
+    with pytest.raises(UsageError, match="--sharegpt-json"):
+        dispatch(["reproduce", "--scale", "full", "--target", "/m", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
+
+
+def _turns(tau_cycles, wall, ids=(1, 2, 3)):
+    return [{"question_id": i, "turn": 0, "cycle_tokens": 12, "new_tokens": 12, "cycles": c, "wall_time": w,
+             "draft_time": 0.1 * c, "tokens": list(ids)} for i, (c, w) in enumerate(zip(tau_cycles, wall))]
+
+
+def test_measure_pairs_turns_and_can_fail():
+    plan = REPRODUCTION.plans["smoke"]
+    eagle = _turns([10, 11, 10, 12], [2.0, 2.2, 2.0, 2.4])
+    slower = _turns([10, 11, 10, 12], [2.4, 2.6, 2.5, 2.9])  # same tau, every turn slower than EAGLE-2
+    greedy = {"plain": _turns([12] * 4, [1.0] * 4), "eagle2": eagle, "jakiro": slower,
+              **{v: eagle for v in ("jakiro_parent", "jakiro_nocepd", "jakiro_star")}}
+    greedy["jakiro_star"] = _turns([10] * 4, [2.0] * 4, ids=(1, 2, 4))  # one variant differs from plain
+    summary = {v: {"tau": 1.1, "draft_forwards_per_cycle": 6.0 - (v == "jakiro")} for v in plan.greedy_variants}
+    bench = {"trainable_params": {"jakiro": 5, "eagle2": 4}, "ratio_to_eagle2": {"jakiro": 0.8},
+             "ms_per_tree": {"jakiro": 1.0}}
+    estimates, facts = measure(plan, {"greedy": {"records": greedy, "summary": summary}}, bench,
+                               {"jakiro": {"steps": 3}, "eagle2": {"steps": 3}})
+    claims = {spec.id: spec.claim(estimates[spec.id]) for spec in CLAIMS if spec.id in estimates}
+    assert claims["tau_ratio_jakiro_eagle2_greedy"].verdict == "holds"  # 1.0 on every turn
+    assert claims["speedup_ratio_jakiro_eagle2_greedy"].verdict == "fails"
+    lossless = claims["lossless_greedy"]
+    assert lossless.verdict == "fails" and lossless.n == 20 and lossless.details["mismatched_turns"] == 4
+    assert facts["draft_forwards_saved_per_cycle"][0] == 1.0
+    assert set(facts) <= {f.id for f in FACTS}
 
 
 @pytest.mark.slow
 def test_tiny_reproduce_end_to_end(tmp_path):
-    assert dispatch(["reproduce", "--scale", "smoke", "--tiny", "--out", str(tmp_path)]) == 0
-    claims = json.loads((tmp_path / "claims.json").read_text())
-    validate_claims(claims)
-    ids = {c["id"] for c in claims}
-    assert {"tau_ratio_jakiro_eagle2_greedy", "draft_forwards_saved_per_cycle", "lossless_greedy",
-            "cost_model_speedup_jakiro_greedy", "tau_ratio_jakiro_eagle2_t1"} <= ids
-    by_id = {c["id"]: c for c in claims}
-    assert by_id["lossless_greedy"]["holds"] and by_id["lossless_greedy"]["measured"] == 0
-    assert by_id["draft_forwards_saved_per_cycle"]["measured"] == 1
+    assert dispatch(["reproduce", "--tiny", "--threads", "1", "--out", str(tmp_path)]) == 0
+    document = read_claims(tmp_path / "claims.json")
+    claims = {c["id"]: c for c in document["claims"]}
+    assert set(claims) == {spec.id for spec in CLAIMS}
+    assert {f["id"] for f in document["facts"]} == {spec.id for spec in FACTS}
+    headline = {i for i, c in claims.items() if c["headline"]}
+    assert headline == {"tau_ratio_jakiro_eagle2_greedy", "speedup_ratio_jakiro_eagle2_greedy"}
+    assert claims["tau_ratio_jakiro_eagle2_greedy"]["n"] == 2  # turns
+    assert "paired over turns" in claims["speedup_ratio_jakiro_eagle2_greedy"]["details"]["interval"]
+    lossless = claims["lossless_greedy"]
+    assert lossless["measured"] == 0 and lossless["verdict"] == "holds" and lossless["n"] == 10
+    facts = {f["id"]: f for f in document["facts"]}
+    assert facts["draft_forwards_saved_per_cycle"]["value"] == 1
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert {"data", "training", "evaluation_greedy", "evaluation_t1", "bench"} <= set(env["stage_seconds"])
     report = (tmp_path / "report.md").read_text()
-    assert "README figure" in report and "Measured here" in report
-    stages = [json.loads(line)["stage"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert stages[0] == "data" and stages[-1] == "done"
-    assert (tmp_path / "runs" / "jakiro" / "head.pt").is_file()
+    assert "README figure" in report and "Headline claims" in report and "Greedy (T = 0)" in report
+    assert (tmp_path / "runs" / "jakiro" / "head.pt").is_file() and (tmp_path / "tau_and_acceptance.png").is_file()

@@ -1,113 +1,178 @@
-"""``gumiho reproduce``: the paper's headline claims in miniature (smoke) or the paper's recipe (full).
+"""``gumiho reproduce``: Gumiho against EAGLE-2 in miniature (smoke) or at the paper's recipe (full).
 
-Smoke (CPU, SmolLM2-135M-Instruct, one process, 16 min on 2 cores):
+The run config is a YAML file of ``gumiho/configs`` (``smoke.yaml`` / ``full.yaml``, the same files ``gumiho
+train`` and ``gumiho eval`` read) plus ``key=value`` overrides; the plan names the file and the overrides.
 
-1. draft data from the target (the engine's cache: conversations rendered in the chat template, self-distilled
-   answers, post-norm features);
-2. the EAGLE-2 baseline head and four Gumiho drafts trained on the **same data with the same trainer settings**
-   (epochs, batches, optimizer, schedule): ``gumiho`` (2 serial + 5 MLP), ``gumiho-1s`` (1 + 6), ``gumiho-3s``
-   (3 + 4) and ``medusa`` (0 + 7, all-parallel);
-3. one interleaved evaluation (``effrepro.specdec.evaluate``) on held-out MT-bench questions: plain decoding, every
-   draft as a tree (equal budget: top_k, tree size, 7 levels), Gumiho with FTA on, and top-1 chains of EAGLE-2 /
-   Gumiho for exact per-position acceptance; ``extra_decoders`` adds Gumiho with the official compat flags and
-   the Medusa chain;
-4. ``claims.json`` + ``report.md`` + plots under ``results/gumiho/<scale>/``.
+1. draft data from the target (cached: conversations in the chat template, self-distilled answers, features);
+2. the EAGLE-2 baseline head and four Gumiho drafts trained on the **same data with the same trainer settings**:
+   ``gumiho`` (2 serial + 5 MLP), ``gumiho-1s`` (1 + 6), ``gumiho-3s`` (3 + 4), ``medusa`` (0 + 7, all parallel);
+3. one interleaved evaluation on held-out MT-bench questions: plain decoding, every draft as a tree (equal budget),
+   Gumiho with FTA on, top-1 chains of EAGLE-2 / Gumiho for exact per-position acceptance (``extra_decoders``
+   adds Gumiho with the official compat flags and the Medusa chain). Every comparison is paired by turn, with a
+   bootstrap interval over turns.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
-import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from effrepro.config import config_to_dict, load_config
 from effrepro.errors import UsageError
-from effrepro.report import Claim, results_dir, save_figure, write_claims, write_report
+from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results
 from effrepro.specdec import TargetAdapter, train_head
 from effrepro.specdec.eagle import build_eagle_head, head_from_checkpoint
+from effrepro.specdec.turns import acceptance_difference, mismatch_rate, ratio_of_sums
 from effrepro.train import load_checkpoint
 
 from gumiho.config import GumihoRunConfig
 from gumiho.data import split_mtbench, write_questions
 from gumiho.eval import chain_tree, eagle_factory, eagle_tree_for, gumiho_factory, run_eval
-from gumiho.theory import chain_tau, marginal_value
+from gumiho.reporting import PAPER_TABLE, notes, plot
 from gumiho.train import VARIANTS, draft_data_dir, load_draft, load_target_on, train_draft
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
-# The --tiny budget (same code path; ~2 min on 2 cores, measured 117 s): a handful of samples, steps and tokens.
-TINY_OVERRIDES = [
+# The --tiny budget (same code path): a handful of samples, steps and tokens; every decoder path, end to end.
+TINY_OVERRIDES = (
     "data.self_generated=3", "data.self_max_new_tokens=16", "data.max_len=128", "train.max_len=128",
     "train.epochs=3", "train.steps_per_epoch=1", "train.batch_size=1", "train.warmup_steps=1",
-    "eval.max_questions=1", "eval.max_new_tokens=8", "eval.warmup=0", "eval.cost_model_repeats=1",
-    "extra_decoders=[gumiho-official,medusa-chain]",  # every decoder path, end to end
+    "eval.max_questions=2", "eval.max_new_tokens=8", "eval.warmup=0", "eval.cost_model_repeats=1",
+    "extra_decoders=[gumiho-official,medusa-chain]",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GumihoPlan(Plan):
+    config: str = "smoke.yaml"  # a file of gumiho/configs, or a path
+    config_set: tuple[str, ...] = ()  # key=value overrides of the run config (e.g. eval.max_questions=8)
+    target: str = ""  # replaces the config's target (full scale: a local HF model directory)
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+SMOKE = GumihoPlan()
+TINY = GumihoPlan(name="tiny", config_set=TINY_OVERRIDES)
+FULL = GumihoPlan(name="full", config="full.yaml", device="cuda", dtype="float16")
+
+CLAIMS = [
+    ClaimSpec(id="tau_ratio_vs_eagle2", description="tau(Gumiho) / tau(EAGLE-2), same data, trainer settings and "
+              "tree budget (tokens per target forward, pooled over the resampled turns)", paper=round(4.89 / 4.68, 3),
+              unit="ratio", baseline="EAGLE-2 head trained here", expect="> 1.0", headline=True),
+    ClaimSpec(id="speedup_ratio_vs_eagle2", description="tokens/s of Gumiho / of EAGLE-2 (paired per-turn wall "
+              "times, interleaved)", paper=round(2.97 / 2.74, 3), unit="ratio", baseline="EAGLE-2 head trained here",
+              expect="> 1.0", headline=True),
+    ClaimSpec(id="speedup_vs_plain", description="tokens/s of Gumiho / of plain greedy decoding", paper=2.97,
+              unit="x", baseline="plain decoding, same process", expect="> 1.0"),
+    ClaimSpec(id="tau_ratio_vs_medusa", description="tau(Gumiho) / tau(all-parallel Medusa-style heads)",
+              paper=round(4.89 / 2.39, 3), unit="ratio", baseline="Medusa-style draft trained here", expect="> 1.0"),
+    ClaimSpec(id="early_position_acceptance", description="Gumiho chain: conditional acceptance at draft position 1 "
+              "minus that pooled over positions 2..depth (the early tokens the serial heads draft are the likelier "
+              "ones)", paper=None, unit="probability", baseline="later draft positions", expect="> 0"),
+    ClaimSpec(id="a1_vs_eagle2", description="first-position acceptance of Gumiho (2-layer serial head) minus "
+              "EAGLE-2's (1 layer), chain mode", paper=None, unit="probability", baseline="EAGLE-2 chain",
+              expect="> 0"),
+    ClaimSpec(id="fta_tau_gain", description="tau with Full Tree Attention (official padding) / without, same draft",
+              paper=None, unit="ratio", baseline="Gumiho, FTA off", expect="> 1.0"),
+    ClaimSpec(id="fta_outputs_identical", description="share of turns whose greedy output with FTA on differs from "
+              "plain decoding (the paper presents FTA as free; an exact count)", paper=0.0,
+              unit="fraction of turns", baseline="plain greedy decoding", expect="<= 0"),
+    ClaimSpec(id="lossless_fta_off", description="share of turns whose greedy output differs from plain decoding, "
+              "over every FTA-off decoder (fp32; an exact count)", paper=0.0, unit="fraction of turns",
+              baseline="plain greedy decoding", expect="<= 0"),
+    ClaimSpec(id="ablation_serial_2_vs_1", description="tau with 2 serial steps / with 1 (6 MLP heads)", paper=None,
+              unit="ratio", baseline="Gumiho with 1 serial step", expect="> 1.0"),
+    ClaimSpec(id="ablation_serial_3_vs_2", description="tau with 3 serial steps / with 2 (4 MLP heads)", paper=None,
+              unit="ratio", baseline="Gumiho with 2 serial steps", expect="> 1.0"),
+    ClaimSpec(id="compat_fix_tau", description="tau with the corrected sibling mask, MLP pairing and FTA off / with "
+              "the official ones", paper=None, unit="ratio", baseline="official sibling visibility + row pairing + FTA",
+              expect=">= 1.0"),
+]
+FACTS = [
+    FactSpec(id="serial_passes_gumiho", description="sequential draft forwards per cycle of Gumiho (context pass "
+             "included; the loop of the code)", unit="passes/cycle", paper=2.0),
+    FactSpec(id="serial_passes_ratio_vs_eagle2", description="Gumiho's serial draft passes per cycle / EAGLE-2's at "
+             "the same number of draft levels", unit="ratio", paper=round(2 / 6, 3)),
+    FactSpec(id="trainable_params_gumiho", description="trainable parameters of the Gumiho draft", unit="params"),
+    FactSpec(id="train_steps_per_head", description="optimizer steps per head (same for every head)", unit="steps"),
+    FactSpec(id="tau_gumiho", description="tau of Gumiho (tree, greedy, FTA off)", unit="tokens/cycle", paper=4.89,
+             exact=False),
+    FactSpec(id="tau_eagle2", description="tau of EAGLE-2 (tree, greedy)", unit="tokens/cycle", paper=4.68,
+             exact=False),
+    FactSpec(id="cost_model_ratio_vs_eagle2", description="cost-model speedup tau * t_step / (t_draft + t_verify) of "
+             "Gumiho / of EAGLE-2 (micro-benchmarked target costs)", unit="ratio", paper=round(2.97 / 2.74, 3),
+             exact=False),
 ]
 
-PAPER_TABLE = """Speedup / tau at temperature 0 (README of AMD-AIG-AIMA/Gumiho = the paper's main table; mean of
-MT-Bench, HumanEval, GSM8K, Alpaca, CNN/DM, Natural Questions; FP16 on AMD Instinct GPUs):
 
-| Model | EAGLE-2 | Gumiho | tau ratio | speedup ratio |
-|---|---|---|---|---|
-| Vicuna 7B | 2.74x / 4.68 | **2.97x / 4.89** | 1.045 | 1.084 |
-| Vicuna 13B | 3.04x / 4.67 | **3.23x / 4.87** | 1.043 | 1.063 |
-| LLaMA2-chat 7B | 2.82x / 4.64 | **2.95x / 4.70** | 1.013 | 1.046 |
-| LLaMA2-chat 13B | 3.13x / 4.70 | **3.27x / 4.85** | 1.032 | 1.045 |
-| LLaMA2-chat 70B | 2.47x / 4.40 | **2.76x / 4.54** | 1.032 | 1.117 |
-| LLaMA3-Instruct 8B | 2.12x / 4.35 | **2.34x / 4.46** | 1.025 | 1.104 |
-| LLaMA3-Instruct 70B | 2.98x / 4.25 | **3.45x / 4.35** | 1.024 | 1.158 |
-
-Medusa on Vicuna 7B: 1.89x / 2.39. Draft per round: Gumiho 2 serial Transformer passes + 1 batched MLP call;
-EAGLE-2 6 serial passes (official depth 5 + the context pass)."""
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="run config YAML (default: the plan's, configs/smoke.yaml)")
+    parser.add_argument("--target", default=None, help="local HF model dir or smollm2-135m (full scale: required)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: the plan's)")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="target dtype")
+    parser.add_argument("config_overrides", nargs="*", metavar="KEY=VALUE",
+                        help="run-config overrides, e.g. eval.max_questions=8 extra_decoders=[medusa-chain]")
 
 
-def _config(config_path: str | None, overrides: list[str], tiny: bool) -> GumihoRunConfig:
-    source = Path(config_path) if config_path else CONFIGS / "smoke.yaml"
-    return load_config(source, GumihoRunConfig, (TINY_OVERRIDES if tiny else []) + list(overrides))
+def load_run_config(plan: GumihoPlan) -> GumihoRunConfig:
+    """The plan's YAML run config with its overrides and target (errors are one UsageError)."""
+    path = Path(plan.config) if Path(plan.config).is_file() else CONFIGS / plan.config
+    if not path.is_file():
+        raise UsageError(f"run config {plan.config!r} not found (neither a file nor one of {CONFIGS})")
+    for item in plan.config_set:
+        if "=" not in item:
+            raise UsageError(f"override {item!r} is not key=value (e.g. train.epochs=5)")
+    config = load_config(path, GumihoRunConfig, list(plan.config_set))
+    if plan.target:
+        config.target = config.data.target = plan.target
+    return config
 
 
-def _eagle_config(config: GumihoRunConfig):
-    """The EAGLE-2 trainer config: Gumiho's trainer settings with the EAGLE loss weights (v_w 1, p_w 0.1)."""
-    return replace(config.train_config(), loss_weights={"v_w": config.loss.v_w, "p_w": config.loss.p_w})
+def configure(plan: GumihoPlan, args: argparse.Namespace) -> GumihoPlan:
+    changes = {k: v for k, v in (("config", args.config), ("target", args.target), ("device", args.device),
+                                 ("dtype", args.dtype)) if v is not None}
+    plan = dataclasses.replace(plan, **changes, config_set=plan.config_set + tuple(args.config_overrides))
+    if plan.name == "full" and not plan.target:
+        raise UsageError("--scale full needs --target /path/to/hf-model (e.g. vicuna-7b-v1.3) and a GPU; "
+                         "see gumiho/README.md")
+    load_run_config(plan)  # every config error before any work
+    return plan
 
 
-def _train_all(config: GumihoRunConfig, model: Any, tokenizer: Any, runs: Path, data_dir: Path,
-               log: Any) -> dict[str, dict[str, Any]]:
-    """EAGLE-2 + every Gumiho variant on the same data and trainer settings; resumes finished heads."""
+def _train_all(config: GumihoRunConfig, model: Any, ctx: Context, data_dir: Path) -> dict[str, dict[str, Any]]:
+    """EAGLE-2 (EAGLE loss weights) + every Gumiho variant on the same data and trainer settings (resumable)."""
     trained: dict[str, dict[str, Any]] = {}
-    lm_head = model.get_output_embeddings().weight.detach().float()
-    embed = model.get_input_embeddings().weight.detach().float()
     start = time.perf_counter()
-    eagle = build_eagle_head(model.config, embed)
-    result = train_head(eagle, lm_head, data_dir, _eagle_config(config), runs / "eagle2", progress=False)
+    eagle = build_eagle_head(model.config, model.get_input_embeddings().weight.detach().float())
+    eagle_config = replace(config.train_config(), loss_weights={"v_w": config.loss.v_w, "p_w": config.loss.p_w})
+    result = train_head(eagle, model.get_output_embeddings().weight.detach().float(), data_dir, eagle_config,
+                        ctx.runs / "eagle2", progress=False, resume=ctx.resume)
     trained["eagle2"] = {"seconds": time.perf_counter() - start, "steps": result["steps"],
-                         "params": sum(p.numel() for p in eagle.parameters() if p.requires_grad),
-                         "history": result["history"]}
-    log(f"trained eagle2 in {trained['eagle2']['seconds']:.0f} s ({result['steps']} steps)")
+                         "params": sum(p.numel() for p in eagle.parameters() if p.requires_grad)}
     for name, structure in VARIANTS.items():
         start = time.perf_counter()
-        variant = replace(config, structure=structure)
-        result = train_draft(variant, model, None, runs / name, data_dir=data_dir, progress=False)
+        result = train_draft(replace(config, structure=structure), model, None, ctx.runs / name, data_dir=data_dir,
+                             progress=False, resume=ctx.resume)
         draft = load_draft(result["head"], model)
         trained[name] = {"seconds": time.perf_counter() - start, "steps": result["steps"],
-                         "params": sum(p.numel() for p in draft.parameters() if p.requires_grad),
-                         "history": result["history"]}
-        log(f"trained {name} in {trained[name]['seconds']:.0f} s ({result['steps']} steps)")
+                         "params": sum(p.numel() for p in draft.parameters() if p.requires_grad)}
+    for name, item in trained.items():
+        ctx.log.log(stage="train", method=name, **item)
     return trained
 
 
 def _methods(config: GumihoRunConfig, model: Any, runs: Path) -> dict[str, Any]:
-    tree = config.tree
     embed = model.get_input_embeddings().weight.detach()
     eagle = head_from_checkpoint(load_checkpoint(runs / "eagle2" / "head.pt"), embed).to(embed.device).eval()
     drafts = {name: load_draft(runs / name / "head.pt", model) for name in VARIANTS}
-    corrected = replace(tree, fta="off", official_compat=False)
+    corrected = replace(config.tree, fta="off", official_compat=False)
     methods = {"eagle2": eagle_factory(eagle, eagle_tree_for(corrected))}
-    for name, draft in drafts.items():
-        methods[name] = gumiho_factory(draft, corrected)
+    methods.update({name: gumiho_factory(draft, corrected) for name, draft in drafts.items()})
     methods["gumiho+fta"] = gumiho_factory(drafts["gumiho"], replace(corrected, fta="official"))
     if "gumiho-official" in config.extra_decoders:
         methods["gumiho-official"] = gumiho_factory(drafts["gumiho"], replace(corrected, official_compat=True))
@@ -119,180 +184,84 @@ def _methods(config: GumihoRunConfig, model: Any, runs: Path) -> dict[str, Any]:
     return methods
 
 
-def _rates(acceptance: list[float]) -> list[float]:
-    """Chain acceptance per position; a depth no cycle reached (every earlier draft rejected) counts as 0."""
-    return [0.0 if math.isnan(float(a)) else float(a) for a in acceptance]
+def _target_and_data(config: GumihoRunConfig, plan: GumihoPlan) -> tuple[Any, Any, Path]:
+    """The target, its tokenizer and the draft-data folder (built once, then cached under EFFREPRO_CACHE)."""
+    model, tokenizer = load_target_on(config.target, plan.device, plan.dtype)
+    return model, tokenizer, Path(draft_data_dir(config, model, tokenizer, progress=False))
 
 
-def _safe_ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
+def prepare(plan: GumihoPlan, ctx: Context) -> None:
+    with ctx.stage("data"):
+        print(f"[gumiho] draft data: {_target_and_data(load_run_config(plan), plan)[2]}")
 
 
-def build_claims(summary: dict[str, dict[str, Any]], trained: dict[str, dict[str, Any]]) -> list[Claim]:
-    """The issue's claims from the evaluation summary (every ratio is against a baseline of the same run)."""
-    s = summary
-    tau = {name: s[name]["tau"] for name in s if name != "plain"}
-    chain_rates = _rates(s["gumiho-chain"]["acceptance_by_depth"])
-    eagle_rates = _rates(s["eagle2-chain"]["acceptance_by_depth"])
-    marginal = marginal_value(chain_rates)
-    fta_off = [n for n in s if n not in ("plain", "gumiho+fta", "gumiho-official")]
-    common = {"eagle2_steps": trained["eagle2"]["steps"], "gumiho_steps": trained["gumiho"]["steps"]}
-    claims = [
-        Claim("tau_gumiho", "mean tokens per draft-verify cycle (tree, greedy, FTA off)", 4.89, tau["gumiho"],
-              "tokens/cycle", "paper: Vicuna-7B mean over 6 benchmarks", ">= 2.0",
-              {"tau_all": tau, "tau_script_gumiho": s["gumiho"]["tau_script"]}),
-        Claim("tau_ratio_vs_eagle2", "tau(Gumiho) / tau(EAGLE-2), same data, trainer settings and tree budget",
-              4.89 / 4.68, _safe_ratio(tau["gumiho"], tau["eagle2"]), "ratio", "EAGLE-2 head trained here",
-              ">= 1.05", {"tau_gumiho": tau["gumiho"], "tau_eagle2": tau["eagle2"], **common}),
-        Claim("serial_passes_gumiho", "sequential draft forwards per cycle (context pass included)", 2.0,
-              s["gumiho"]["draft_forwards_per_cycle"], "passes/cycle", "EAGLE-2: 1 + depth passes", "== 2",
-              {"eagle2": s["eagle2"]["draft_forwards_per_cycle"],
-               **{n: s[n]["draft_forwards_per_cycle"] for n in VARIANTS}}),
-        Claim("serial_passes_ratio_vs_eagle2", "Gumiho's serial draft passes per cycle / EAGLE-2's", 2 / 6,
-              _safe_ratio(s["gumiho"]["draft_forwards_per_cycle"], s["eagle2"]["draft_forwards_per_cycle"]),
-              "ratio", "EAGLE-2 with the same number of draft levels", "< 1", {}),
-        Claim("early_positions_matter_most", "d tau / d a_k, evaluated at Gumiho's measured chain acceptance a_k, "
-              "is non-increasing in k (1 = yes; the paper's theorem, Sec. 3)", None,
-              float(all(a >= b for a, b in zip(marginal, marginal[1:]))), "bool", "later draft positions", "== 1",
-              {"a_k_gumiho_chain": chain_rates, "marginal_value": marginal, "a_k_eagle2_chain": eagle_rates,
-               "tau_share_of_position_1": _safe_ratio(marginal[0], sum(marginal))}),
-        Claim("chain_tau_consistency", "|1 + sum_k prod a_i - measured chain tau| (internal consistency)", 0.0,
-              abs(chain_tau(chain_rates) - s["gumiho-chain"]["tau"]), "tokens/cycle", "measured chain tau",
-              "<= 0.02", {"chain_tau_formula": chain_tau(chain_rates), "chain_tau": s["gumiho-chain"]["tau"]}),
-        Claim("a1_vs_eagle2", "first-position acceptance a_1 of Gumiho (2-layer T) minus EAGLE-2's (1 layer), "
-              "chain mode", None, chain_rates[0] - eagle_rates[0], "probability", "EAGLE-2 chain", ">= -0.02",
-              {"a1_gumiho": chain_rates[0], "a1_eagle2": eagle_rates[0]}),
-        Claim("tau_ratio_vs_medusa", "tau(Gumiho) / tau(all-parallel Medusa-style heads), tree and chain",
-              4.89 / 2.39, _safe_ratio(tau["gumiho"], tau["medusa"]), "ratio", "Medusa-style draft trained here",
-              "> 1", {"chain_ratio": _safe_ratio(tau["gumiho-chain"], tau["medusa-chain"])}
-              if "medusa-chain" in tau else {}),
-        Claim("cost_model_speedup_gumiho", "tau * t_step / (t_draft + t_verify(N)) vs plain decoding "
-              "(micro-benchmarked target costs)", 2.97, s["gumiho"].get("cost_model_speedup", float("nan")),
-              "x", "plain decoding, same process", "> 1",
-              {n: s[n].get("cost_model_speedup") for n in s if n != "plain"}),
-        Claim("cost_model_ratio_vs_eagle2", "cost-model speedup of Gumiho / of EAGLE-2", 2.97 / 2.74,
-              _safe_ratio(s["gumiho"].get("cost_model_speedup", float("nan")),
-                          s["eagle2"].get("cost_model_speedup", float("nan"))),
-              "ratio", "EAGLE-2 head trained here", ">= 1", {}),
-        Claim("speedup_measured_gumiho", "wall-clock tokens/s vs plain decoding (same process, interleaved)", 2.97,
-              s["gumiho"]["speedup"], "x", "plain decoding, same process", "> 1",
-              {n: s[n]["speedup"] for n in s if n != "plain"}),
-        Claim("speedup_ratio_vs_eagle2", "measured speedup of Gumiho / of EAGLE-2", 2.97 / 2.74,
-              _safe_ratio(s["gumiho"]["speedup"], s["eagle2"]["speedup"]), "ratio", "EAGLE-2 head trained here",
-              ">= 1", {"draft_ms_per_cycle": {n: s[n]["draft_ms_per_cycle"] for n in s if n != "plain"},
-                       "verify_ms_per_cycle": {n: s[n]["verify_ms_per_cycle"] for n in s if n != "plain"}}),
-        Claim("fta_tau_gain", "tau with Full Tree Attention (official padding) / without, same draft", None,
-              _safe_ratio(tau["gumiho+fta"], tau["gumiho"]), "ratio", "Gumiho, FTA off", ">= 1", {}),
-        Claim("fta_outputs_identical", "fraction of turns whose greedy output differs from plain decoding with FTA "
-              "on (the paper presents FTA as free; it is approximate)", 0.0,
-              s["gumiho+fta"]["greedy_mismatches"] / max(s["gumiho+fta"]["turns"], 1), "fraction",
-              "plain greedy decoding", "== 0", {"mismatched_turns": s["gumiho+fta"]["greedy_mismatches"]}),
-        Claim("lossless_fta_off", "turns differing from plain greedy decoding, summed over every FTA-off method "
-              "(fp32)", 0.0, sum(s[n]["greedy_mismatches"] for n in fta_off), "turns", "plain greedy decoding",
-              "== 0", {n: s[n]["greedy_mismatches"] for n in fta_off}),
-        Claim("ablation_serial_2_vs_1", "tau with 2 serial steps / with 1 (6 MLP heads)", None,
-              _safe_ratio(tau["gumiho"], tau["gumiho-1s"]), "ratio", "Gumiho with 1 serial step", ">= 1",
-              {"cost_model": {n: s[n].get("cost_model_speedup") for n in VARIANTS}}),
-        Claim("ablation_serial_3_vs_2", "tau with 3 serial steps / with 2 (4 MLP heads)", None,
-              _safe_ratio(tau["gumiho-3s"], tau["gumiho"]), "ratio", "Gumiho with 2 serial steps", ">= 1", {}),
-    ]
-    if "gumiho-official" in tau:  # optional decoder (config.extra_decoders)
-        claims.append(Claim("compat_fix_tau", "tau with the corrected sibling mask, MLP pairing and FTA off / with "
-                            "the official ones", None, _safe_ratio(tau["gumiho"], tau["gumiho-official"]), "ratio",
-                            "official sibling visibility + row pairing + FTA", ">= 1", {}))
-    return claims
+def run(plan: GumihoPlan, ctx: Context) -> Results:
+    config = load_run_config(plan)
+    with ctx.stage("data"):
+        model, tokenizer, data_dir = _target_and_data(config, plan)
+        if config.data_source == "mtbench_split":  # evaluate on the held-out questions only
+            config.eval.questions = str(write_questions(split_mtbench()[1], ctx.out / "eval_questions.jsonl"))
+        data_meta = json.loads((data_dir / "meta.json").read_text())
+        ctx.log.log(stage="data", folder=str(data_dir), **{k: data_meta.get(k) for k in ("samples", "tokens")})
+    with ctx.stage("training"):
+        trained = _train_all(config, model, ctx, data_dir)
+    with ctx.stage("evaluation"):
+        def evaluate() -> dict[str, Any]:
+            target = TargetAdapter(model, max_length=config.eval.max_length)
+            result = run_eval(target, tokenizer, _methods(config, model, ctx.runs), config.eval, ctx.out / "eval",
+                              progress=False)
+            return {k: result[k] for k in ("summary", "records", "costs")}
+
+        key = {"config": config_to_dict(config), "device": plan.device, "dtype": plan.dtype,
+               "steps": {n: t["steps"] for n, t in trained.items()}}
+        result = ctx.cached("eval", evaluate, key=json.loads(json.dumps(key, default=str)))
+    estimates, facts = measure(config, result["records"], result["summary"], trained)
+    return Results(estimates=estimates, facts=facts, notes_md=notes(config, trained, data_meta, result["summary"]),
+                   plots=plot(result["summary"], ctx.out))
 
 
-def _plot(summary: dict[str, dict[str, Any]], out: Path) -> list[Path]:
-    import matplotlib
+def measure(config: GumihoRunConfig, records: dict[str, list[dict]], summary: dict[str, dict[str, Any]],
+            trained: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Estimates paired over turns and facts, from the turn records of one interleaved evaluation."""
+    r = records
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    def tau(a: str, b: str) -> Any:
+        return ratio_of_sums(r[a], r[b], "cycle_tokens", "cycles")
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name in [n for n in ("eagle2-chain", "gumiho-chain", "medusa-chain") if n in summary]:
-        rates = summary[name]["acceptance_by_depth"]
-        axes[0].plot(range(1, len(rates) + 1), rates, marker="o", label=name)
-    axes[0].set(xlabel="draft position k", ylabel="conditional acceptance a_k", title="chain mode", ylim=(0, 1))
-    axes[0].legend()
-    names = [n for n in ("eagle2", *VARIANTS, "gumiho+fta", "gumiho-official") if n in summary]
-    axes[1].bar(names, [summary[n]["tau"] for n in names])
-    axes[1].set(ylabel="tau (tokens / cycle)", title="tree mode, equal budget")
-    axes[1].tick_params(axis="x", rotation=45)
-    return [save_figure(fig, out / "acceptance_and_tau.png")]
-
-
-def _notes(config: GumihoRunConfig, trained: dict[str, dict[str, Any]], data_meta: dict[str, Any],
-           timings: dict[str, float], summary: dict[str, dict[str, Any]]) -> str:
-    rows = ["| method | params (trainable) | train s | steps | tau | serial passes / cycle | draft ms / cycle | "
-            "verify ms / cycle | cost-model x | wall x |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, item in summary.items():
-        if name == "plain":
-            continue
-        base = name.split("-chain")[0].split("+")[0]
-        base = "gumiho" if base == "gumiho-official" else base
-        info = trained.get(base, {})
-        rows.append(f"| {name} | {info.get('params', 0) / 1e6:.2f} M | {info.get('seconds', 0):.0f} | "
-                    f"{info.get('steps', '')} | {item['tau']:.3f} | {item['draft_forwards_per_cycle']:.2f} | "
-                    f"{item['draft_ms_per_cycle']:.1f} | {item['verify_ms_per_cycle']:.1f} | "
-                    f"{item.get('cost_model_speedup', float('nan')):.3f} | {item['speedup']:.3f} |")
-    budget = (f"Data: {data_meta.get('samples')} conversations, {data_meta.get('tokens')} tokens "
-              f"({data_meta.get('supervised_tokens')} supervised). Trainer (same for every head): "
-              f"{config.train.epochs} epochs, batch {config.train.batch_size}, steps/epoch "
-              f"{config.train.steps_per_epoch or 'all'}, lr {config.train.lr}, {config.train.schedule}. Gumiho MLP CE "
-              f"from epoch {config.loss.mlp_ce_warmup_epochs}. Tree: top_k {config.tree.top_k}, total tokens "
-              f"{config.tree.total_tokens}, {config.tree.depth} levels, mlptopk {config.tree.mlptopk}, pruning "
-              f"{config.tree.pruning}. Eval: {config.eval.max_questions} MT-bench questions (first turn), "
-              f"{config.eval.max_new_tokens} new tokens, greedy.")
-    phases = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-    return "\n".join([budget, "", f"Wall time: {phases}.", "", *rows])
+    chain = r["gumiho-chain"]
+    estimates = {
+        "tau_ratio_vs_eagle2": tau("gumiho", "eagle2"),
+        "speedup_ratio_vs_eagle2": ratio_of_sums(r["gumiho"], r["eagle2"], "new_tokens", "wall_time"),
+        "speedup_vs_plain": ratio_of_sums(r["gumiho"], r["plain"], "new_tokens", "wall_time"),
+        "tau_ratio_vs_medusa": tau("gumiho", "medusa"),
+        "early_position_acceptance": acceptance_difference(chain, [1], chain, range(2, config.tree.depth + 1)),
+        "a1_vs_eagle2": acceptance_difference(chain, [1], r["eagle2-chain"], [1]),
+        "fta_tau_gain": tau("gumiho+fta", "gumiho"),
+        "fta_outputs_identical": mismatch_rate([r["gumiho+fta"]], r["plain"]),
+        "lossless_fta_off": mismatch_rate([r[n] for n in r if n not in ("plain", "gumiho+fta", "gumiho-official")],
+                                          r["plain"]),
+        "ablation_serial_2_vs_1": tau("gumiho", "gumiho-1s"),
+        "ablation_serial_3_vs_2": tau("gumiho-3s", "gumiho"),
+    }
+    if "gumiho-official" in r:
+        estimates["compat_fix_tau"] = tau("gumiho", "gumiho-official")
+    estimates = {k: v for k, v in estimates.items() if v.value == v.value}  # NaN: a position never reached
+    passes = {n: summary[n]["draft_forwards_per_cycle"] for n in summary if n != "plain"}
+    cost = {n: summary[n].get("cost_model_speedup") for n in summary if n != "plain"}
+    facts = {
+        "serial_passes_gumiho": (passes["gumiho"], {"per_method": passes}),
+        "serial_passes_ratio_vs_eagle2": passes["gumiho"] / passes["eagle2"],
+        "trainable_params_gumiho": (trained["gumiho"]["params"], {n: t["params"] for n, t in trained.items()}),
+        "train_steps_per_head": (trained["gumiho"]["steps"], {n: t["steps"] for n, t in trained.items()}),
+        "tau_gumiho": (summary["gumiho"]["tau"], {n: summary[n]["tau"] for n in passes}),
+        "tau_eagle2": summary["eagle2"]["tau"],
+    }
+    if cost["gumiho"] and cost["eagle2"]:
+        facts["cost_model_ratio_vs_eagle2"] = (cost["gumiho"] / cost["eagle2"], {"cost_model_speedup": cost})
+    return estimates, facts
 
 
-def reproduce(scale: str = "smoke", tiny: bool = False, out: str | None = None, config_path: str | None = None,
-              overrides: list[str] | None = None, target: str | None = None, threads: int = 2,
-              device: str = "cpu", dtype: str = "float32", log: Any = print) -> Path:
-    """Run the experiment and write claims.json / report.md / metrics.jsonl / plots; returns the results dir."""
-    if scale not in ("smoke", "full"):
-        raise UsageError(f"unknown scale {scale!r}; use smoke or full")
-    if scale == "full":
-        if not target:
-            raise UsageError("--scale full needs --target /path/to/hf-model (e.g. vicuna-7b-v1.3) and a GPU; "
-                             "see gumiho/README.md")
-        config_path = config_path or str(CONFIGS / "full.yaml")
-    config = _config(config_path, overrides or [], tiny)
-    if target:
-        config.target = target
-        config.data.target = target
-    torch.set_num_threads(threads)
-    out_dir = results_dir("gumiho", scale, out)
-    runs = out_dir / "runs"
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    model, tokenizer = load_target_on(config.target, device, dtype)
-    if config.data_source == "mtbench_split":  # evaluate on the held-out questions only
-        config.eval.questions = str(write_questions(split_mtbench()[1], out_dir / "eval_questions.jsonl"))
-    data_dir = draft_data_dir(config, model, tokenizer, progress=False)
-    data_meta = json.loads((Path(data_dir) / "meta.json").read_text())
-    timings["target + draft data"] = time.perf_counter() - start
-    log(f"draft data: {data_meta.get('samples')} samples, {data_meta.get('tokens')} tokens ({data_dir})")
-    start = time.perf_counter()
-    trained = _train_all(config, model, tokenizer, runs, Path(data_dir), log)
-    timings["training"] = time.perf_counter() - start
-    start = time.perf_counter()
-    target_adapter = TargetAdapter(model, max_length=config.eval.max_length)
-    result = run_eval(target_adapter, tokenizer, _methods(config, model, runs), config.eval, out_dir / "eval",
-                      progress=False)
-    timings["evaluation"] = time.perf_counter() - start
-    summary = result["summary"]
-    claims = build_claims(summary, trained)
-    write_claims(out_dir, claims)
-    with (out_dir / "metrics.jsonl").open("w") as handle:
-        for name, item in summary.items():
-            handle.write(json.dumps({"method": name, **item}, default=float) + "\n")
-        handle.write(json.dumps({"costs": result["costs"], "timings": timings,
-                                 "config": config_to_dict(config)}, default=str) + "\n")
-    plots = _plot(summary, out_dir)
-    write_report(out_dir, f"Gumiho reproduction ({scale}{', tiny' if tiny else ''})", PAPER_TABLE, claims,
-                 _notes(config, trained, data_meta, timings, summary), plots)
-    log(f"wrote {out_dir / 'claims.json'} ({sum(c.holds for c in claims)}/{len(claims)} claims hold)")
-    return out_dir
+REPRODUCTION = Reproduction(
+    paper="gumiho", title="Gumiho: serial heads for the early draft tokens, parallel MLP heads for the rest",
+    paper_table=PAPER_TABLE, plans={"smoke": SMOKE, "tiny": TINY, "full": FULL}, claims=CLAIMS, facts=FACTS,
+    run=run, add_arguments=add_arguments, configure=configure, prepare=prepare)

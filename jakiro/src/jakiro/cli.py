@@ -1,6 +1,6 @@
 """``jakiro`` console script: ``data``, ``train``, ``eval``, ``bench``, ``reproduce``.
 
-    jakiro reproduce --scale smoke [--tiny] [--out DIR] [--set eval.max_questions=20 ...]
+    jakiro reproduce --scale smoke [--tiny] [--out DIR] [--set max_questions=20 ...]   (jakiro reproduce --help)
     jakiro train --method jakiro --target smollm2-135m --out runs/jakiro [--epochs 20 --lr 9e-5]
     jakiro eval --heads runs --variants eagle2 jakiro jakiro_parent [--temperature 1.0] [--out DIR]
     jakiro bench [--heads runs] [--top-k 4 --depth 5 --total-tokens 24]
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -94,15 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--heads", default=None, help="folder with <method>/head.pt (default: random heads)")
     bench.add_argument("--context", type=int, default=256)
     bench.add_argument("--repeats", type=int, default=21)
-    reproduce = sub.add_parser("reproduce", help="the paper's headline comparison (claims.json + report.md)")
-    reproduce.add_argument("--scale", choices=["smoke", "full"], default="smoke")
-    reproduce.add_argument("--tiny", action="store_true", help="the same code path with a tiny budget")
-    reproduce.add_argument("--out", default=None)
-    reproduce.add_argument("--target", default=None, help="full scale: a local HF model directory")
-    reproduce.add_argument("--sharegpt-json", default=None, help="full scale: the ShareGPT json file")
-    reproduce.add_argument("--threads", type=int, default=None)
-    reproduce.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                           help="config overrides, e.g. eval.max_questions=20 train.epochs=3")
+    sub.add_parser("reproduce", add_help=False, help="the paper's comparison: claims.json + report.md "
+                   "(options: jakiro reproduce --help)").add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -126,7 +120,7 @@ def _data_dirs(args: argparse.Namespace, model: Any, tokenizer: Any) -> list[Pat
             raise UsageError(f"--shard {shard!r}; use i/n, e.g. 0/8") from None
         return [encode_sharegpt_file(model, tokenizer, args.sharegpt_json, max_len=args.max_len, limit=args.limit,
                                      shard=(index, count))]
-    from jakiro.reproduce import DataSettings, build_draft_data
+    from jakiro.draft_sources import DataSettings, build_draft_data
 
     settings = DataSettings(prompts=args.prompts, max_new_tokens=args.max_new_tokens_data, sharegpt=args.sharegpt,
                             max_len=args.max_len, sharegpt_json=args.sharegpt_json, sharegpt_limit=args.limit)
@@ -143,24 +137,14 @@ def _heads(folder: str, model: Any, methods: set[str], device: str, dtype: torch
 
 
 def dispatch(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    if args.command == "reproduce":
-        from jakiro.reproduce import config_for, run
+    if argv[:1] == ["reproduce"]:  # the reproduce skeleton parses its own options
+        from jakiro.reproduce import REPRODUCTION
 
-        overrides = list(args.set)
-        if args.target:
-            overrides.append(f"target={args.target}")
-        if args.sharegpt_json:
-            overrides.append(f"data.sharegpt_json={args.sharegpt_json}")
-        if args.threads is not None:
-            overrides.append(f"threads={args.threads}")
-        config = config_for(args.scale, args.tiny, overrides)
-        result = run(config, args.out)
-        held = sum(c["holds"] for c in result["claims"])
-        print(f"{held}/{len(result['claims'])} claims hold; wrote {result['out_dir']}")
-        return 0
+        return REPRODUCTION.main(argv[1:])
+    args = build_parser().parse_args(argv)
     model, tokenizer = _load(args)
     if args.command == "data":
         print("\n".join(str(d) for d in _data_dirs(args, model, tokenizer)))

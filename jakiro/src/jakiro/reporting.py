@@ -1,0 +1,105 @@
+"""The report's paper table, per-method tables and plot for ``jakiro reproduce``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from effrepro.report import save_figure
+
+PAPER_TABLE = """\
+README figure (A100-40G, MT-bench, **T = 1**; the figure's setting is not documented):
+
+| target | speedup EAGLE-2 | speedup Jakiro | tau EAGLE-2 | tau Jakiro |
+|---|---|---|---|---|
+| Vicuna 7B | 2.69x | 3.86x | 4.27 | 5.68 |
+| LLaMA2-chat 7B | 2.95x | 3.36x | 4.49 | 5.17 |
+| LLaMA3-instruct 8B | 2.31x | 2.84x | 3.97 | 4.63 |
+
+What the official repository's own logs show (A40, fp16, MT-bench; tau per cycle):
+
+| target | T | Jakiro speedup | Jakiro tau | EAGLE-2 speedup | EAGLE-2 tau |
+|---|---|---|---|---|---|
+| vicuna_7b | 0 | 2.99 | 4.72 | 2.89 | 4.72 |
+| vicuna_7b | 1 | 2.47 | 4.01 | 2.44 | 4.15 |
+| vicuna_13b | 0 | 3.08 | 4.58 | 2.95 | 4.63 |
+| vicuna_33b | 0 | 3.30 | 4.38 | 3.16 | 4.29 |
+
+The logs: Jakiro +3..6 % faster than EAGLE-2 at essentially the same tau, from one fewer sequential draft forward
+(5 vs 6 at depth 5) and a cheaper FFN.
+"""
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def method_table(summary: dict[str, dict[str, Any]]) -> str:
+    rows = ["| method | turns | tau | tau (script) | acc. by depth | draft fwd/cycle | draft ms/cycle | "
+            "verify ms/cycle | cost-model speedup | tokens/s vs plain | greedy mismatches |", "|---" * 11 + "|"]
+    for name, s in summary.items():
+        if name == "plain":
+            rows.append(f"| plain | {s['turns']} | 1 | – | – | – | – | – | 1 | 1 ({s['tokens_per_s']:.1f} tok/s) | – |")
+            continue
+        depths = ", ".join(_num(r, 2) for r in s.get("acceptance_by_depth", [])[:6])
+        rows.append(f"| {name} | {s['turns']} | {_num(s['tau'])} | {_num(s['tau_script'])} | {depths} | "
+                    f"{_num(s['draft_forwards_per_cycle'], 2)} | {_num(s['draft_ms_per_cycle'], 1)} | "
+                    f"{_num(s['verify_ms_per_cycle'], 1)} | {_num(s.get('cost_model_speedup'))} | "
+                    f"{_num(s.get('speedup'))} | {s.get('greedy_mismatches', '–')} |")
+    return "\n".join(rows)
+
+
+def notes(plan: Any, data: dict, training: dict, evals: dict, bench: dict) -> str:
+    parts = [
+        f"Target `{plan.target}` ({plan.dtype}, {plan.device}). Draft data: {data['samples']} conversations "
+        f"({plan.prompts} corpus instructions answered by the target, up to {plan.data_new_tokens} tokens each"
+        f"{', plus ' + plan.sharegpt_json if plan.sharegpt_json else ''}), {data['tokens']} tokens "
+        f"({data['supervised_tokens']} supervised). Every head: {plan.epochs} epoch(s), batch {plan.batch_size}, "
+        f"lr {plan.lr}, cosine, warm-up {plan.warmup_steps}, same seed and data order.",
+        f"Tree: top_k {plan.top_k}, depth {plan.depth}, total_tokens {plan.total_tokens} (Jakiro*: the official "
+        f"static 26-node tree). MT-bench: first {plan.max_questions or 80} questions at T = 0 and first "
+        f"{plan.t1_max_questions or 80} at T = {plan.temperature}, {plan.max_turns or 'all'} turn(s), "
+        f"{plan.max_new_tokens} new tokens. Intervals: percentile bootstrap over turns, both methods of a turn "
+        "resampled together; tau and tokens/s of a set of turns are ratios of sums over its turns.",
+        "", "Training (held-out split, last epoch):", "",
+        "| method | steps | seconds | held-out top-1 (branch 0) | contrastive top-1 (t+2) |", "|---|---|---|---|---|",
+    ]
+    for method, t in training.items():
+        final = t["final"]
+        top1 = final.get("eval_acc0", final.get("eval_top1"))
+        parts.append(f"| {method} | {t['steps']} | {t['seconds']:.0f} | {_num(top1)} | "
+                     f"{_num(final.get('eval_acc1'))} |")
+    for label, title in (("greedy", "Greedy (T = 0)"), ("t1", f"Sampling (T = {plan.temperature})")):
+        if label in evals:
+            parts += ["", f"{title}, pooled over turns:", "", method_table(evals[label]["summary"])]
+    parts += ["", "Drafting cost per tree (paired micro-benchmark, median):", "",
+              "| schedule | ms | ratio to EAGLE-2 | sequential forwards | trainable params |", "|---|---|---|---|---|"]
+    for name, ms in bench["ms_per_tree"].items():
+        parts.append(f"| {name} | {ms:.2f} | {bench['ratio_to_eagle2'][name]:.3f} | {bench['draft_forwards'][name]} "
+                     f"| {bench['trainable_params'][name]:,} |")
+    return "\n".join(parts)
+
+
+def plot(evals: dict, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label, item in evals.items():
+        summary = {k: v for k, v in item["summary"].items() if k != "plain"}
+        axes[0].bar([f"{k}\n{label}" for k in summary], [v["tau"] for v in summary.values()])
+        for name, s in summary.items():
+            rates = s.get("acceptance_by_depth", [])
+            axes[1].plot(range(1, len(rates) + 1), rates, marker="o", label=f"{name} ({label})")
+    axes[0].set_ylabel("tau (tokens per target forward)")
+    axes[0].tick_params(axis="x", labelsize=7, rotation=45)
+    axes[1].set_xlabel("draft depth")
+    axes[1].set_ylabel("acceptance | parent accepted")
+    axes[1].legend(fontsize=6)
+    fig.tight_layout()
+    return [save_figure(fig, out_dir / "tau_and_acceptance.png")]
