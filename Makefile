@@ -90,3 +90,14 @@ ci-reproduce: setup
 
 clean:
 	rm -rf results/*/ .pytest_cache .ruff_cache
+
+# ---- kernels (effrepro.kernels; see shared/src/effrepro/kernels/README.md) ----
+DEVICE ?= cpu
+.PHONY: bench-kernels gpu-check
+
+bench-kernels:
+	@$(PY) -m effrepro.kernels.bench --device "$(DEVICE)" --json results/kernels/bench_$(DEVICE).json
+	@$(PY) -m double_rounding.bench_integer --device "$(DEVICE)" --json results/kernels/integer_resnet18_$(DEVICE).json
+
+gpu-check:
+	@$(PY) -m effrepro.kernels.gpu_check --out results/reference/gpu

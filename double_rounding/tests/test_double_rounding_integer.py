@@ -87,3 +87,18 @@ def test_tiny_cnn_mixed_config_and_kernel_backends() -> None:
         model = integer_model(artefact, config, backend=backend)
         errors = layerwise_agreement(deq, model, x)
         assert max(errors.values()) <= LAYER_TOL, (backend, errors)
+
+
+def test_bench_integer_small_run(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from double_rounding import bench_integer
+
+    out = tmp_path / "r.json"
+    assert bench_integer.main(["--size", "32", "--batch", "2", "--repeats", "2", "--warmup", "1", "--bits", "4",
+                               "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["ms"]) == {"fp32", "dequantized_w4", "integer_w4", "integer_packed_w4"}
+    assert result["quantised_layer_bytes_over_fp32"]["integer_packed_w4"] == pytest.approx(0.125, abs=0.005)
+    assert result["agreement"]["w4"]["max_layer_rel_diff"] <= LAYER_TOL
+    assert "integer_w4 / fp32" in capsys.readouterr().out

@@ -210,3 +210,30 @@ def test_dot_optimizer_and_bad_implementation() -> None:
     assert torch.equal(p, q)
     with pytest.raises(ValueError):
         MultiMomentumSGD([p], lr=0.1, momenta={"a": 0.9}, implementation="cuda")
+
+
+# ---- benchmark and GPU check entry points ---------------------------------------------------------------
+def test_bench_quick_runs_and_reports_intervals(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from effrepro.kernels import bench
+
+    assert bench.main(["--quick", "--repeats", "3", "--warmup", "1", "--json", str(tmp_path / "b.json")]) == 0
+    import json
+
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert {r["kernel"] for r in rows} >= {"lowbit_int8pack", "int_mm", "int_conv2d", "fused_foreach"}
+    for row in rows:
+        for r in row["ratio"].values():
+            assert r["n"] == 3 and r["ci"][0] <= r["ratio"] <= r["ci"][1]
+    assert "| case |" in capsys.readouterr().out
+
+
+def test_gpu_check_without_cuda_is_one_error_line(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    from effrepro.kernels import gpu_check
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert gpu_check.main(["--out", str(tmp_path / "gpu")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and not (tmp_path / "gpu").exists()
+    assert gpu_check.main(["--dry-run"]) == 0
+    assert "kernels_bench" in capsys.readouterr().out

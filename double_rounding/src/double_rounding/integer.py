@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from effrepro.errors import UsageError
 from effrepro.kernels import (
+    conv_weight_matrix,
     int_conv2d,
     int_linear,
     lowbit_codes,
@@ -69,8 +70,8 @@ class IntegerLayer(nn.Module):
         self.packed_bits = packed_bits
         if packed_bits is not None:
             check_bits(packed_bits, self.bit_list, what="packed bit-width")
-            low = lowbit_codes(codes, packed_bits, self.high_bits, self.tie_mode)
-            self.register_buffer("store", pack_codes(low.reshape(codes.shape[0], -1), packed_bits))
+            low = self._matrix(lowbit_codes(codes, packed_bits, self.high_bits, self.tie_mode))
+            self.register_buffer("store", pack_codes(low, packed_bits))
         else:
             self.register_buffer("store", codes.to(torch.int8).clone())
         self._active: Tensor | None = None
@@ -91,11 +92,15 @@ class IntegerLayer(nn.Module):
             raise UsageError(f"this layer stores packed {self.packed_bits}-bit codes only; it cannot run at {value}")
         self._bits = value
         # the b-bit codes, derived once per switch (the packed form unpacks at every call instead)
-        self._active = None if self.packed_bits is not None else lowbit_codes(
-            self.store, value, self.high_bits, self.tie_mode).reshape(self.weight_shape[0], -1)
+        self._active = None if self.packed_bits is not None else self._matrix(lowbit_codes(
+            self.store, value, self.high_bits, self.tie_mode))
+
+    def _matrix(self, codes: Tensor) -> Tensor:
+        """Weight codes as the (Cout, K) matrix the kernels take (conv: :func:`conv_weight_matrix` order)."""
+        return conv_weight_matrix(codes) if self.is_conv else codes
 
     def weight_codes(self) -> Tensor:
-        """The active b-bit codes as int8 (Cout, K)."""
+        """The active b-bit codes as the int8 (Cout, K) matrix (conv columns: kh, kw, C)."""
         if self._active is not None:
             return self._active
         k = 1
@@ -115,9 +120,10 @@ class IntegerLayer(nn.Module):
         x = self.act_quant(x, bits)
         delta = self.high_bits - bits
         w = self.weight_codes().float() * output_scale(self.weight_scale, self.weight_shape[0], delta)[:, None]
-        w = w.reshape(self.weight_shape)
         if not self.is_conv:
             return F.linear(x, w, self.bias)
+        cout, cin, kh, kw = self.weight_shape
+        w = w.reshape(cout, kh, kw, cin).permute(0, 3, 1, 2)
         if self.padding_mode != "zeros":
             pad = (self.padding[1], self.padding[1], self.padding[0], self.padding[0])
             x = F.pad(x, pad, mode=self.padding_mode)
@@ -136,8 +142,8 @@ class IntegerLayer(nn.Module):
         w = self.weight_codes()
         if not self.is_conv:
             return int_linear(codes, bits, s_a, w, col, self.bias, self.backend)
-        return int_conv2d(codes, bits, s_a, w.reshape(self.weight_shape), col, self.bias, self.stride, self.padding,
-                          self.dilation, self.backend)
+        return int_conv2d(codes, bits, s_a, w, col, self.bias, self.stride, self.padding, self.dilation, self.backend,
+                          kernel_size=self.weight_shape[2:])
 
     def extra_repr(self) -> str:
         kind = "conv" if self.is_conv else "linear"

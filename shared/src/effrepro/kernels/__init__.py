@@ -16,6 +16,7 @@ from effrepro.kernels._dispatch import notice, triton_runs_on
 from effrepro.kernels.lowbit import (
     INT_BACKENDS,
     LINEAR_BACKENDS,
+    conv_weight_matrix,
     im2col,
     int_conv2d,
     int_linear,
@@ -38,7 +39,7 @@ from effrepro.kernels.momentum import (
 )
 
 __all__ = [
-    "INT_BACKENDS", "LINEAR_BACKENDS", "MOMENTUM_BACKENDS", "im2col", "int_conv2d", "int_linear",
+    "INT_BACKENDS", "LINEAR_BACKENDS", "MOMENTUM_BACKENDS", "conv_weight_matrix", "im2col", "int_conv2d", "int_linear",
     "int_linear_reference", "lowbit_codes", "lowbit_conv2d", "lowbit_linear", "lowbit_linear_reference",
     "multi_momentum_foreach", "multi_momentum_reference", "multi_momentum_step", "multi_momentum_triton", "notice",
     "output_scale", "pack_codes", "quantize_activation", "triton_runs_on", "unpack_codes",

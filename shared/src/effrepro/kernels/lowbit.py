@@ -76,14 +76,13 @@ def pack_codes(codes: Tensor, bits: int) -> Tensor:
 
 
 def unpack_codes(packed: Tensor, bits: int, k: int) -> Tensor:
-    """Inverse of :func:`pack_codes`: int8 codes with last dim ``k``."""
+    """Inverse of :func:`pack_codes`: int8 codes with last dim ``k``. Each code is moved to the top of the byte
+    by a left shift and brought back by an arithmetic right shift, which sign-extends it (int8 ops only)."""
     if bits not in PACK_PER_BYTE:
         return packed
-    per = PACK_PER_BYTE[bits]
-    shifts = torch.arange(per, dtype=torch.int32, device=packed.device) * bits
-    u = (packed.to(torch.int32).unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
-    signed = u - ((u >> (bits - 1)) << bits)  # sign-extend
-    return signed.reshape(*packed.shape[:-1], -1)[..., :k].to(torch.int8)
+    signed = packed.view(torch.int8)
+    parts = [(signed << (8 - bits * (i + 1))) >> (8 - bits) for i in range(PACK_PER_BYTE[bits])]
+    return torch.stack(parts, -1).reshape(*packed.shape[:-1], -1)[..., :k]
 
 
 # ---- references -----------------------------------------------------------------------------------------
@@ -210,6 +209,26 @@ def _pick_int_backend(device: torch.device, backend: str, m: int, k: int, n: int
     return backend
 
 
+def _to_int8(codes: Tensor, offset: int) -> Tensor:
+    """Activation codes as int8 (``codes - offset``: 8-bit codes 0..255 are moved to -128..127)."""
+    if codes.dtype == torch.int8 and not offset:
+        return codes
+    return (codes.to(torch.int32) - offset).to(torch.int8) if offset else codes.to(torch.int8)
+
+
+def _int_matmul(a8: Tensor, offset: int, weight_codes: Tensor, weight_scale: Tensor, act_scale: Tensor | float,
+                bias: Tensor | None, backend: str) -> Tensor:
+    """``((a8 + offset) @ q^T) * (s_a * s_w) + bias`` with the integer product exact in int32."""
+    if backend == "int_mm":
+        acc = torch._int_mm(a8, weight_codes.t())
+    else:
+        acc = triton_lowbit_mm(a8, weight_codes, 0, 8, "half_up")
+    if offset:
+        acc = acc + offset * weight_codes.to(torch.int32).sum(1)
+    y = acc.to(torch.float32) * (act_scale * weight_scale)
+    return y + bias if bias is not None else y
+
+
 def int_linear(act_codes: Tensor, act_bits: int, act_scale: Tensor | float, weight_codes: Tensor,
                weight_scale: Tensor, bias: Tensor | None = None, backend: str = "auto") -> Tensor:
     """``(c * s_a) @ (q_b * s_w)^T + bias`` with the integer product ``c @ q_b^T`` exact in int32.
@@ -219,22 +238,12 @@ def int_linear(act_codes: Tensor, act_bits: int, act_scale: Tensor | float, weig
     """
     lead = act_codes.shape[:-1]
     a = act_codes.reshape(-1, act_codes.shape[-1])
-    m, k = a.shape
     n = weight_codes.shape[0]
-    backend = _pick_int_backend(a.device, backend, m, k, n)
+    backend = _pick_int_backend(a.device, backend, a.shape[0], a.shape[1], n)
     if backend == "reference":
         return int_linear_reference(act_codes, act_scale, weight_codes, weight_scale, bias)
     offset = 128 if act_bits == 8 else 0
-    a8 = (a.to(torch.int32) - offset).to(torch.int8) if offset else a.to(torch.int8)
-    if backend == "int_mm":
-        acc = torch._int_mm(a8, weight_codes.t())
-    else:
-        acc = triton_lowbit_mm(a8, weight_codes, 0, 8, "half_up")
-    if offset:
-        acc = acc + offset * weight_codes.to(torch.int32).sum(1)
-    y = acc.to(torch.float32) * (act_scale * weight_scale)
-    if bias is not None:
-        y = y + bias
+    y = _int_matmul(_to_int8(a, offset), offset, weight_codes, weight_scale, act_scale, bias, backend)
     return y.reshape(*lead, n)
 
 
@@ -244,8 +253,11 @@ def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
 
 
 def im2col(x: Tensor, kernel_size: tuple[int, int], stride: int | tuple[int, int] = 1,
-           padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1) -> tuple[Tensor, int, int]:
-    """``(N*Ho*Wo, C*kh*kw)`` patches of ``x`` (N, C, H, W) in the order of ``weight.reshape(Cout, -1)``."""
+           padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
+           pad_value: float = 0) -> tuple[Tensor, int, int]:
+    """``(N*Ho*Wo, kh*kw*C)`` patches of ``x`` (N, C, H, W), channels innermost (the order of
+    :func:`conv_weight_matrix`). Built from the NHWC view of ``x`` by one strided copy (free of a transpose
+    when ``x`` is channels-last, which the convolutions here return)."""
     kh, kw = _pair(kernel_size)
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
@@ -253,12 +265,18 @@ def im2col(x: Tensor, kernel_size: tuple[int, int], stride: int | tuple[int, int
     n, c, h, w = x.shape
     ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    nhwc = x.permute(0, 2, 3, 1)
     if (kh, kw) == (1, 1) and (ph, pw) == (0, 0):
-        cols = x[:, :, ::sh, ::sw].permute(0, 2, 3, 1).reshape(n * ho * wo, c)
-    else:
-        cols = F.unfold(x, (kh, kw), dilation=(dh, dw), padding=(ph, pw), stride=(sh, sw))
-        cols = cols.transpose(1, 2).reshape(n * ho * wo, c * kh * kw)
-    return cols, ho, wo
+        return nhwc[:, ::sh, ::sw, :].reshape(n * ho * wo, c), ho, wo
+    padded = F.pad(nhwc, (0, 0, pw, pw, ph, ph), value=pad_value).contiguous() if ph or pw else nhwc.contiguous()
+    s = padded.stride()
+    patches = padded.as_strided((n, ho, wo, kh, kw, c), (s[0], s[1] * sh, s[2] * sw, s[1] * dh, s[2] * dw, s[3]))
+    return patches.reshape(n * ho * wo, kh * kw * c), ho, wo
+
+
+def conv_weight_matrix(weight: Tensor) -> Tensor:
+    """(Cout, C, kh, kw) -> (Cout, kh*kw*C), the column order of :func:`im2col`."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
 
 
 def _cols_to_image(y: Tensor, n: int, ho: int, wo: int) -> Tensor:
@@ -271,16 +289,33 @@ def lowbit_conv2d(x: Tensor, codes: Tensor, scale: Tensor, bits: int, high_bits:
                   dilation: int | tuple[int, int] = 1, backend: str = "auto") -> Tensor:
     """Weight-only low-bit ``conv2d`` (groups 1, zero padding) by im2col and :func:`lowbit_linear`."""
     cols, ho, wo = im2col(x, codes.shape[2:], stride, padding, dilation)
-    y = lowbit_linear(cols, codes.reshape(codes.shape[0], -1), scale, bits, high_bits, tie_mode, bias, backend)
+    y = lowbit_linear(cols, conv_weight_matrix(codes), scale, bits, high_bits, tie_mode, bias, backend)
     return _cols_to_image(y, x.shape[0], ho, wo)
 
 
 def int_conv2d(act_codes: Tensor, act_bits: int, act_scale: Tensor | float, weight_codes: Tensor,
                weight_scale: Tensor, bias: Tensor | None = None, stride: int | tuple[int, int] = 1,
                padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
-               backend: str = "auto") -> Tensor:
-    """Integer ``conv2d`` of unsigned activation codes (N, C, H, W) with b-bit weight codes (Cout, C, kh, kw)."""
-    cols, ho, wo = im2col(act_codes, weight_codes.shape[2:], stride, padding, dilation)
-    y = int_linear(cols, act_bits, act_scale, weight_codes.reshape(weight_codes.shape[0], -1), weight_scale, bias,
-                   backend)
-    return _cols_to_image(y, act_codes.shape[0], ho, wo)
+               backend: str = "auto", kernel_size: tuple[int, int] | None = None) -> Tensor:
+    """Integer ``conv2d`` of unsigned activation codes (N, C, H, W) with b-bit weight codes: (Cout, C, kh, kw),
+    or already as :func:`conv_weight_matrix` (Cout, kh*kw*C) with ``kernel_size`` given. The codes are
+    converted to int8 before im2col, so the patch matrix is built in int8."""
+    if weight_codes.dim() == 4:
+        kernel_size = tuple(weight_codes.shape[2:])
+        matrix = conv_weight_matrix(weight_codes)
+    elif kernel_size is None:
+        raise UsageError("a 2-D weight matrix needs kernel_size")
+    else:
+        matrix = weight_codes
+    kh, kw = _pair(kernel_size)
+    n, c, h, w_in = act_codes.shape
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    rows = n * ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1) * ((w_in + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+    backend = _pick_int_backend(act_codes.device, backend, rows, matrix.shape[1], matrix.shape[0])
+    if backend == "reference":
+        w = matrix.to(torch.float32).reshape(-1, kh, kw, c).permute(0, 3, 1, 2) * weight_scale.reshape(-1, 1, 1, 1)
+        return F.conv2d(act_codes.to(torch.float32) * act_scale, w, bias, stride, padding, dilation)
+    offset = 128 if act_bits == 8 else 0
+    cols, ho, wo = im2col(_to_int8(act_codes, offset), (kh, kw), stride, padding, dilation, pad_value=-offset)
+    y = _int_matmul(cols, offset, matrix, weight_scale, act_scale, bias, backend)
+    return _cols_to_image(y, n, ho, wo)
