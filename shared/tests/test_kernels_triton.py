@@ -38,6 +38,7 @@ DEVICES = [
 SHAPES = [(1, 1, 1), (5, 7, 3), (37, 75, 29)]  # (M, K, N): odd sizes, more than one tile in M and K
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(INTERPRETED, reason="this is the interpreter run")
 @pytest.mark.skipif(not has_triton(), reason="Triton is not installed")
 def test_triton_kernels_under_the_interpreter() -> None:
