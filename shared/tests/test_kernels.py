@@ -18,6 +18,8 @@ from effrepro.kernels import (
     lowbit_conv2d,
     lowbit_linear,
     lowbit_linear_reference,
+    momentum,
+    multi_momentum_cpp,
     multi_momentum_foreach,
     multi_momentum_reference,
     multi_momentum_step,
@@ -146,24 +148,48 @@ def _problem(seed: int = 0, components: int = 3) -> tuple[list, list, list]:
     return params, grads, bufs
 
 
+@pytest.mark.parametrize("step", [multi_momentum_foreach, multi_momentum_cpp])
 @pytest.mark.parametrize("decay_index", [None, 0, 2])
 @pytest.mark.parametrize("dampening", [0.0, 0.1])
-def test_foreach_step_is_bit_identical_to_reference(decay_index: int | None, dampening: float) -> None:
+def test_fused_cpu_steps_are_bit_identical_to_reference(step, decay_index: int | None, dampening: float) -> None:
+    if step is multi_momentum_cpp and not momentum.cpp_available():
+        pytest.skip("no C++ compiler")
     base = _problem()
     a, b = copy.deepcopy(base), copy.deepcopy(base)
     for _ in range(3):
         multi_momentum_reference(*a, [0.975, 0.95, 0.825], 0.1, 5e-4, decay_index, dampening)
-        multi_momentum_foreach(*b, [0.975, 0.95, 0.825], 0.1, 5e-4, decay_index, dampening)
+        step(*b, [0.975, 0.95, 0.825], 0.1, 5e-4, decay_index, dampening)
     for x, y in zip(a[0] + sum(a[2], []), b[0] + sum(b[2], [])):
         assert torch.equal(x, y)
     assert not torch.equal(a[0][0], base[0][0])  # the step moved the parameters
 
 
-def test_step_dispatch_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("components", [1, 2, 4])
+def test_cpp_step_component_counts(components: int) -> None:
+    if not momentum.cpp_available():
+        pytest.skip("no C++ compiler")
+    base = _problem(seed=components, components=components)
+    a, b = copy.deepcopy(base), copy.deepcopy(base)
+    mus = [0.9, 0.8, 0.7, 0.6][:components]
+    multi_momentum_reference(*a, mus, 0.05, 1e-3, components - 1, 0.0)
+    multi_momentum_cpp(*b, mus, 0.05, 1e-3, components - 1, 0.0)
+    for x, y in zip(a[0] + sum(a[2], []), b[0] + sum(b[2], [])):
+        assert torch.equal(x, y)
+
+
+def test_step_dispatch_and_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     params, grads, bufs = _problem(components=2)
-    assert multi_momentum_step(params, grads, bufs, [0.9, 0.8], 0.1) == "foreach"
+    expected = "cpp" if momentum.cpp_available() else "foreach"
+    assert multi_momentum_step(params, grads, bufs, [0.9, 0.8], 0.1) == expected
     assert multi_momentum_step(params, grads, bufs, [0.9, 0.8], 0.1, backend="triton") == "foreach"
+    from effrepro.kernels import _cpu
+
+    monkeypatch.setattr(_cpu, "_LIBRARY", None)  # as if no compiler were installed
+    monkeypatch.setattr(_dispatch, "_NOTICED", set())
+    capsys.readouterr()
+    assert multi_momentum_step(params, grads, bufs, [0.9, 0.8], 0.1, backend="cpp") == "foreach"
+    assert "no C++ compiler" in capsys.readouterr().err
     with pytest.raises(UsageError):
         multi_momentum_step(params, grads[:1], bufs, [0.9, 0.8], 0.1)
 
@@ -183,13 +209,13 @@ def _deepkd_run(implementation: str, steps: int = 4) -> list[torch.Tensor]:
         b.clone() for p in model.parameters() for b in opt.state[p].values()]
 
 
-def test_deepkd_optimizer_fused_equals_reference(monkeypatch: pytest.MonkeyPatch) -> None:
-    from effrepro.kernels import momentum
-
+@pytest.mark.parametrize("implementation", ["auto", "foreach"])
+def test_deepkd_optimizer_fused_equals_reference(monkeypatch: pytest.MonkeyPatch, implementation: str) -> None:
+    backend = implementation if implementation != "auto" else ("cpp" if momentum.cpp_available() else "foreach")
     calls = []
-    original = momentum.STEPS["foreach"]
-    monkeypatch.setitem(momentum.STEPS, "foreach", lambda *a: calls.append(len(a[0])) or original(*a))
-    fused = _deepkd_run("auto")
+    original = momentum.STEPS[backend]
+    monkeypatch.setitem(momentum.STEPS, backend, lambda *a: calls.append(len(a[0])) or original(*a))
+    fused = _deepkd_run(implementation)
     assert calls == [4, 3, 4]  # steps 1-3 fuse (step 0 creates the buffers); at step 2 one parameter lacks NCG
     ref = _deepkd_run("reference")
     assert len(fused) == len(ref)
@@ -220,7 +246,7 @@ def test_bench_quick_runs_and_reports_intervals(tmp_path, capsys: pytest.Capture
     import json
 
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
-    assert {r["kernel"] for r in rows} >= {"lowbit_int8pack", "int_mm", "int_conv2d", "fused_foreach"}
+    assert {r["kernel"] for r in rows} >= {"lowbit_int8pack", "int_mm", "int_conv2d", "optimizer_auto"}
     for row in rows:
         for r in row["ratio"].values():
             assert r["n"] == 3 and r["ci"][0] <= r["ratio"] <= r["ci"][1]

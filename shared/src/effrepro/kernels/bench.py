@@ -31,7 +31,12 @@ from effrepro.kernels.lowbit import (
     lowbit_linear_reference,
     output_scale,
 )
-from effrepro.kernels.momentum import multi_momentum_foreach, multi_momentum_reference, multi_momentum_triton
+from effrepro.kernels.momentum import (
+    multi_momentum_cpp,
+    multi_momentum_foreach,
+    multi_momentum_reference,
+    multi_momentum_triton,
+)
 from effrepro.stats import bootstrap
 
 Arms = dict[str, Callable[[], object]]
@@ -79,8 +84,22 @@ def lowbit_cases(device: torch.device, quick: bool) -> list[tuple[str, Arms, str
             "reference_dequantize": lambda b=bits: lowbit_linear_reference(x, codes, scale, b),
             f"dense_{str(dense_dtype).split('.')[-1]}": lambda w=w, xd=xd: F.linear(xd, w),
         }
+        if device.type == "cpu" and bits <= 4 and k % 32 == 0:
+            arms["torch_int4pack"] = _int4pack_arm(x, lowbit_codes(codes, bits), 0.01 * 2 ** (8 - bits))
         cases.append((f"lowbit_linear w{bits} M{m} K{k} N{n}", arms, f"lowbit_{kernel}", list(arms)[1:]))
     return cases
+
+
+def _int4pack_arm(x: torch.Tensor, codes: torch.Tensor, scale: float, group: int = 32) -> Callable[[], object]:
+    """torch's CPU weight-only int4 operator on the same b-bit codes (b <= 4), measured as a candidate CPU
+    backend: the codes stored as unsigned nibbles ``q + 8``, which torch de-quantises as
+    ``(nibble - 8) * scale + zero`` (zero 0)."""
+    n, k = codes.shape
+    packed = torch._convert_weight_to_int4pack_for_cpu((codes.to(torch.int32) + 8), 1)
+    scales_zeros = torch.empty(k // group, n, 2)
+    scales_zeros[..., 0] = scale
+    scales_zeros[..., 1] = 0.0
+    return lambda: torch._weight_int4pack_mm_for_cpu(x, packed, group, scales_zeros)
 
 
 def integer_cases(device: torch.device, quick: bool) -> list[tuple[str, Arms, str, list[str]]]:
@@ -126,7 +145,8 @@ def resnet18_shapes() -> list[tuple[int, ...]]:
 
 
 def momentum_cases(device: torch.device, quick: bool) -> list[tuple[str, Arms, str, list[str]]]:
-    """DeepKD's three-buffer step over ResNet-18-shaped parameters: fused vs the per-parameter reference."""
+    """DeepKD's three-buffer step over ResNet-18-shaped parameters: the one-pass kernel (C++ on CPU, Triton on
+    CUDA) vs the per-parameter reference and the whole-list foreach step."""
     shapes = [(64, 3, 7, 7), (64,), (512, 512, 3, 3)] if quick else resnet18_shapes()
     g = torch.Generator().manual_seed(2)
 
@@ -137,13 +157,11 @@ def momentum_cases(device: torch.device, quick: bool) -> list[tuple[str, Arms, s
         return params, grads, bufs
 
     args = ([0.975, 0.95, 0.825], 0.01, 5e-4, 2, 0.0)
-    fused = "triton" if device.type == "cuda" else "foreach"
-    step = multi_momentum_triton if fused == "triton" else multi_momentum_foreach
-    a, b = problem(), problem()
-    arms = {f"fused_{fused}": lambda: step(*a, *args), "reference_loop": lambda: multi_momentum_reference(*b, *args)}
-    if device.type == "cuda":
-        c = problem()
-        arms["foreach"] = lambda: multi_momentum_foreach(*c, *args)
+    fused = "triton" if device.type == "cuda" else "cpp"
+    step = multi_momentum_triton if fused == "triton" else multi_momentum_cpp
+    a, b, c = problem(), problem(), problem()
+    arms = {f"fused_{fused}": lambda: step(*a, *args), "reference_loop": lambda: multi_momentum_reference(*b, *args),
+            "foreach": lambda: multi_momentum_foreach(*c, *args)}
     numel = sum(int(np.prod(s)) for s in shapes)
     cases = [(f"multi_momentum 3 buffers, {numel / 1e6:.2f} M params", arms, f"fused_{fused}",
               [k for k in arms if k != f"fused_{fused}"])]

@@ -6,7 +6,9 @@ all exist, in three interchangeable forms with the same float operations in the 
   (all buffers scaled by their coefficients in one call, all gradients without weight decay added in one
   call; only the decayed component waits for the parameter updates before it);
 * :func:`multi_momentum_triton`: one Triton kernel per parameter reading the parameter, the gradients and
-  the buffers once and writing the buffers and the parameter once (up to three components).
+  the buffers once and writing the buffers and the parameter once (up to three components);
+* :func:`multi_momentum_cpp`: the same single pass on CPU, a C++ loop compiled on first use
+  (:mod:`effrepro.kernels._cpu`), bit-identical to the reference.
 
 For component ``k`` in order: ``d = g_k (+ wd * theta if k is the decayed one)``, ``B_k = mu_k B_k + (1 -
 dampening) d``, ``theta -= lr B_k`` (in place, before the next component). :func:`multi_momentum_step`
@@ -23,7 +25,7 @@ from torch import Tensor
 from effrepro.errors import UsageError
 from effrepro.kernels._dispatch import check_backend, kernel_for, notice, triton_runs_on
 
-MOMENTUM_BACKENDS = ("auto", "foreach", "triton", "reference")
+MOMENTUM_BACKENDS = ("auto", "cpp", "foreach", "triton", "reference")
 MAX_TRITON_COMPONENTS = 3
 BLOCK = 1024
 
@@ -110,13 +112,58 @@ def multi_momentum_triton(params: Sequence[Tensor], grads: Sequence[Sequence[Ten
                 target.copy_(done)
 
 
+@torch.no_grad()
+def multi_momentum_cpp(params: Sequence[Tensor], grads: Sequence[Sequence[Tensor]],
+                       bufs: Sequence[Sequence[Tensor]], momenta: Sequence[float], lr: float,
+                       weight_decay: float = 0.0, decay_index: int | None = None,
+                       dampening: float = 0.0) -> None:
+    """One pass per parameter on CPU (FP32, up to four components); a parameter whose tensors are not all
+    contiguous FP32 CPU tensors takes the reference ops instead."""
+    import ctypes
+
+    from effrepro.kernels._cpu import MAX_COMPONENTS, library
+
+    _check(params, grads, bufs, momenta, decay_index)
+    lib = library()
+    num = len(momenta)
+    if lib is None or num > MAX_COMPONENTS:
+        raise UsageError("the C++ multi-momentum kernel is not available (no C++ compiler, or > 4 components)")
+    mus = (ctypes.c_float * num)(*[float(m) for m in momenta])
+    decay = -1 if decay_index is None else decay_index
+    for i, p in enumerate(params):
+        tensors = [p] + [grads[k][i] for k in range(num)] + [bufs[k][i] for k in range(num)]
+        if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
+            multi_momentum_reference([p], [[grads[k][i]] for k in range(num)], [[bufs[k][i]] for k in range(num)],
+                                     momenta, lr, weight_decay, decay_index, dampening)
+            continue
+        gp = (ctypes.c_void_p * num)(*[grads[k][i].data_ptr() for k in range(num)])
+        bp = (ctypes.c_void_p * num)(*[bufs[k][i].data_ptr() for k in range(num)])
+        lib.multi_momentum_f32(p.data_ptr(), gp, bp, p.numel(), num, mus, -float(lr), float(weight_decay),
+                               1.0 - float(dampening), decay)
+
+
+def cpp_available() -> bool:
+    from effrepro.kernels._cpu import library
+
+    return library() is not None
+
+
 def pick_momentum_backend(device: torch.device, backend: str = "auto", dtype: torch.dtype = torch.float32,
                           components: int = 3) -> str:
-    """``auto``: Triton on CUDA (FP32, up to three components), foreach otherwise; a Triton request that
-    cannot run falls back to foreach with a notice."""
+    """``auto``: Triton on CUDA (FP32, up to three components), the C++ loop on CPU (FP32), foreach otherwise;
+    a kernel request that cannot run falls back to foreach with a notice."""
     check_backend(backend, MOMENTUM_BACKENDS)
     if backend == "auto":
-        backend = "triton" if device.type == "cuda" else "foreach"
+        backend = {"cuda": "triton", "cpu": "cpp"}.get(device.type, "foreach")
+    if backend == "cpp":
+        if device.type != "cpu" or dtype != torch.float32 or components > 4:
+            if device.type == "cpu" and dtype != torch.float32 or components > 4:
+                notice(f"the C++ multi-momentum kernel takes FP32 and 1-4 components (got {dtype}, {components}); "
+                       "using torch._foreach_*")
+            return "foreach"
+        if not cpp_available():
+            notice("no C++ compiler found for the CPU multi-momentum kernel; using torch._foreach_*")
+            return "foreach"
     if backend == "triton":
         if not triton_runs_on(device):
             if device.type == "cuda":
@@ -131,7 +178,8 @@ def pick_momentum_backend(device: torch.device, backend: str = "auto", dtype: to
     return backend
 
 
-STEPS = {"foreach": multi_momentum_foreach, "triton": multi_momentum_triton, "reference": multi_momentum_reference}
+STEPS = {"cpp": multi_momentum_cpp, "foreach": multi_momentum_foreach, "triton": multi_momentum_triton,
+         "reference": multi_momentum_reference}
 
 
 def multi_momentum_step(params: Sequence[Tensor], grads: Sequence[Sequence[Tensor]], bufs: Sequence[Sequence[Tensor]],
