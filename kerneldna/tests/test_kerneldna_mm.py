@@ -1,7 +1,6 @@
 """KernelDNA ResNets as mmdet and mmseg backbones (``kerneldna.mm``): builds, forward/backward, strict checkpoint
 init, frozen stages, config files, the ``--coco`` error, and one-iteration train + eval of the det stage."""
 
-import json
 
 import pytest
 import torch
@@ -127,37 +126,36 @@ def test_config_files_are_the_builders_output(mm):
 
 
 def test_full_scale_det_needs_a_coco_layout(tmp_path):
-    from kerneldna.reproduce import reproduce
+    from kerneldna.reproduce import REPRODUCTION
 
+    out = ["--out", str(tmp_path / "o")]
     with pytest.raises(UsageError, match="pass --coco"):
-        reproduce("full", str(tmp_path / "o"), stages="det")
+        REPRODUCTION.main(["--scale", "full", "--stages", "det", *out])
     (tmp_path / "coco" / "annotations").mkdir(parents=True)
     with pytest.raises(UsageError, match="COCO layout not found"):
-        reproduce("full", str(tmp_path / "o"), coco=str(tmp_path / "coco"))
+        REPRODUCTION.main(["--scale", "full", "--stages", "det", "--coco", str(tmp_path / "coco"), *out])
     with pytest.raises(UsageError, match="ResNet-18/50"):
-        reproduce("full", str(tmp_path / "o"), coco=str(tmp_path / "coco"), arch="mobilenetv2_100")
+        REPRODUCTION.main(["--scale", "full", "--stages", "det", "--coco", str(tmp_path / "coco"), "--arch",
+                           "mobilenetv2_100", *out])
 
 
-def test_det_stage_trains_and_evaluates_end_to_end(tmp_path):
-    """``kerneldna reproduce --tiny --stages det``: one iteration of Mask R-CNN training per backbone on the
-    COCO-format digits, COCO evaluation, claims merged into an existing claims.json, a report section."""
-    from effrepro.report import Claim, validate_claims, write_claims
-    from kerneldna.reproduce import reproduce
+def test_det_only_run_merges_into_the_earlier_claims(tmp_path):
+    """``kerneldna reproduce --stages det`` at smoke scale (here with the tiny detection budget) keeps the main
+    stage's claims and facts of the earlier claims.json and adds the det facts."""
+    import dataclasses
 
-    write_claims(tmp_path, [Claim("main_claim", "from the main stage", None, 1.0, "x", "-", "> 0")])
-    (tmp_path / "report.md").write_text("# main report\n")
-    reproduce("smoke", str(tmp_path), tiny=True, stages="det")
-    claims = json.loads((tmp_path / "claims.json").read_text())
-    validate_claims(claims)
-    ids = {c["id"] for c in claims}
-    assert {"main_claim", "det_kerneldna_resnet18_bbox_ap", "det_kerneldna_resnet18_mask_ap",
-            "det_baseline_resnet18_bbox_ap", "det_kerneldna_resnet18_bbox_ap_delta",
-            "det_kerneldna_resnet18_backbone_flops_ratio", "det_kerneldna_resnet18_backbone_latency_ratio",
-            "det_kerneldna_resnet18_backbone_params_ratio", "det_kerneldna_resnet18_backbone_throughput_ratio"} <= ids
-    by_id = {c["id"]: c for c in claims}
-    assert by_id["det_kerneldna_resnet18_backbone_params_ratio"]["measured"] == pytest.approx(
-        (9_240_798 - 513_000) / (11_689_512 - 513_000))  # the official counts without the fc (512*1000+1000)
+    from effrepro.report import Claim, Fact, read_claims, write_claims
+
+    from kerneldna import reproduce
+
+    write_claims(tmp_path, [Claim(id="top1_gain", description="main", paper=None, measured=1.0, unit="points",
+                                  baseline="b", expect="> 0", n=3, ci=(0.5, 1.5))],
+                 [Fact(id="zoo_official_counts_match", description="main", value=16)])
+    plan = dataclasses.replace(reproduce.PLANS["smoke"], stages=("det",), det_images=(8, 4, 1))  # seconds
+    reproduce.REPRODUCTION.execute(plan, tmp_path)
+    document = read_claims(tmp_path / "claims.json")
+    ids = {c["id"] for c in document["claims"]} | {f["id"] for f in document["facts"]}
+    assert {"top1_gain", "zoo_official_counts_match", "det_kerneldna_resnet18_bbox_ap",
+            "det_kerneldna_resnet18_backbone_params_ratio"} <= ids
     assert (tmp_path / "runs" / "det_kerneldna_resnet18" / "epoch_1.pth").is_file()
-    report = (tmp_path / "report.md").read_text()
-    assert report.startswith("# main report") and "Detection (det stage" in report
-    assert (tmp_path / "det" / "report.md").is_file()
+    assert "Mask R-CNN" in (tmp_path / "report.md").read_text()

@@ -1,4 +1,5 @@
-"""End to end: ``kerneldna reproduce --scale smoke --tiny`` writes a valid claims file and a report."""
+"""End to end: ``kerneldna reproduce --tiny`` writes a valid claims file (claims and facts apart), a report, plots
+and env.json; the plan's bad inputs are one clear error."""
 
 from __future__ import annotations
 
@@ -6,25 +7,62 @@ import importlib.util
 import json
 
 import pytest
-from effrepro.report import validate_claims
+from effrepro.errors import UsageError
+from effrepro.report import read_claims
+from kerneldna.reproduce import CLAIMS, FACTS, REPRODUCTION
+
+HEADLINES = ["top1_gain", "mnist100_top1_gain", "resnet18_throughput_vs_samedepth"]
 
 
 @pytest.mark.slow
-def test_tiny_smoke_reproduce_writes_valid_claims(tmp_path):
-    from kerneldna.reproduce import reproduce
+def test_tiny_smoke_reproduce_end_to_end(tmp_path):
+    from kerneldna.cli import main
 
-    out = reproduce("smoke", str(tmp_path), tiny=True)
-    claims = json.loads((out / "claims.json").read_text())
-    validate_claims(claims)
-    ids = {c["id"] for c in claims}
-    assert {"zoo_exact_parity", "mini_params_ratio", "clutter_top1_kerneldna_vs_baseline",
-            "clutter_top1_dynamic_gate_gain", "cka_within_minus_across_stage"} <= ids
-    by_id = {c["id"]: c for c in claims}
-    if importlib.util.find_spec("mmdet") is not None:  # the det stage is part of the default run
-        assert {"det_kerneldna_resnet18_bbox_ap_delta", "det_baseline_resnet18_mask_ap",
-                "det_kerneldna_resnet18_backbone_throughput_ratio"} <= ids
-    assert by_id["zoo_exact_parity"]["holds"] and by_id["mini_params_ratio"]["holds"]
-    report = (out / "report.md").read_text()
-    assert "## The paper's table" in report and "## Environment" in report
-    for name in ("accuracy.png", "cka_baseline.png", "metrics.jsonl", "bench_mini.json", "bench_resnet18.json"):
-        assert (out / name).is_file(), name
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "--tiny", "--out", str(tmp_path), "--threads", "1"])
+    assert exc.value.code == 0
+    document = read_claims(tmp_path / "claims.json")  # validates the schema
+    claims = {c["id"]: c for c in document["claims"]}
+    facts = {f["id"]: f for f in document["facts"]}
+    assert list(claims) == [c.id for c in CLAIMS]  # every claim is measured at smoke scale, in table order
+    assert [c["id"] for c in document["claims"] if c["headline"]] == HEADLINES
+    gain = claims["top1_gain"]
+    assert gain["n"] == 2 and "paired" in gain["details"]["interval"] and gain["details"]["task"] == "clutter"
+    assert claims["resnet18_throughput_vs_samedepth"]["n"] == 2
+    assert claims["cka_adjacent_within_minus_across"]["n"] == 2
+    assert facts["zoo_official_counts_match"]["value"] == 16
+    assert facts["resnet18_params_ratio"]["value"] == pytest.approx(9_240_798 / 11_689_512)
+    assert facts["mini_params_ratio"]["value"] < 1 and facts["mini_macs_ratio_vs_samedepth"]["value"] < 1.01
+    if importlib.util.find_spec("mmdet") is not None:  # the tiny plan runs the det stage too
+        assert {"det_kerneldna_resnet18_bbox_ap", "det_baseline_resnet18_mask_ap",
+                "det_kerneldna_resnet18_bbox_ap_delta", "det_kerneldna_resnet18_backbone_latency_ratio"} <= set(facts)
+        assert facts["det_kerneldna_resnet18_backbone_params_ratio"]["value"] == pytest.approx(
+            (9_240_798 - 513_000) / (11_689_512 - 513_000))  # the official counts without the fc (512*1000+1000)
+        assert (tmp_path / "runs" / "det_kerneldna_resnet18" / "epoch_1.pth").is_file()
+        assert "Mask R-CNN" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "## The paper's table" in report and "## Environment" in report and "Throughput" in report
+    for name in ("accuracy.png", "cka_baseline.png", "metrics.jsonl", "env.json", "runs/clutter_kerneldna_seed1.json"):
+        assert (tmp_path / name).is_file(), name
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert {"counts", "train", "throughput"} <= set(env["stage_seconds"])
+
+
+def test_tables_declare_every_id_once_and_no_cka_premise_claim():
+    ids = [c.id for c in CLAIMS] + [f.id for f in FACTS]
+    assert len(ids) == len(set(ids))
+    assert "cka_within_minus_across_stage" not in ids and "zoo_exact_parity" not in ids
+    assert [c.id for c in CLAIMS if c.headline] == HEADLINES
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--scale", "full"], "pass --data"),
+    (["--data", "/imagenet"], "for --scale full"),
+    (["--set", "tasks=[cifar]"], "tasks"),
+    (["--scale", "full", "--stages", "det", "--data", "/x"], "pass --coco"),
+])
+def test_bad_plan_input_is_a_usage_error(argv, message, tmp_path, monkeypatch):
+    monkeypatch.delenv("KERNELDNA_DATA", raising=False)
+    with pytest.raises(UsageError, match=message):
+        REPRODUCTION.main([*argv, "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()

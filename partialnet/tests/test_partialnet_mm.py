@@ -132,14 +132,15 @@ def test_config_files_are_the_builders_output(mm):
 
 
 def test_full_scale_det_needs_a_coco_layout(tmp_path):
-    from partialnet.reproduce import reproduce
+    from partialnet.reproduce import REPRODUCTION
 
+    out = ["--out", str(tmp_path / "o")]
     with pytest.raises(UsageError, match="pass --coco"):
-        reproduce("full", out=str(tmp_path / "o"), stages="det")
+        REPRODUCTION.main(["--scale", "full", "--stages", "det", *out])
     (tmp_path / "coco" / "train2017").mkdir(parents=True)
     with pytest.raises(UsageError, match="COCO layout not found.*instances_train2017.json"):
-        reproduce("full", out=str(tmp_path / "o"), coco=str(tmp_path / "coco"), stages="det")
+        REPRODUCTION.main(["--scale", "full", "--stages", "det", "--coco", str(tmp_path / "coco"), *out])
     with pytest.raises(UsageError, match="COCO layout not found"):
-        reproduce("full", out=str(tmp_path / "o"), coco=str(tmp_path / "nowhere"))
+        REPRODUCTION.main(["--scale", "full", "--data", "/imagenet", "--coco", str(tmp_path / "nowhere"), *out])
     with pytest.raises(UsageError, match="--stages"):
-        reproduce("smoke", out=str(tmp_path / "o"), stages="main,seg")
+        REPRODUCTION.main(["--stages", "main,seg", *out])

@@ -1,33 +1,70 @@
-"""End-to-end: ``partialnet reproduce --scale smoke --tiny`` writes a valid claims file, a report and plots."""
+"""End-to-end: ``partialnet reproduce --tiny`` writes a valid claims file (claims and facts apart), a report, plots
+and env.json; the plan's bad inputs are one clear error."""
 
 import importlib.util
 import json
 
 import pytest
-from effrepro.report import validate_claims
+from effrepro.errors import UsageError
+from effrepro.report import read_claims
 from partialnet.cli import main
+from partialnet.reproduce import CLAIMS, FACTS, REPRODUCTION
 
-EXPECTED = {"top1_partialnet_t0_mini", "top1_fasternet_t0_mini", "top1_delta_t0_mini", "params_ratio_t2",
-            "flops_ratio_t2", "cpu_latency_ratio_t0", "cpu_latency_ratio_t1", "cpu_latency_ratio_t2",
-            "fused_max_abs_diff"}
+SMOKE_CLAIMS = ["top1_gain", "cpu_latency_ratio_t2", "cpu_latency_ratio_t1", "cpu_latency_ratio_t0"]
+MAIN_FACTS = {"top1_partialnet", "top1_fasternet", "params_ratio_t2", "flops_ratio_t2", "mini_params_ratio",
+              "mini_flops_ratio", "official_counts_match", "fused_max_abs_diff"}
 
 
 @pytest.mark.slow
-def test_reproduce_smoke_tiny(tmp_path):
+def test_reproduce_tiny_end_to_end(tmp_path):
     with pytest.raises(SystemExit) as exc:
-        main(["reproduce", "--scale", "smoke", "--tiny", "--out", str(tmp_path)])
+        main(["reproduce", "--tiny", "--out", str(tmp_path), "--threads", "1"])
     assert exc.value.code == 0
-    claims = json.loads((tmp_path / "claims.json").read_text())
-    validate_claims(claims)
-    by_id = {c["id"]: c for c in claims}
-    assert {k for k in by_id if not k.startswith("det_")} == EXPECTED
-    if importlib.util.find_spec("mmdet") is not None:  # the det stage is part of the default run
-        assert {"det_partialnet_t0_bbox_ap_delta", "det_partialnet_t0_mask_ap", "det_fasternet_t0_bbox_ap",
-                "det_partialnet_t0_backbone_params_ratio", "det_partialnet_t0_backbone_latency_ratio"} <= set(by_id)
+    document = read_claims(tmp_path / "claims.json")  # validates the schema
+    claims = {c["id"]: c for c in document["claims"]}
+    facts = {f["id"]: f for f in document["facts"]}
+    assert list(claims) == SMOKE_CLAIMS
+    assert [c["id"] for c in document["claims"] if c["headline"]] == ["top1_gain", "cpu_latency_ratio_t2"]
+    gain = claims["top1_gain"]
+    assert gain["n"] == 2 and "paired" in gain["details"]["interval"] and gain["details"]["seeds"] == [0, 1]
+    assert gain["measured"] == pytest.approx(facts["top1_partialnet"]["value"] - facts["top1_fasternet"]["value"])
+    assert claims["cpu_latency_ratio_t2"]["n"] == 3 and "bootstrap" in claims["cpu_latency_ratio_t2"]["details"][
+        "interval"]
+    main_facts = {f for f in facts if not f.startswith("det_")}
+    assert main_facts == MAIN_FACTS
+    assert facts["official_counts_match"]["value"] == 12 and facts["fused_max_abs_diff"]["value"] < 1e-9
+    assert facts["params_ratio_t2"]["value"] == pytest.approx(0.8189, abs=1e-3)
+    assert not facts["top1_partialnet"]["exact"] and facts["params_ratio_t2"]["exact"]
+    if importlib.util.find_spec("mmdet") is not None:  # the tiny plan runs the det stage too
+        det = {f for f in facts if f.startswith("det_")}
+        assert {"det_partialnet_t0_bbox_ap", "det_fasternet_t0_mask_ap", "det_partialnet_t0_bbox_ap_delta",
+                "det_partialnet_t0_backbone_latency_ratio", "det_partialnet_t0_backbone_flops_ratio"} <= det
+        assert facts["det_partialnet_t0_backbone_params_ratio"]["value"] < 1
         assert "Mask R-CNN" in (tmp_path / "report.md").read_text()
-    assert by_id["fused_max_abs_diff"]["holds"] and by_id["params_ratio_t2"]["measured"] == pytest.approx(0.8189, 1e-3)
-    assert len(by_id["top1_delta_t0_mini"]["details"]["per_seed"]) == 2
     report = (tmp_path / "report.md").read_text()
-    assert "## Environment" in report and "PATNet" in report
+    assert "PATNet" in report and "Facts" in report
     assert (tmp_path / "mnist100_top1.png").is_file() and (tmp_path / "speed_size.png").is_file()
-    assert (tmp_path / "metrics.jsonl").read_text().count("\n") >= 10
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert {"counts", "train", "latency"} <= set(env["stage_seconds"]) and env["plan"] == "tiny"
+    assert (tmp_path / "runs" / "partialnet_mini_seed1.json").is_file()  # the resumable per-run cache
+
+
+def test_tables_declare_every_id_once_and_headlines():
+    ids = [c.id for c in CLAIMS] + [f.id for f in FACTS]
+    assert len(ids) == len(set(ids))
+    assert {c.id for c in CLAIMS if c.headline} == {"top1_gain", "cpu_latency_ratio_t2"}
+    assert not any(c.id.endswith("_ap") or c.id.startswith("top1_partialnet") for c in CLAIMS)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--scale", "full"], "--data"),
+    (["--data", "/imagenet"], "for --scale full"),
+    (["--scale", "full", "--data", "/x", "--variant", "t9"], "unknown variant"),
+    (["--scale", "full", "--stages", "det"], "pass --coco"),
+    (["--stages", "main,seg"], "--stages"),
+    (["--set", "seeds=abc"], "seeds"),
+])
+def test_bad_plan_input_is_a_usage_error(argv, message, tmp_path):
+    with pytest.raises(UsageError, match=message):
+        REPRODUCTION.main([*argv, "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()

@@ -43,18 +43,18 @@ def test_fasternet_from_timm_inside_mask_rcnn():
     assert len(feats) == 5 and feats[0].shape[1] == 32
 
 
-def test_reproduce_stages_default_and_errors(monkeypatch, capsys):
-    import importlib.util
+def test_det_facts_match_their_specs_and_the_arms():
+    from effrepro.mm.miniature import det_fact_specs, det_facts
 
-    from effrepro.mm.miniature import parse_stages
-
-    assert parse_stages(None, "smoke", None) == ("main", "det")  # the OpenMMLab extra is installed here
-    assert parse_stages(None, "full", None) == ("main",)  # COCO is the user's: det only with --coco
-    assert parse_stages(None, "full", "/data/coco") == ("main", "det")
-    assert parse_stages(" det ,main", "smoke", None) == ("det", "main")
-    with pytest.raises(UsageError, match="--stages"):
-        parse_stages("main,seg", "smoke", None)
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "mmdet" else real(name))
-    assert parse_stages(None, "smoke", None) == ("main",)
-    assert "skipping the det stage" in capsys.readouterr().out
+    arm = {"bbox_mAP": 0.2, "segm_mAP": 0.1, "bbox_mAP_50": 0.4, "backbone_params": 200, "backbone_flops": 1000,
+           "feature_latency_ms": 30.0}
+    base = {**arm, "bbox_mAP": 0.25, "backbone_params": 250, "backbone_flops": 2000, "feature_latency_ms": 40.0}
+    details = {"arms": {"ours": arm, "base": base}, "baseline": "base", "seed": 0,
+               "latency_round_ratios": {"ours": [0.7, 0.8, 0.9], "base": [1.0, 1.0, 1.0]}}
+    facts = det_facts(details)
+    specs = det_fact_specs(["ours", "base"], "base")
+    assert set(facts) == {s.id for s in specs}
+    assert facts["det_ours_bbox_ap_delta"] == pytest.approx(-0.05)
+    assert facts["det_ours_backbone_flops_ratio"] == 0.5 and facts["det_ours_backbone_params_ratio"][0] == 0.8
+    assert facts["det_ours_backbone_latency_ratio"][0] == pytest.approx(0.8)
+    assert not {s.id for s in specs if s.id.endswith("_ap")} & {s.id for s in specs if s.exact}

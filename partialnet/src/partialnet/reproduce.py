@@ -1,477 +1,279 @@
-"""``partialnet reproduce``: the paper's headline claims -- PartialNet beats FasterNet in accuracy at fewer
-parameters / FLOPs and lower latency -- measured in miniature on CPU (``smoke``) or with the ImageNet recipe
-(``full``). Writes ``claims.json``, ``report.md``, ``metrics.jsonl``, plots and ``runs/`` checkpoints.
-"""
+"""``partialnet reproduce``: PartialNet vs FasterNet -- more accurate at fewer parameters / FLOPs and lower latency
+-- in miniature on the CPU (``smoke``) or with the ImageNet recipe (``full``), on the :mod:`effrepro.reproduce`
+skeleton. Stages: ``main`` (accuracy, counts, deploy-form check, latency) and ``det`` (Mask R-CNN)."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import statistics
+import argparse
+import dataclasses
+import importlib.util
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import timm
-import torch
-from effrepro.bench import count_flops, count_params
+from effrepro import stats
 from effrepro.errors import UsageError
-from effrepro.mm.miniature import HEADS_TEXT, parse_stages
-from effrepro.report import Claim, claims_table, results_dir, save_figure, write_claims, write_report
-from effrepro.train import MetricsLogger
+from effrepro.mm.miniature import STAGES, det_fact_specs, det_facts, det_notes
+from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results
 
-from partialnet.bench import benchmark, complexity_table
-from partialnet.deploy import fusion_max_abs_diff
-from partialnet.figures import FASTERNET_TOP1, OFFICIAL_COMMIT, OFFICIAL_COUNTS, PAPER_T2
-from partialnet.train import TrainConfig, load_train_config, recipe, train
+from partialnet import reproduce_parts as parts
+from partialnet.bench import complexity_table, parse_variants
+from partialnet.figures import PAPER_T2
+from partialnet.train import load_train_config, recipe, train
 
-# PartialNet-T0 and FasterNet-T0 at half width and half depth in the deep stages, for 32x64 MNIST-100 images
-# (2x2/2 embedding instead of 4x4/4, 1 input channel, 100 classes, a 256-wide head instead of 1280).
-MINI_COMMON = {"depths": (1, 1, 4, 1), "in_chans": 1, "patch_size": 2, "merge_size": 2, "feature_dim": 256}
-MINI_MODELS = {
-    "partialnet": ("partialnet_t0", {**MINI_COMMON, "embed_dim": 16}),  # T0: 32
-    "fasternet": ("fasternet_t0", {**MINI_COMMON, "embed_dim": 20}),  # T0: 40
-}
-MINI_INPUT = (1, 1, 32, 64)
+DET_ARCH = "t0"  # the det miniature's backbones: PartialNet-T0 vs FasterNet-T0, random init, every stage trained
+DET_ARMS = [f"partialnet_{DET_ARCH}", f"fasternet_{DET_ARCH}"]
 
 
-@dataclass(frozen=True)
-class SmokeBudget:
-    seeds: tuple[int, ...] = (0, 1, 2)
+@dataclass(frozen=True, kw_only=True)
+class PartialNetPlan(Plan):
+    seeds: tuple[int, ...] = tuple(range(8))
     epochs: int = 3
-    train_size: int = 12288
-    test_size: int = 5000
-    batch_size: int = 128
+    train_size: int = 4096
+    test_size: int = 2000
+    batch_size: int = 64
+    lr: float = 2e-3
     bench_variants: tuple[str, ...] = ("t0", "t1", "t2")
-    bench_repeats: int = 31
+    bench_repeats: int = 41
     bench_warmup: int = 5
+    det_images: tuple[int, int, int] = (300, 80, 4)  # det: train images, val images, epochs (batch 4)
+    # --scale full: the user's data and the variant trained with the official recipe
+    data: str | None = None
+    coco: str | None = None
+    variant: str = "t2"
+    backbone_checkpoints: tuple[str, ...] = ()
+    recipe_overrides: tuple[str, ...] = ()
 
 
-TINY = SmokeBudget(seeds=(0, 1), epochs=1, train_size=512, test_size=500, batch_size=64, bench_repeats=3,
-                   bench_warmup=1)
+PLANS = {
+    "smoke": PartialNetPlan(),  # det is opt-in at this scale (--stages main,det): it would exceed 30 min
+    "tiny": PartialNetPlan(name="tiny", stages=STAGES if importlib.util.find_spec("mmdet") else ("main",),
+                           seeds=(0, 1), epochs=1, train_size=512, test_size=500, bench_repeats=3, bench_warmup=1,
+                           det_images=(8, 4, 1)),
+    "full": PartialNetPlan(name="full", seeds=(0,), bench_variants=("t2",)),
+}
+
+CLAIMS = [
+    ClaimSpec(id="top1_gain", description="top-1 PartialNet minus FasterNet, same recipe, budget and data order, "
+              "paired by seed (smoke: the T0-mini pair on MNIST-100; full: ImageNet at the plan's variant)",
+              paper=PAPER_T2["top1_gain"], unit="points", baseline="FasterNet", expect="> 0", headline=True),
+    ClaimSpec(id="cpu_latency_ratio_t2", description="CPU latency PartialNet-T2 / FasterNet-T2 (deploy forms, "
+              "224x224, batch 1, interleaved; median of the per-round ratios)", paper=PAPER_T2["cpu_latency_ratio"],
+              unit="x", baseline="timm fasternet_t2", expect="< 1.0", headline=True),
+    ClaimSpec(id="cpu_latency_ratio_t1", description="CPU latency PartialNet-T1 / FasterNet-T1 (as T2)", paper=None,
+              unit="x", baseline="timm fasternet_t1", expect="< 1.0"),
+    ClaimSpec(id="cpu_latency_ratio_t0", description="CPU latency PartialNet-T0 / FasterNet-T0 (as T2)", paper=None,
+              unit="x", baseline="timm fasternet_t0", expect="< 1.0"),
+    ClaimSpec(id="gpu_throughput_ratio", description="GPU throughput PartialNet / FasterNet at the plan's variant "
+              "(full scale with a GPU; median of per-round ratios)", paper=PAPER_T2["gpu_throughput_ratio"],
+              unit="x", baseline="timm fasternet", expect="> 1.0"),
+]
+FACTS = [
+    FactSpec(id="top1_partialnet", description="top-1 of PartialNet (mean over seeds; per seed in details)",
+             unit="%", exact=False),
+    FactSpec(id="top1_fasternet", description="top-1 of FasterNet (mean over seeds; per seed in details)", unit="%",
+             exact=False),
+    FactSpec(id="params_ratio_t2", description="parameters PartialNet-T2 / FasterNet-T2 (official configs; all "
+             "variants in details)", unit="x"),
+    FactSpec(id="flops_ratio_t2", description="FLOPs at 224x224 PartialNet-T2 / FasterNet-T2 (official configs)",
+             unit="x"),
+    FactSpec(id="mini_params_ratio", description="parameters PartialNet-T0-mini / FasterNet-T0-mini", unit="x"),
+    FactSpec(id="mini_flops_ratio", description="FLOPs PartialNet-T0-mini / FasterNet-T0-mini (32x64)", unit="x"),
+    FactSpec(id="official_counts_match", description="parameter and FLOP counts of PartialNet-T0..L equal to the "
+             "official code's (of 12 integers)", unit="integers"),
+    FactSpec(id="fused_max_abs_diff", description="max |deploy form - training form| over the benchmarked variants "
+             "(224x224) and the T0-mini, float64, randomised BN statistics and position biases", unit="abs"),
+    *det_fact_specs(DET_ARMS, DET_ARMS[1]),
+    FactSpec(id="det_coco_bbox_ap_delta", description="COCO val2017 Mask R-CNN 1x bbox AP PartialNet minus "
+             "FasterNet (one run each)", unit="AP", exact=False),
+    FactSpec(id="det_coco_mask_ap_delta", description="COCO val2017 Mask R-CNN 1x mask AP PartialNet minus "
+             "FasterNet (one run each)", unit="AP", exact=False),
+]
 
 
-def mini_train_config(family: str, seed: int, budget: SmokeBudget, out_dir: Path) -> TrainConfig:
-    """The official T0 recipe (AdamW, warm-up + cosine, label smoothing 0.1, mixup 0.05 / cutmix 1.0, no
-    RandAugment, no random erasing, no drop path), compressed to a few epochs: per-step schedule, lr 2e-3."""
-    name, kwargs = MINI_MODELS[family]
-    return TrainConfig(model=name, model_kwargs=dict(kwargs), dataset="mnist100", out_dir=str(out_dir),
-                       epochs=budget.epochs, batch_size=budget.batch_size, lr=2e-3, lr_base_batch=budget.batch_size,
-                       weight_decay=0.005, warmup_epochs=0.3, min_lr=1e-5, sched_unit="step", amp=False,
-                       mixup=0.05, cutmix=1.0, smoothing=0.1, drop_path_rate=0.0, seed=seed, workers=0,
-                       mnist100_train_size=budget.train_size, mnist100_test_size=budget.test_size, log_every=20)
-
-
-def _mean(values: list[float]) -> float:
-    return statistics.fmean(values) if values else float("nan")
-
-
-def _std(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def run_mini_training(out: Path, budget: SmokeBudget, log: MetricsLogger) -> dict[str, Any]:
-    """Both miniature models, every seed, the same recipe and data order; test top-1 after each epoch."""
-    runs: dict[str, dict[int, list[dict[str, Any]]]] = {family: {} for family in MINI_MODELS}
-    for seed in budget.seeds:
-        for family in MINI_MODELS:
-            cfg = mini_train_config(family, seed, budget, out / "runs" / f"{family}_mini_seed{seed}")
+def train_arms(plan: PartialNetPlan, ctx: Context) -> dict[str, dict[int, list[dict[str, Any]]]]:
+    """Every family and seed (cached per run): the per-epoch history, or the ImageNet evaluation at full scale."""
+    histories: dict[str, dict[int, list[dict[str, Any]]]] = {"partialnet": {}, "fasternet": {}}
+    for seed in plan.seeds:
+        for family in histories:
+            if plan.name == "full":
+                histories[family][seed] = [train_imagenet(plan, ctx, family, seed)]
+                continue
+            cfg = parts.mini_train_config(family, seed, plan, ctx.runs / f"{family}_mini_seed{seed}")
             start = time.perf_counter()
-            result = train(cfg, progress=False)
-            runs[family][seed] = result["history"]
-            final = result["history"][-1]
-            log.log(kind="mini_run", family=family, seed=seed, top1=final["eval_top1"], top5=final["eval_top5"],
-                    train_loss=final["train_loss"], seconds=time.perf_counter() - start)
-            print(f"  {family}-mini seed {seed}: top-1 {final['eval_top1']:.2f}% "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
-    top1 = {family: [runs[family][s][-1]["eval_top1"] for s in budget.seeds] for family in MINI_MODELS}
-    deltas = [a - b for a, b in zip(top1["partialnet"], top1["fasternet"], strict=True)]
-    return {"runs": runs, "top1": top1, "deltas": deltas}
+            history = ctx.cached(f"{family}_mini_seed{seed}",
+                                 lambda cfg=cfg: train(cfg, resume=ctx.resume, progress=False)["history"],
+                                 key=dataclasses.asdict(cfg))
+            histories[family][seed] = history
+            ctx.log.log(kind="mini_run", family=family, seed=seed, top1=history[-1]["eval_top1"],
+                        seconds=time.perf_counter() - start)
+            print(f"  {family}-T0-mini seed {seed}: top-1 {history[-1]['eval_top1']:.2f} %", flush=True)
+    return histories
 
 
-def mini_complexity() -> dict[str, Any]:
-    rows = {}
-    for family, (name, kwargs) in MINI_MODELS.items():
-        model = timm.create_model(name, num_classes=100, **kwargs).eval()
-        rows[family] = {"params": count_params(model), "flops": count_flops(model, torch.zeros(MINI_INPUT))}
-    return rows
+def train_imagenet(plan: PartialNetPlan, ctx: Context, family: str, seed: int) -> dict[str, Any]:
+    from partialnet.eval import evaluate_imagenet
+
+    name = f"{family}_{plan.variant}"
+    cfg = load_train_config({**recipe(name), "data": plan.data, "seed": seed,
+                             "out_dir": str(ctx.runs / f"{name}_seed{seed}")}, list(plan.recipe_overrides))
+    train(cfg, resume=ctx.resume)
+    result = evaluate_imagenet(name, plan.data, str(Path(cfg.out_dir) / "last.pt"), deploy=True,
+                               use_ema=cfg.ema_decay is not None, image_size=cfg.augment.image_size,
+                               crop_ratio=cfg.augment.test_crop_ratio)
+    return {"epoch": cfg.epochs, "eval_top1": result["top1"], **result}
 
 
-def fusion_checks(variants: tuple[str, ...]) -> dict[str, float]:
-    """float64 ``max |deploy - training form|`` with randomised BN statistics (224x224 for the real variants)."""
-    out = {f"partialnet_{v}": fusion_max_abs_diff(timm.create_model(f"partialnet_{v}"), (1, 3, 224, 224))
-           for v in variants}
-    name, kwargs = MINI_MODELS["partialnet"]
-    out["partialnet_t0_mini"] = fusion_max_abs_diff(timm.create_model(name, num_classes=100, **kwargs), MINI_INPUT)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# claims, plots, report
-# ----------------------------------------------------------------------------------------------------------
-def latency_claims(bench: dict[str, Any]) -> list[Claim]:
-    claims = []
-    for row in bench["rows"]:
-        v = row["variant"]
-        is_t2 = v == "t2"
-        claims.append(Claim(
-            id=f"cpu_latency_ratio_{v}", unit="x",
-            description=f"CPU latency PartialNet-{v.upper()} / FasterNet-{v.upper()} (224x224, batch 1, "
-                        f"{bench['threads']} thread, deploy forms, median of {bench['repeats']} interleaved)",
-            paper=PAPER_T2["cpu_latency_ratio"] if is_t2 else None, measured=row["latency_ratio"],
-            baseline=f"timm fasternet_{v}", expect="<= 0.80" if is_t2 else "< 1.0",
-            details={k: row[k] for k in ("partialnet_ms", "fasternet_ms", "paired_median", "paired_q25",
-                                          "paired_q75", "paired_min", "paired_max")}))
-    return claims
-
-
-def complexity_claims(table: list[dict[str, Any]], mini: dict[str, Any]) -> list[Claim]:
+def main_stage(plan: PartialNetPlan, ctx: Context, res: Results) -> None:
+    with ctx.stage("counts"):
+        table, mini = complexity_table(), parts.mini_complexity()
+        matches, per_variant = parts.official_parity(table)
+        diffs = parts.fusion_checks(plan.bench_variants)
     t2 = next(row for row in table if row["variant"] == "t2")
-    per_variant = {row["variant"]: {"params_ratio": round(row["params_ratio"], 4),
-                                    "flops_ratio": round(row["flops_ratio"], 4)} for row in table}
-    mini_ratio = {key: mini["partialnet"][key] / mini["fasternet"][key] for key in ("params", "flops")}
-    return [
-        Claim(id="params_ratio_t2", description="parameters PartialNet-T2 / FasterNet-T2 (official configs)",
-              paper=None, measured=t2["params_ratio"], unit="x", baseline="timm fasternet_t2", expect="< 1.0",
-              details={"partialnet": t2["partialnet_params"], "fasternet": t2["fasternet_params"],
-                       "all_variants": per_variant, "mini_models": mini_ratio}),
-        Claim(id="flops_ratio_t2", description="FLOPs at 224x224 PartialNet-T2 / FasterNet-T2 (official configs)",
-              paper=None, measured=t2["flops_ratio"], unit="x", baseline="timm fasternet_t2", expect="< 1.0",
-              details={"partialnet": t2["partialnet_flops"], "fasternet": t2["fasternet_flops"],
-                       "all_variants": per_variant, "mini_models": mini_ratio}),
-    ]
+    ratios = {r["variant"]: {"params": round(r["params_ratio"], 4), "flops": round(r["flops_ratio"], 4)} for r in table}
+    res.facts.update({
+        "params_ratio_t2": (t2["params_ratio"], {"partialnet": t2["partialnet_params"],
+                                                 "fasternet": t2["fasternet_params"], "all_variants": ratios}),
+        "flops_ratio_t2": (t2["flops_ratio"], {"partialnet": t2["partialnet_flops"],
+                                               "fasternet": t2["fasternet_flops"]}),
+        "mini_params_ratio": (mini["partialnet"]["params"] / mini["fasternet"]["params"], mini),
+        "mini_flops_ratio": mini["partialnet"]["flops"] / mini["fasternet"]["flops"],
+        "official_counts_match": (matches, per_variant), "fused_max_abs_diff": (max(diffs.values()), diffs)})
+    with ctx.stage("train"):
+        histories = train_arms(plan, ctx)
+    top1 = {f: [histories[f][s][-1]["eval_top1"] for s in plan.seeds] for f in histories}
+    setup = {"seeds": list(plan.seeds), "epochs": plan.epochs, "train_images": plan.train_size,
+             "test_images": plan.test_size}
+    res.estimates["top1_gain"] = stats.paired_diff(top1["partialnet"], top1["fasternet"], **setup)
+    for family, values in top1.items():
+        res.facts[f"top1_{family}"] = (sum(values) / len(values), {"per_seed": values, **setup})
+    if plan.name != "full":
+        res.plots.append(parts.plot_accuracy(histories, ctx.out / "mnist100_top1.png"))
+    with ctx.stage("latency"):
+        bench = parts.paired_latency(plan.bench_variants, plan.bench_repeats, plan.bench_warmup)
+    ctx.log.log(kind="cpu_latency", **bench)
+    for v, row in bench["rows"].items():
+        res.estimates[f"cpu_latency_ratio_{v}"] = parts.ratio_estimate(
+            row["round_ratios"], partialnet_ms=row["partialnet_ms"], fasternet_ms=row["fasternet_ms"],
+            threads=bench["threads"])
+    res.plots.append(parts.plot_latency(bench, table, PAPER_T2["cpu_latency_ratio"], ctx.out / "speed_size.png"))
+    res.tables_md = parts.latency_table(bench)
+    if plan.name == "full":
+        import torch
+
+        if torch.cuda.is_available():
+            with ctx.stage("gpu throughput"):
+                gpu = parts.paired_latency((plan.variant,), plan.bench_repeats, plan.bench_warmup, "cuda", 256)
+            res.estimates["gpu_throughput_ratio"] = parts.ratio_estimate(
+                gpu["rows"][plan.variant]["round_ratios"], invert=True, device=torch.cuda.get_device_name(),
+                batch=256)
+    res.notes_md = smoke_notes(plan, mini) if plan.name != "full" else f"ImageNet, official {plan.variant} recipe."
 
 
-def accuracy_claims(mini: dict[str, Any], budget: SmokeBudget) -> list[Claim]:
-    top1, deltas = mini["top1"], mini["deltas"]
-    seeds = list(budget.seeds)
-    common = {"seeds": seeds, "epochs": budget.epochs, "train_images": budget.train_size,
-              "test_images": budget.test_size}
-    claims = [
-        Claim(id=f"top1_{family}_t0_mini", unit="%", paper=None, measured=_mean(top1[family]),
-              description=f"MNIST-100 test top-1 of {family.capitalize()}-T0-mini (mean over seeds)",
-              baseline="chance 1 %", expect="> 10",
-              details={**common, "per_seed": top1[family], "std": _std(top1[family])})
-        for family in MINI_MODELS
-    ]
-    claims.append(Claim(
-        id="top1_delta_t0_mini", unit="points", paper=PAPER_T2["top1_gain"], measured=_mean(deltas),
-        description="paired top-1 difference PartialNet-T0-mini - FasterNet-T0-mini on MNIST-100 (same recipe, "
-                    "budget, seeds and data order per seed); paper: +1.3 at T2 on ImageNet",
-        baseline="FasterNet-T0-mini", expect="> 0",
-        details={**common, "per_seed": deltas, "std": _std(deltas), "wins": sum(d > 0 for d in deltas)}))
-    return claims
-
-
-def fusion_claim(diffs: dict[str, float]) -> Claim:
-    return Claim(id="fused_max_abs_diff", description="max |deploy form - training form| over PartialNet-T0/T1/T2 "
-                 "(224x224) and T0-mini, float64, randomised BN statistics and position biases",
-                 paper=None, measured=max(diffs.values()), unit="abs", baseline="training form",
-                 expect="<= 1e-9", details=diffs)
-
-
-def plot_accuracy(mini: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for family, runs in mini["runs"].items():
-        curves = list(runs.values())
-        epochs = [row["epoch"] for row in curves[0]]
-        values = [[run[i]["eval_top1"] for run in curves] for i in range(len(epochs))]
-        ax.plot(epochs, [statistics.fmean(v) for v in values], marker="o", label=f"{family}-T0-mini")
-        ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
-    ax.set(xlabel="epoch", ylabel="MNIST-100 test top-1 (%)", title="same recipe / budget / seeds (min-max)")
-    ax.legend()
-    return save_figure(fig, path)
-
-
-def plot_speed_and_size(bench: dict[str, Any], table: list[dict[str, Any]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    rows = bench["rows"]
-    names = [r["variant"].upper() for r in rows]
-    ratios = [r["latency_ratio"] for r in rows]
-    err = [[r["latency_ratio"] - r["paired_q25"] for r in rows], [r["paired_q75"] - r["latency_ratio"] for r in rows]]
-    ax1.bar(names, ratios, yerr=[[max(e, 0) for e in err[0]], [max(e, 0) for e in err[1]]], capsize=4)
-    ax1.axhline(1.0, color="k", lw=0.8)
-    ax1.axhline(PAPER_T2["cpu_latency_ratio"], color="r", ls="--", lw=0.8, label="paper T2 (0.76)")
-    ax1.set(ylabel="CPU latency PartialNet / FasterNet", title="batch 1, 224 px, 1 thread (IQR)")
-    ax1.legend()
-    width = 0.38
-    xs = range(len(table))
-    ax2.bar([x - width / 2 for x in xs], [r["params_ratio"] for r in table], width, label="params")
-    ax2.bar([x + width / 2 for x in xs], [r["flops_ratio"] for r in table], width, label="FLOPs")
-    ax2.set_xticks(list(xs), [r["variant"].upper() for r in table])
-    ax2.axhline(1.0, color="k", lw=0.8)
-    ax2.set(ylabel="PartialNet / FasterNet", title="official configs")
-    ax2.legend()
-    return save_figure(fig, path)
-
-
-def paper_table(table: list[dict[str, Any]]) -> str:
-    lines = ["Headline (PATNet abstract, arXiv 2503.03148): PATNet-T2 **+1.3 %** ImageNet top-1 over FasterNet-T2, "
-             "**1.25x** GPU throughput, **0.76x** CPU latency. Per-variant PartialNet accuracies were not available "
-             "offline and are not quoted.", "",
-             f"| variant | PartialNet params (official cfg @ {OFFICIAL_COMMIT}) | FasterNet params | PartialNet GMACs "
-             "| FasterNet GMACs | FasterNet top-1 (released ckpt) |", "|---|---|---|---|---|---|"]
-    for row in table:
-        v = row["variant"]
-        lines.append(f"| {v.upper()} | {OFFICIAL_COUNTS[v]['params'] / 1e6:.2f} M "
-                     f"| {row['fasternet_params'] / 1e6:.2f} M | {OFFICIAL_COUNTS[v]['flops'] / 2e9:.3f} "
-                     f"| {row['fasternet_flops'] / 2e9:.3f} | {FASTERNET_TOP1[v]:.2f} |")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# det stage: Mask R-CNN with each backbone (effrepro.mm), COCO-format digits (smoke) or COCO 2017 (full)
-# ----------------------------------------------------------------------------------------------------------
-DET_ARCH = "t0"  # the miniature's backbones: PartialNet-T0 vs FasterNet-T0, random init, every stage trained
-DET_MARK = "<!-- det stage -->"
-
-
-def det_param_claim(details: dict[str, Any], ours: str, base: str) -> Claim:
-    arms = details["arms"]
-    measured = arms[ours]["backbone_params"] / arms[base]["backbone_params"]
-    return Claim(id=f"det_{ours}_backbone_params_ratio", description=f"backbone parameters {ours} / {base} "
-                 "(inside Mask R-CNN)", paper=None, measured=measured, unit="x", baseline=base, expect="< 1.0",
-                 details={ours: arms[ours]["backbone_params"], base: arms[base]["backbone_params"]})
-
-
-def det_notes(details: dict[str, Any], seconds: float) -> str:
-    b = details["budget"]
-    lines = ["| backbone | bbox AP | bbox AP50 | mask AP | backbone params | backbone GFLOPs (128²) "
-             "| backbone+FPN latency (ms) |", "|---|---|---|---|---|---|---|"]
-    for name, r in details["arms"].items():
-        lines.append(f"| {name} | {100 * r['bbox_mAP']:.1f} | {100 * r['bbox_mAP_50']:.1f} | {100 * r['segm_mAP']:.1f} "
-                     f"| {r['backbone_params'] / 1e6:.2f} M | {r['backbone_flops'] / 1e9:.3f} "
-                     f"| {r['feature_latency_ms']:.1f} |")
+def smoke_notes(plan: PartialNetPlan, sizes: dict[str, Any]) -> str:
+    pn, fn = sizes["partialnet"], sizes["fasternet"]
     return "\n".join([
-        "### Detection and instance segmentation (det stage)", "",
-        f"Mask R-CNN + FPN (mmdet 3.3, heads narrowed for the CPU: {HEADS_TEXT}), "
-        f"PartialNet-{DET_ARCH.upper()} vs FasterNet-{DET_ARCH.upper()} from random init, same recipe, data and seed: "
-        f"COCO-format digits (real MNIST digits on 128x128 canvases, boxes and masks from the digit pixels), "
-        f"{b['train_images']} train / {b['val_images']} val images, {b['epochs']} epochs, batch {b['batch_size']}, "
-        f"AdamW lr {b['lr']} (FasterNet's detection optimiser), no flip. AP from pycocotools (x100 below; "
-        "claims are in 0..1). Latency: backbone+FPN, batch 1, 128x128, interleaved. "
-        f"Wall time of the stage: {seconds / 60:.1f} min.", "", *lines])
+        "- Miniature: MNIST-100 (28x56 real digit pairs, 100 classes) padded to 32x64; 2x2/2 embedding (ImageNet: "
+        f"4x4/4). PartialNet-T0-mini: width 16, depths {parts.MINI_COMMON['depths']}, {pn['params'] / 1e3:.0f} k "
+        f"params, {pn['flops'] / 2e6:.2f} MMACs; FasterNet-T0-mini: width 20, same depths, {fn['params'] / 1e3:.0f} k "
+        f"params, {fn['flops'] / 2e6:.2f} MMACs (both T0 halved).",
+        f"- Budget: {len(plan.seeds)} seeds x 2 models, {plan.epochs} epochs x {plan.train_size} training images, "
+        f"batch {plan.batch_size}, test on {plan.test_size} MNIST-100 test pairs; the official T0 recipe compressed "
+        f"(AdamW wd 0.005, lr {plan.lr} with a 0.3-epoch warm-up and per-step cosine, label smoothing 0.1, +-2 px "
+        "shifts), no mixup / cutmix (composite labels). The data order per seed is the same for both models.",
+        "- Latency intervals: percentile bootstrap of the median over the interleaved rounds (each round times both "
+        "models back to back). The host is shared: absolute times are noisy, per-round ratios much less so.",
+    ])
 
 
-def run_det(out: Path, tiny: bool, resume: bool = False) -> tuple[list[Claim], str]:
-    """PartialNet-T0 vs FasterNet-T0 inside Mask R-CNN on COCO-format digits (the papers' detection table in
-    miniature): bbox / mask AP, AP deltas, backbone params / FLOPs / latency ratios."""
+def det_stage(plan: PartialNetPlan, ctx: Context, res: Results) -> None:
     try:
         from effrepro.mm import DetArm, DetBudget, run_detection_miniature
 
         from partialnet import mm
     except ImportError as exc:
         raise UsageError(f"the det stage needs the OpenMMLab extra (mmengine, mmdet, mmsegmentation): {exc}") from None
-    if not resume:
-        for old in (out / "runs").glob("det_*"):
-            shutil.rmtree(old)
-    arms = [DetArm(f"{family}_{DET_ARCH}", mm.backbone(DET_ARCH, family), mm.stage_channels(DET_ARCH, family))
-            for family in ("partialnet", "fasternet")]
-    started = time.perf_counter()
-    claims, details = run_detection_miniature(arms, f"fasternet_{DET_ARCH}", out, out / "coco_digits",
-                                              DetBudget.tiny() if tiny else DetBudget())
-    seconds = time.perf_counter() - started
-    claims.append(det_param_claim(details, f"partialnet_{DET_ARCH}", f"fasternet_{DET_ARCH}"))
-    MetricsLogger(out / "metrics.jsonl").log(kind="det", seconds=seconds, **details)
-    return claims, det_notes(details, seconds)
+    if plan.name == "full":
+        return det_full(plan, ctx, res, mm)
+    arms = [DetArm(name, mm.backbone(DET_ARCH, name.split("_")[0]), mm.stage_channels(DET_ARCH, name.split("_")[0]))
+            for name in DET_ARMS]
+    train_images, val_images, epochs = plan.det_images
+    budget = DetBudget(train_images=train_images, val_images=val_images, epochs=epochs, batch_size=4)
+    with ctx.stage("det"):
+        started = time.perf_counter()
+        details = run_detection_miniature(arms, DET_ARMS[1], ctx.out, ctx.out / "coco_digits", budget)
+    ctx.log.log(kind="det", **details)
+    res.facts.update(det_facts(details))
+    res.notes_md += "\n\n" + det_notes(details, f"PartialNet-{DET_ARCH.upper()} vs FasterNet-{DET_ARCH.upper()}",
+                                       time.perf_counter() - started)
 
 
-def run_det_full(out: Path, coco: str | None, variant: str, checkpoints: list[str] | None) -> tuple[list[Claim], str]:
-    """The paper's COCO recipe (Mask R-CNN 1x) for PartialNet-<v> and FasterNet-<v>, initialised from the ImageNet
-    checkpoints of the main stage (``runs/<model>/last.pt``) or ``--backbone-checkpoints``."""
-    if not coco:
-        raise UsageError("the det stage at --scale full trains on COCO 2017: pass --coco /path/to/coco "
-                         "(train2017/, val2017/, annotations/instances_{train,val}2017.json)")
-    try:
-        from effrepro.mm import train_and_evaluate
+def det_full(plan: PartialNetPlan, ctx: Context, res: Results, mm: Any) -> None:
+    """The paper's COCO recipe (Mask R-CNN 1x) from the main stage's ImageNet checkpoints (or the given ones)."""
+    from effrepro.mm import train_and_evaluate
 
-        from partialnet import mm
-    except ImportError as exc:
-        raise UsageError(f"the det stage needs the OpenMMLab extra (mmengine, mmdet, mmsegmentation): {exc}") from None
-    names = [f"partialnet_{variant}", f"fasternet_{variant}"]
-    ckpts = checkpoints or [str(out / "runs" / name / "last.pt") for name in names]
-    if len(ckpts) != 2:
-        raise UsageError("--backbone-checkpoints takes two paths: PartialNet's,FasterNet's")
-    for ckpt in ckpts:
-        if not Path(ckpt).is_file():
-            raise UsageError(f"ImageNet checkpoint {ckpt} not found: the COCO recipe starts from ImageNet weights; "
-                             "run the main stage first or pass --backbone-checkpoints PARTIALNET.pt,FASTERNET.pt")
-    configs = {name: mm.coco_config(coco, out / "runs" / f"mask-rcnn_{name}_1x_coco", variant, name.split("_")[0], ckpt)
-               for name, ckpt in zip(names, ckpts, strict=True)}
-    metrics = {name: train_and_evaluate(cfg) for name, cfg in configs.items()}
+    names = [f"partialnet_{plan.variant}", f"fasternet_{plan.variant}"]
+    ckpts = plan.backbone_checkpoints or tuple(str(ctx.runs / f"{n}_seed{plan.seeds[0]}" / "last.pt") for n in names)
+    with ctx.stage("det"):
+        metrics = {n: train_and_evaluate(mm.coco_config(plan.coco, ctx.runs / f"mask-rcnn_{n}_1x_coco", plan.variant,
+                                                        n.split("_")[0], c))
+                   for n, c in zip(names, ckpts, strict=True)}
     ours, base = (metrics[n] for n in names)
-    claims = [Claim(id=f"det_coco_{kind}_ap_delta_{variant}", unit="AP points", paper=None,
-                    description=f"COCO val2017 Mask R-CNN 1x {kind} AP PartialNet-{variant.upper()} - "
-                                f"FasterNet-{variant.upper()} (same recipe)",
-                    measured=100 * (ours[f"coco/{key}_mAP"] - base[f"coco/{key}_mAP"]), baseline=names[1],
-                    expect="> 0", details={"partialnet": ours, "fasternet": base})
-              for kind, key in (("bbox", "bbox"), ("mask", "segm"))]
-    return claims, f"### COCO Mask R-CNN 1x\n\n```\n{json.dumps(metrics, indent=1)}\n```"
+    for kind, key in (("bbox", "bbox"), ("mask", "segm")):
+        res.facts[f"det_coco_{kind}_ap_delta"] = (ours[f"coco/{key}_mAP"] - base[f"coco/{key}_mAP"], metrics)
 
 
-def merge_det(out: Path, title: str, paper_md: str, claims: list[Claim], notes: str) -> None:
-    """A det-only run: its claims replace the ``det_*`` ones of ``claims.json`` (others kept), its section replaces
-    the previous det section of ``report.md``; ``det/report.md`` holds the stage's own report."""
-    path = out / "claims.json"
-    kept = [c for c in json.loads(path.read_text()) if not c["id"].startswith("det_")] if path.is_file() else []
-    write_claims(out, kept + [c.as_dict() for c in claims])
-    write_report(out / "det", f"{title}: det stage", paper_md, claims, notes)
-    report = out / "report.md"
-    section = f"{DET_MARK}\n## Detection (det stage, run on its own)\n\n{claims_table(claims)}\n\n{notes}\n"
-    if report.is_file():
-        text = report.read_text()
-        text = text[: text.index(DET_MARK)] if DET_MARK in text else text + "\n"
-        report.write_text(text + section)
-    else:
-        write_report(out, f"{title}: det stage", paper_md, claims, notes)
+def run(plan: PartialNetPlan, ctx: Context) -> Results:
+    res = Results()
+    if "main" in plan.stages:
+        main_stage(plan, ctx, res)
+    if "det" in plan.stages:
+        det_stage(plan, ctx, res)
+    return res
 
 
-# ----------------------------------------------------------------------------------------------------------
-# entry points
-# ----------------------------------------------------------------------------------------------------------
-SMOKE_TITLE = "PartialNet vs FasterNet: smoke (CPU miniature)"
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser._option_string_actions["--stages"].help = (  # this paper's defaults differ from "all"
+        "comma list of main, det; default: main at smoke scale (det is opt-in), both with --tiny, and at full "
+        "scale main (+ det with --coco)")
+    parser.add_argument("--data", help="ImageNet root for --scale full (train/ and val/ inside)")
+    parser.add_argument("--variant", default=None, help="variant trained by --scale full (default t2)")
+    parser.add_argument("--coco", help="COCO 2017 root for the det stage at --scale full")
+    parser.add_argument("--backbone-checkpoints", help="det at --scale full: PARTIALNET.pt,FASTERNET.pt ImageNet "
+                        "checkpoints (default: the main stage's runs/<model>_seed<s>/last.pt)")
+    parser.add_argument("recipe", nargs="*", help="key=value recipe overrides for --scale full")
 
 
-def run_smoke(out: Path, budget: SmokeBudget, resume: bool = False, stages: tuple[str, ...] = ("main",),
-              tiny: bool = False) -> list[Claim]:
-    if "main" not in stages:
-        claims, notes = run_det(out, tiny, resume)
-        merge_det(out, SMOKE_TITLE, paper_table(complexity_table()), claims, notes)
-        return claims
-    if not resume and (out / "runs").exists():
-        shutil.rmtree(out / "runs")
-    (out / "metrics.jsonl").unlink(missing_ok=True)
-    log = MetricsLogger(out / "metrics.jsonl")
-    threads = torch.get_num_threads()  # training uses what the environment gives (OMP_NUM_THREADS)
-    started = time.perf_counter()
-    print("[1/4] parameters and FLOPs of the official configs and the miniatures", flush=True)
-    table, mini_sizes = complexity_table(), mini_complexity()
-    for row in table:
-        log.log(kind="complexity", **row)
-    log.log(kind="mini_complexity", **{f"{f}_{k}": v for f, d in mini_sizes.items() for k, v in d.items()})
-    print("[2/4] deploy-form equivalence (float64)", flush=True)
-    diffs = fusion_checks(budget.bench_variants)
-    log.log(kind="fusion", **diffs)
-    print(f"[3/4] MNIST-100: {len(budget.seeds)} seeds x 2 models x {budget.epochs} epochs", flush=True)
-    mini = run_mini_training(out, budget, log)
-    print(f"[4/4] CPU latency, 224x224, batch 1, 1 thread, {budget.bench_repeats} interleaved repeats", flush=True)
-    bench = benchmark(list(budget.bench_variants), device="cpu", threads=1, repeats=budget.bench_repeats,
-                      warmup=budget.bench_warmup)
-    torch.set_num_threads(threads)
-    for row in bench["rows"]:
-        log.log(kind="cpu_latency", **row)
-    claims = [*accuracy_claims(mini, budget), *complexity_claims(table, mini_sizes), *latency_claims(bench),
-              fusion_claim(diffs)]
-    plots = [plot_accuracy(mini, out / "mnist100_top1.png"), plot_speed_and_size(bench, table, out / "speed_size.png")]
-    notes = smoke_notes(budget, mini_sizes, bench, time.perf_counter() - started, threads)
-    if "det" in stages:
-        print("[det] Mask R-CNN on COCO-format digits: PartialNet vs FasterNet backbones", flush=True)
-        det_claims, det_md = run_det(out, tiny, resume)
-        claims += det_claims
-        notes += "\n\n" + det_md
-    write_claims(out, claims)
-    write_report(out, SMOKE_TITLE, paper_table(table), claims, notes, plots)
-    return claims
-
-
-def smoke_notes(budget: SmokeBudget, sizes: dict[str, Any], bench: dict[str, Any], seconds: float,
-                threads: int) -> str:
-    pn, fn = sizes["partialnet"], sizes["fasternet"]
-    return "\n".join([
-        f"- Miniature: MNIST-100 (28x56 real digit pairs, 100 classes) padded to 32x64; 2x2/2 embedding (ImageNet: "
-        f"4x4/4), maps 16x32 / 8x16 / 4x8 / 2x4. PartialNet-T0-mini: width 16, depths {MINI_COMMON['depths']}, "
-        f"{pn['params'] / 1e3:.0f} k params, {pn['flops'] / 2e6:.2f} MMACs; FasterNet-T0-mini: width 20, same depths, "
-        f"{fn['params'] / 1e3:.0f} k params, {fn['flops'] / 2e6:.2f} MMACs (both T0 halved).",
-        f"- Budget: {budget.epochs} epochs x {budget.train_size} training images, batch {budget.batch_size}, seeds "
-        f"{list(budget.seeds)}, {threads} training thread(s), test on {budget.test_size} MNIST-100 test pairs; "
-        "official T0 recipe compressed "
-        "(AdamW wd 0.005, lr 2e-3 with 0.3-epoch warm-up and per-step cosine, label smoothing 0.1, mixup 0.05 / "
-        "cutmix 1.0, +-2 px shifts).",
-        f"- Latency: deploy forms, batch 1, {bench['threads']} thread, {bench['repeats']} interleaved rounds after "
-        f"{bench['warmup']} warm-up calls; ratio of medians, paired per-round IQR in the details. The host is shared: "
-        "absolute times are noisy, the interleaved ratio much less so.",
-        f"- Wall time of this run: {seconds / 60:.1f} min.",
-    ])
-
-
-def run_full(out: Path, data: str | None, variant: str, overrides: list[str], stages: tuple[str, ...] = ("main",),
-             coco: str | None = None, backbone_checkpoints: list[str] | None = None) -> list[Claim]:
-    """Train PartialNet-<v> and FasterNet-<v> with the official recipe on ImageNet (resumable), evaluate their
-    deploy forms, benchmark them on this machine; with the det stage, then Mask R-CNN 1x on COCO from them."""
-    if "det" in stages:
-        if not coco:
+def configure(plan: PartialNetPlan, args: argparse.Namespace) -> PartialNetPlan:
+    """Map the full-scale flags onto the plan and check the user's paths before any work."""
+    ckpts = tuple(c for c in (args.backbone_checkpoints or "").split(",") if c)
+    if plan.name != "full":
+        if args.data or args.coco or args.recipe or ckpts or args.variant:
+            raise UsageError("--data, --coco, --variant, --backbone-checkpoints and recipe overrides are for "
+                             "--scale full")
+        return plan
+    stages = plan.stages if args.stages else (STAGES if args.coco else ("main",))
+    plan = dataclasses.replace(plan, data=args.data, coco=args.coco, stages=stages, backbone_checkpoints=ckpts,
+                               variant=parse_variants(args.variant or plan.variant)[0],
+                               recipe_overrides=tuple(args.recipe))
+    if "main" in plan.stages and not plan.data:
+        raise UsageError("--scale full trains on ImageNet: pass --data /path/to/imagenet (train/ and val/ inside)")
+    if "det" in plan.stages:
+        if not plan.coco:
             raise UsageError("the det stage at --scale full trains on COCO 2017: pass --coco /path/to/coco "
                              "(train2017/, val2017/, annotations/instances_{train,val}2017.json)")
         from effrepro.mm.runner import detection_config
 
-        detection_config({}, coco, out, 1, 0.0, train_split="train2017", val_split="val2017")  # layout check, early
-    title = f"PartialNet-{variant.upper()} vs FasterNet-{variant.upper()}"
-    if "main" not in stages:
-        claims, notes = run_det_full(out, coco, variant, backbone_checkpoints)
-        merge_det(out, f"{title}: COCO", paper_table(complexity_table()), claims, notes)
-        return claims
-    if not data:
-        raise UsageError("--scale full trains on ImageNet: pass --data /path/to/imagenet (train/ and val/ inside)")
-    from partialnet.eval import evaluate_imagenet
-
-    results = {}
-    for family in ("partialnet", "fasternet"):
-        name = f"{family}_{variant}"
-        base = recipe(name)
-        cfg = load_train_config({**base, "data": data, "out_dir": str(out / "runs" / name)}, overrides)
-        train(cfg)
-        checkpoint = str(Path(cfg.out_dir) / "last.pt")
-        results[family] = evaluate_imagenet(name, data, checkpoint, deploy=True, use_ema=cfg.ema_decay is not None,
-                                            image_size=cfg.augment.image_size, crop_ratio=cfg.augment.test_crop_ratio)
-    delta = results["partialnet"]["top1"] - results["fasternet"]["top1"]
-    bench = benchmark([variant], device="auto")
-    claims = [Claim(id=f"top1_delta_{variant}", description=f"ImageNet top-1 PartialNet-{variant.upper()} - "
-                    f"FasterNet-{variant.upper()}, same recipe, deploy forms", paper=PAPER_T2["top1_gain"]
-                    if variant == "t2" else None, measured=delta, unit="points",
-                    baseline=f"fasternet_{variant}", expect="> 0", details=results)]
-    row = bench["rows"][0]
-    if bench["device"] != "cpu":
-        claims.append(Claim(id=f"gpu_throughput_ratio_{variant}", unit="x", baseline=f"fasternet_{variant}",
-                            description=f"GPU throughput ratio at batch {bench['batch']} ({bench['device']})",
-                            paper=PAPER_T2["gpu_throughput_ratio"] if variant == "t2" else None,
-                            measured=row["throughput_ratio"], expect="> 1.0", details=row))
-    cpu = benchmark([variant], device="cpu", threads=1)
-    claims += latency_claims(cpu)
-    notes = ""
-    if "det" in stages:
-        det_claims, notes = run_det_full(out, coco, variant, backbone_checkpoints)
-        claims += det_claims
-    write_claims(out, claims)
-    write_report(out, f"{title}: ImageNet", paper_table(complexity_table()), claims, notes)
-    return claims
+        detection_config({}, plan.coco, Path("."), 1, 0.0, train_split="train2017", val_split="val2017")
+        if ckpts and len(ckpts) != 2:
+            raise UsageError("--backbone-checkpoints takes two paths: PartialNet's,FasterNet's")
+        missing = [c for c in ckpts if not Path(c).is_file()]
+        if missing:
+            raise UsageError(f"ImageNet checkpoint {missing[0]} not found")
+    return plan
 
 
-def reproduce(scale: str, tiny: bool = False, out: str | None = None, data: str | None = None, variant: str = "t2",
-              seeds: tuple[int, ...] | None = None, resume: bool = False, overrides: list[str] | None = None,
-              stages: str | None = None, coco: str | None = None,
-              backbone_checkpoints: list[str] | None = None) -> Path:
-    if scale not in ("smoke", "full"):
-        raise UsageError(f"unknown scale {scale!r}; use smoke or full")
-    selected = parse_stages(stages, scale, coco)
-    path = results_dir("partialnet", scale, out)
-    if scale == "full":
-        run_full(path, data, variant, overrides or [], selected, coco, backbone_checkpoints)
-    else:
-        budget = TINY if tiny else SmokeBudget()
-        if seeds:
-            budget = replace(budget, seeds=tuple(seeds))
-        run_smoke(path, budget, resume, selected, tiny)
-    print(f"wrote {path / 'claims.json'} and {path / 'report.md'}")
-    return path
-
+REPRODUCTION = Reproduction(
+    paper="partialnet", title="PartialNet (PATNet) vs FasterNet", paper_table=parts.paper_table(), plans=PLANS,
+    claims=CLAIMS, facts=FACTS, run=run, stages=STAGES, add_arguments=add_arguments, configure=configure)
