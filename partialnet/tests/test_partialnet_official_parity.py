@@ -24,7 +24,7 @@ def _official_state(case: dict) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name", ["spatial", "plain"])
 def test_matches_official_outputs_and_fuses(name):
-    case = torch.load(FIXTURE, weights_only=False)[name]
+    case = torch.load(FIXTURE, weights_only=True)[name]
     kwargs = dict(case["kwargs"], act_layer=case["kwargs"]["act_layer"].lower())
     model = PartialNet(num_classes=10, feature_dim=32, **kwargs).double().eval()
     lightning = {"state_dict": {f"model.{k}": v for k, v in _official_state(case).items()}}  # as train_test.py saves

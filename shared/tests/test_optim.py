@@ -257,7 +257,7 @@ def test_state_dict_round_trip_continues_identically():
     buffer = io.BytesIO()
     torch.save({"model": resumed.state_dict(), "opt": opt2.state_dict()}, buffer)
     buffer.seek(0)
-    saved = torch.load(buffer, weights_only=False)
+    saved = torch.load(buffer, weights_only=True)
     fresh, opt3 = make()
     fresh.load_state_dict(saved["model"])
     opt3.load_state_dict(saved["opt"])

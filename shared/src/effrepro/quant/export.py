@@ -53,7 +53,7 @@ def save_int8(path: str | os.PathLike, artefact: Mapping[str, Any]) -> Path:
 
 def load_int8(path: str | os.PathLike) -> dict[str, Any]:
     """Read an int8 artefact; a foreign or damaged file is a clear :class:`UsageError`."""
-    artefact = load_checkpoint(path, required=("format", "graph", "codes", "weight_scales", "state"))
+    artefact = load_checkpoint(path, required=("format", "graph", "codes", "weight_scales", "state"), expect="int8")
     if artefact["format"] != FORMAT:
         raise UsageError(f"{path} is a {artefact['format']!r} file, not {FORMAT!r}; export it again")
     for name, codes in artefact["codes"].items():

@@ -33,7 +33,7 @@ from effrepro.errors import UsageError
 from effrepro.specdec.draft_data import DraftDataConfig, draft_data_folders
 from effrepro.specdec.harness import EvalConfig, evaluate
 from effrepro.specdec.protocol import DraftHead, LevelProposer, TreeConfig
-from effrepro.specdec.target import TargetAdapter, TreeKVCache
+from effrepro.specdec.target import TargetAdapter, TreeKVCache, additive_mask
 from effrepro.specdec.trainer import HeadTrainConfig, train_head
 from effrepro.specdec.tree import DraftLevel
 
@@ -103,8 +103,7 @@ class EagleHead(DraftHead):
         embeds = self.embed_tokens(token_ids).to(features.dtype)
         hidden = self.fc(torch.cat([embeds, features], dim=-1))
         position_embeddings = self.rotary_emb(hidden, position_ids)
-        mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device)
-        mask = mask.masked_fill(~allowed.to(hidden.device), torch.finfo(hidden.dtype).min)[:, None]
+        mask = additive_mask(allowed.to(hidden.device), hidden.dtype)
         for layer in self.layers:
             hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
                            use_cache=cache is not None, position_embeddings=position_embeddings)
@@ -128,7 +127,7 @@ class EagleProposer(LevelProposer):
 
     def __init__(self, head: EagleHead, lm_head: torch.Tensor, tree: TreeConfig, max_length: int = 4096) -> None:
         self.head = head
-        self.lm_head = lm_head
+        self.lm_head = head.draft_lm_head(lm_head)  # [K, H] rows with a reduced draft vocabulary, else [V, H]
         self.tree = tree
         self.total_tokens = tree.total_tokens
         self.cache = TreeKVCache(len(head.layers), max_length + tree.top_k * (tree.depth + 1))
@@ -158,8 +157,9 @@ class EagleProposer(LevelProposer):
         context = self.cache.length
         self.last_forwards = 1
         top = torch.topk(self._logprobs(g), k)
-        levels = [DraftLevel(top.indices, top.values, torch.full_like(top.indices, -1))]
-        inputs_tokens, inputs_feats = top.indices, g.expand(k, -1)
+        top_tokens = head.to_target_ids(top.indices)  # draft indices -> target ids (identity at full vocab)
+        levels = [DraftLevel(top_tokens, top.values, torch.full_like(top.indices, -1))]
+        inputs_tokens, inputs_feats = top_tokens, g.expand(k, -1)
         scores = top.values
         selected = torch.arange(k, device=device)  # entries of the previous level that are expanded
         ancestry = torch.eye(k, dtype=torch.bool, device=device)  # [k, tree keys so far]
@@ -170,13 +170,13 @@ class EagleProposer(LevelProposer):
                 out = head.decode(inputs_feats[None], inputs_tokens[None], pos, keys[None], self.cache)[0]
                 self.last_forwards += 1
                 child = torch.topk(self._logprobs(out), k, dim=-1)  # [k, k]
+                child_tokens = head.to_target_ids(child.indices.flatten())
                 cumulative = child.values + scores[:, None]
-                levels.append(DraftLevel(child.indices.flatten(), cumulative.flatten(),
-                                         selected.repeat_interleave(k)))
+                levels.append(DraftLevel(child_tokens, cumulative.flatten(), selected.repeat_interleave(k)))
                 best = torch.topk(cumulative.flatten(), k)
                 rows = best.indices // k
                 selected, scores = best.indices, best.values
-                inputs_tokens = child.indices.flatten()[best.indices]
+                inputs_tokens = child_tokens[best.indices]
                 inputs_feats = out[rows]
                 ancestry = torch.cat([ancestry[rows], torch.eye(k, dtype=torch.bool, device=device)], dim=1)
         finally:
@@ -192,18 +192,24 @@ def build_eagle_head(target_config: Any, embed_weight: torch.Tensor | None = Non
     return head
 
 
-def head_from_checkpoint(state: dict[str, Any], embed_weight: torch.Tensor) -> EagleHead:
+def head_from_checkpoint(state: dict[str, Any], embed_weight: torch.Tensor,
+                         source: str = "head checkpoint") -> EagleHead:
     """Rebuild a trained head from ``train_head``'s checkpoint dict; clear errors for a mismatched target."""
-    if "config" not in state or "state_dict" not in state:
-        raise UsageError("not a draft-head checkpoint (needs 'config' and 'state_dict'); pass the head.pt that "
-                         "train-eagle wrote")
-    head = EagleHead(DraftModelConfig(**state["config"]))
+    from effrepro.train.checkpoint import check_kind, config_from
+
+    check_kind(state, source, "draft-head")
+    if not isinstance(state, dict) or "config" not in state or "state_dict" not in state:
+        raise UsageError(f"{source} is not a draft-head checkpoint (needs 'config' and 'state_dict'); pass the "
+                         "head.pt that train-eagle wrote")
+    if state.get("method", "EagleHead") != "EagleHead":
+        raise UsageError(f"{source} holds a {state['method']} head, not an EAGLE head; load it with its project")
+    head = EagleHead(config_from(DraftModelConfig, state["config"], source))
     head.check_compatible(int(embed_weight.shape[1]), int(embed_weight.shape[0]))
     head.freeze_embedding(embed_weight.detach().float())
     missing, unexpected = head.load_state_dict(state["state_dict"], strict=False)
     missing = [m for m in missing if not m.startswith("embed_tokens")]
     if missing or unexpected:
-        raise UsageError(f"head checkpoint does not match its config (missing {missing[:4]}, unexpected "
+        raise UsageError(f"{source} does not match its config (missing {missing[:4]}, unexpected "
                          f"{unexpected[:4]})")
     return head
 
@@ -213,10 +219,8 @@ def read_eagle_head(path: str | Path, embed_weight: torch.Tensor) -> EagleHead:
     """A trained EAGLE head from ``head.pt`` (fp32, trainable), checked against the target's embedding."""
     from effrepro.train import load_checkpoint
 
-    state = load_checkpoint(path, required=("config", "state_dict"))
-    if state.get("method", "EagleHead") != "EagleHead":
-        raise UsageError(f"{path} holds a {state['method']} head, not an EAGLE head; load it with its project")
-    return head_from_checkpoint(state, embed_weight)
+    state = load_checkpoint(path, required=("config", "state_dict"), expect="draft-head")
+    return head_from_checkpoint(state, embed_weight, source=str(path))
 
 
 def load_eagle_head(path: str | Path, target: TargetAdapter) -> EagleHead:

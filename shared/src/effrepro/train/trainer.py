@@ -121,7 +121,8 @@ class Trainer:
         return state
 
     def _resume(self, path: Path) -> None:
-        state = load_checkpoint(path, map_location=self.device, required=("model", "optimizer", "epoch", "rng"))
+        state = load_checkpoint(path, map_location=self.device, required=("model", "optimizer", "epoch", "rng"),
+                                expect="train-state")
         if self.config and state.get("config") and state["config"] != self.config:
             changed = sorted(k for k in set(self.config) | set(state["config"])
                              if self.config.get(k) != state["config"].get(k))

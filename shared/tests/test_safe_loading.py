@@ -1,0 +1,204 @@
+"""Checkpoints are read as data only: a crafted file whose unpickling would run code is refused before any of it
+runs (one UsageError), for every loader of the shared package; our own files, old and new, still load."""
+
+import io
+import os
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+from effrepro.errors import UsageError
+from effrepro.train import Trainer, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from effrepro.train.checkpoint import check_kind, file_kind, unsafe_globals
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class Payload:
+    """Unpickling this runs ``touch marker`` (what a malicious checkpoint would do)."""
+
+    def __init__(self, marker, how="system"):
+        self.marker, self.how = str(marker), how
+
+    def __reduce__(self):
+        if self.how == "exec":
+            return exec, (f"open({self.marker!r}, 'w').close()",)
+        return os.system, (f"touch {self.marker}",)
+
+
+def write_crafted(path, marker, layout="zip", how="system", wrap=None):
+    """A file that creates ``marker`` when unpickled without restrictions. ``wrap`` builds the top-level object
+    around the payload (default: the payload beside a plausible state dict)."""
+    payload = Payload(marker, how)
+    obj = wrap(payload) if wrap else {"model": {"w": torch.zeros(2)}, "config": payload}
+    if layout == "pickle":
+        with open(path, "wb") as handle:
+            pickle.dump(obj, handle)
+    else:
+        torch.save(obj, path, _use_new_zipfile_serialization=layout == "zip")
+    return path
+
+
+CASES = [
+    ("zip", "system", None),
+    ("legacy", "system", None),
+    ("pickle", "system", None),
+    ("zip", "exec", None),
+    ("zip", "system", lambda p: p),  # the payload is the whole file
+    ("zip", "system", lambda p: {"rng": {"numpy": np.array([p], dtype=object)}}),  # inside an allowed NumPy array
+]
+
+
+@pytest.mark.parametrize("layout,how,wrap", CASES)
+def test_a_crafted_checkpoint_is_refused_and_its_payload_never_runs(tmp_path, layout, how, wrap):
+    marker = tmp_path / "pwned"
+    path = write_crafted(tmp_path / "evil.pt", marker, layout, how, wrap)
+    assert not marker.exists()
+    with pytest.raises(UsageError, match="refusing to load|corrupt") as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
+
+
+def test_the_refusal_names_what_the_file_would_import(tmp_path):
+    path = write_crafted(tmp_path / "evil.pt", tmp_path / "pwned")
+    assert unsafe_globals(path) == ["posix.system"] or unsafe_globals(path) == ["nt.system"]
+    with pytest.raises(UsageError, match=r"refusing to load .*system.*could run code"):
+        load_checkpoint(path)
+
+
+def test_save_refuses_objects_that_would_not_load_as_data(tmp_path):
+    save_checkpoint(tmp_path / "ck.pt", {"step": 1})
+    with pytest.raises(TypeError, match="would need"):
+        save_checkpoint(tmp_path / "ck.pt", {"step": 2, "model": nn.Linear(2, 2)})
+    assert load_checkpoint(tmp_path / "ck.pt") == {"step": 1}  # the previous file is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
+
+
+def test_save_turns_paths_and_numpy_values_into_loadable_ones(tmp_path):
+    from pathlib import Path
+
+    state = nn.BatchNorm1d(3).state_dict()
+    save_checkpoint(tmp_path / "ck.pt", {"out": Path("/x/y"), "lr": np.float32(0.5), "n": np.int64(3),
+                                         "arr": np.arange(3), "model": state})
+    back = load_checkpoint(tmp_path / "ck.pt")
+    assert back["out"] == "/x/y" and back["lr"] == 0.5 and back["n"] == 3 and isinstance(back["n"], int)
+    assert torch.equal(back["arr"], torch.arange(3))
+    assert back["model"]._metadata == state._metadata  # state-dict version info survives
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    seed_everything(3)
+    random.random(), np.random.rand(), torch.rand(1)
+    np.random.randn()  # leaves a cached gaussian
+    save_checkpoint(tmp_path / "rng.pt", {"rng": rng_state()})
+    expected = (random.random(), np.random.rand(), np.random.randn(), torch.rand(1))
+    seed_everything(99)
+    set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    assert (random.random(), np.random.rand(), np.random.randn(), torch.rand(1)) == expected
+
+
+def test_old_checkpoints_with_a_numpy_rng_state_still_load_and_restore(tmp_path):
+    seed_everything(5)
+    old = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    torch.save({"model": {}, "optimizer": {}, "epoch": 1, "rng": old}, tmp_path / "last.pt")  # the former format
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    seed_everything(0)
+    set_rng_state(load_checkpoint(tmp_path / "last.pt")["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+
+
+def _trainer(out_dir, epochs):
+    seed_everything(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.3), nn.Linear(8, 2))
+    data = DataLoader(TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,))), batch_size=8, shuffle=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def loss_fn(m, batch):
+        return {"loss": nn.functional.cross_entropy(m(batch[0]), batch[1])}
+
+    return Trainer(model, opt, data, loss_fn=loss_fn, epochs=epochs, out_dir=out_dir, progress=False,
+                   config={"lr": 0.1}, ema_decay=0.9)
+
+
+def test_trainer_checkpoints_load_as_data_and_resume_bit_for_bit(tmp_path):
+    straight = _trainer(tmp_path / "a", 3)
+    straight.fit()
+    _trainer(tmp_path / "b", 1).fit()
+    assert unsafe_globals(tmp_path / "b" / "last.pt") == []
+    torch.load(tmp_path / "b" / "last.pt", weights_only=True)  # no allow-list needed for new files
+    resumed = _trainer(tmp_path / "b", 3)
+    assert resumed.start_epoch == 1
+    resumed.fit()
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_crafted_last_pt_in_the_run_folder_is_refused_on_resume(tmp_path):
+    marker = tmp_path / "pwned"
+    (tmp_path / "run").mkdir()
+    write_crafted(tmp_path / "run" / "last.pt", marker)
+    with pytest.raises(UsageError, match="refusing to load"):
+        _trainer(tmp_path / "run", 1)
+    assert not marker.exists()
+
+
+def test_int8_loader_refuses_crafted_and_wrong_kind_files(tmp_path):
+    from effrepro.quant.export import load_int8
+
+    marker = tmp_path / "pwned"
+    write_crafted(tmp_path / "evil.pt", marker)
+    with pytest.raises(UsageError, match="refusing to load"):
+        load_int8(tmp_path / "evil.pt")
+    save_checkpoint(tmp_path / "head.pt", {"method": "EagleHead", "config": {}, "state_dict": {}})
+    with pytest.raises(UsageError, match="is a trained draft head.*expected an int8 export.*double_rounding train"):
+        load_int8(tmp_path / "head.pt")
+    assert not marker.exists()
+
+
+def test_eagle_head_loader_refuses_crafted_and_wrong_kind_files(tmp_path):
+    from effrepro.specdec.eagle import read_eagle_head
+
+    marker = tmp_path / "pwned"
+    write_crafted(tmp_path / "evil.pt", marker)
+    with pytest.raises(UsageError, match="refusing to load"):
+        read_eagle_head(tmp_path / "evil.pt", torch.zeros(10, 4))
+    _trainer(tmp_path / "run", 1).fit()
+    with pytest.raises(UsageError, match="is a training state.*expected a trained draft head"):
+        read_eagle_head(tmp_path / "run" / "last.pt", torch.zeros(10, 4))
+    save_checkpoint(tmp_path / "bad.pt", {"method": "EagleHead", "config": {"no_such_field": 1}, "state_dict": {}})
+    with pytest.raises(UsageError, match="config"):
+        read_eagle_head(tmp_path / "bad.pt", torch.zeros(10, 4))
+    assert not marker.exists()
+
+
+def test_mm_backbone_checkpoint_refuses_a_crafted_file(tmp_path):
+    pytest.importorskip("timm")
+    from effrepro.mm.backbones import TimmBackbone
+
+    marker = tmp_path / "pwned"
+    write_crafted(tmp_path / "evil.pt", marker)
+    with pytest.raises(UsageError, match="refusing to load"):
+        TimmBackbone("resnet18", init_cfg={"type": "Pretrained", "checkpoint": str(tmp_path / "evil.pt")})
+    assert not marker.exists()
+
+
+def test_file_kinds_are_recognised_with_or_without_a_kind_field(tmp_path):
+    assert file_kind({"kind": "ftp_plan"}) == "ftp-plan"
+    assert file_kind({"format": "effrepro-int8/1"}) == "int8"
+    assert file_kind({"model": {}, "optimizer": {}, "epoch": 1, "rng": {}}) == "train-state"
+    assert file_kind({"method": "JakiroDraft", "config": {}, "state_dict": {}}) == "draft-head"
+    assert file_kind({"w": torch.zeros(1)}) == "state-dict"
+    assert file_kind([1, 2]) is None and file_kind({"x": 1}) is None
+    check_kind({"x": 1}, "f.pt", "int8")  # unknown kinds are left to the caller's own checks
+    with pytest.raises(UsageError, match="f.pt is an FTP plan file.*expected a training state"):
+        check_kind({"kind": "ftp_plan"}, "f.pt", "train-state")
+
+
+def test_in_memory_buffers_load_weights_only():
+    buffer = io.BytesIO()
+    torch.save({"rng": rng_state()}, buffer)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=True)
