@@ -2,44 +2,17 @@
 runs (one UsageError), for every loader of the shared package; our own files, old and new, still load."""
 
 import io
-import os
-import pickle
 import random
 
 import numpy as np
 import pytest
 import torch
 from effrepro.errors import UsageError
+from effrepro.testing import write_crafted
 from effrepro.train import Trainer, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from effrepro.train.checkpoint import check_kind, file_kind, unsafe_globals
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-
-
-class Payload:
-    """Unpickling this runs ``touch marker`` (what a malicious checkpoint would do)."""
-
-    def __init__(self, marker, how="system"):
-        self.marker, self.how = str(marker), how
-
-    def __reduce__(self):
-        if self.how == "exec":
-            return exec, (f"open({self.marker!r}, 'w').close()",)
-        return os.system, (f"touch {self.marker}",)
-
-
-def write_crafted(path, marker, layout="zip", how="system", wrap=None):
-    """A file that creates ``marker`` when unpickled without restrictions. ``wrap`` builds the top-level object
-    around the payload (default: the payload beside a plausible state dict)."""
-    payload = Payload(marker, how)
-    obj = wrap(payload) if wrap else {"model": {"w": torch.zeros(2)}, "config": payload}
-    if layout == "pickle":
-        with open(path, "wb") as handle:
-            pickle.dump(obj, handle)
-    else:
-        torch.save(obj, path, _use_new_zipfile_serialization=layout == "zip")
-    return path
-
 
 CASES = [
     ("zip", "system", None),

@@ -20,7 +20,7 @@ def evaluate_checkpoint(ckpt: str | Path, cfg: TrainConfig, arch: str | None = N
 
     The architecture comes from the checkpoint's ``arch`` field, else from ``arch`` (``--arch``).
     """
-    obj = load_checkpoint(ckpt)
+    obj = load_checkpoint(ckpt, expect=("student", "train-state", "state-dict"))
     name = arch or (obj.get("arch") if isinstance(obj, dict) else None)
     if not name:
         raise UsageError(f"{ckpt} does not name its architecture; pass --arch <model name>")

@@ -45,7 +45,7 @@ def load_teacher(path: str | Path, arch: str, num_classes: int, family: str) -> 
     plain state dict (torchvision weight files), a ``module.``-prefixed state dict, or a ``last.pt`` of
     this project's trainer (the ``student.`` weights are taken).
     """
-    obj = load_checkpoint(path)
+    obj = load_checkpoint(path, expect=("student", "train-state", "state-dict"))
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UsageError(f"teacher checkpoint {path} holds no state dict (expected {{'model': state_dict}})")

@@ -9,9 +9,10 @@ import torch
 from effrepro.errors import UsageError
 from effrepro.specdec import generate_draft_data, train_head
 from effrepro.train import load_checkpoint
+from effrepro.train.checkpoint import config_from
 
 from gumiho.config import GumihoRunConfig, StructureConfig
-from gumiho.model import GumihoDraft, head_from_checkpoint
+from gumiho.model import GumihoConfig, GumihoDraft, head_from_checkpoint
 
 # The variants of the reproduce run: the paper, the serial/parallel split ablations, the all-parallel end.
 VARIANTS: dict[str, StructureConfig] = {
@@ -80,9 +81,11 @@ def load_draft(path: str | Path, model: Any) -> GumihoDraft:
 
     The draft lands on the device of the target's embedding and stays float32 (the proposer casts the target's
     features to the dtype of the LM head it is given, float32 in ``gumiho.eval``)."""
-    state = load_checkpoint(Path(path))
-    if not isinstance(state, dict):
-        raise UsageError(f"{path} is not a head checkpoint")
+    state = load_checkpoint(Path(path), required=("config", "state_dict"), expect="draft-head")
+    if state.get("method") not in (None, "GumihoDraft"):
+        raise UsageError(f"{path} holds a {state['method']} head, not a Gumiho draft; pass the head.pt that "
+                         "`gumiho train` wrote")
+    config_from(GumihoConfig, state["config"], str(path))  # one clear error for a config of another version
     embed = model.get_input_embeddings().weight.detach()
     return head_from_checkpoint(state, embed).to(embed.device)
 

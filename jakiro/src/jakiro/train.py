@@ -74,14 +74,15 @@ def load_head(path: str | Path, target_model: Any, device: torch.device | str = 
               dtype: torch.dtype = torch.float32) -> DraftHead:
     """Rebuild a trained head (``head.pt`` from ``train_method``) for ``target_model``; clear errors on mismatch."""
     from effrepro.train import load_checkpoint
+    from effrepro.train.checkpoint import config_from
 
-    state = load_checkpoint(path, required=("config", "state_dict"))
+    state = load_checkpoint(path, required=("config", "state_dict"), expect="draft-head")
     embed = target_model.get_input_embeddings().weight.detach().float()
     method = state.get("method")
     if method == "EagleHead":
-        head: DraftHead = head_from_checkpoint(state, embed)
+        head: DraftHead = head_from_checkpoint(state, embed, source=str(path))
     elif method == "JakiroDraft":
-        head = JakiroDraft(JakiroConfig(**state["config"]))
+        head = JakiroDraft(config_from(JakiroConfig, state["config"], str(path)))
         head.check_compatible(int(embed.shape[1]), int(embed.shape[0]))
         head.freeze_embedding(embed)
         load_official_state_dict(head, state["state_dict"])

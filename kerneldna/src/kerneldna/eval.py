@@ -55,7 +55,7 @@ def load_trained(path: str | Path, use_ema: bool = False) -> tuple[nn.Module, di
     """
     from kerneldna.train import TrainConfig, model_for
 
-    state = load_checkpoint(path, required=("model", "config"))
+    state = load_checkpoint(path, required=("model", "config"), expect="train-state")
     config = dict(state["config"])
     sharing = config.pop("sharing", None)
     known = set(TrainConfig.__dataclass_fields__)

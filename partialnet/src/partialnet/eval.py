@@ -22,7 +22,7 @@ from partialnet.train import accuracy_counts, build_model
 def checkpoint_state(path: str | Path, use_ema: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The model weights in a checkpoint (``partialnet train``'s ``last.pt``, a bare state dict, or an official
     one) and the training config stored with it (empty if none)."""
-    obj = load_checkpoint(path)
+    obj = load_checkpoint(path, expect=("train-state", "state-dict"))
     if not isinstance(obj, dict):
         raise UsageError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     config = obj.get("config") if isinstance(obj.get("config"), dict) else {}

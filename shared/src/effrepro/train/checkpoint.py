@@ -190,11 +190,52 @@ def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
     return path
 
 
+def _allowed_names() -> set[str]:
+    names = {name for name in (f"{getattr(g, '__module__', '')}.{getattr(g, '__name__', '')}"
+                               for g in LEGACY_GLOBALS if not isinstance(g, tuple))}
+    names |= {g[1] for g in LEGACY_GLOBALS if isinstance(g, tuple)}
+    try:
+        from torch import _weights_only_unpickler
+
+        names |= set(_weights_only_unpickler._get_allowed_globals())
+    except Exception:  # private API moved: the names are only used to word the refusal
+        pass
+    return names
+
+
+def _pickle_globals(path: Path, pickles: int = 5) -> list[str]:
+    """The globals named by the first pickles of a non-zip file (torch's legacy format is several pickles in a
+    row; a bare pickle is one), read statically with :mod:`pickletools` (nothing is executed)."""
+    import pickletools
+
+    found: list[str] = []
+    with open(path, "rb") as handle:
+        for _ in range(pickles):
+            strings: list[str] = []
+            try:
+                for op, arg, _ in pickletools.genops(handle):
+                    if op.name == "GLOBAL" and isinstance(arg, str):
+                        found.append(arg.replace(" ", "."))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        found.append(f"{strings[-2]}.{strings[-1]}")
+                    elif isinstance(arg, str):
+                        strings.append(arg)
+            except Exception:  # end of the pickles, or raw storage bytes
+                break
+    allowed = _allowed_names()
+    return sorted({name for name in found if name not in allowed})
+
+
 def _refused_globals(path: Path, exc: Exception) -> list[str]:
     found = unsafe_globals(path)
+    if not found:
+        try:
+            found = _pickle_globals(path)
+        except OSError:
+            found = []
     if found:
         return found
-    match = re.search(r"Unsupported (?:global|operand)[^:]*: (?:GLOBAL )?([\w.]+)", str(exc))
+    match = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(exc))
     return [match.group(1)] if match else []
 
 

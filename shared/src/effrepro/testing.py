@@ -1,0 +1,66 @@
+"""Helpers for the projects' security tests: a crafted checkpoint whose unpickling would create a marker file, and
+the check that a command refused it the way every command refuses bad input (exit 2, one ``error:`` line)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class Payload:
+    """Unpickled without restrictions, this runs ``touch <marker>`` (``how="system"``) or writes it with
+    ``exec`` (``how="exec"``): what a malicious checkpoint would do, made harmless and observable."""
+
+    def __init__(self, marker: str | os.PathLike, how: str = "system") -> None:
+        self.marker, self.how = str(marker), how
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        if self.how == "exec":
+            return exec, (f"open({self.marker!r}, 'w').close()",)
+        return os.system, (f"touch {self.marker}",)
+
+
+def write_crafted(path: str | os.PathLike, marker: str | os.PathLike, layout: str = "zip", how: str = "system",
+                  wrap: Callable[[Payload], Any] | None = None) -> Path:
+    """Write a checkpoint that creates ``marker`` when loaded with a full unpickler.
+
+    ``layout``: ``zip`` (torch's format), ``legacy`` (torch's pre-1.6 format) or ``pickle`` (a bare pickle).
+    ``wrap`` builds the top-level object around the payload; by default a plausible checkpoint with the payload
+    as its config."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = Payload(marker, how)
+    obj = wrap(payload) if wrap else {"model": {"w": torch.zeros(2)}, "config": payload}
+    if layout == "pickle":
+        with open(path, "wb") as handle:
+            pickle.dump(obj, handle)
+    else:
+        torch.save(obj, path, _use_new_zipfile_serialization=layout == "zip")
+    return path
+
+
+def exit_of(main: Callable[[list[str]], Any], argv: list[str], capsys: Any) -> tuple[int, str, str]:
+    """Run a console script's ``main`` (which exits) in-process: ``(exit code, stdout, stderr)``."""
+    try:
+        main(argv)
+        code: Any = 0
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return int(code or 0), captured.out, captured.err
+
+
+def assert_refused(code: int, err: str, marker: str | os.PathLike, match: str = "refusing to load") -> None:
+    """Exit code 2, exactly one ``error:`` line on stderr (containing ``match``), no traceback, and the payload's
+    marker file does not exist."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert code == 2, f"exit code {code}; stderr: {err[-2000:]}"
+    assert len(errors) == 1 and match in errors[0], err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    assert not Path(marker).exists(), "the checkpoint's payload ran"
