@@ -175,3 +175,39 @@ def test_in_memory_buffers_load_weights_only():
     torch.save({"rng": rng_state()}, buffer)
     buffer.seek(0)
     torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.mm
+def test_mm_runner_checkpoints_are_data_and_resume_their_logs(tmp_path):
+    from effrepro.mm.runner import resume_globals, safe_checkpoint_hook
+    from mmengine.logging import MessageHub
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    hub = MessageHub.get_instance("safe-loading-test")
+    for step in range(3):
+        hub.update_scalar("train/loss", np.float64(1.0 / (step + 1)))
+        hub.update_info("iter", step)
+    hub.update_info("coco/bbox_mAP", np.float64(0.5))
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    marker = tmp_path / "pwned"
+    checkpoint = {"meta": {"epoch": 1, "iter": 3, "cfg": "model = dict()", "seed": 0,
+                           "config": f"import os\nos.system('touch {marker}')"},
+                  "state_dict": model.state_dict(), "message_hub": hub.state_dict(), "optimizer": opt.state_dict(),
+                  "param_schedulers": [{"milestones": __import__("collections").Counter([8, 11]), "last_step": 3}]}
+    hook = safe_checkpoint_hook()
+    hook.before_save_checkpoint(None, checkpoint)
+    torch.save(checkpoint, tmp_path / "epoch_1.pth")
+    assert unsafe_globals(tmp_path / "epoch_1.pth") == []  # no HistoryBuffer, no getattr of its methods
+    with torch.serialization.safe_globals(resume_globals()):
+        loaded = _load_checkpoint(str(tmp_path / "epoch_1.pth"), map_location="cpu")
+        hook.after_load_checkpoint(None, loaded)
+        assert "config" not in loaded["meta"]  # mmengine's resume would execute it as a Python config
+        restored = MessageHub.get_instance("safe-loading-restored")
+        restored.load_state_dict(loaded["message_hub"])
+        assert restored.get_scalar("train/loss").current() == pytest.approx(1 / 3)
+        assert restored.get_scalar("train/loss").mean() == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+        write_crafted(tmp_path / "epoch_2.pth", marker, wrap=lambda p: {"meta": {}, "message_hub": p})
+        with pytest.raises(Exception, match="posix.system|Unsupported"):
+            _load_checkpoint(str(tmp_path / "epoch_2.pth"), map_location="cpu")
+    assert not marker.exists()

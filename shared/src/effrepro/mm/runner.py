@@ -7,6 +7,7 @@ and, with ``--coco``, on COCO 2017 itself (same code path; only the paths, class
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,50 @@ def ade20k_runner(model: dict[str, Any], data_root: str | os.PathLike, work_dir:
     )
 
 
+_BUFFER = "effrepro.history_buffer"
+
+
+def resume_globals() -> list[Any]:
+    """What the checkpoints of :func:`train_and_evaluate` hold beyond tensors and plain containers: NumPy arrays
+    and scalars (logged metrics) and ``collections.Counter`` (the milestones of mmengine's ``MultiStepLR``)."""
+    from collections import Counter
+
+    from effrepro.train.checkpoint import LEGACY_GLOBALS
+
+    return [Counter, *LEGACY_GLOBALS]
+
+
+def safe_checkpoint_hook() -> Any:
+    """An mmengine hook that keeps the runner's checkpoints loadable as data only.
+
+    On save, the message hub's ``HistoryBuffer`` objects (which pickle references to their own methods) become
+    plain dicts of lists; on load they are rebuilt, and ``meta["config"]``, which mmengine's resume would execute
+    as a Python config, is dropped (our runner never writes it)."""
+    from mmengine.hooks import Hook
+    from mmengine.logging import HistoryBuffer
+
+    class SafeCheckpointHook(Hook):
+        priority = "VERY_LOW"
+
+        def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+            scalars = checkpoint.get("message_hub", {}).get("log_scalars", {})
+            for key, buffer in list(scalars.items()):
+                if isinstance(buffer, HistoryBuffer):
+                    log, count = buffer.data
+                    scalars[key] = {_BUFFER: True, "log": log.tolist(), "count": count.tolist(),
+                                    "max_length": int(buffer.max_length)}
+
+        def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+            if isinstance(checkpoint.get("meta"), dict):
+                checkpoint["meta"].pop("config", None)
+            scalars = checkpoint.get("message_hub", {}).get("log_scalars", {})
+            for key, value in list(scalars.items()):
+                if isinstance(value, dict) and value.get(_BUFFER):
+                    scalars[key] = HistoryBuffer(value["log"], value["count"], value["max_length"])
+
+    return SafeCheckpointHook()
+
+
 def train_and_evaluate(config: dict[str, Any]) -> dict[str, float]:
     """Run ``config`` (from :func:`detection_config`): train (resuming from ``work_dir`` if a checkpoint is there),
     then evaluate; returns mmdet's COCO metrics (``coco/bbox_mAP``, ``coco/segm_mAP``, ...)."""
@@ -140,18 +185,22 @@ def train_and_evaluate(config: dict[str, Any]) -> dict[str, float]:
         # Config files written for mmdet's tools/train.py keep the loop's final validation.
         config = {**config, "train_cfg": {**loop, "val_begin": loop["max_epochs"] + 1}}
     runner = Runner.from_cfg(Config(config))
-    # mmengine 0.10 resumes its own checkpoints (message hub, numpy state) with torch.load's default, which is
-    # weights_only=True since torch 2.6 and refuses them. The files are the ones this runner wrote in its own
-    # work_dir, so for the resume we ask torch for the full unpickler, and only here.
-    previous = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
-    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    # mmengine resumes from its work_dir with torch.load's default, weights_only=True (torch >= 2.6); the hook keeps
+    # our checkpoints within that (and within the few NumPy / Counter globals allowed here), so a file in the
+    # work_dir that would import anything more is refused, never executed.
+    import pickle
+
+    import torch
+
+    runner.register_hook(safe_checkpoint_hook())
     try:
-        runner.train()
-    finally:
-        if previous is None:
-            os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
-        else:
-            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = previous
+        with torch.serialization.safe_globals(resume_globals()):
+            runner.train()
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        raise UsageError(f"refusing to resume from the checkpoint in {runner.work_dir}: it is not plain data "
+                         f"(it would import {found.group(1) if found else 'code'}); use a new work_dir, or delete "
+                         "its checkpoints if this project wrote them before checkpoints were made data-only") from None
     metrics = runner.val_loop.run()  # the trained model in memory; runner.val() would reload a checkpoint
     if not metrics:  # mmdet returns {} when the model predicted nothing above the score threshold
         return {"coco/bbox_mAP": 0.0, "coco/segm_mAP": 0.0, "empty_predictions": 1.0}
