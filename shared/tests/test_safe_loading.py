@@ -211,3 +211,31 @@ def test_mm_runner_checkpoints_are_data_and_resume_their_logs(tmp_path):
         with pytest.raises(Exception, match="posix.system|Unsupported"):
             _load_checkpoint(str(tmp_path / "epoch_2.pth"), map_location="cpu")
     assert not marker.exists()
+
+
+def test_a_crafted_cifar100_file_never_runs(tmp_path):
+    """CIFAR-100 comes as python pickles; torchvision checks their MD5 sums before unpickling, so a crafted file
+    is a 'damaged' error and its payload never runs."""
+    from effrepro.data import cifar100
+
+    marker = tmp_path / "pwned"
+    for name in ("train", "test", "meta"):
+        write_crafted(tmp_path / "cifar-100-python" / name, marker, "pickle")
+    with pytest.raises(UsageError, match="damaged"):
+        cifar100(tmp_path, train=True)
+    assert not marker.exists()
+
+
+def test_head_configs_of_another_version_are_one_clear_error():
+    from effrepro.specdec.eagle import DraftModelConfig
+    from effrepro.train.checkpoint import config_from
+
+    base = dict(hidden_size=8, intermediate_size=16, num_attention_heads=2, num_key_value_heads=2, vocab_size=10)
+    assert config_from(DraftModelConfig, dict(base, head_dim=None), "h.pt").hidden_size == 8
+    for bad, match in ((dict(base, hidden_size="8"), "wrong value type at hidden_size='8'"),
+                       (dict(base, fc_bias=None), "wrong value type at fc_bias=None"),
+                       ({"hidden_size": 8}, "missing fields intermediate_size"),
+                       (dict(base, experts=4), "unknown fields experts"),
+                       ([1, 2], "not a mapping")):
+        with pytest.raises(UsageError, match=match):
+            config_from(DraftModelConfig, bad, "h.pt")

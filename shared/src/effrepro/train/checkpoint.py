@@ -105,6 +105,32 @@ def check_kind(obj: Any, path: str | os.PathLike, expect: str | tuple[str, ...])
                      f"written by {first.writer}")
 
 
+def _wrong_types(cls: type, values: Mapping[str, Any]) -> list[str]:
+    """Fields whose value does not match a scalar annotation (``int``, ``float``, ``bool``, ``str``, or one of
+    them ``| None``); other annotations are not checked."""
+    import types
+    import typing
+
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # unresolvable annotations: leave the checks to the constructor
+        return []
+    scalars = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
+    wrong = []
+    for name, value in values.items():
+        hint = hints.get(name)
+        options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is \
+            typing.Union else (hint,)
+        if not all(option in scalars or option is type(None) for option in options):
+            continue
+        accepted = tuple(t for option in options if option in scalars for t in scalars[option])
+        if value is None and type(None) in options:
+            continue
+        if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in options):
+            wrong.append(f"{name}={value!r}")
+    return wrong
+
+
 def config_from(cls: type[T], values: Any, source: str) -> T:
     """The dataclass ``cls`` from the config mapping stored in a checkpoint; one :class:`UsageError` (naming the
     fields) for a config that is not a mapping, has unknown fields or lacks required ones."""
@@ -118,6 +144,10 @@ def config_from(cls: type[T], values: Any, source: str) -> T:
         parts = ([f"unknown fields {', '.join(map(str, unknown[:4]))}"] if unknown else []) + \
                 ([f"missing fields {', '.join(missing[:4])}"] if missing else [])
         raise UsageError(f"{source}: its {cls.__name__} config does not fit this version ({'; '.join(parts)}); "
+                         "write the file again with this version")
+    wrong = _wrong_types(cls, values)
+    if wrong:
+        raise UsageError(f"{source}: its {cls.__name__} config has a wrong value type at {', '.join(wrong[:4])}; "
                          "write the file again with this version")
     try:
         return cls(**values)

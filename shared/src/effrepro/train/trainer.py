@@ -128,7 +128,7 @@ class Trainer:
                              if self.config.get(k) != state["config"].get(k))
             raise UsageError(
                 f"{path.parent} holds a run with a different config (differs in: {', '.join(changed[:5])}); "
-                "use a new output directory or pass --no-resume"
+                f"use a new output directory, or delete {path} to start over"
             )
         _unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
