@@ -239,3 +239,20 @@ def test_head_configs_of_another_version_are_one_clear_error():
                        ([1, 2], "not a mapping")):
         with pytest.raises(UsageError, match=match):
             config_from(DraftModelConfig, bad, "h.pt")
+
+
+def test_a_config_with_paths_resumes(tmp_path):
+    from pathlib import Path
+
+    def make():
+        seed_everything(0)
+        model = nn.Linear(2, 2)
+        data = DataLoader(TensorDataset(torch.randn(8, 2), torch.randint(0, 2, (8,))), batch_size=4)
+        return Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), data, epochs=2, out_dir=tmp_path,
+                       loss_fn=lambda m, b: {"loss": nn.functional.cross_entropy(m(b[0]), b[1])}, progress=False,
+                       config={"data": Path("/data/x"), "lr": np.float32(0.1), "sizes": (1, 2)})
+
+    trainer = make()
+    trainer.epochs = 1
+    trainer.fit()
+    assert make().start_epoch == 1  # the stored config (paths as strings) equals the new run's

@@ -156,14 +156,14 @@ def config_from(cls: type[T], values: Any, source: str) -> T:
 
 
 # ---- save / load -------------------------------------------------------------------------------------
-def _plain(obj: Any) -> Any:
+def to_plain(obj: Any) -> Any:
     """``obj`` with the harmless non-weight types our code paths produce turned into loadable ones: paths to
     strings, NumPy scalars to Python numbers, NumPy arrays to tensors. Containers are copied only where something
     changed (a state dict keeps its ``_metadata``)."""
     if isinstance(obj, torch.Tensor):
         return obj
     if isinstance(obj, dict):
-        items = {k: _plain(v) for k, v in obj.items()}
+        items = {k: to_plain(v) for k, v in obj.items()}
         if all(items[k] is v for k, v in obj.items()):
             return obj
         copy = dict(items) if type(obj) is dict else OrderedDict(items)
@@ -171,7 +171,7 @@ def _plain(obj: Any) -> Any:
             copy._metadata = obj._metadata  # type: ignore[attr-defined]
         return copy
     if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple):
-        values = [_plain(v) for v in obj]
+        values = [to_plain(v) for v in obj]
         if all(a is b for a, b in zip(values, obj, strict=True)):
             return obj
         return values if type(obj) is list else tuple(values)
@@ -206,7 +206,7 @@ def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(_plain(obj), handle)
+            torch.save(to_plain(obj), handle)
             handle.flush()
             os.fsync(handle.fileno())
         unsafe = unsafe_globals(tmp)

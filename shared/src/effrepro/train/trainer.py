@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from effrepro.errors import UsageError
-from effrepro.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from effrepro.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, to_plain
 from effrepro.train.distributed import DistInfo, dist_setup
 from effrepro.train.metrics import MetricsLogger
 
@@ -123,9 +123,10 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device, required=("model", "optimizer", "epoch", "rng"),
                                 expect="train-state")
-        if self.config and state.get("config") and state["config"] != self.config:
-            changed = sorted(k for k in set(self.config) | set(state["config"])
-                             if self.config.get(k) != state["config"].get(k))
+        current = to_plain(self.config)  # as it was stored (paths as strings, NumPy values as numbers)
+        if current and state.get("config") and state["config"] != current:
+            changed = sorted(k for k in set(current) | set(state["config"])
+                             if current.get(k) != state["config"].get(k))
             raise UsageError(
                 f"{path.parent} holds a run with a different config (differs in: {', '.join(changed[:5])}); "
                 f"use a new output directory, or delete {path} to start over"
