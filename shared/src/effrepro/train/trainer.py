@@ -106,6 +106,7 @@ class Trainer:
 
     def state_dict(self, epoch: int) -> dict[str, Any]:
         state = {
+            "kind": "train-state",
             "model": _unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
