@@ -27,14 +27,18 @@ def load_plan(path: str | Path, n_blocks: int, dtype: Any) -> Any:
     from token_router_pruning.routers import DynamicRouter, StaticRouter
     from token_router_pruning.routing import SkipPlan
 
-    obj = load_checkpoint(path, required=("kind", "schedule", "scope", "router"))
+    obj = load_checkpoint(path, required=("kind", "schedule", "scope", "router"), expect="ftp-plan")
     if obj["kind"] != "ftp_plan":
         raise UsageError(f"{path} is not an FTP plan file (kind {obj['kind']!r})")
     if len(obj["schedule"]) != n_blocks:
         raise UsageError(f"{path} holds {len(obj['schedule'])} block sparsities; this model has {n_blocks} blocks")
     router: Any = StaticRouter()
     if obj["router"] is not None:
-        router = DynamicRouter(**obj["router"]["options"]).to(dtype)
+        try:
+            router = DynamicRouter(**obj["router"]["options"]).to(dtype)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise UsageError(f"{path}: its router options do not fit this version ({exc}); write the plan again "
+                             "with `token_router_pruning train`") from None
         load_state_dict_checked(router, obj["router"]["state"], str(path))
         router.eval()
     return SkipPlan(name=Path(path).stem, sparsity=tuple(obj["schedule"]), router=router, scope=obj["scope"])
