@@ -71,6 +71,11 @@ def multi_momentum_kernel(p_ptr, g0_ptr, g1_ptr, g2_ptr, b0_ptr, b1_ptr, b2_ptr,
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     p = tl.load(p_ptr + offs, mask=mask, other=0.0)
+    # tl.fma does not broadcast scalars: splat them to the block (adding 0.0 is exact)
+    zero = tl.zeros([BLOCK], dtype=tl.float32)
+    wd = zero + wd
+    keep = zero + keep
+    neg_lr = zero + neg_lr
     g = tl.load(g0_ptr + offs, mask=mask, other=0.0)
     if DECAY == 0:
         g = tl.fma(p, wd, g)
