@@ -1,22 +1,64 @@
+"""End-to-end: ``double_rounding reproduce --tiny`` (the smoke code path) and ``--scale full`` on a tiny MNIST run
+write valid claims files with the declared claims and facts, and the smoke run resumes from its per-arm caches."""
+
 import json
 
 import pytest
 from double_rounding.cli import run
-from effrepro.report import validate_claims
+from double_rounding.reproduce import CLAIMS, FACTS
+from effrepro.errors import UsageError
+from effrepro.report import read_claims
+
+SMOKE_CLAIMS = {"ratio_vs_separate_w8", "ratio_vs_separate_w4", "ratio_vs_separate_w2", "alrs_gain_w2",
+                "alrs_gain_w4", "per_precision_minus_accumulate_w2", "ours_minus_floor_w2", "ours_minus_posthoc_w2",
+                "traintime_joint_over_separate"}
+SMOKE_FACTS = {"optimizer_steps_joint", "optimizer_steps_separate", "fp32_top1", "storage_int8_over_four_fp32",
+               "resnet18_storage_int8_over_fp32"}
 
 
 @pytest.mark.slow
-def test_reproduce_tiny_writes_valid_claims(tmp_path):
+def test_reproduce_tiny_writes_claims_and_facts_and_resumes(tmp_path, capsys):
     out = tmp_path / "smoke"
-    assert run(["reproduce", "--scale", "smoke", "--tiny", "--out", str(out)]) == 0
-    claims = json.loads((out / "claims.json").read_text())
-    validate_claims(claims)
-    ids = {c["id"] for c in claims}
-    for expected in ("mnist_ratio_vs_separate_w2", "mnist_alrs_gain_w2", "mnist_ours_minus_posthoc_w2",
-                     "mnist_traintime_joint_over_separate", "mnist_mixed_auc_hasb_over_uniform",
-                     "mnist100_alrs_gain_w2", "resnet18_storage_int8_over_fp32"):
-        assert expected in ids
+    assert run(["reproduce", "--tiny", "--out", str(out), "--threads", "1"]) == 0
+    document = read_claims(out / "claims.json")
+    claims = {c["id"]: c for c in document["claims"]}
+    facts = {f["id"]: f for f in document["facts"]}
+    assert set(claims) == SMOKE_CLAIMS and set(facts) == SMOKE_FACTS
+    assert {c for c in claims if claims[c]["headline"]} == {"ratio_vs_separate_w8", "ratio_vs_separate_w4",
+                                                            "ratio_vs_separate_w2", "alrs_gain_w2"}
+    assert claims["alrs_gain_w2"]["n"] == 2 and claims["ours_minus_floor_w2"]["n"] == 1
+    # the separate models get as many optimizer steps as the joint one: the comparison is not confounded
+    assert facts["optimizer_steps_joint"]["value"] == facts["optimizer_steps_separate"]["value"] > 0
+    assert 0.2 < facts["resnet18_storage_int8_over_fp32"]["value"] < 0.4
     report = (out / "report.md").read_text()
-    assert "Environment" in report and "accuracy_per_bit.png" in report
-    assert (out / "accuracy_per_bit.png").is_file() and (out / "metrics.jsonl").is_file()
-    assert list((out / "runs").rglob("model.int8.pt"))
+    assert "Headline claims" in report and "separate LSQ, 2 bits" in report
+    assert (out / "accuracy_and_training_loss.png").is_file()
+    assert "train" in json.loads((out / "env.json").read_text())["stage_seconds"]
+    capsys.readouterr()
+    assert run(["reproduce", "--tiny", "--out", str(out), "--threads", "1"]) == 0
+    assert capsys.readouterr().out.count("reusing") == 2 * 7 + 2 + 1  # 7 arms x 2 seeds, 2 ablations, storage
+
+
+@pytest.mark.slow
+def test_full_scale_on_tiny_mnist_writes_claims(tmp_path):
+    out = tmp_path / "full"
+    sets = ["fp32.epochs=1", "multi.epochs=1", "data.train_size=256", "data.test_size=200", "data.batch_size=64",
+            "model.width=4"]
+    argv = ["reproduce", "--scale", "full", "--out", str(out), "--threads", "1", "--config",
+            "double_rounding/configs/smoke_mnist.yaml", *[f"--config-set={s}" for s in sets]]
+    assert run(argv) == 0
+    document = read_claims(out / "claims.json")
+    assert {c["id"] for c in document["claims"]} == {f"full_w{b}_minus_fp32" for b in (8, 6, 4, 2)}
+    assert all(c["n"] == 200 for c in document["claims"])
+    assert {f["id"] for f in document["facts"]} == {"full_top1_w8", "full_top1_w6", "full_top1_w4", "full_top1_w2",
+                                                    "full_fp32_top1"}
+    assert (out / "runs" / "multi" / "model.int8.pt").is_file()
+
+
+def test_reproduce_arguments_are_checked(tmp_path):
+    with pytest.raises(UsageError, match="only for --scale full"):
+        run(["reproduce", "--tiny", "--out", str(tmp_path), "--config", "x.yaml"])
+    with pytest.raises(UsageError, match="needs --config"):
+        run(["reproduce", "--scale", "full", "--out", str(tmp_path)])
+    ids = [c.id for c in CLAIMS] + [f.id for f in FACTS]
+    assert len(ids) == len(set(ids)) and SMOKE_CLAIMS | SMOKE_FACTS <= set(ids)
