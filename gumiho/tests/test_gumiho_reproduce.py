@@ -79,8 +79,9 @@ def test_cli_errors_are_usage_errors(tmp_path):
 def test_plans_map_the_yaml_configs():
     assert set(REPRODUCTION.plans) == {"smoke", "tiny", "full"}
     smoke = load_run_config(_plan([]))
-    assert smoke.extra_decoders == [] and smoke.eval.max_questions == 6  # the smoke budget leaves them out
-    assert load_run_config(_plan(["eval.max_questions=8"])).eval.max_questions == 8
+    assert smoke.extra_decoders == []  # the smoke budget leaves them out
+    assert (smoke.eval.max_questions, smoke.eval.max_turns) == (8, 0)  # both turns of the 8 held-out questions
+    assert load_run_config(_plan(["eval.max_questions=5"])).eval.max_questions == 5
     full = _plan(["--scale", "full", "--target", "/m"])
     assert full.device == "cuda" and load_run_config(full).target == "/m"
     assert load_run_config(full).tree.total_tokens == 64

@@ -42,7 +42,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY_OVERRIDES = (
     "data.self_generated=3", "data.self_max_new_tokens=16", "data.max_len=128", "train.max_len=128",
     "train.epochs=3", "train.steps_per_epoch=1", "train.batch_size=1", "train.warmup_steps=1",
-    "eval.max_questions=2", "eval.max_new_tokens=8", "eval.warmup=0", "eval.cost_model_repeats=1",
+    "eval.max_questions=2", "eval.max_turns=1", "eval.max_new_tokens=8", "eval.warmup=0", "eval.cost_model_repeats=1",
     "extra_decoders=[gumiho-official,medusa-chain]",
 )
 
