@@ -46,7 +46,7 @@ class DeepKDPlan(Plan):
     arms: tuple[str, ...] = tuple(mini.ARMS)
     gsnr_batches: int = 16                   # mini-batches of `batch` per GSNR measurement
     gsnr_fractions: tuple[float, ...] = (0.125, 0.5, 1.0)  # end of warm-up, mid, end of training
-    bench_rounds: int = 30
+    bench_rounds: int = 100
     bench_block: int = 10                    # training steps per timed block
     workers: int = 1                         # student runs in parallel (each one thread)
     # full scale (CIFAR-100 on your data)
