@@ -53,8 +53,10 @@ def steps(out: Path) -> list[dict[str, Any]]:
          "cmd": [py, "-m", "kerneldna.cli", "bench", "--arch", "resnet18", "--batch-sizes", "1,64",
                  "--device", "cuda", "--out", str(out / "kerneldna")]},
         {"name": "specdec_smollm2", "timeout": 60, "skip": None if head else "EFFREPRO_SPECDEC_HEAD is not set",
+         "files": ["specdec"],
          "cmd": [py, "-m", "effrepro.specdec", "eval", "--head", head or "<EFFREPRO_SPECDEC_HEAD>", "--device",
-                 "cuda", "--questions", "mtbench-heldout", "--max-new-tokens", "64", "--warmup", "1"]},
+                 "cuda", "--questions", "mtbench-heldout", "--max-questions", "4", "--max-new-tokens", "64",
+                 "--warmup", "1", "--out", str(out / "specdec")]},
     ]
 
 
