@@ -91,16 +91,16 @@ FACTS = [
              unit="fraction", exact=False),
     FactSpec(id="test_items", description="test items scored per method (per family and prompt token lengths in "
              "details)", unit="items"),
-    FactSpec(id="scorer_vs_lm_eval", description="largest |gold log-likelihood difference| between lm-eval and "
-             "the batched scorer that produces the reported accuracies, on the first test items of each family "
-             "(dense and FTP; correctness disagreements in details)", unit="nats", exact=False),
+    FactSpec(id="scorer_vs_lm_eval", description="largest absolute difference of the gold log-likelihood "
+             "between lm-eval and the batched scorer that produces the reported accuracies, on the first test "
+             "items of each family (dense and FTP; correctness disagreements in details)", unit="nats", exact=False),
     FactSpec(id="router_parameters", description="parameters of the global dynamic router", unit="params"),
     FactSpec(id="router_final_distill", description="router training: distillation KL of the last epoch "
              "(history in details)", unit="nats", exact=False),
     FactSpec(id="router_training_seconds", description="router training wall time", unit="s", exact=False),
-    FactSpec(id="determinism_router_max_abs_diff", description="max |difference| of router weights between two "
-             "same-seed trainings", unit="abs"),
-    FactSpec(id="determinism_fitness_abs_diff", description="|difference| of the GA fitness when the searched "
+    FactSpec(id="determinism_router_max_abs_diff", description="largest absolute difference of router weights "
+             "between two same-seed trainings", unit="abs"),
+    FactSpec(id="determinism_fitness_abs_diff", description="absolute difference of the GA fitness when the searched "
              "schedule is evaluated again", unit="abs"),
     *[f for p in BUDGET_PCTS for f in _budget_facts(p)],
 ]
