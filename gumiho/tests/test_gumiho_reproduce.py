@@ -80,7 +80,7 @@ def test_plans_map_the_yaml_configs():
     assert set(REPRODUCTION.plans) == {"smoke", "tiny", "full"}
     smoke = load_run_config(_plan([]))
     assert smoke.extra_decoders == []  # the smoke budget leaves them out
-    assert (smoke.eval.max_questions, smoke.eval.max_turns) == (8, 0)  # both turns of the 8 held-out questions
+    assert (smoke.eval.max_questions, smoke.eval.max_turns) == (6, 1)  # 6 of the 8 held-out questions, turn 1
     assert load_run_config(_plan(["eval.max_questions=5"])).eval.max_questions == 5
     full = _plan(["--scale", "full", "--target", "/m"])
     assert full.device == "cuda" and load_run_config(full).target == "/m"
