@@ -28,9 +28,9 @@ DET_ARMS = [f"partialnet_{DET_ARCH}", f"fasternet_{DET_ARCH}"]
 
 @dataclass(frozen=True, kw_only=True)
 class PartialNetPlan(Plan):
-    seeds: tuple[int, ...] = tuple(range(8))
+    seeds: tuple[int, ...] = tuple(range(10))
     epochs: int = 3
-    train_size: int = 4096
+    train_size: int = 8192
     test_size: int = 2000
     batch_size: int = 64
     lr: float = 2e-3
