@@ -271,3 +271,41 @@ def test_no_source_or_test_file_loads_with_the_full_unpickler():
             text = path.read_text(errors="replace")
             offenders += [f"{path.relative_to(root)}: {word}" for word in banned if word in text]
     assert not offenders
+
+
+def _tiny_detection(tmp_path, epochs):
+    from effrepro.data import DIGIT_CLASSES, write_coco_digits
+    from effrepro.mm import detection_config, mask_rcnn
+
+    if not (tmp_path / "annotations").exists():
+        write_coco_digits(tmp_path, "train", size=8)
+        write_coco_digits(tmp_path, "val", size=4)
+    backbone = dict(type="ResNet", depth=18, base_channels=8, num_stages=4, out_indices=(0, 1, 2, 3),
+                    norm_cfg=dict(type="BN", requires_grad=True), style="pytorch", init_cfg=None)
+    model = mask_rcnn(backbone, [8, 16, 32, 64], num_classes=10, width=32, fc_channels=64, roi_samples=32)
+    return detection_config(model, tmp_path, tmp_path / "work", epochs=epochs, lr=1e-4, classes=DIGIT_CLASSES,
+                            batch_size=4, warmup_iters=2, image_scale=(128, 128))
+
+
+@pytest.mark.mm
+def test_mm_runner_refuses_a_crafted_checkpoint_in_its_work_dir(tmp_path):
+    from effrepro.mm import train_and_evaluate
+
+    marker = tmp_path / "pwned"
+    cfg = _tiny_detection(tmp_path, 1)
+    write_crafted(tmp_path / "work" / "epoch_1.pth", marker, wrap=lambda p: {"meta": {"epoch": 1}, "state_dict": p})
+    (tmp_path / "work" / "last_checkpoint").write_text(str(tmp_path / "work" / "epoch_1.pth"))
+    with pytest.raises(UsageError, match="refusing to resume.*posix.system"):
+        train_and_evaluate(cfg)
+    assert not marker.exists()
+
+
+@pytest.mark.mm
+@pytest.mark.slow
+def test_mm_runner_resumes_from_its_own_data_only_checkpoint(tmp_path):
+    from effrepro.mm import train_and_evaluate
+
+    train_and_evaluate(_tiny_detection(tmp_path, 1))
+    assert set(unsafe_globals(tmp_path / "work" / "epoch_1.pth")) <= {"numpy._core.multiarray.scalar", "numpy.dtype"}
+    train_and_evaluate(_tiny_detection(tmp_path, 2))  # resumes from epoch_1.pth under weights_only
+    assert (tmp_path / "work" / "epoch_2.pth").is_file()
