@@ -147,7 +147,19 @@ def test_eval_harness_and_cli(target, tmp_path, monkeypatch, capsys):
     assert len((tmp_path / "eval" / "plain.jsonl").read_text().splitlines()) == 3
     assert main(["generate", "--target", str(folder), "--head", str(out / "head.pt"), "--prompt", "hello",
                  "--max-new-tokens", "8", "--top-k", "2", "--depth", "2", "--total-tokens", "6"]) == 0
-    assert "tokens" in capsys.readouterr().out
+    assert "tokens/s" in capsys.readouterr().out
+    # --total-tokens -1 (generate's default): the tree tuned for this machine, measured once and cached
+    record = tmp_path / "tune.json"
+    assert main(["tune", "--target", str(folder), "--head", str(out / "head.pt"), "--tune-prompts", "1",
+                 "--tune-tokens", "8", "--out", str(record)]) == 0
+    chosen = json.loads(record.read_text())
+    assert chosen["table"][0]["speedup"] == chosen["speedup"] and len(chosen["table"]) > 20
+    assert main(["generate", "--target", str(folder), "--head", str(out / "head.pt"), "--prompt", "hello",
+                 "--max-new-tokens", "8", "--tune-prompts", "1", "--tune-tokens", "8"]) == 0
+    captured = capsys.readouterr()
+    tree = chosen["tree"]
+    assert "cached choice" in captured.err and "plain decoding" in captured.out
+    assert f"top_k {tree['top_k']} depth {tree['depth']} total {tree['total_tokens']}" in captured.out
     with pytest.raises(UsageError, match="empty prompt"):
         main(["generate", "--target", str(folder), "--head", str(out / "head.pt"), "--prompt", " "])
     from effrepro.specdec.eagle import read_eagle_head  # --init-head: the same weights, fp32 and trainable
@@ -171,7 +183,7 @@ def test_last_checkpoint_leaves_out_frozen_parts_and_resume_equals_a_straight_ru
     torch.manual_seed(0)
     straight = build_eagle_head(model.config, embed)
     train_head(straight, lm_head, folder, train, tmp_path / "straight", progress=False)
-    state = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     assert not [k for k in state["model"] if "embed_tokens" in k] and FROZEN_KEY in state["model"]
     assert "head.fc.weight" in state["model"]
 
@@ -334,3 +346,36 @@ def test_smollm2_draft_data_cache_key_is_stable():
     config = DraftDataConfig(target="smollm2-135m", sharegpt=0, self_generated=784, self_max_new_tokens=128,
                              max_len=1024, prompts="mtbench-train,sharegpt,corpus")
     assert data_key(config, model) == "a30fb8f4f645feb6"
+
+
+def test_reduced_vocabulary_training_saves_the_map_and_the_trained_head_is_lossless(target, tmp_path):
+    from effrepro.specdec.vocab import frequent_tokens, token_counts
+    from effrepro.train import load_checkpoint
+
+    model, tokenizer, _ = target
+    config = DraftDataConfig(target="tiny", sharegpt=24, max_len=64, feature_dtype="float32")
+    folder = generate_draft_data(model, tokenizer, config, cache_root=tmp_path / "cache", progress=False)
+    counts = token_counts(folder, len(tokenizer))
+    assert int(counts.sum()) == json.loads((folder / "meta.json").read_text())["supervised_tokens"]
+    head = build_eagle_head(model.config, model.get_input_embeddings().weight)
+    train = HeadTrainConfig(epochs=2, batch_size=4, lr=3e-3, warmup_steps=2, max_len=64, draft_vocab=12)
+    result = train_head(head, model.lm_head.weight.detach(), folder, train, tmp_path / "run", progress=False)
+    assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
+    state = load_checkpoint(tmp_path / "run" / "head.pt")
+    assert state["draft_vocab"] == 12 and torch.equal(state["state_dict"]["d2t"], frequent_tokens(counts, 12))
+    adapter = TargetAdapter(model, max_length=128)
+    trained = load_eagle_head(tmp_path / "run" / "head.pt", adapter)
+    assert torch.equal(trained.draft_vocab, frequent_tokens(counts, 12))
+    proposer = trained.make_proposer(model.lm_head.weight, TreeConfig(4, 3, 16))
+    assert proposer.lm_head.shape[0] == 12
+    accepted = 0
+    for seed in range(3):
+        prompt = torch.randint(3, len(tokenizer), (6,), generator=torch.Generator().manual_seed(seed))
+        plain = autoregressive_generate(adapter, prompt, GenerationConfig(max_new_tokens=32))
+        spec = speculative_generate(adapter, proposer, prompt, GenerationConfig(max_new_tokens=32))
+        assert spec.tokens == plain.tokens
+        accepted += sum(spec.accept_lengths)
+    with pytest.raises(UsageError, match="already drafts over 12"):
+        train_head(trained.float(), model.lm_head.weight.detach(), folder,
+                   HeadTrainConfig(epochs=1, batch_size=4, max_len=64, draft_vocab=8), tmp_path / "again",
+                   progress=False)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from effrepro.errors import UsageError
 from effrepro.specdec import DraftBatch, DraftHead, LossContext, TreeConfig
+from effrepro.specdec.target import TreeKVCache, additive_mask
 from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
@@ -141,34 +142,22 @@ class ParallelMLPs(nn.Module):
         return torch.stack([head(x) for head in self.mlp[:heads]], dim=-2)
 
 
-class DraftKV:
-    """Per-layer key/value tensors of the draft Transformer, duck-typed as an HF ``Cache`` for ``LlamaAttention``.
+DRAFT_KV_LENGTH = 4096 + 512  # context positions + one round's tree entries
 
-    ``update`` appends the new keys/values of one layer and returns the full ones. ``length`` counts positions.
-    The proposer keeps a *context-only* copy between rounds (the official ``stable_kv``) and discards tree-branch
-    entries by truncating to it (spec pitfall 12).
+
+class DraftKV(TreeKVCache):
+    """The draft Transformer's KV: the engine's ``TreeKVCache`` (pre-allocated per layer, written in place).
+
+    The proposer keeps a *context-only* cache between rounds (the official ``stable_kv``) and discards tree-branch
+    entries with ``truncate`` (= ``crop``; spec pitfall 12).
     """
 
-    def __init__(self, num_layers: int) -> None:
-        self.keys: list[torch.Tensor | None] = [None] * num_layers
-        self.values: list[torch.Tensor | None] = [None] * num_layers
-
-    @property
-    def length(self) -> int:
-        return 0 if not self.keys or self.keys[0] is None else int(self.keys[0].shape[-2])
-
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
-        if self.keys[layer_idx] is not None:
-            key = torch.cat([self.keys[layer_idx], key], dim=-2)
-            value = torch.cat([self.values[layer_idx], value], dim=-2)
-        self.keys[layer_idx], self.values[layer_idx] = key, value
-        return key, value
+    def __init__(self, num_layers: int, max_length: int = DRAFT_KV_LENGTH) -> None:
+        super().__init__(num_layers, max_length)
 
     def truncate(self, length: int) -> None:
         """Drop every position at and after ``length`` (tree branches of the last round)."""
-        for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
-            if k is not None:
-                self.keys[i], self.values[i] = k[..., :length, :], v[..., :length, :]
+        self.crop(length)
 
 
 class GumihoDraft(DraftHead):
@@ -210,8 +199,7 @@ class GumihoDraft(DraftHead):
         """
         hidden = fused
         position_embeddings = self.rotary_emb(hidden, position_ids)
-        bias = torch.zeros(allowed.shape, dtype=torch.float32, device=hidden.device)
-        bias = bias.masked_fill(~allowed, torch.finfo(torch.float32).min)[:, None].to(hidden.dtype)
+        bias = additive_mask(allowed.to(hidden.device), hidden.dtype)
         for layer in self.layers:
             hidden = layer(hidden, attention_mask=bias, position_ids=position_ids, past_key_values=kv,
                            position_embeddings=position_embeddings)

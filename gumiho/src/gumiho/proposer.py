@@ -71,7 +71,7 @@ class GumihoProposer(LevelProposer):
 
     def __init__(self, draft: GumihoDraft, lm_head: torch.Tensor, config: ProposerConfig | None = None) -> None:
         self.draft = draft
-        self.lm_head = lm_head  # [V, H], the frozen target head W
+        self.lm_head = draft.draft_lm_head(lm_head)  # the frozen target head W: [V, H], or [K, H] (draft vocab)
         self.config = config or ProposerConfig()
         steps, depth = draft.config.serial_steps, self.config.depth or draft.config.depth
         if not steps <= depth <= draft.config.depth or depth < 1:
@@ -121,8 +121,9 @@ class GumihoProposer(LevelProposer):
         ctx = self.kv.length  # the context KV now covers the root's position; tree entries come after it
         h1 = hidden[0, -1]
         top = torch.topk(self._logprobs(h1), cfg.top_k)
-        levels = [DraftLevel(top.indices, top.values, torch.full_like(top.indices, -1))]
-        fused = [draft.fuse(top.indices, h1.expand(cfg.top_k, -1))]  # g_1[j] = fc([E d1[j] ; h1])
+        top_tokens = draft.to_target_ids(top.indices)  # draft indices -> target ids (identity at full vocab)
+        levels = [DraftLevel(top_tokens, top.values, torch.full_like(top.indices, -1))]
+        fused = [draft.fuse(top_tokens, h1.expand(cfg.top_k, -1))]  # g_1[j] = fc([E d1[j] ; h1])
         ancestors = torch.arange(cfg.top_k, device=h1.device)[:, None]  # [K, levels so far]: beam index per level
         try:
             for step in range(2, steps + 1):
@@ -130,7 +131,8 @@ class GumihoProposer(LevelProposer):
                 self.last_forwards += 1
                 tokens, scores, keep, parents = expand_topk(levels[-1].scores, self._logprobs(out), cfg.top_k,
                                                             cfg.top_k)
-                levels.append(DraftLevel(tokens.flatten()[keep], scores.flatten()[keep], parents))
+                levels.append(DraftLevel(draft.to_target_ids(tokens.flatten()[keep]), scores.flatten()[keep],
+                                         parents))
                 fused.append(draft.fuse(levels[-1].tokens, out[parents]))  # g_s[j] = fc([E d_s[j] ; H_s[par]])
                 ancestors = torch.cat([ancestors[parents], torch.arange(len(parents), device=h1.device)[:, None]], 1)
         finally:
@@ -175,6 +177,7 @@ class GumihoProposer(LevelProposer):
         for head in range(heads):
             tokens, cumulative, keep, beam = expand_topk(scores, logp[src, head], cfg.mlptopk, cfg.pruning)
             parents = beam if levels else torch.full_like(beam, -1)
-            levels.append(DraftLevel(tokens.flatten()[keep], cumulative.flatten()[keep], parents))
+            levels.append(DraftLevel(self.draft.to_target_ids(tokens.flatten()[keep]), cumulative.flatten()[keep],
+                                     parents))
             src, scores = src[beam], levels[-1].scores
         return levels

@@ -54,7 +54,8 @@ class JakiroProposer(LevelProposer):
             raise UsageError("JakiroProposer needs a Jakiro draft (variant 'jakiro'); Jakiro* uses StarProposer")
         if last_level == "contrastive" and tree.depth < 2:
             raise UsageError(f"depth={tree.depth}: the contrastive last level needs depth >= 2")
-        self.draft, self.lm_head = draft, lm_head
+        self.draft = draft
+        self.lm_head = draft.draft_lm_head(lm_head)  # [K, H] with a reduced draft vocabulary, else [V, H]
         self.top_k, self.depth, self.total_tokens = tree.top_k, tree.depth, tree.total_tokens
         self.alignment, self.last_level = alignment, last_level
         # the draft's single-layer KV: context rows, then this round's tree rows (cropped after the round)
@@ -84,9 +85,10 @@ class JakiroProposer(LevelProposer):
         forwards = 1
         logp = self._logprobs(g_root)
         top = torch.topk(logp, min(k, logp.numel()))
-        levels = [DraftLevel(tokens=top.indices, scores=top.values, parents=torch.full_like(top.indices, -1))]
+        top_tokens = draft.to_target_ids(top.indices)  # draft indices -> target ids (identity at full vocab)
+        levels = [DraftLevel(tokens=top_tokens, scores=top.values, parents=torch.full_like(top.indices, -1))]
         # inputs of the next forward: kept nodes (their tokens, parent's draft feature, flat index in their level)
-        in_tokens, in_feats, scores = top.indices, g_root.expand(top.indices.numel(), -1), top.values
+        in_tokens, in_feats, scores = top_tokens, g_root.expand(top.indices.numel(), -1), top.values
         in_index = torch.arange(top.indices.numel(), device=device)
         in_parent_row = in_index  # for each kept node: the row of the forward that produced it
         tree_cols = torch.eye(in_tokens.numel(), dtype=torch.bool, device=device)
@@ -116,15 +118,15 @@ class JakiroProposer(LevelProposer):
                     rows = in_parent_row
                 logp = logp[rows]
             top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
+            child_tokens = draft.to_target_ids(top.indices.flatten())
             child_scores = top.values + scores[:, None]  # [q, k] cumulative
             parents = in_index[:, None].expand_as(top.indices)
-            levels.append(DraftLevel(tokens=top.indices.flatten(), scores=child_scores.flatten(),
-                                     parents=parents.flatten()))
+            levels.append(DraftLevel(tokens=child_tokens, scores=child_scores.flatten(), parents=parents.flatten()))
             if i == self.depth - 1:
                 break
             keep = torch.topk(child_scores.flatten(), min(k, child_scores.numel())).indices
             in_parent_row = keep // top.indices.shape[1]
-            in_tokens = top.indices.flatten()[keep]
+            in_tokens = child_tokens[keep]
             in_feats = out[in_parent_row] if out is not None else in_feats[in_parent_row]
             scores = child_scores.flatten()[keep]
             in_index = keep

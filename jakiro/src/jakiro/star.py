@@ -40,6 +40,7 @@ from effrepro.errors import UsageError
 from effrepro.specdec import DraftTree, ancestor_mask, tree_from_parents
 from effrepro.specdec.target import TreeKVCache
 from effrepro.specdec.verify import SamplingConfig, Verdict, greedy_verify, target_probs
+from effrepro.specdec.vocab import scatter_full
 
 from jakiro.models.head import JakiroDraft, causal_allowed
 
@@ -142,7 +143,8 @@ class StarProposer:
             raise UsageError("StarProposer needs a Jakiro* draft (variant 'star')")
         if rule not in RULES:
             raise UsageError(f"rule={rule!r}; use one of {RULES}")
-        self.draft, self.lm_head = draft, lm_head
+        self.draft = draft
+        self.lm_head = draft.draft_lm_head(lm_head)  # [K, H] with a reduced draft vocabulary, else [V, H]
         self.sampling = sampling or SamplingConfig(temperature=1.0)
         self.rule, self.seed = rule, seed
         self.static = StaticTree.from_choices(tree_choices)
@@ -166,7 +168,9 @@ class StarProposer:
 
     def _expert_logits(self, g: torch.Tensor) -> torch.Tensor:
         """``[2, q, H]`` (preferred, other expert) -> processed logits ``[q, 2, V]`` in float64."""
-        logits = (g @ self.lm_head.t().to(g.dtype)).double().transpose(0, 1)  # [q, 2, V]
+        logits = (g @ self.lm_head.t().to(g.dtype)).double().transpose(0, 1)  # [q, 2, V] (or [q, 2, K])
+        if self.draft.draft_vocab is not None:  # the mixture lives on target ids: -inf (mass 0) outside the K
+            logits = scatter_full(logits, self.draft.draft_vocab, self.draft.vocab_size)
         if self.sampling.greedy:
             return logits
         q, _, vocab = logits.shape
@@ -202,7 +206,7 @@ class StarProposer:
         draft, static = self.draft, self.static
         dtype = next(draft.parameters()).dtype
         device = new_features.device
-        vocab = int(self.lm_head.shape[0])
+        vocab = int(draft.vocab_size)
         n, ctx = next_ids.numel(), self.cache.length
         positions = torch.arange(ctx, ctx + n, device=device)[None]
         out = draft(new_features[None].to(dtype), next_ids[None], positions, causal_allowed(n, ctx, device),

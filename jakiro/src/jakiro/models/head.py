@@ -24,7 +24,8 @@ from typing import Any, Literal
 import torch
 from effrepro.errors import UsageError
 from effrepro.specdec import DraftBatch, DraftHead, LossContext, TreeConfig
-from effrepro.specdec.target import TreeKVCache
+from effrepro.specdec.protocol import D2T_KEY
+from effrepro.specdec.target import TreeKVCache, additive_mask
 from jakiro.models.moe import JakiroMoE, JakiroStarMoE
 from torch import nn
 from transformers import LlamaConfig
@@ -157,9 +158,8 @@ class JakiroDraft(DraftHead):
         embeds = self.embed_tokens(token_ids).to(features.dtype)
         z = self.fc(torch.cat([embeds, features], dim=-1))
         position_embeddings = self.rotary_emb(z, position_ids)
-        bias = torch.zeros(allowed.shape, dtype=torch.float32, device=z.device)
-        bias = bias.masked_fill(~allowed, torch.finfo(torch.float32).min)[:, None].to(z.dtype)
-        attn, _ = self.layer.self_attn(z, position_embeddings=position_embeddings, attention_mask=bias,
+        attn, _ = self.layer.self_attn(z, position_embeddings=position_embeddings,
+                                       attention_mask=additive_mask(allowed.to(z.device), z.dtype),
                                        past_key_values=kv)
         h = z + attn
         if last_only:
@@ -235,6 +235,8 @@ def load_official_state_dict(draft: JakiroDraft, state_dict: dict[str, torch.Ten
     the other variant is a clear error instead of a silently half-loaded model.
     """
     state = {k: v for k, v in state_dict.items() if "embed" not in k and "rotary" not in k}
+    if D2T_KEY in state:  # a head trained with a reduced draft vocabulary brings its map
+        draft.set_draft_vocab(state[D2T_KEY])
     expected = set(official_state_dict_keys(draft))
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:

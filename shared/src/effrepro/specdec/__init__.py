@@ -8,7 +8,8 @@ A paper plugs in three things (see README.md in this folder):
 
 The engine does the rest: ``TargetAdapter`` (features after the final norm, tree-masked verification, KV
 compaction), ``tree_from_levels`` (global re-ranking into a ``DraftTree``), ``greedy_verify`` / ``sample_verify``
-(lossless), ``speculative_generate`` / ``autoregressive_generate``, draft data (``generate_draft_data``,
+(lossless), ``speculative_generate`` / ``autoregressive_generate``, a reduced draft vocabulary (``vocab``), a tree
+sized for the hardware (``tuning``), draft data (``generate_draft_data``,
 ``FeatureDataset``, ``DraftCollator``), ``train_head`` and the evaluation harness (``evaluate``, ``tau_metrics``).
 """
 
@@ -70,17 +71,26 @@ from effrepro.specdec.tree import (
     tree_from_levels,
     tree_from_parents,
 )
-from effrepro.specdec.verify import SamplingConfig, Verdict, greedy_verify, sample_verify, target_probs
+from effrepro.specdec.tuning import TreeChoice, TreeGrid, best_tree, tune_tree, tuned_tree
+from effrepro.specdec.verify import (
+    SamplingConfig,
+    Verdict,
+    greedy_verify,
+    greedy_verify_features,
+    sample_verify,
+    target_probs,
+)
+from effrepro.specdec.vocab import frequent_tokens, token_counts
 
 __all__ = [
     "ChatFormatter", "DraftBatch", "DraftCollator", "DraftDataConfig", "DraftHead", "DraftLevel",
     "DraftModelConfig", "DraftTree", "EagleHead", "EagleProposer", "EvalConfig", "FeatureDataset",
     "GenerationConfig", "GenerationResult", "HeadTrainConfig", "LevelProposer", "LossContext", "Proposer",
-    "SamplingConfig", "TargetAdapter", "TreeConfig", "TreeKVCache", "Verdict", "acceptance_by_depth",
-    "ancestor_mask", "autoregressive_generate", "build_eagle_head", "chat_example", "draft_data_folders",
-    "eagle_factory", "eagle_loss", "eval_eagle", "evaluate", "expand_topk", "feature_losses",
-    "generate_draft_data", "greedy_verify", "load_eagle_head", "load_questions", "node_depths",
-    "retrieve_paths", "sample_verify", "speculative_generate", "speed_ratio", "stop_tokens", "summarize",
-    "target_probs", "tau_metrics", "topk_accuracy", "train_eagle", "train_head", "tree_from_levels",
-    "tree_from_parents",
+    "SamplingConfig", "TargetAdapter", "TreeChoice", "TreeConfig", "TreeGrid", "TreeKVCache", "Verdict",
+    "acceptance_by_depth", "ancestor_mask", "autoregressive_generate", "best_tree", "build_eagle_head",
+    "chat_example", "draft_data_folders", "eagle_factory", "eagle_loss", "eval_eagle", "evaluate", "expand_topk",
+    "feature_losses", "frequent_tokens", "generate_draft_data", "greedy_verify", "greedy_verify_features",
+    "load_eagle_head", "load_questions", "node_depths", "retrieve_paths", "sample_verify", "speculative_generate",
+    "speed_ratio", "stop_tokens", "summarize", "target_probs", "tau_metrics", "token_counts", "topk_accuracy",
+    "train_eagle", "train_head", "tree_from_levels", "tree_from_parents", "tune_tree", "tuned_tree",
 ]

@@ -4,6 +4,12 @@
     python -m effrepro.specdec train-eagle --target smollm2-135m --out runs/eagle [--epochs 2 --lr 3e-4 ...]
     python -m effrepro.specdec eval        --target smollm2-135m --head runs/eagle/head.pt [--questions mtbench]
     python -m effrepro.specdec generate    --target smollm2-135m --head runs/eagle/head.pt --prompt "Hi"
+    python -m effrepro.specdec tune        --target smollm2-135m --head runs/eagle/head.pt
+
+``train-eagle`` drafts over the 8192 most frequent target tokens of the data (``--draft-vocab``; 0 = the full
+vocabulary, the paper's setting). ``--total-tokens -1`` (the default of ``generate`` and ``tune``) sizes the tree
+for this machine (``effrepro.specdec.tuning``): measured costs and replayed acceptance, the choice printed and
+cached per head and machine.
 
 ``--target`` is the embedded ``smollm2-135m`` or a local HF directory (full scale: ``/path/to/vicuna-7b-v1.3``);
 ``--dtype bfloat16`` / ``float16`` and ``--device cuda`` for GPUs. ``train-head`` is an alias of ``train-eagle``.
@@ -50,11 +56,14 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
                              ".jsonl, ShareGPT .json); default sharegpt,corpus")
 
 
-def _tree_args(parser: argparse.ArgumentParser) -> None:
+def _tree_args(parser: argparse.ArgumentParser, total_tokens: int = 60) -> None:
     parser.add_argument("--head", required=True, help="head.pt written by train-eagle")
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--depth", type=int, default=5)
-    parser.add_argument("--total-tokens", type=int, default=60)
+    parser.add_argument("--total-tokens", type=int, default=total_tokens,
+                        help="tree size; -1 = tuned for this machine (top-k, depth and size measured and chosen)")
+    parser.add_argument("--tune-prompts", type=int, default=4, help="tuning: MT-bench-train prompts replayed")
+    parser.add_argument("--tune-tokens", type=int, default=48, help="tuning: greedy tokens per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -81,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         train.add_argument("--seed", type=int, default=0)
         train.add_argument("--holdout", type=float, default=0.05, help="held-out share of the draft data")
         train.add_argument("--no-resume", action="store_true")
+        train.add_argument("--draft-vocab", type=int, default=8192,
+                           help="the draft scores the K most frequent target tokens of the data (0 = full vocabulary, "
+                                "the paper's setting)")
     evaluate = sub.add_parser("eval", help="EAGLE-2 vs plain decoding on MT-bench or a question file")
     _target_args(evaluate)
     _tree_args(evaluate)
@@ -95,9 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also run the head with this tree budget in the same run (repeatable)")
     generate = sub.add_parser("generate", help="stream one answer with speculative decoding")
     _target_args(generate)
-    _tree_args(generate)
+    _tree_args(generate, total_tokens=-1)
     generate.add_argument("--prompt", required=True)
     generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--no-plain", action="store_true", help="skip the plain-decoding run for tokens/s")
+    tune = sub.add_parser("tune", help="size the draft tree for this machine and print the cost-model table")
+    _target_args(tune)
+    _tree_args(tune, total_tokens=-1)
+    tune.add_argument("--out", default=None, help="also write the choice and table to this JSON file")
+    tune.add_argument("--no-cache", action="store_true", help="measure again even if a choice is cached")
     return parser
 
 
@@ -120,10 +138,32 @@ def _data_config(args: argparse.Namespace) -> Any:
                            self_repeats=args.self_repeats)
 
 
-def _tree(args: argparse.Namespace) -> Any:
+def _tree(args: argparse.Namespace, target: Any = None, tokenizer: Any = None, head: Any = None,
+          cache: bool = True) -> Any:
+    """The tree of ``--top-k/--depth/--total-tokens``; ``--total-tokens -1``: the tuned tree of this machine."""
     from effrepro.specdec.protocol import TreeConfig
 
-    return TreeConfig(top_k=args.top_k, depth=args.depth, total_tokens=args.total_tokens)
+    if args.total_tokens != -1:
+        return TreeConfig(top_k=args.top_k, depth=args.depth, total_tokens=args.total_tokens)
+    return _tune(args, target, tokenizer, head, cache).tree
+
+
+def _tune(args: argparse.Namespace, target: Any, tokenizer: Any, head: Any, cache: bool = True) -> Any:
+    from effrepro.specdec.eagle import eagle_factory
+    from effrepro.specdec.tuning import tuned_tree
+
+    def make(tree: Any) -> Any:
+        return eagle_factory(head, tree)(target)
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    choice = tuned_tree(target, tokenizer, head, make, prompts=args.tune_prompts, max_new_tokens=args.tune_tokens,
+                        chat_template=args.chat_template, cache=cache, log=log)
+    tree = choice.tree
+    log(f"tree: top_k {tree.top_k}, depth {tree.depth}, total_tokens {tree.total_tokens} (tuned: replayed tau "
+        f"{choice.tau:.2f}, expected speedup {choice.speedup:.2f}x over plain decoding)")
+    return choice
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = _load(args)
         train = HeadTrainConfig(epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
                                 lr=args.lr, warmup_steps=args.warmup_steps, schedule=args.schedule,
-                                max_len=args.max_len, seed=args.seed, holdout=args.holdout)
+                                max_len=args.max_len, seed=args.seed, holdout=args.holdout,
+                                draft_vocab=args.draft_vocab)
         path = train_eagle(model, tokenizer, args.out, _data_config(args), train)
         print(path)
         return 0
@@ -162,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             warmup=args.warmup, max_length=args.max_length, chat_template=args.chat_template)
         head = load_eagle_head(args.head, target)
+        tree = _tree(args, target, tokenizer, head)
         extra = {}
         for text in args.extra_tree:
             try:
@@ -169,16 +211,37 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError:
                 raise UsageError(f"--extra-tree {text!r}; give K,DEPTH,TOTAL such as 4,5,16") from None
             extra[f"eagle2-{k}-{depth}-{total}"] = eagle_factory(head, TreeConfig(k, depth, total))
-        result = eval_eagle(target, tokenizer, head, _tree(args), config, args.out, extra_methods=extra)
+        result = eval_eagle(target, tokenizer, head, tree, config, args.out, extra_methods=extra)
         print(json.dumps(result["summary"], indent=1))
         return 0
+    if args.command == "tune":
+        choice = _tune(args, target, tokenizer, load_eagle_head(args.head, target), cache=not args.no_cache)
+        for row in choice.table[:10]:
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
+        if args.out:
+            from effrepro.report import atomic_write_text
+
+            atomic_write_text(args.out, json.dumps(choice.as_dict(), indent=1, default=str))
+        return 0
+    return _generate(args, model, tokenizer, target)
+
+
+def _generate(args: argparse.Namespace, model: Any, tokenizer: Any, target: Any) -> int:
     from effrepro.specdec.draft_data import ChatFormatter
-    from effrepro.specdec.generate import GenerationConfig, speculative_generate, stop_tokens
+    from effrepro.specdec.eagle import eagle_factory, load_eagle_head
+    from effrepro.specdec.generate import (
+        GenerationConfig,
+        autoregressive_generate,
+        speculative_generate,
+        stop_tokens,
+    )
     from effrepro.specdec.verify import SamplingConfig
 
     if not args.prompt.strip():
         raise UsageError("empty prompt; pass --prompt 'some text'")
-    proposer = eagle_factory(load_eagle_head(args.head, target), _tree(args))(target)
+    head = load_eagle_head(args.head, target)
+    tree = _tree(args, target, tokenizer, head)
+    proposer = eagle_factory(head, tree)(target)
     prompt = ChatFormatter(tokenizer, args.chat_template).prompt_ids([{"role": "user", "content": args.prompt}])
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, seed=args.seed,
                               sampling=SamplingConfig(temperature=args.temperature, top_p=args.top_p),
@@ -193,7 +256,16 @@ def main(argv: list[str] | None = None) -> int:
 
     result = speculative_generate(target, proposer, prompt, config, streamer=stream)
     tau = result.cycle_tokens / max(result.cycles, 1)
-    print(f"\n[{result.new_tokens} tokens, {result.cycles} cycles, tau {tau:.2f}, {result.wall_time:.2f} s]")
+    speed = result.new_tokens / max(result.wall_time, 1e-9)
+    vocab = f"draft vocabulary {head.draft_vocab_size} of {head.vocab_size}"
+    print(f"\n[{result.new_tokens} tokens, {result.cycles} cycles, tau {tau:.2f}, {result.wall_time:.2f} s, "
+          f"{speed:.2f} tokens/s; tree top_k {tree.top_k} depth {tree.depth} total {tree.total_tokens}; {vocab}]")
+    if not args.no_plain:
+        plain = autoregressive_generate(target, prompt, config)
+        plain_speed = plain.new_tokens / max(plain.wall_time, 1e-9)
+        same = "same tokens" if plain.tokens == result.tokens else "different tokens (sampling)"
+        print(f"[plain decoding: {plain.new_tokens} tokens, {plain.wall_time:.2f} s, {plain_speed:.2f} tokens/s; "
+              f"speculative / plain = {speed / max(plain_speed, 1e-9):.2f}x; {same}]")
     return 0
 
 

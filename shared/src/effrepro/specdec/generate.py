@@ -26,7 +26,7 @@ import torch
 from effrepro.errors import UsageError
 from effrepro.specdec.protocol import Proposer
 from effrepro.specdec.target import TargetAdapter
-from effrepro.specdec.verify import SamplingConfig, greedy_verify, sample_verify, select_token
+from effrepro.specdec.verify import SamplingConfig, greedy_verify_features, sample_verify, select_token
 
 Streamer = Callable[[list[int]], None]  # called with the newly emitted token ids of each cycle
 
@@ -138,14 +138,16 @@ def speculative_generate(target: TargetAdapter, proposer: Proposer, input_ids: t
         if target.length + tree.size > target.max_length:
             stop = "max_length"
             break
-        tree_logits, tree_features = target.verify(tree)
         verifier = tree.extras.get("verifier")  # a proposer with sampled candidates brings its own rule
-        if verifier is not None:
-            verdict = verifier(tree, tree_logits, config.sampling, generator)
-        elif config.sampling.greedy:
-            verdict = greedy_verify(tree, tree_logits)
+        if verifier is None and config.sampling.greedy:  # the LM head only on the rows greedy reads
+            _, tree_features = target.verify(tree, logits=False)
+            verdict = greedy_verify_features(tree, tree_features, target.logits)
         else:
-            verdict = sample_verify(tree, tree_logits, config.sampling, generator)
+            tree_logits, tree_features = target.verify(tree)
+            if verifier is not None:
+                verdict = verifier(tree, tree_logits, config.sampling, generator)
+            else:
+                verdict = sample_verify(tree, tree_logits, config.sampling, generator)
         target.commit(verdict.nodes)
         _sync(target.device)
         t2 = time.perf_counter()

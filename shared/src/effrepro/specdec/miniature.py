@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def _time_steps(head: Any, lm_head: torch.Tensor, folders: list[Path], train: An
     probe = copy.deepcopy(head)
     params = [p for p in probe.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=train.lr)
-    ctx = LossContext(lm_head=lm_head, weights=dict(train.loss_weights))
+    ctx = LossContext(lm_head=probe.draft_lm_head(lm_head), weights=dict(train.loss_weights))
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(1)).tolist()
     times = []
     for step in range(steps + 1):
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from effrepro.specdec.harness import EvalConfig
     from effrepro.specdec.protocol import TreeConfig
     from effrepro.specdec.target import TargetAdapter
-    from effrepro.specdec.trainer import HeadTrainConfig, train_head
+    from effrepro.specdec.trainer import HeadTrainConfig, setup_draft_vocab, train_head
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # --init-head: continued training from a trained head (checked against this target)
     head = read_eagle_head(args.init_head, embed) if args.init_head else build_eagle_head(model.config, embed)
     lm_head = model.get_output_embeddings().weight.detach().float()
+    setup_draft_vocab(head, folders, args.draft_vocab)  # before the probe: it times the reduced soft-CE
     probe = HeadTrainConfig(epochs=1, batch_size=args.batch_size, lr=args.lr, max_len=args.max_len,
                             holdout=args.holdout)
     step_s = _time_steps(head, lm_head, folders, probe)
@@ -121,7 +123,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     epochs = max(1, args.epochs)
     train = HeadTrainConfig(epochs=epochs, batch_size=args.batch_size, steps_per_epoch=max(1, steps // epochs),
                             lr=args.lr, warmup_steps=max(1, int(args.warmup * steps)), schedule="cosine",
-                            max_len=args.max_len, holdout=args.holdout, seed=args.seed, log_every=10)
+                            max_len=args.max_len, holdout=args.holdout, seed=args.seed, log_every=10,
+                            draft_vocab=args.draft_vocab)
     history = train_head(head, lm_head, folders, train, out, progress=args.progress, resume=not args.no_resume)
     walls["train_s"] = time.perf_counter() - t0
     loads["after_train"] = os.getloadavg()
@@ -131,12 +134,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     head = head.to(target.device, target.dtype).eval()
     config = EvalConfig(questions=args.questions, max_new_tokens=args.eval_max_new_tokens, warmup=1,
                         max_length=args.max_length, cost_model_repeats=5, max_questions=args.max_questions)
-    k, depth, total = (int(v) for v in args.tree.split(","))
+    tree, tuning = _main_tree(args.tree, target, tokenizer, head)
     extra = {}
     for text in args.extra_tree:
         ek, ed, et = (int(v) for v in text.split(","))
         extra[f"eagle2-{ek}-{ed}-{et}"] = eagle_factory(head, TreeConfig(ek, ed, et))
-    result = eval_eagle(target, tokenizer, head, TreeConfig(k, depth, total), config, out / "eval",
+    result = eval_eagle(target, tokenizer, head, tree, config, out / "eval",
                         extra_methods=extra, progress=args.progress)
     walls["eval_s"] = time.perf_counter() - t0
     walls["total_s"] = time.perf_counter() - started
@@ -145,11 +148,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "args": vars(args), "data": [{k: m.get(k) for k in ("samples", "tokens", "supervised_tokens", "prompts")}
                                      for m in metas],
         "train": {"steps": history["steps"], "step_s_probe": step_s, "history": history["history"]},
-        "tree": args.tree, "summary": result["summary"], "costs": result.get("costs"), "walls": walls,
+        "tree": asdict(tree), "tuning": tuning, "draft_vocab": head.draft_vocab_size,
+        "summary": result["summary"], "costs": result.get("costs"), "walls": walls,
         "loadavg": loads,
     }
     (out / "result.json").write_text(json.dumps(report, indent=1, default=str))
     return report
+
+
+def _main_tree(text: str, target: Any, tokenizer: Any, head: Any) -> tuple[Any, dict[str, Any] | None]:
+    """``K,DEPTH,TOTAL`` or ``auto``: the tree tuned for this machine (``effrepro.specdec.tuning``)."""
+    from effrepro.specdec.eagle import eagle_factory
+    from effrepro.specdec.protocol import TreeConfig
+    from effrepro.specdec.tuning import tuned_tree
+
+    if text != "auto":
+        try:
+            k, depth, total = (int(v) for v in text.split(","))
+        except ValueError:
+            raise UsageError(f"--tree {text!r}; give K,DEPTH,TOTAL such as 10,5,60, or auto") from None
+        return TreeConfig(k, depth, total), None
+    choice = tuned_tree(target, tokenizer, head, lambda tree: eagle_factory(head, tree)(target), cache=False,
+                        log=print)
+    return choice.tree, {**choice.as_dict(), "table": choice.table[:20]}
 
 
 ALL_PROMPTS = 1_000_000  # ``self_generated`` of an --extra-data source: every prompt (0 would mean no source)
@@ -200,7 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-questions", type=int, default=0)
     parser.add_argument("--eval-max-new-tokens", type=int, default=128)
     parser.add_argument("--max-length", type=int, default=2048)
-    parser.add_argument("--tree", default="10,5,60", help="K,DEPTH,TOTAL of the main EAGLE-2 tree")
+    parser.add_argument("--tree", default="10,5,60",
+                        help="K,DEPTH,TOTAL of the main EAGLE-2 tree, or 'auto' (tuned for this machine)")
+    parser.add_argument("--draft-vocab", type=int, default=8192,
+                        help="the draft scores the K most frequent target tokens of the data (0 = full vocabulary)")
     parser.add_argument("--extra-tree", action="append", default=[], metavar="K,DEPTH,TOTAL")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-resume", action="store_true")

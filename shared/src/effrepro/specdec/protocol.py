@@ -127,11 +127,17 @@ class LevelProposer:
         return self.postprocess_tree(tree_from_levels(levels, next_ids[-1], self.total_tokens))
 
 
+D2T_KEY = "d2t"  # the reduced-vocabulary buffer of a draft head
+
+
 class DraftHead(nn.Module):
     """Base class of draft heads. Subclasses set ``embed_tokens`` (frozen) and implement the three methods.
 
     ``hidden_size`` and ``vocab_size`` are checked against the target before a head is used with it
     (``check_compatible``), so a head trained for another target gives a clear error.
+
+    A head may draft over a reduced vocabulary (``set_draft_vocab``, ``effrepro.specdec.vocab``): its proposers
+    score ``draft_lm_head(lm_head)`` and map indices back with ``to_target_ids``; ``vocab_size`` stays the target's.
     """
 
     hidden_size: int
@@ -190,6 +196,48 @@ class DraftHead(nn.Module):
                 f"draft head was built for hidden {self.hidden_size} / vocab {self.vocab_size}, the target has "
                 f"hidden {hidden_size} / vocab {vocab_size}; train a head for this target (train-eagle --target ...)"
             )
+
+    # ----- the reduced draft vocabulary (``effrepro.specdec.vocab``) -----
+    @property
+    def draft_vocab(self) -> torch.Tensor | None:
+        """``d2t [K]``: the target ids the draft scores (draft index i = target id ``d2t[i]``); None = all V."""
+        return self._buffers.get(D2T_KEY)
+
+    @property
+    def draft_vocab_size(self) -> int:
+        d2t = self.draft_vocab
+        return self.vocab_size if d2t is None else int(d2t.numel())
+
+    def set_draft_vocab(self, d2t: torch.Tensor | None) -> None:
+        """Draft over the target ids ``d2t`` only (None: the full vocabulary). Stored as a buffer, so it is saved
+        in ``head.pt`` and restored by ``load_state_dict``."""
+        if d2t is None:
+            self._buffers.pop(D2T_KEY, None)
+            return
+        from effrepro.specdec.vocab import check_d2t
+
+        device = next((p.device for p in self.parameters()), torch.device("cpu"))
+        self.register_buffer(D2T_KEY, check_d2t(d2t, self.vocab_size).to(device))
+
+    def draft_lm_head(self, lm_head: torch.Tensor) -> torch.Tensor:
+        """The rows of the target LM head ``[V, H]`` the draft scores: ``lm_head[d2t]`` ``[K, H]`` (or all)."""
+        if int(lm_head.shape[0]) != self.vocab_size:
+            raise UsageError(f"expected the target's full LM head ({self.vocab_size} rows), got "
+                             f"{int(lm_head.shape[0])} rows")
+        d2t = self.draft_vocab
+        return lm_head if d2t is None else lm_head.index_select(0, d2t.to(lm_head.device))
+
+    def to_target_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
+        """Draft indices (rows of ``draft_lm_head``) -> target token ids (identity without a map)."""
+        d2t = self.draft_vocab
+        return draft_ids if d2t is None else d2t.to(draft_ids.device)[draft_ids]
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # a checkpoint's map decides the vocabulary: (re)size the buffer before nn.Module copies into it
+        saved = state_dict.get(prefix + D2T_KEY)
+        if isinstance(saved, torch.Tensor) and (self.draft_vocab is None or self.draft_vocab.shape != saved.shape):
+            self.set_draft_vocab(saved)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The checkpointed weights: everything except the frozen embedding (the official savers drop it)."""

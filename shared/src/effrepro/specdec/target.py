@@ -89,7 +89,7 @@ class TreeKVCache(Cache):
 
     @property
     def length(self) -> int:
-        return self.layers[0].length
+        return self.layers[0].length if self.layers else 0  # a draft without attention layers caches nothing
 
     def reset(self) -> None:
         for layer in self.layers:
@@ -105,9 +105,14 @@ class TreeKVCache(Cache):
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``[q, kv]`` bool (True = attend) -> ``[1, 1, q, kv]`` additive mask in ``dtype``."""
+    """Bool attention mask (True = attend) -> the additive 4D mask HF attention adds: ``[q, kv]`` ->
+    ``[1, 1, q, kv]``, ``[B, q, kv]`` -> ``[B, 1, q, kv]``; 0 where allowed, ``finfo(dtype).min`` elsewhere. The one
+    helper of the target and of every draft head."""
+    if allowed.dim() not in (2, 3):
+        raise ValueError(f"attention mask of shape {tuple(allowed.shape)}; expected [q, kv] or [B, q, kv]")
     mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+    mask = mask.masked_fill(~allowed.bool(), torch.finfo(dtype).min)
+    return mask[None, None] if allowed.dim() == 2 else mask[:, None]
 
 
 class TargetAdapter:
@@ -159,8 +164,8 @@ class TargetAdapter:
 
     # ----- passes -----
     @torch.no_grad()
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor,
-                 allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor,
+                 with_logits: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
         ids = ids.to(self.device)
         out = self.decoder(
             input_ids=ids[None], attention_mask=additive_mask(allowed.to(self.device), self.dtype),
@@ -168,7 +173,7 @@ class TargetAdapter:
         )
         features = out.last_hidden_state[0]
         self.forward_calls += 1
-        return self.head(features), features
+        return (self.head(features) if with_logits else None), features
 
     def _causal(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         start, n = self.length, ids.numel()
@@ -189,18 +194,23 @@ class TargetAdapter:
         """Append ``token_ids [m]`` causally -> ``(logits [m, V], features [m, H])``."""
         return self._causal(token_ids.flatten())
 
-    def verify(self, tree: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The target's LM head on some feature rows (``features [n, H]`` -> ``[n, V]``)."""
+        return self.head(features)
+
+    def verify(self, tree: Any, logits: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
         """One pass over the tree nodes -> ``(logits [N, V], features [N, H])``.
 
         Node i attends to the whole prefix and to its ancestors-or-self (``tree.tree_mask``), at position
-        ``prefix_len + depth[i]``. The tree's KV stays in the cache until ``commit``.
+        ``prefix_len + depth[i]``. The tree's KV stays in the cache until ``commit``. ``logits=False`` skips
+        the LM head (``(None, features)``): the caller runs ``logits`` on the rows it reads.
         """
         prefix, n = self.length, tree.size
         if prefix + n > self.max_length:
             raise UsageError(f"prefix {prefix} + tree {n} exceed max_length={self.max_length}")
         allowed = torch.cat([torch.ones(n, prefix, dtype=torch.bool), tree.tree_mask.cpu().bool()], dim=1)
         self._tree_start = prefix
-        return self._forward(tree.tokens, tree.position_ids(prefix).cpu(), allowed)
+        return self._forward(tree.tokens, tree.position_ids(prefix).cpu(), allowed, with_logits=logits)
 
     def commit(self, nodes: torch.Tensor) -> None:
         """Keep the KV of the accepted tree ``nodes`` (root first, ascending) right after the prefix."""

@@ -53,12 +53,17 @@ class HeadTrainConfig:
     num_workers: int = 0
     bf16: bool = True  # autocast on CUDA only
     log_every: int = 50
+    # > 0: the draft scores only the K most frequent supervised target tokens of the data (its LM head and the
+    # soft-CE over K rows, teacher renormalised over them; ``effrepro.specdec.vocab``); 0: the full vocabulary
+    draft_vocab: int = 0
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise UsageError(f"schedule {self.schedule!r}; use one of {SCHEDULES}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise UsageError("epochs, batch_size must be >= 1 and lr > 0")
+        if self.draft_vocab < 0:
+            raise UsageError(f"draft_vocab={self.draft_vocab}; give K > 0 tokens, or 0 for the full vocabulary")
 
 
 FROZEN_KEY = "_frozen_fingerprint"
@@ -165,13 +170,40 @@ def _loader(dataset: FeatureDataset, config: HeadTrainConfig, train: bool, distr
                       num_workers=config.num_workers, drop_last=False)
 
 
+def _resume_key(config: HeadTrainConfig) -> dict[str, Any]:
+    """The config a resumed run must match; ``draft_vocab`` only when set, so runs started before the field
+    existed still resume."""
+    values = asdict(config)
+    if not values["draft_vocab"]:
+        values.pop("draft_vocab")
+    return values
+
+
+def setup_draft_vocab(head: DraftHead, data_dir: str | Path | list, size: int) -> None:
+    """Give ``head`` the ``size`` most frequent supervised tokens of the data as its draft vocabulary (``size``
+    0, or at least the target's vocabulary: keep what the head has). A head that already has a map (continued
+    training) keeps it; a map of another size is an error."""
+    if not size or (size >= head.vocab_size and head.draft_vocab is None):
+        return
+    if head.draft_vocab is not None:
+        if head.draft_vocab_size != size:
+            raise UsageError(f"the head already drafts over {head.draft_vocab_size} tokens, the training config "
+                             f"asks for {size}; use the head's size (or 0 to keep it)")
+        return
+    from effrepro.specdec.vocab import frequent_tokens, token_counts
+
+    head.set_draft_vocab(frequent_tokens(token_counts(data_dir, head.vocab_size), size))
+
+
 def train_head(head: DraftHead, lm_head: torch.Tensor, data_dir: str | Path | list, config: HeadTrainConfig,
                out_dir: str | Path, loss_fn: LossHook | None = None, progress: bool = True,
                resume: bool = True) -> dict[str, Any]:
     """Train ``head`` on draft-data folder(s) (``draft_data_folders``); returns the Trainer's history.
 
-    ``lm_head [V, H]`` is the frozen target head (teacher distribution, soft-CE). ``loss_fn(head, batch, ctx)``
-    overrides ``head.compute_loss``. Writes ``out_dir/last.pt`` (resume), ``metrics.jsonl`` and ``head.pt``.
+    ``lm_head [V, H]`` is the frozen target head (teacher distribution, soft-CE); with a draft vocabulary
+    (``config.draft_vocab`` or a map the head already has) the loss sees only its rows ``[K, H]``.
+    ``loss_fn(head, batch, ctx)`` overrides ``head.compute_loss``. Writes ``out_dir/last.pt`` (resume),
+    ``metrics.jsonl`` and ``head.pt``.
     """
     out_dir = Path(out_dir)
     dist = dist_setup()
@@ -180,6 +212,7 @@ def train_head(head: DraftHead, lm_head: torch.Tensor, data_dir: str | Path | li
     test_set = FeatureDataset(data_dir, "test", config.holdout)
     hidden = int(train_set.meta.get("hidden_size", head.hidden_size))
     head.check_compatible(hidden, int(lm_head.shape[0]))
+    setup_draft_vocab(head, data_dir, config.draft_vocab)
     if len(train_set) == 0:
         raise UsageError(f"{data_dir} holds no training samples")
     loader = _loader(train_set, config, train=True, distributed=dist.distributed)
@@ -188,7 +221,8 @@ def train_head(head: DraftHead, lm_head: torch.Tensor, data_dir: str | Path | li
     params = [p for p in head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
     scheduler = _schedule(optimizer, config, total)
-    ctx = LossContext(lm_head=lm_head.detach().to(dist.device), total_steps=total,
+    # the draft's own rows of the frozen head: the whole [V, H] head, or [K, H] with a reduced vocabulary
+    ctx = LossContext(lm_head=head.draft_lm_head(lm_head.detach()).to(dist.device), total_steps=total,
                       weights=dict(config.loss_weights))
     model = _HeadWithLoss(head, loss_fn)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.bf16 and dist.device.type == "cuda"
@@ -224,13 +258,14 @@ def train_head(head: DraftHead, lm_head: torch.Tensor, data_dir: str | Path | li
         return {k: v / batches for k, v in sums.items()}
 
     trainer = Trainer(model, optimizer, loader, step_fn=step_fn, epochs=config.epochs, out_dir=out_dir,
-                      scheduler=scheduler, scheduler_step="step", config={"train": asdict(config)},
+                      scheduler=scheduler, scheduler_step="step", config={"train": _resume_key(config)},
                       eval_fn=eval_fn, dist=dist, progress=progress, log_every=config.log_every, resume=resume)
     result = trainer.fit()
     if is_main_process():
         save_checkpoint(out_dir / "head.pt", {
             "method": type(head).__name__, "config": head.config_dict(), "state_dict": head.trainable_state_dict(),
             "target": {"hidden_size": head.hidden_size, "vocab_size": head.vocab_size},
+            "draft_vocab": head.draft_vocab_size,
             "train": asdict(config), "history": result["history"], "steps": total,
         })
     result["steps"] = total

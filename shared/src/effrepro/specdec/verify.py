@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -98,6 +99,35 @@ def greedy_verify(tree: DraftTree, logits: torch.Tensor) -> Verdict:
     accepted = int(accepted_per_row[best])
     nodes = paths[best, : accepted + 1]
     return Verdict(nodes=nodes, bonus_token=int(predicted[nodes[-1]]), accepted=accepted)
+
+
+def greedy_verify_features(tree: DraftTree, features: torch.Tensor,
+                           lm_head: Callable[[torch.Tensor], torch.Tensor]) -> Verdict:
+    """``greedy_verify`` that runs the target's LM head only on the rows it reads: the nodes followed by another
+    on some row of ``retrieve_indices`` (in a tree: the nodes with children, whose argmax decides their children),
+    then the bonus row at the end of the accepted path if it was not among them.
+    ``features [N, H]`` from ``TargetAdapter.verify(tree, logits=False)``; ``lm_head`` maps rows to logits.
+    Same verdict as ``greedy_verify`` on the full logits (a typical EAGLE-2 tree has about a third of its nodes
+    with children)."""
+    paths = tree.retrieve_indices.cpu()
+    tokens = tree.tokens.cpu()
+    valid = paths[:, 1:] >= 0
+    read = torch.unique(paths[:, :-1][valid])  # nodes followed by a node on some row: inner nodes of a tree
+    predicted = torch.full((tree.size,), -1, dtype=torch.long)
+    if read.numel():
+        predicted[read] = lm_head(features[read.to(features.device)]).argmax(dim=-1).cpu()
+    child_tokens = tokens[paths[:, 1:].clamp(min=0)]
+    parent_prediction = predicted[paths[:, :-1].clamp(min=0)]
+    match = (child_tokens == parent_prediction) & valid
+    accepted_per_row = torch.cumprod(match.long(), dim=1).sum(dim=1)
+    best = int(torch.argmax(accepted_per_row))  # first row among ties
+    accepted = int(accepted_per_row[best])
+    nodes = paths[best, : accepted + 1]
+    last = int(nodes[-1])
+    bonus = int(predicted[last])
+    if bonus < 0:  # a leaf: its one row now
+        bonus = int(lm_head(features[last:last + 1]).argmax(dim=-1)[0])
+    return Verdict(nodes=nodes, bonus_token=bonus, accepted=accepted)
 
 
 def sample_verify(tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfig,
