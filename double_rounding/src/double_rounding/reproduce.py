@@ -43,8 +43,8 @@ class DoubleRoundingPlan(Plan):
     q_lr: float = 5e-4                   # the paper's LR
     bits: tuple[int, ...] = (8, 6, 4, 2)
     sep_bits: tuple[int, ...] = (8, 4, 2)
-    seeds: tuple[int, ...] = tuple(range(10))
-    ablation_seeds: tuple[int, ...] = (0, 1, 2)  # floor shift and post-hoc switching (effects of tens of points)
+    seeds: tuple[int, ...] = tuple(range(16))      # 10 left the ALRS gain at w2 undecided (n_to_decide 13)
+    ablation_seeds: tuple[int, ...] = tuple(range(16))  # floor shift and post-hoc switching (the seeds that run them)
     # full scale
     config: str | None = None
     init: str | None = None
