@@ -58,9 +58,13 @@ def test_resnet18_integer_matches_dequantized(resnet: tuple[dict, torch.Tensor, 
     packed = integer_model(artefact, bits, packed=True)
     with torch.no_grad():
         assert torch.equal(packed(x), model(x))
-    stored, fp = weight_bytes(packed)["integer_layers"], float_weight_bytes(deq)["integer_layers"]
+    fp = float_weight_bytes(deq)["resident"]
+    packed_bytes, store_bytes = weight_bytes(packed), weight_bytes(model)
     per_byte = {8: 1, 4: 2, 2: 4}[bits]
-    assert abs(stored / fp - 0.25 / per_byte) < 0.01  # FP32 -> int8 -> two / four codes per byte
+    assert packed_bytes["stored"] == packed_bytes["resident"]  # the packed form caches nothing
+    assert abs(packed_bytes["stored"] / fp - 0.25 / per_byte) < 0.01  # FP32 -> int8 -> two / four codes per byte
+    assert abs(store_bytes["stored"] / fp - 0.25) < 0.01
+    assert abs(store_bytes["resident"] / fp - (0.25 if bits == 8 else 0.5)) < 0.01  # + the cached b-bit codes
 
 
 def test_switching_bits_and_packed_limits(resnet: tuple[dict, torch.Tensor, ModelConfig]) -> None:
@@ -99,6 +103,6 @@ def test_bench_integer_small_run(tmp_path, capsys: pytest.CaptureFixture[str]) -
                                "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result["ms"]) == {"fp32", "dequantized_w4", "integer_w4", "integer_packed_w4"}
-    assert result["quantised_layer_bytes_over_fp32"]["integer_packed_w4"] == pytest.approx(0.125, abs=0.005)
+    assert result["quantised_layer_bytes_over_fp32"]["integer_packed_w4"]["resident"] == pytest.approx(0.125, abs=0.005)
     assert result["agreement"]["w4"]["max_layer_rel_diff"] <= LAYER_TOL
     assert "integer_w4 / fp32" in capsys.readouterr().out

@@ -3,10 +3,11 @@
 For each bit-width the integer model (int8 store, and the packed 4-/2-bit store) is timed against the FP32
 model and the de-quantised fake-quant model (what ``double_rounding eval`` runs), paired and interleaved,
 warm-up excluded, one thread by default; medians with 95 % bootstrap intervals, ratios of medians with
-paired bootstrap intervals. Weight bytes are counted from the tensors each forward pass reads. Agreement
-with the de-quantised model is measured per layer on the same input and end to end (top-1, max relative
-logit difference). The weights are random and calibrated on random input: latency and bytes do not depend
-on training, and agreement is checked without a dataset.
+paired bootstrap intervals. Weight bytes of the quantised layers are counted from the tensors the models
+hold: ``stored`` (the int8 store or the packed codes, and the scales) and ``resident`` (plus the b-bit codes
+a switch caches). Agreement with the de-quantised model is measured per layer on the same input and end to
+end (top-1, max relative logit difference). The weights are random and calibrated on random input: latency
+and bytes do not depend on training, and agreement is checked without a dataset.
 """
 
 from __future__ import annotations
@@ -74,23 +75,26 @@ def run(arch: str = "resnet18", size: int = 224, batch: int = 4, bits: tuple[int
             if name in stats:
                 ratios[f"{name} / fp32"] = ratio_ci(stats, name, "fp32")
         ratios[f"integer_w{b} / dequantized_w{b}"] = ratio_ci(stats, f"integer_w{b}", f"dequantized_w{b}")
-    fp_bytes = memory["fp32"]["integer_layers"]
+    fp_bytes = memory["fp32"]["resident"]
     return {"arch": arch, "input": [batch, 3, size, size], "device": device, "threads": torch.get_num_threads(),
             "repeats": repeats, "ms": {k: median_ci(s) for k, s in stats.items()}, "ratios": ratios,
             "weight_bytes": memory,
-            "quantised_layer_bytes_over_fp32": {k: v["integer_layers"] / fp_bytes for k, v in memory.items()},
+            "quantised_layer_bytes_over_fp32": {
+                k: {"stored": v["stored"] / fp_bytes, "resident": v["resident"] / fp_bytes} for k, v in memory.items()},
             "agreement": agreement}
 
 
 def markdown(result: dict[str, Any]) -> str:
     out = [f"ResNet-18 {result['input']} on {result['device']}, {result['threads']} thread(s), "
-           f"{result['repeats']} repeats", "", "| arm | median ms [95 % CI] | weight bytes (quantised layers) | "
-           "vs FP32 |", "|---|---|---|---|"]
+           f"{result['repeats']} repeats", "", "| arm | median ms [95 % CI] | quantised-layer weight bytes: stored "
+           "| resident while running | resident / FP32 |", "|---|---|---|---|---|"]
     for arm, ms in result["ms"].items():
         mem = result["weight_bytes"].get(arm)
-        size = f"{mem['integer_layers']:,}" if mem else "(float weights, = FP32)"
-        rel = f"{result['quantised_layer_bytes_over_fp32'][arm]:.4f}" if mem else ""
-        out.append(f"| {arm} | {fmt_ci(ms, 'median')} | {size} | {rel} |")
+        if mem is None:
+            out.append(f"| {arm} | {fmt_ci(ms, 'median')} | FP32 weights | (= FP32) | |")
+            continue
+        rel = result["quantised_layer_bytes_over_fp32"][arm]["resident"]
+        out.append(f"| {arm} | {fmt_ci(ms, 'median')} | {mem['stored']:,} | {mem['resident']:,} | {rel:.4f} |")
     out += ["", "| latency ratio | median ratio [95 % CI] |", "|---|---|"]
     out += [f"| {k} | {fmt_ci(v, 'ratio')} |" for k, v in result["ratios"].items()]
     out += ["", "| bits | max layer rel. diff | end-to-end max rel. logit diff | top-1 agreement |",

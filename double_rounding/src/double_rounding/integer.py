@@ -72,8 +72,8 @@ class IntegerLayer(nn.Module):
             check_bits(packed_bits, self.bit_list, what="packed bit-width")
             low = self._matrix(lowbit_codes(codes, packed_bits, self.high_bits, self.tie_mode))
             self.register_buffer("store", pack_codes(low, packed_bits))
-        else:
-            self.register_buffer("store", codes.to(torch.int8).clone())
+        else:  # the h-bit codes, kept in the kernels' matrix order (conv columns: kh, kw, C)
+            self.register_buffer("store", self._matrix(codes.to(torch.int8)).clone())
         self._active: Tensor | None = None
         self._bits: int | None = None
         self.bits = packed_bits if packed_bits is not None else layer.bits
@@ -91,9 +91,14 @@ class IntegerLayer(nn.Module):
         if self.packed_bits is not None and value != self.packed_bits:
             raise UsageError(f"this layer stores packed {self.packed_bits}-bit codes only; it cannot run at {value}")
         self._bits = value
-        # the b-bit codes, derived once per switch (the packed form unpacks at every call instead)
-        self._active = None if self.packed_bits is not None else self._matrix(lowbit_codes(
-            self.store, value, self.high_bits, self.tie_mode))
+        # the b-bit codes, derived once per switch (at h bits: the store itself; the packed form unpacks at
+        # every call instead, so that only the packed bytes stay resident)
+        if self.packed_bits is not None:
+            self._active = None
+        elif value == self.high_bits:
+            self._active = self.store
+        else:
+            self._active = lowbit_codes(self.store, value, self.high_bits, self.tie_mode)
 
     def _matrix(self, codes: Tensor) -> Tensor:
         """Weight codes as the (Cout, K) matrix the kernels take (conv: :func:`conv_weight_matrix` order)."""
@@ -172,20 +177,28 @@ def integer_model(artefact: Mapping[str, Any], config: BitConfig, packed: bool =
     return model.eval()
 
 
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
 def weight_bytes(model: nn.Module) -> dict[str, int]:
-    """Bytes of the weights a forward pass reads: integer stores (+ scales) and float conv / linear weights."""
-    integer = floating = 0
+    """Weight bytes of an integer model. ``stored``: the quantised layers' stores and scales (what the switchable
+    model keeps); ``resident``: plus the b-bit codes cached by the last switch when they are not the store
+    itself (what sits in memory while it runs); ``float_layers``: the FP32 conv / linear weights (stem, head)."""
+    stored = resident = floating = 0
     for module in model.modules():
         if isinstance(module, IntegerLayer):
-            integer += module.store.numel() * module.store.element_size()
-            integer += module.weight_scale.numel() * module.weight_scale.element_size()
+            stored += _nbytes(module.store) + _nbytes(module.weight_scale)
+            active = module._active
+            resident += _nbytes(active) if active is not None and active is not module.store else 0
         elif isinstance(module, (nn.Conv2d, nn.Linear)):
-            floating += module.weight.numel() * module.weight.element_size()
-    return {"integer_layers": integer, "float_layers": floating, "total": integer + floating}
+            floating += _nbytes(module.weight)
+    return {"stored": stored, "resident": stored + resident, "float_layers": floating}
 
 
 def float_weight_bytes(model: nn.Module) -> dict[str, int]:
-    """The same split for an FP32 (or de-quantised) model: quantised layers' float weights vs the FP layers."""
+    """The same split for an FP32 (or de-quantised) model: the quantised layers' float weights (``stored`` =
+    ``resident``) and the FP layers."""
     graph_layers = set(graph_of(model).layers) if hasattr(model, "quant_graph") else set()
     quant = floating = 0
     for name, module in model.named_modules():
@@ -195,7 +208,7 @@ def float_weight_bytes(model: nn.Module) -> dict[str, int]:
                 quant += size
             else:
                 floating += size
-    return {"integer_layers": quant, "float_layers": floating, "total": quant + floating}
+    return {"stored": quant, "resident": quant, "float_layers": floating}
 
 
 @torch.no_grad()
