@@ -48,10 +48,10 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, teacher_ckpt):
         train(_deepkd_cfg(teacher_ckpt), tmp_path / "b", progress=False, probe=crash)
     resumed = train(_deepkd_cfg(teacher_ckpt), tmp_path / "b", progress=False)
     assert resumed["top1"] == straight["top1"]
-    a = torch.load(tmp_path / "a" / "student.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "b" / "student.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "a" / "student.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "student.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    state = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert {"momentum_buffer_tog", "momentum_buffer_tcg", "momentum_buffer_ncg"} <= set(state["optimizer"]["state"][0])
 
 
@@ -60,7 +60,7 @@ def test_a_trained_student_loads_as_a_teacher_and_bad_teachers_are_clear_errors(
     assert model(torch.rand(2, 1, 28, 56)).shape == (2, 100)
     with pytest.raises(UsageError, match="holds a mlp_tiny model, but teacher=mlp_student"):
         load_teacher(teacher_ckpt, "mlp_student", 100, "mnist")
-    state = torch.load(teacher_ckpt, weights_only=False)["model"]
+    state = torch.load(teacher_ckpt, weights_only=True)["model"]
     save_checkpoint(tmp_path / "plain.pt", {"model": state})
     with pytest.raises(UsageError, match="predicts 100 classes, but the run has 10"):
         load_teacher(tmp_path / "plain.pt", "mlp_tiny", 10, "mnist")

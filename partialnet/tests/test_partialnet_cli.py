@@ -74,7 +74,7 @@ def test_train_resume_and_eval_on_an_imagenet_folder(image_folder, tmp_path, cap
     assert code == 2
     code, _ = _exit_code(args, capsys)  # same config: resumes, nothing left to do
     assert code == 0
-    state = torch.load(out / "last.pt", weights_only=False)
+    state = torch.load(out / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and state["ema"] is not None
     results = {}
     for flags in ([], ["--deploy"], ["--ema"]):
