@@ -6,6 +6,7 @@ import pytest
 import torch
 from effrepro.errors import UsageError
 from effrepro.specdec import (
+    DraftHead,
     DraftLevel,
     EagleProposer,
     TreeConfig,
@@ -123,8 +124,11 @@ TABLE = torch.tensor([
 ]).clamp(min=1e-9).log()
 
 
-class TableHead(nn.Module):
+class TableHead(DraftHead):
     """``decode`` returns log TABLE[token] as the draft feature; with lm_head = I the logits are that row."""
+
+    hidden_size = V
+    vocab_size = V
 
     def __init__(self) -> None:
         super().__init__()
