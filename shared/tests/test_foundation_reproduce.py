@@ -183,6 +183,7 @@ def test_skeleton_writes_claims_report_env_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     TOY.main(["--out", str(out), "--threads", "1"])
     assert "reusing" in capsys.readouterr().out
+    assert "arms" in json.loads((out / "env.json").read_text())["reused_cache_seconds"]
     # an override changes the cache key: recomputed, and the claim can come out false
     TOY.main(["--out", str(out), "--threads", "1", "--set", "effect=-1.0"])
     assert read_claims(out / "claims.json")["claims"][0]["verdict"] == "fails"

@@ -113,6 +113,7 @@ class Context:
         self.runs.mkdir(parents=True, exist_ok=True)
         self.log = MetricsLogger(out / "metrics.jsonl")
         self.timings: dict[str, float] = {}
+        self.reused: dict[str, float] = {}  # cache name -> compute seconds recorded when it was made
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -128,8 +129,10 @@ class Context:
 
     def cached(self, name: str, compute: Callable[[], Any], key: Any = None) -> Any:
         """``compute()``'s JSON-able result, stored atomically as ``runs/<name>.json`` with ``key`` (the settings
-        that produced it). A later run with the same key reuses it (resume); a different key, an unreadable file
-        or ``--no-resume`` recomputes."""
+        that produced it) and the seconds it took. A later run with the same key reuses it (resume; env.json then
+        lists the reused entries' original compute seconds under ``reused_cache_seconds``, so a resumed run's wall
+        time is not mistaken for the experiment's cost); a different key, an unreadable file or ``--no-resume``
+        recomputes."""
         path = self.runs / f"{name}.json"
         key = json.loads(json.dumps(key, default=str))
         if self.resume and path.is_file():
@@ -137,11 +140,14 @@ class Context:
                 stored = json.loads(path.read_text())
                 if stored.get("key") == key and "value" in stored:
                     print(f"[{self.paper}] {name}: reusing {path}", flush=True)
+                    self.reused[name] = float(stored.get("seconds", 0.0))
                     return stored["value"]
             except (OSError, ValueError):
                 print(f"[{self.paper}] {name}: {path} is unreadable; recomputing", flush=True)
+        start = time.perf_counter()
         value = compute()
-        atomic_write_text(path, json.dumps({"key": key, "value": value}, default=_json_plain))
+        seconds = round(time.perf_counter() - start, 1)
+        atomic_write_text(path, json.dumps({"key": key, "value": value, "seconds": seconds}, default=_json_plain))
         return json.loads(json.dumps(value, default=_json_plain))
 
 
@@ -297,6 +303,7 @@ class Reproduction:
         env = {"paper": self.paper, "plan": plan.name, "stages": list(plan.stages), **environment(),
                "torch_threads": threads, "wall_seconds": round(time.time() - started, 1),
                "stage_seconds": {k: round(v, 1) for k, v in ctx.timings.items()},
+               "reused_cache_seconds": {k: round(v, 1) for k, v in ctx.reused.items()},
                "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
                "plan_fields": json.loads(json.dumps(dataclasses.asdict(plan), default=str))}
