@@ -116,40 +116,47 @@ def compare(run: dict[str, Any], reference: dict[str, Any], tolerance: float = D
     """
     lines = ["| id | reference | yours | verdict ref -> yours | status |", "|---|---|---|---|---|"]
     problems: list[str] = []
-    ref_claims = {c["id"]: c for c in reference["claims"]}
-    run_claims = {c["id"]: c for c in run["claims"]}
-    for cid in list(ref_claims) + [c for c in run_claims if c not in ref_claims]:
-        ref, mine = ref_claims.get(cid), run_claims.get(cid)
-        if ref is None or mine is None:
-            reason = "missing from your run" if mine is None else "not in the reference"
-            problems.append(f"claim {cid}: {reason}")
-            lines.append(f"| {cid} | {fmt(ref and ref['measured'])} | {fmt(mine and mine['measured'])} | | {reason} |")
-            continue
-        status = []
-        lo, hi = _widened(ref["ci"], tolerance)
-        if not (lo <= mine["measured"] <= hi):
-            status.append(f"measured {fmt(mine['measured'])} outside [{fmt(lo)}, {fmt(hi)}]")
-        if ref["headline"] and ref["verdict"] != mine["verdict"]:
-            status.append(f"headline verdict {ref['verdict']} -> {mine['verdict']}")
-        problems += [f"claim {cid}: {s}" for s in status]
-        lines.append(f"| {cid} | {fmt(ref['measured'])} {fmt_ci(ref['ci'])} | {fmt(mine['measured'])} "
-                     f"{fmt_ci(mine['ci'])} | {ref['verdict']} -> {mine['verdict']} | {'; '.join(status) or 'ok'} |")
-    ref_facts = {f["id"]: f for f in reference["facts"]}
-    run_facts = {f["id"]: f for f in run["facts"]}
-    for fid in list(ref_facts) + [f for f in run_facts if f not in ref_facts]:
-        ref, mine = ref_facts.get(fid), run_facts.get(fid)
-        if ref is None or mine is None:
-            reason = "missing from your run" if mine is None else "not in the reference"
-            problems.append(f"fact {fid}: {reason}")
-            lines.append(f"| {fid} (fact) | {fmt(ref and ref['value'])} | {fmt(mine and mine['value'])} | | {reason} |")
-            continue
-        status = ""
-        if ref["exact"] and not _same_fact(ref["value"], mine["value"]):
-            status = f"exact fact changed: {fmt(ref['value'])} -> {fmt(mine['value'])}"
-            problems.append(f"fact {fid}: {status}")
-        lines.append(f"| {fid} (fact) | {fmt(ref['value'])} | {fmt(mine['value'])} | | {status or 'ok'} |")
+    for kind, key in (("claim", "measured"), ("fact", "value")):
+        for eid, ref, mine in _paired_entries(reference[f"{kind}s"], run[f"{kind}s"]):
+            label = eid if kind == "claim" else f"{eid} (fact)"
+            if ref is None or mine is None:
+                reason = "missing from your run" if mine is None else "not in the reference"
+                problems.append(f"{kind} {eid}: {reason}")
+                lines.append(f"| {label} | {fmt(ref and ref[key])} | {fmt(mine and mine[key])} | | {reason} |")
+                continue
+            status = _claim_status(ref, mine, tolerance) if kind == "claim" else _fact_status(ref, mine)
+            problems += [f"{kind} {eid}: {item}" for item in status]
+            if kind == "claim":
+                ref_cell, mine_cell = (f"{fmt(e[key])} {fmt_ci(e['ci'])}" for e in (ref, mine))
+                verdicts = f"{ref['verdict']} -> {mine['verdict']}"
+            else:
+                ref_cell, mine_cell, verdicts = fmt(ref[key]), fmt(mine[key]), ""
+            lines.append(f"| {label} | {ref_cell} | {mine_cell} | {verdicts} | {'; '.join(status) or 'ok'} |")
     return lines, problems
 
+
+def _paired_entries(reference: list[dict[str, Any]], run: list[dict[str, Any]]
+                    ) -> list[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]:
+    """(id, reference entry, run entry) in reference order, then the run's new ids; None where one side lacks it."""
+    ref, mine = {e["id"]: e for e in reference}, {e["id"]: e for e in run}
+    ids = list(ref) + [i for i in mine if i not in ref]
+    return [(i, ref.get(i), mine.get(i)) for i in ids]
+
+
+def _claim_status(ref: dict[str, Any], mine: dict[str, Any], tolerance: float) -> list[str]:
+    status = []
+    lo, hi = _widened(ref["ci"], tolerance)
+    if not (lo <= mine["measured"] <= hi):
+        status.append(f"measured {fmt(mine['measured'])} outside [{fmt(lo)}, {fmt(hi)}]")
+    if ref["headline"] and ref["verdict"] != mine["verdict"]:
+        status.append(f"headline verdict {ref['verdict']} -> {mine['verdict']}")
+    return status
+
+
+def _fact_status(ref: dict[str, Any], mine: dict[str, Any]) -> list[str]:
+    if ref["exact"] and not _same_fact(ref["value"], mine["value"]):
+        return [f"exact fact changed: {fmt(ref['value'])} -> {fmt(mine['value'])}"]
+    return []
 
 def promote(paper: str, run_dir: Path, root: Path = Path(".")) -> Path:
     """Copy a finished run (claims.json, report.md, env.json, plots) into the reference folder, replacing it."""
