@@ -255,9 +255,6 @@ def run(plan: KernelDNAPlan, ctx: Context) -> Results:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser._option_string_actions["--stages"].help = (  # this paper's defaults differ from "all"
-        "comma list of main, det; default: main at smoke scale (det is opt-in), both with --tiny, and at full "
-        "scale main (+ det with --coco)")
     parser.add_argument("--data", help="ImageNet root for --scale full (or KERNELDNA_DATA)")
     parser.add_argument("--arch", default=None, help="architecture for --scale full (default resnet18)")
     parser.add_argument("--variants", help="variants for --scale full (default baseline,kerneldna)")

@@ -234,9 +234,6 @@ def run(plan: PartialNetPlan, ctx: Context) -> Results:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser._option_string_actions["--stages"].help = (  # this paper's defaults differ from "all"
-        "comma list of main, det; default: main at smoke scale (det is opt-in), both with --tiny, and at full "
-        "scale main (+ det with --coco)")
     parser.add_argument("--data", help="ImageNet root for --scale full (train/ and val/ inside)")
     parser.add_argument("--variant", default=None, help="variant trained by --scale full (default t2)")
     parser.add_argument("--coco", help="COCO 2017 root for the det stage at --scale full")

@@ -235,7 +235,9 @@ class Reproduction:
         parser.add_argument("--tiny", action="store_true", help="smoke's code path with a tiny budget (tests)")
         parser.add_argument("--out", default=None, help=f"output folder (default results/{self.paper}/<scale>)")
         parser.add_argument("--threads", type=int, default=None, help="torch threads (default: 2 if quiet, else 1)")
-        parser.add_argument("--stages", default=None, help=f"comma list of {', '.join(self.stages)} (default all)")
+        defaults = "; ".join(f"{name}: {','.join(plan.stages)}" for name, plan in self.plans.items())
+        parser.add_argument("--stages", default=None,
+                            help=f"comma list of {', '.join(self.stages)} (default: the plan's own, {defaults})")
         parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                             help="override a field of the plan (repeatable)")
         parser.add_argument("--no-resume", action="store_true", help="recompute every cached stage")
