@@ -37,7 +37,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     """A model state dict from a plain state-dict file (e.g. torchvision's .pth) or a checkpoint with ``model``."""
-    obj = load_checkpoint(path)
+    obj = load_checkpoint(path, expect=("train-state", "state-dict"))
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UsageError(f"{path} holds no {what} state dict")
@@ -100,8 +100,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _read_traces(path: Path) -> dict[str, float]:
     if not path.is_file():
         raise UsageError(f"Hessian traces not found at {path}; run `double_rounding hessian` first or pass --traces")
-    data = json.loads(path.read_text())
-    return {k: float(v) for k, v in data.get("traces", data).items()}
+    try:
+        data = json.loads(path.read_text())
+        traces = data.get("traces", data) if isinstance(data, dict) else None
+        if not isinstance(traces, dict):
+            raise ValueError("not an object of layer -> trace")
+        return {str(k): float(v) for k, v in traces.items()}
+    except (OSError, ValueError, TypeError) as exc:
+        raise UsageError(f"{path} is not a Hessian traces file ({exc}); write one with `double_rounding hessian`"
+                         ) from None
 
 
 def cmd_hessian(args: argparse.Namespace) -> int:

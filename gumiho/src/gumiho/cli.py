@@ -85,7 +85,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     methods = {"gumiho": gumiho_factory(load_draft(args.head, model), config.tree)}
     if args.eagle_head:
         embed = model.get_input_embeddings().weight.detach()
-        eagle = head_from_checkpoint(load_checkpoint(args.eagle_head), embed).to(embed.device)
+        eagle = head_from_checkpoint(load_checkpoint(args.eagle_head), embed, source=args.eagle_head).to(embed.device)
         methods["eagle2"] = eagle_factory(eagle.eval(), eagle_tree_for(config.tree))
     target = TargetAdapter(model, max_length=config.eval.max_length)
     result = run_eval(target, tokenizer, methods, config.eval, args.out)
