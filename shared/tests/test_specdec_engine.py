@@ -19,18 +19,14 @@ from effrepro.specdec import (
     speculative_generate,
     tree_from_parents,
 )
+from effrepro.testing import tiny_llama as _tiny_llama
 from transformers import LlamaConfig, LlamaForCausalLM
 
 VOCAB = 97
 
 
 def tiny_llama(vocab: int = VOCAB, hidden: int = 64, seed: int = 0, layers: int = 2) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
-                         max_position_embeddings=512, rms_norm_eps=1e-6)
-    config._attn_implementation = "sdpa"
-    return LlamaForCausalLM(config).double().eval()
+    return _tiny_llama(vocab, hidden, seed, layers)
 
 
 @pytest.fixture(scope="module")

@@ -21,18 +21,14 @@ from effrepro.specdec import (
 from effrepro.specdec.tree import tree_from_parents
 from effrepro.specdec.verify import greedy_verify_features
 from effrepro.specdec.vocab import check_d2t, frequent_tokens, scatter_full, target_to_draft, vocab_digest
-from transformers import LlamaConfig, LlamaForCausalLM
+from effrepro.testing import tiny_llama as _tiny_llama
+from transformers import LlamaForCausalLM
 
 VOCAB = 97
 
 
 def tiny_llama(vocab: int = VOCAB, hidden: int = 64, seed: int = 0, layers: int = 2) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
-                         max_position_embeddings=512, rms_norm_eps=1e-6)
-    config._attn_implementation = "sdpa"
-    return LlamaForCausalLM(config).double().eval()
+    return _tiny_llama(vocab, hidden, seed, layers)
 
 
 def random_tree(seed: int, size: int = 12, vocab: int = VOCAB):

@@ -64,3 +64,15 @@ def assert_refused(code: int, err: str, marker: str | os.PathLike, match: str = 
     assert len(errors) == 1 and match in errors[0], err[-2000:]
     assert "Traceback" not in err, err[-2000:]
     assert not Path(marker).exists(), "the checkpoint's payload ran"
+
+
+def tiny_llama(vocab: int = 97, hidden: int = 64, seed: int = 0, layers: int = 2) -> Any:
+    """A seeded 2-layer float64 Llama (4 heads, 2 KV heads) for equivalence tests of the speculative engine."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
+                         max_position_embeddings=512, rms_norm_eps=1e-6)
+    config._attn_implementation = "sdpa"
+    return LlamaForCausalLM(config).double().eval()
