@@ -7,9 +7,7 @@ import pytest
 import torch
 from effrepro.errors import UsageError
 from effrepro.specdec import (
-    DraftLevel,
     GenerationConfig,
-    LevelProposer,
     SamplingConfig,
     TargetAdapter,
     TreeConfig,
@@ -19,6 +17,7 @@ from effrepro.specdec import (
     speculative_generate,
     tree_from_parents,
 )
+from effrepro.specdec.oracle import OracleProposer
 from effrepro.testing import tiny_llama as _tiny_llama
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -87,33 +86,6 @@ def test_greedy_verify_known_values():
     logits[1, 3] = 1
     verdict = greedy_verify(tree, logits)
     assert verdict.nodes.tolist() == [0, 2, 4] and verdict.bonus_token == 7 and verdict.accepted == 2
-
-
-class OracleProposer(LevelProposer):
-    """Proposes the target's true greedy continuation as the best child at every level, plus a distractor."""
-
-    def __init__(self, future: list[int], prompt_len: int, depth: int, vocab: int) -> None:
-        self.future, self.prompt_len, self.depth, self.vocab = future, prompt_len, depth, vocab
-        self.total_tokens = 2 * depth + 1
-        self.reset()
-
-    def reset(self) -> None:
-        self.seen = 0
-
-    @property
-    def context_length(self) -> int:
-        return self.seen
-
-    def propose_levels(self, new_features, next_ids):
-        self.seen += next_ids.numel()
-        emitted = self.seen - self.prompt_len + 1  # tokens generated so far, the root included
-        levels = []
-        for d in range(self.depth):
-            true = self.future[min(emitted + d, len(self.future) - 1)]
-            tokens = torch.tensor([true, (true + 1) % self.vocab])
-            parents = torch.tensor([-1, -1]) if d == 0 else torch.tensor([0, 0])
-            levels.append(DraftLevel(tokens, torch.tensor([-0.1, -5.0]) * (d + 1), parents))
-        return levels
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -14,8 +14,7 @@ from effrepro.specdec import (
     build_eagle_head,
     speculative_generate,
 )
-from effrepro.specdec.protocol import LevelProposer
-from effrepro.specdec.tree import DraftLevel
+from effrepro.specdec.oracle import OracleProposer
 from effrepro.specdec.tuning import (
     TreeCosts,
     TreeGrid,
@@ -34,33 +33,6 @@ VOCAB = 97
 
 def tiny_llama(vocab: int = VOCAB, hidden: int = 64, seed: int = 0, layers: int = 2) -> LlamaForCausalLM:
     return _tiny_llama(vocab, hidden, seed, layers)
-
-
-class OracleProposer(LevelProposer):
-    """Proposes the target's true greedy continuation as the best child at every level, plus a distractor."""
-
-    def __init__(self, future: list[int], prompt_len: int, depth: int, vocab: int) -> None:
-        self.future, self.prompt_len, self.depth, self.vocab = future, prompt_len, depth, vocab
-        self.total_tokens = 2 * depth + 1
-        self.reset()
-
-    def reset(self) -> None:
-        self.seen = 0
-
-    @property
-    def context_length(self) -> int:
-        return self.seen
-
-    def propose_levels(self, new_features, next_ids):
-        self.seen += next_ids.numel()
-        emitted = self.seen - self.prompt_len + 1  # tokens generated so far, the root included
-        levels = []
-        for d in range(self.depth):
-            true = self.future[min(emitted + d, len(self.future) - 1)]
-            tokens = torch.tensor([true, (true + 1) % self.vocab])
-            parents = torch.tensor([-1, -1]) if d == 0 else torch.tensor([0, 0])
-            levels.append(DraftLevel(tokens, torch.tensor([-0.1, -5.0]) * (d + 1), parents))
-        return levels
 
 
 @pytest.fixture(scope="module")
