@@ -2,25 +2,15 @@
 
 import pytest
 import torch
-from effrepro.specdec import DraftBatch, DraftLevel, TargetAdapter, TreeConfig
+from effrepro.specdec import DraftBatch, DraftLevel, TreeConfig
 from effrepro.specdec.generate import GenerationConfig, autoregressive_generate, speculative_generate
 from gumiho.loss import LossWeights, gumiho_loss
 from gumiho.model import GumihoConfig, GumihoDraft
 from gumiho.proposer import GumihoProposer
-from transformers import LlamaConfig, LlamaForCausalLM
 
-VOCAB = 97
+VOCAB = 97  # the conftest target's vocabulary
 TREE = TreeConfig(top_k=4, depth=7, total_tokens=16)
 OPTIONS = {"mlptopk": 3, "pruning": 4}
-
-
-@pytest.fixture(scope="module")
-def target():
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=512)
-    config._attn_implementation = "sdpa"
-    return TargetAdapter(LlamaForCausalLM(config).eval(), max_length=256)
 
 
 def prompts(n=3, length=10, seed=1):

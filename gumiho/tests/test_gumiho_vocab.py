@@ -1,25 +1,14 @@
 """A Gumiho head with the engine's reduced draft vocabulary: drafts only its tokens (serial and MLP levels), output
 lossless, the map restored by ``head_from_checkpoint``."""
 
-import pytest
 import torch
-from effrepro.specdec import TargetAdapter, TreeConfig
+from effrepro.specdec import TreeConfig
 from effrepro.specdec.generate import GenerationConfig, autoregressive_generate, speculative_generate
 from gumiho.model import GumihoConfig, GumihoDraft, head_from_checkpoint
-from transformers import LlamaConfig, LlamaForCausalLM
 
-VOCAB = 97
+VOCAB = 97  # the conftest target's vocabulary
 TREE = TreeConfig(top_k=4, depth=7, total_tokens=16)
 OPTIONS = {"mlptopk": 3, "pruning": 4}
-
-
-@pytest.fixture(scope="module")
-def target():
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=512)
-    config._attn_implementation = "sdpa"
-    return TargetAdapter(LlamaForCausalLM(config).eval(), max_length=256)
 
 
 def make_draft(target, steps=2, seed=0):

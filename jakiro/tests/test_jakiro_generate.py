@@ -5,32 +5,12 @@ import torch
 from effrepro.specdec import (
     GenerationConfig,
     SamplingConfig,
-    TargetAdapter,
     TreeConfig,
     autoregressive_generate,
     speculative_generate,
 )
-from jakiro.models.head import JakiroConfig, JakiroDraft
-from transformers import LlamaConfig, LlamaForCausalLM
 
-VOCAB = 16  # a small vocabulary so random drafts get accepted now and then (exercises the accept paths)
-
-
-@pytest.fixture(scope="module")
-def target():
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=512)
-    config._attn_implementation = "sdpa"
-    model = LlamaForCausalLM(config).eval()
-    return model, TargetAdapter(model, max_length=400)
-
-
-def draft_for(model, variant: str, seed: int = 1) -> JakiroDraft:
-    torch.manual_seed(seed)
-    draft = JakiroDraft(JakiroConfig.from_target(model.config, variant=variant)).eval()
-    draft.freeze_embedding(model.get_input_embeddings().weight)
-    return draft
+VOCAB = 16  # the conftest target's vocabulary
 
 
 PROPOSERS = {
@@ -42,7 +22,7 @@ PROPOSERS = {
 
 
 @pytest.mark.parametrize("name", list(PROPOSERS))
-def test_greedy_output_equals_plain_decoding(target, name):
+def test_greedy_output_equals_plain_decoding(target, name, draft_for):
     model, adapter = target
     variant, options = PROPOSERS[name]
     draft = draft_for(model, variant)
@@ -62,7 +42,7 @@ def test_greedy_output_equals_plain_decoding(target, name):
     assert accepted > 0  # some drafts were accepted, so the accept/commit path ran
 
 
-def test_star_sampling_runs_through_the_engine_with_its_own_verifier(target):
+def test_star_sampling_runs_through_the_engine_with_its_own_verifier(target, draft_for):
     model, adapter = target
     draft = draft_for(model, "star")
     lm_head = model.get_output_embeddings().weight.detach()

@@ -6,38 +6,20 @@ import torch
 from effrepro.specdec import (
     GenerationConfig,
     SamplingConfig,
-    TargetAdapter,
     TreeConfig,
     autoregressive_generate,
     speculative_generate,
 )
-from jakiro.models.head import JakiroConfig, JakiroDraft, load_official_state_dict
-from transformers import LlamaConfig, LlamaForCausalLM
+from jakiro.models.head import load_official_state_dict
 
-VOCAB = 16
+VOCAB = 16  # the conftest target's vocabulary
 
-
-@pytest.fixture(scope="module")
-def target():
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=512)
-    config._attn_implementation = "sdpa"
-    model = LlamaForCausalLM(config).eval()
-    return model, TargetAdapter(model, max_length=400)
-
-
-def draft_for(model, variant: str, seed: int = 1) -> JakiroDraft:
-    torch.manual_seed(seed)
-    draft = JakiroDraft(JakiroConfig.from_target(model.config, variant=variant)).eval()
-    draft.freeze_embedding(model.get_input_embeddings().weight)
-    return draft
 
 D2T = torch.tensor([3, 0, 7, 12, 5, 9, 1, 14])
 
 
 @pytest.mark.parametrize(("variant", "options"), [("jakiro", {}), ("star", {"sampling": SamplingConfig(0.0)})])
-def test_reduced_vocabulary_drafts_are_lossless_and_in_vocabulary(target, variant, options):
+def test_reduced_vocabulary_drafts_are_lossless_and_in_vocabulary(target, variant, options, draft_for):
     model, adapter = target
     draft = draft_for(model, variant)
     draft.set_draft_vocab(D2T)

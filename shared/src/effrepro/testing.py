@@ -66,8 +66,10 @@ def assert_refused(code: int, err: str, marker: str | os.PathLike, match: str = 
     assert not Path(marker).exists(), "the checkpoint's payload ran"
 
 
-def tiny_llama(vocab: int = 97, hidden: int = 64, seed: int = 0, layers: int = 2) -> Any:
-    """A seeded 2-layer float64 Llama (4 heads, 2 KV heads) for equivalence tests of the speculative engine."""
+def tiny_llama(vocab: int = 97, hidden: int = 64, seed: int = 0, layers: int = 2,
+               dtype: torch.dtype = torch.float64) -> Any:
+    """A seeded 2-layer Llama (4 heads, 2 KV heads; float64 by default) for equivalence tests of the speculative
+    engine and its heads."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -75,4 +77,4 @@ def tiny_llama(vocab: int = 97, hidden: int = 64, seed: int = 0, layers: int = 2
                          num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
                          max_position_embeddings=512, rms_norm_eps=1e-6)
     config._attn_implementation = "sdpa"
-    return LlamaForCausalLM(config).double().eval()
+    return LlamaForCausalLM(config).to(dtype).eval()
