@@ -21,7 +21,7 @@ import torch
 from effrepro import stats
 from effrepro.errors import UsageError
 from effrepro.mm.miniature import STAGES, det_fact_specs, det_facts, det_notes
-from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results
+from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results, run_stages
 
 from kerneldna import reproduce_parts as parts
 from kerneldna.train import TrainConfig, train
@@ -245,13 +245,11 @@ def det_stage(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
                                        time.perf_counter() - started)
 
 
-def run(plan: KernelDNAPlan, ctx: Context) -> Results:
-    res = Results()
-    if "main" in plan.stages:
-        (main_full if plan.name == "full" else main_smoke)(plan, ctx, res)
-    if "det" in plan.stages:
-        det_stage(plan, ctx, res)
-    return res
+def main_stage(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
+    (main_full if plan.name == "full" else main_smoke)(plan, ctx, res)
+
+
+run = run_stages({"main": main_stage, "det": det_stage})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from effrepro import stats
 from effrepro.errors import UsageError
 from effrepro.mm.miniature import STAGES, det_fact_specs, det_facts, det_notes
-from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results
+from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results, run_stages
 
 from partialnet import reproduce_parts as parts
 from partialnet.bench import complexity_table, parse_variants
@@ -224,13 +224,7 @@ def det_full(plan: PartialNetPlan, ctx: Context, res: Results, mm: Any) -> None:
         res.facts[f"det_coco_{kind}_ap_delta"] = (ours[f"coco/{key}_mAP"] - base[f"coco/{key}_mAP"], metrics)
 
 
-def run(plan: PartialNetPlan, ctx: Context) -> Results:
-    res = Results()
-    if "main" in plan.stages:
-        main_stage(plan, ctx, res)
-    if "det" in plan.stages:
-        det_stage(plan, ctx, res)
-    return res
+run = run_stages({"main": main_stage, "det": det_stage})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,9 @@ from effrepro.reproduce.skeleton import (
     Results,
     apply_overrides,
     default_threads,
+    run_stages,
 )
 
 __all__ = ["SCALES", "ClaimSpec", "Context", "FactSpec", "Plan", "Reproduction", "Results", "apply_overrides",
-           "default_threads"]
+           "default_threads",
+           "run_stages"]

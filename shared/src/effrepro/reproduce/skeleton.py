@@ -161,6 +161,23 @@ def _json_plain(value: Any) -> Any:
     return str(value)
 
 
+StageStep = Callable[[Plan, Context, Results], None]
+
+
+def run_stages(steps: Mapping[str, StageStep]) -> Callable[[Plan, Context], Results]:
+    """``run`` for a paper made of named stages (e.g. ``main`` and ``det``): each stage the plan selects, in the
+    order of ``steps``, adds its estimates and facts to one :class:`Results`."""
+
+    def run(plan: Plan, ctx: Context) -> Results:
+        results = Results()
+        for name, step in steps.items():
+            if name in plan.stages:
+                step(plan, ctx, results)
+        return results
+
+    return run
+
+
 def default_threads() -> int:
     """2 threads on a quiet machine with 2+ cores, else 1 (``EFFREPRO_THREADS`` overrides)."""
     if os.environ.get("EFFREPRO_THREADS"):
