@@ -52,8 +52,8 @@ def _call(paper: str, args: list[str]) -> int:
     return code
 
 
-def _run_each(papers: list[str], make_args: callable) -> int:
-    failed = [paper for paper in papers if _call(paper, make_args(paper)) != 0]
+def _run_each(papers: list[str], args: list[str]) -> int:
+    failed = [paper for paper in papers if _call(paper, args) != 0]
     if failed:
         print(f"error: failed: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -116,10 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     papers = papers_from(args.paper)
     if args.command == "bench":
-        return _run_each(papers, lambda p: ["bench", *rest])
-    if args.command == "prepare":
-        return _run_each(papers, lambda p: ["reproduce", "--scale", args.scale, "--prepare", *rest])
-    return _run_each(papers, lambda p: ["reproduce", "--scale", args.scale, *rest])
+        return _run_each(papers, ["bench", *rest])
+    prepare = ["--prepare"] if args.command == "prepare" else []
+    return _run_each(papers, ["reproduce", "--scale", args.scale, *prepare, *rest])
 
 
 if __name__ == "__main__":
