@@ -117,6 +117,13 @@ def _clean(values: Sequence[float]) -> np.ndarray:
     return array
 
 
+def _pair(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _clean(a), _clean(b)
+    if x.shape != y.shape:
+        raise ValueError(f"paired arms need the same units (seeds, items or turns): {x.size} vs {y.size}")
+    return x, y
+
+
 def t_quantile(n: int, level: float = LEVEL) -> float:
     return float(_scipy_stats.t.ppf(0.5 + level / 2, df=n - 1)) if n > 1 else math.nan
 
@@ -135,9 +142,7 @@ def mean_ci(values: Sequence[float], level: float = LEVEL, **details: Any) -> Es
 
 def paired_diff(a: Sequence[float], b: Sequence[float], level: float = LEVEL, **details: Any) -> Estimate:
     """Mean of the per-unit differences ``a_i - b_i`` (same seed / item / turn) with a t-interval."""
-    x, y = _clean(a), _clean(b)
-    if x.shape != y.shape:
-        raise ValueError(f"paired arms need the same units: {x.size} vs {y.size}")
+    x, y = _pair(a, b)
     est = mean_ci(x - y, level)
     return Estimate(est.value, est.n, est.ci, "t (paired differences)",
                     {**est.details, "a_mean": float(x.mean()), "b_mean": float(y.mean()), **details})
@@ -164,9 +169,7 @@ def bootstrap(units: Sequence[Any] | np.ndarray, statistic: Callable[[np.ndarray
 
 def paired_ratio(a: Sequence[float], b: Sequence[float], level: float = LEVEL, **details: Any) -> Estimate:
     """Ratio of means ``mean(a) / mean(b)`` over paired units, with a paired percentile bootstrap."""
-    x, y = _clean(a), _clean(b)
-    if x.shape != y.shape:
-        raise ValueError(f"paired arms need the same units: {x.size} vs {y.size}")
+    x, y = _pair(a, b)
     est = bootstrap(np.stack([x, y], axis=1), lambda d: d[:, 0].mean() / d[:, 1].mean(), level)
     return Estimate(est.value, est.n, est.ci, est.method + ", paired ratio of means",
                     {"a_mean": float(x.mean()), "b_mean": float(y.mean()), **details})
@@ -174,9 +177,7 @@ def paired_ratio(a: Sequence[float], b: Sequence[float], level: float = LEVEL, *
 
 def proportion_diff(a: Sequence[float], b: Sequence[float], level: float = LEVEL, **details: Any) -> Estimate:
     """Paired difference of two per-item scores (e.g. 0/1 correctness), bootstrap over items."""
-    x, y = _clean(a), _clean(b)
-    if x.shape != y.shape:
-        raise ValueError(f"paired arms need the same items: {x.size} vs {y.size}")
+    x, y = _pair(a, b)
     est = bootstrap(np.stack([x, y], axis=1), lambda d: d[:, 0].mean() - d[:, 1].mean(), level)
     return Estimate(est.value, est.n, est.ci, est.method + ", paired over items",
                     {"a_mean": float(x.mean()), "b_mean": float(y.mean()), **details})
