@@ -12,7 +12,7 @@ import torchvision
 from effrepro.bench import count_params
 from effrepro.errors import UsageError
 from kerneldna.convert import auto_share_groups, check_sharing, convert, sharing_groups
-from kerneldna.layers import ChildConv2d, fold_model
+from kerneldna.kerneldna import ChildConv2d, fold_model
 from torch import nn
 
 

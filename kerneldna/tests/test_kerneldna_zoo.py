@@ -22,7 +22,7 @@ def test_official_parameter_and_mac_parity(arch, variant):
 
 
 def test_official_counts_are_the_spec_integers():
-    # spec §2 / §6.4: written out here so a change to OFFICIAL_COUNTS cannot silently move the target
+    # the official code's counts, written out here so a change to OFFICIAL_COUNTS cannot silently move the target
     assert [OFFICIAL_COUNTS[(a, "kerneldna")][0] for a in ("resnet18", "resnet50", "mobilenetv2_100",
                                                             "mobilenetv2_050")] == [9240798, 22778060, 3136840,
                                                                                     1878232]

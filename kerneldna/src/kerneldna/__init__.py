@@ -5,7 +5,7 @@
 
 from kerneldna.convert import auto_share_groups, check_sharing, convert, sharing_groups
 from kerneldna.dynamic import CondConv, ODConv2d, dynamic_variant, replace_convs
-from kerneldna.layers import ChildConv2d, SEGate, fold_model, modulate_kernel, unfold_model
+from kerneldna.kerneldna import ChildConv2d, SEGate, fold_model, modulate_kernel, unfold_model
 from kerneldna.models import OFFICIAL_COUNTS, build_model
 
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ from effrepro.bench import count_flops, count_params, cuda_sync, paired_benchmar
 from effrepro.errors import UsageError
 from torch import nn
 
-from kerneldna.layers import fold_model
+from kerneldna.kerneldna import fold_model
 from kerneldna.models import build_model
 
 DEFAULT_VARIANTS = ("baseline", "samedepth", "kerneldna", "condconv", "odconv")

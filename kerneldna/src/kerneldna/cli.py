@@ -39,7 +39,7 @@ def _eval(args: argparse.Namespace) -> int:
     from effrepro.train import dist_setup
 
     from kerneldna.eval import evaluate, load_trained
-    from kerneldna.layers import fold_model
+    from kerneldna.kerneldna import fold_model
     from kerneldna.train import TrainConfig, make_loaders
 
     model, config = load_trained(args.checkpoint, use_ema=args.ema)

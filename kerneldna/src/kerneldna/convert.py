@@ -1,7 +1,7 @@
 """``convert(model)``: turn chosen convolutions of any torchvision/timm CNN into KernelDNA parent/child groups.
 
 A group is one parent conv (keeps its kernel) and child convs (drop theirs, borrow the parent's through a
-:class:`~kerneldna.layers.ChildConv2d`). Children must have the parent's exact kernel shape and groups; they
+:class:`~kerneldna.kerneldna.ChildConv2d`). Children must have the parent's exact kernel shape and groups; they
 keep their own stride, padding and bias. Without explicit groups, :func:`auto_share_groups` applies the
 official rule stage by stage: among the stride-1 convs of one stage, those of identical shape form a group
 whose parent is the *last* one (the official code always shares the kernel of the stage's last block).
@@ -17,7 +17,7 @@ from effrepro.errors import UsageError
 from torch import nn
 
 from kerneldna.dynamic import set_submodule
-from kerneldna.layers import ChildConv2d, FoldableChildren
+from kerneldna.kerneldna import ChildConv2d, FoldableChildren
 
 
 def _conv(model: nn.Module, name: str, role: str) -> nn.Conv2d:

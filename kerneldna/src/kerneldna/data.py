@@ -1,7 +1,7 @@
 """Datasets for KernelDNA runs: ImageNet / CIFAR-100 (local paths) and the real-digit miniature tasks.
 
 * ``mnist100``: two real MNIST digits side by side (28x56, 100 classes) from ``effrepro.data``.
-* ``clutter``: *digits-in-clutter* (spec §6.1, built from real MNIST digits instead of the 8x8 ones): a 3x32x32
+* ``clutter``: *digits-in-clutter* (the paper's synthetic gating task, built from real MNIST digits): a 3x32x32
   image whose channels each hold one digit at a random position; one random channel holds the target digit,
   the other two distractor digits of other classes. The informative channel is marked only by a global cue, a
   +0.3 offset over the whole channel. Finding it needs a per-sample, per-channel decision, which an

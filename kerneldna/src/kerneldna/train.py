@@ -1,4 +1,4 @@
-"""Training with the official recipes (spec §4) on one process or under ``torchrun`` (DDP via ``effrepro.train``).
+"""Training with the official recipes on one process or under ``torchrun`` (DDP via ``effrepro.train``).
 
 Recipe: SGD (momentum 0.9, no Nesterov), weight decay on *all* parameters (BN, biases and the static
 attentions included, as official; ``wd_static_attn=false`` is the flagged deviation), linear warm-up

@@ -24,7 +24,7 @@ ARCHS = ("resnet18", "resnet50", "mobilenetv2_100", "mobilenetv2_050", "mini")
 VARIANTS = MINI_VARIANTS
 
 # Exact unique-parameter and MAC counts at 224x224, batch 1, 1000 classes, as the official code builds the
-# models (spec §2, measured with torch.utils.flop_counter / 2). Our builds must equal them (tested).
+# models (measured on the official code with torch.utils.flop_counter / 2). Our builds must equal them (tested).
 OFFICIAL_COUNTS: dict[tuple[str, str], tuple[int, int]] = {
     ("resnet18", "baseline"): (11_689_512, 1_814_073_344),
     ("resnet18", "kerneldna"): (9_240_798, 2_276_986_880),

@@ -1,4 +1,4 @@
-"""CIFAR-style ResNet minis for the CPU miniature (spec §6.2), built from the same modules as the zoo.
+"""CIFAR-style ResNet minis for the CPU miniature, built from the same modules as the zoo.
 
 Stem 3x3 conv → 3 stages of widths ``widths`` (strides 1, 2, 2) → GAP → linear. Stage 1 is always two
 torchvision ``BasicBlock``s; stages 2-3 depend on the variant:

@@ -1,4 +1,4 @@
-"""KernelDNA MobileNetV2 (1.0x, 0.5x) exactly as the official code builds it (spec §1.3), plus baselines.
+"""KernelDNA MobileNetV2 (1.0x, 0.5x) exactly as the official code builds it, plus baselines.
 
 Four torchvision stages (features 4-6, 7-10, 11-13, 14-16) become a ``ShareCluster``: a transition inverted
 residual, ``n_kids`` children and the parent ``last_block``; the children borrow the parent's two pointwise
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.mobilenetv2 import MobileNetV2
 
-from kerneldna.layers import FILTER_FIRST, FoldableChildren, make_gate, make_static_attn, modulate_kernel
+from kerneldna.kerneldna import FILTER_FIRST, FoldableChildren, make_gate, make_static_attn, modulate_kernel
 
 # torchvision feature indices of the four shared stages; the cluster sits at the last index of each
 SHARED_STAGES: tuple[tuple[int, ...], ...] = ((4, 5, 6), (7, 8, 9, 10), (11, 12, 13), (14, 15, 16))

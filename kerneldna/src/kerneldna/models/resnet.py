@@ -1,4 +1,4 @@
-"""KernelDNA ResNet-18 / ResNet-50 exactly as the official code builds them (spec §1.3), plus baselines.
+"""KernelDNA ResNet-18 / ResNet-50 exactly as the official code builds them, plus baselines.
 
 Both models are torchvision ResNets whose ``layer3`` / ``layer4`` are rebuilt as sharing stages. Module and
 parameter names follow the official repository (``layer3.se.0.se.fc1.weight``, ``layer3.bns.0.weight``,
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from kerneldna.layers import (
+from kerneldna.kerneldna import (
     FILTER_FIRST,
     SPATIAL_FIRST,
     FoldableChildren,

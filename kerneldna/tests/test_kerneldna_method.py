@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from kerneldna.layers import (
+from kerneldna.kerneldna import (
     FILTER_FIRST,
     SPATIAL_FIRST,
     ChildConv2d,

@@ -1,6 +1,6 @@
 """The KernelDNA child convolution: a borrowed parent kernel, a static adapter and a dynamic input gate.
 
-A child layer computes (spec §1.2)
+A child layer computes (the paper's decoupled adapter)
 
     K_j = P ⊙ (1 + f_j)[o] ⊙ (1 + s_j)[u, v]          static, batch-shared kernel (zero-init f, s)
     g   = sigmoid(fc2(relu(bn(fc1(GAP(x))))))          dynamic, per-sample, per-input-channel gate
