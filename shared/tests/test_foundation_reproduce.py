@@ -237,6 +237,67 @@ def test_strict_compare_names_the_difference(tmp_path, doctor, reason):
     assert any(reason in p for p in problems), problems
 
 
+def test_timing_claimspec_marks_its_claims():
+    spec = ClaimSpec(id="speedup", description="tokens/s method / baseline", paper=2.0, unit="ratio",
+                     baseline="baseline", expect="> 1.0", timing=True)
+    claim = spec.claim(stats.paired_ratio([2.0, 2.2, 1.9, 2.1], [1.0, 1.1, 1.0, 1.0]))
+    assert claim.details["timing"] is True and summary_mod.is_timing(claim.as_dict())
+    assert not summary_mod.is_timing(CLAIMS[1].claim(stats.paired_ratio([2.0, 2.2], [1.0, 1.1])).as_dict())
+    validate_claims({"claims": [claim.as_dict()], "facts": []})
+
+
+def _timing(document, index, factor=1.0, flip=False):
+    claim = document["claims"][index]
+    claim["details"]["timing"] = True
+    claim["measured"] *= factor
+    if flip:
+        claim.update(verdict="fails", holds=False)
+
+
+@pytest.mark.parametrize(
+    ("doctor_ref", "doctor_run", "reason"),
+    [
+        # 10 % slower: far outside the tight within-run interval, inside the timing tolerance
+        (lambda d: _timing(d, 1), lambda d: _timing(d, 1, 1.10), None),
+        (lambda d: None, lambda d: _timing(d, 1, 0.85), None),  # marked in the run only (an older reference)
+        (lambda d: _timing(d, 1), lambda d: _timing(d, 1, 1.40), "beyond ±25%"),
+        (lambda d: _timing(d, 1), lambda d: _timing(d, 1, 0.60), "-40.0% from the reference"),
+        (lambda d: _timing(d, 0), lambda d: _timing(d, 0, 1.0, flip=True), "headline verdict holds -> fails"),
+    ],
+)
+def test_strict_compare_of_timing_claims(tmp_path, doctor_ref, doctor_run, reason):
+    _, reference = _toy_document(tmp_path)
+    run = json.loads(json.dumps(reference))
+    doctor_ref(reference)
+    doctor_run(run)
+    lines, problems = compare(run, reference)
+    if reason is None:
+        assert problems == [] and any("(timing)" in line and line.endswith("| ok |") for line in lines), lines
+    else:
+        assert len(problems) == 1 and reason in problems[0], problems
+    plain = json.loads(json.dumps(reference))
+    plain["claims"][1]["details"].pop("timing", None)
+    plain["claims"][1]["measured"] *= 1.10
+    clean = json.loads(json.dumps(reference))
+    clean["claims"][1]["details"].pop("timing", None)
+    assert any("outside" in p for p in compare(plain, clean)[1])  # an accuracy-style claim keeps the interval check
+
+
+def test_compare_cli_prints_the_rules_and_fails_on_one_line(tmp_path, monkeypatch):
+    out, reference = _toy_document(tmp_path)
+    folder = tmp_path / "results" / "reference" / "deepkd" / "smoke"
+    folder.mkdir(parents=True)
+    flipped = json.loads(json.dumps(reference))
+    flipped["claims"][0].update(expect="<= 0", verdict="fails", holds=False)  # a valid file whose verdict differs
+    (folder / "claims.json").write_text(json.dumps(flipped))
+    cmd = [sys.executable, "-m", "effrepro.reproduce", "compare", "deepkd", "--run", str(out)]
+    loose = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert loose.returncode == 0 and "±25%" in loose.stdout and "headline verdict fails -> holds" in loose.stdout
+    strict = subprocess.run([*cmd, "--strict"], capture_output=True, text=True, cwd=tmp_path)
+    assert strict.returncode == 1
+    assert strict.stderr == "error: deepkd: claim gain: headline verdict fails -> holds\n"
+
+
 def test_informative_facts_may_change(tmp_path):
     _, reference = _toy_document(tmp_path)
     run = json.loads(json.dumps(reference))

@@ -76,7 +76,7 @@ GAINS = [("gain_dkd_deepkd_over_dkd", "dkd_deepkd", "dkd", "DeepKD improves the 
 CLAIMS = [_gain(*row) for row in GAINS] + [
     ClaimSpec(id="step_time_deepkd_over_dkd", description="training-step time of DKD + DeepKD (three buffers, one "
               "reverse pass per component) / DKD (one SGD buffer), paired interleaved rounds, ratio of means",
-              paper=None, unit="x", baseline="DKD step", expect="<= 1.3", headline=True),
+              paper=None, unit="x", baseline="DKD step", expect="<= 1.3", headline=True, timing=True),
     ClaimSpec(id="gsnr_ncg_over_tcg", description="GSNR(NCG) / GSNR(TCG) in the DKD run at mid-training, mean "
               "over seeds (the paper's momenta imply NCG > TCG)", paper=None, unit="x", baseline="GSNR of TCG",
               expect="> 1"),

@@ -74,7 +74,7 @@ CLAIMS = [
               paper=None, unit="points", baseline="baseline", expect="> 0", headline=True),
     ClaimSpec(id="resnet18_throughput_vs_samedepth", description="throughput of folded KernelDNA ResNet-18 / "
               f"{_SAMEDEPTH} (CPU, interleaved; paper: > 90 %)", paper=None, unit="x", baseline=_SAMEDEPTH,
-              expect=">= 0.9", headline=True),
+              expect=">= 0.9", headline=True, timing=True),
     ClaimSpec(id="clutter_dynamic_gate_gain", description="digits-in-clutter: the input-dependent gate adds accuracy "
               "(KernelDNA minus static-only children, paired by seed)", paper=None, unit="points",
               baseline="static_only", expect="> 0"),
@@ -82,13 +82,14 @@ CLAIMS = [
               paper=None, unit="points", baseline="static_only", expect="> 0"),
     ClaimSpec(id="resnet18_throughput_vs_baseline", description="throughput folded KernelDNA ResNet-18 / ResNet-18 "
               "(shallower: KernelDNA adds a block per shared stage)", paper=None, unit="x", baseline="ResNet-18",
-              expect=">= 0.9"),
+              expect=">= 0.9", timing=True),
     ClaimSpec(id="resnet18_throughput_vs_condconv", description="throughput folded KernelDNA ResNet-18 / CondConv "
-              "(4 experts at the same positions)", paper=None, unit="x", baseline="CondConv", expect="> 1.0"),
+              "(4 experts at the same positions)", paper=None, unit="x", baseline="CondConv", expect="> 1.0",
+              timing=True),
     ClaimSpec(id="mini_throughput_vs_samedepth", description=f"throughput folded mini KernelDNA / {_SAMEDEPTH}",
-              paper=None, unit="x", baseline=_SAMEDEPTH, expect=">= 0.9"),
+              paper=None, unit="x", baseline=_SAMEDEPTH, expect=">= 0.9", timing=True),
     ClaimSpec(id="mini_throughput_vs_condconv", description="throughput folded mini KernelDNA / mini CondConv",
-              paper=None, unit="x", baseline="CondConv", expect="> 1.0"),
+              paper=None, unit="x", baseline="CondConv", expect="> 1.0", timing=True),
     ClaimSpec(id="cka_adjacent_within_minus_across", description="trained baseline (MNIST-100): CKA of adjacent 3x3 "
               "convs inside a stage minus across a stage boundary (equal layer distance), per seed", paper=None,
               unit="CKA", baseline="adjacent pairs across stages", expect="> 0"),

@@ -60,14 +60,14 @@ CLAIMS = [
               paper=PAPER_T2["top1_gain"], unit="points", baseline="FasterNet", expect="> 0", headline=True),
     ClaimSpec(id="cpu_latency_ratio_t2", description="CPU latency PartialNet-T2 / FasterNet-T2 (deploy forms, "
               "224x224, batch 1, interleaved; median of the per-round ratios)", paper=PAPER_T2["cpu_latency_ratio"],
-              unit="x", baseline="timm fasternet_t2", expect="< 1.0", headline=True),
+              unit="x", baseline="timm fasternet_t2", expect="< 1.0", headline=True, timing=True),
     ClaimSpec(id="cpu_latency_ratio_t1", description="CPU latency PartialNet-T1 / FasterNet-T1 (as T2)", paper=None,
-              unit="x", baseline="timm fasternet_t1", expect="< 1.0"),
+              unit="x", baseline="timm fasternet_t1", expect="< 1.0", timing=True),
     ClaimSpec(id="cpu_latency_ratio_t0", description="CPU latency PartialNet-T0 / FasterNet-T0 (as T2)", paper=None,
-              unit="x", baseline="timm fasternet_t0", expect="< 1.0"),
+              unit="x", baseline="timm fasternet_t0", expect="< 1.0", timing=True),
     ClaimSpec(id="gpu_throughput_ratio", description="GPU throughput PartialNet / FasterNet at the plan's variant "
               "(full scale with a GPU; median of per-round ratios)", paper=PAPER_T2["gpu_throughput_ratio"],
-              unit="x", baseline="timm fasternet", expect="> 1.0"),
+              unit="x", baseline="timm fasternet", expect="> 1.0", timing=True),
 ]
 FACTS = [
     FactSpec(id="top1_partialnet", description="top-1 of PartialNet (mean over seeds; per seed in details)",

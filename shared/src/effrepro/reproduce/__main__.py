@@ -16,8 +16,10 @@ from effrepro.papers import PAPERS
 from effrepro.report import read_claims
 from effrepro.reproduce.skeleton import SCALES
 from effrepro.reproduce.summary import (
+    DEFAULT_TIMING_TOLERANCE,
     DEFAULT_TOLERANCE,
     compare,
+    compare_rules,
     promote,
     readme_updates,
     reference_dir,
@@ -64,8 +66,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     (paper,) = papers_from(args.paper, allow_all=False)
     run_dir = Path(args.run) if args.run else Path("results") / paper / args.scale
     lines, problems = compare(read_claims(run_dir / "claims.json"),
-                              read_claims(reference_dir(paper, args.scale) / "claims.json"), args.tolerance)
+                              read_claims(reference_dir(paper, args.scale) / "claims.json"), args.tolerance,
+                              args.timing_tolerance)
     print(f"{paper}: your run {run_dir} beside the reference {reference_dir(paper, args.scale)}")
+    print(compare_rules(args.tolerance, args.timing_tolerance))
     print("\n".join(lines))
     if problems:
         print(f"{len(problems)} difference(s):\n" + "\n".join(f"- {p}" for p in problems))
@@ -87,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="compare: exit 1 on any difference (CI)")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="compare: widen the reference interval by this fraction of its width per side")
+    parser.add_argument("--timing-tolerance", type=float, default=DEFAULT_TIMING_TOLERANCE,
+                        help="compare: a timing claim may differ from the reference value by this fraction of it")
     parser.add_argument("--run", default=None,
                         help="compare / promote: the run folder (default results/<paper>/<scale>)")
     parser.add_argument("--check", action="store_true", help="summary: exit 1 if a README block is out of date")

@@ -56,7 +56,13 @@ class Plan:
 
 @dataclass(frozen=True, kw_only=True)
 class ClaimSpec:
-    """One row of a paper's claims table: what is measured, the paper's value and what would confirm it."""
+    """One row of a paper's claims table: what is measured, the paper's value and what would confirm it.
+
+    ``timing=True`` marks a claim measured in wall-clock or CPU time (latency, throughput, speed-up, training
+    time). Its claims carry ``details["timing"] = true``, and a strict compare checks them against the reference
+    by a relative tolerance (and by verdict when headline), not by the reference interval: a time measured in one
+    process moves between processes on a shared machine by more than its within-run interval.
+    """
 
     id: str
     description: str
@@ -65,11 +71,14 @@ class ClaimSpec:
     baseline: str
     expect: str
     headline: bool = False
+    timing: bool = False
 
     def __post_init__(self) -> None:
         Expectation.parse(self.expect)
 
     def claim(self, estimate: Estimate, **details: Any) -> Claim:
+        if self.timing:
+            details["timing"] = True
         return Claim.from_estimate(estimate, id=self.id, description=self.description, paper=self.paper,
                                    unit=self.unit, baseline=self.baseline, expect=self.expect, headline=self.headline,
                                    details=details)

@@ -21,6 +21,10 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 REFERENCE = Path("results") / "reference"
 PROMOTED_FILES = ("claims.json", "report.md", "env.json")
 DEFAULT_TOLERANCE = 0.5  # strict compare: the reference interval widened by this fraction of its width per side
+# Strict compare of timing claims (``details["timing"]``): the value within this fraction of the reference value.
+# A time ratio measured in one process drifts between runs on a shared machine by more than its own interval
+# (double_rounding's CPU-time ratio: 0.986 [0.962, 1.012] in one run, 1.062 [1.023, 1.112] in the next, +7.7 %).
+DEFAULT_TIMING_TOLERANCE = 0.25
 
 
 def reference_dir(paper: str, scale: str = "smoke", root: Path = Path(".")) -> Path:
@@ -106,13 +110,27 @@ def _same_fact(a: Any, b: Any) -> bool:
     return a == b
 
 
-def compare(run: dict[str, Any], reference: dict[str, Any], tolerance: float = DEFAULT_TOLERANCE
-            ) -> tuple[list[str], list[str]]:
+def is_timing(claim: dict[str, Any]) -> bool:
+    """A claim measured in wall-clock or CPU time (marked by its ``ClaimSpec(timing=True)``)."""
+    return bool(claim["details"].get("timing"))
+
+
+def compare_rules(tolerance: float = DEFAULT_TOLERANCE, timing_tolerance: float = DEFAULT_TIMING_TOLERANCE) -> str:
+    """What strict compare checks, in one paragraph (printed above the table)."""
+    return (f"strict compare: a headline verdict must not change; a claim's measured value must lie in the reference "
+            f"interval widened by {tolerance:.0%} of its width per side, a timing claim's (wall or CPU time) within "
+            f"±{timing_tolerance:.0%} of the reference value; no claim or fact may appear or disappear; exact facts "
+            "must be equal.")
+
+
+def compare(run: dict[str, Any], reference: dict[str, Any], tolerance: float = DEFAULT_TOLERANCE,
+            timing_tolerance: float = DEFAULT_TIMING_TOLERANCE) -> tuple[list[str], list[str]]:
     """Claim by claim and fact by fact: the printed table and the reasons a strict comparison fails.
 
-    Strict failures: a headline claim whose verdict differs; any claim whose measured value falls outside the
-    reference interval widened by ``tolerance`` of its width on each side; a claim or fact present in one run
-    only; an exact fact whose value differs.
+    Strict failures: a headline claim whose verdict differs; a claim whose measured value falls outside the
+    reference interval widened by ``tolerance`` of its width on each side, or, for a timing claim (marked in
+    either run), differs from the reference value by more than ``timing_tolerance`` of it; a claim or fact
+    present in one run only; an exact fact whose value differs.
     """
     lines = ["| id | reference | yours | verdict ref -> yours | status |", "|---|---|---|---|---|"]
     problems: list[str] = []
@@ -124,9 +142,11 @@ def compare(run: dict[str, Any], reference: dict[str, Any], tolerance: float = D
                 problems.append(f"{kind} {eid}: {reason}")
                 lines.append(f"| {label} | {fmt(ref and ref[key])} | {fmt(mine and mine[key])} | | {reason} |")
                 continue
-            status = _claim_status(ref, mine, tolerance) if kind == "claim" else _fact_status(ref, mine)
+            status = (_claim_status(ref, mine, tolerance, timing_tolerance) if kind == "claim"
+                      else _fact_status(ref, mine))
             problems += [f"{kind} {eid}: {item}" for item in status]
             if kind == "claim":
+                label += " (timing)" if is_timing(ref) or is_timing(mine) else ""
                 ref_cell, mine_cell = (f"{fmt(e[key])} {fmt_ci(e['ci'])}" for e in (ref, mine))
                 verdicts = f"{ref['verdict']} -> {mine['verdict']}"
             else:
@@ -143,13 +163,20 @@ def _paired_entries(reference: list[dict[str, Any]], run: list[dict[str, Any]]
     return [(i, ref.get(i), mine.get(i)) for i in ids]
 
 
-def _claim_status(ref: dict[str, Any], mine: dict[str, Any], tolerance: float) -> list[str]:
+def _claim_status(ref: dict[str, Any], mine: dict[str, Any], tolerance: float, timing_tolerance: float
+                  ) -> list[str]:
     status = []
-    lo, hi = _widened(ref["ci"], tolerance)
-    if not (lo <= mine["measured"] <= hi):
-        status.append(f"measured {fmt(mine['measured'])} outside [{fmt(lo)}, {fmt(hi)}]")
     if ref["headline"] and ref["verdict"] != mine["verdict"]:
         status.append(f"headline verdict {ref['verdict']} -> {mine['verdict']}")
+    if is_timing(ref) or is_timing(mine):
+        change = mine["measured"] / ref["measured"] - 1 if ref["measured"] else math.inf
+        if not abs(change) <= timing_tolerance:
+            status.append(f"timing {fmt(mine['measured'])} is {change:+.1%} from the reference {fmt(ref['measured'])},"
+                          f" beyond ±{timing_tolerance:.0%}")
+    else:
+        lo, hi = _widened(ref["ci"], tolerance)
+        if not (lo <= mine["measured"] <= hi):
+            status.append(f"measured {fmt(mine['measured'])} outside [{fmt(lo)}, {fmt(hi)}]")
     return status
 
 
@@ -157,6 +184,7 @@ def _fact_status(ref: dict[str, Any], mine: dict[str, Any]) -> list[str]:
     if ref["exact"] and not _same_fact(ref["value"], mine["value"]):
         return [f"exact fact changed: {fmt(ref['value'])} -> {fmt(mine['value'])}"]
     return []
+
 
 def promote(paper: str, run_dir: Path, root: Path = Path(".")) -> Path:
     """Copy a finished run (claims.json, report.md, env.json, plots) into the reference folder, replacing it."""
