@@ -3,8 +3,9 @@
 import pytest
 import torch
 from deepkd.config import TrainConfig
+from deepkd.deepkd import build_optimizer, group_losses
 from deepkd.distillers import CRLD, DKD, KD, MLKD, build_distiller, masked_reduce, student_outputs
-from deepkd.engine import DistillStep, StepCounter, build_optimizer, group_losses
+from deepkd.engine import DistillStep, StepCounter
 from effrepro.errors import UsageError
 from effrepro.optim import component_grads
 from torch import nn

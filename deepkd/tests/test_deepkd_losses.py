@@ -1,9 +1,10 @@
-"""Loss identities, the top-k mask and its schedule (DeepKD spec §6.5 items 5, 6, 7, 10)."""
+"""Loss identities, the top-k mask and its schedule."""
 
 import math
 
 import pytest
 import torch
+from deepkd.deepkd import TopKSchedule, static_topk
 from deepkd.losses import (
     MASK_OFFSET,
     dkd_parts,
@@ -14,7 +15,6 @@ from deepkd.losses import (
     teacher_target_prob,
     topk_mask,
 )
-from deepkd.mask import TopKSchedule, static_topk
 from effrepro.errors import UsageError
 from torch.nn import functional as F
 

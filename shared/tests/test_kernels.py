@@ -28,7 +28,7 @@ from effrepro.kernels import (
     quantize_activation,
     unpack_codes,
 )
-from effrepro.optim import MultiMomentumSGD, deepkd_optimizer, dot_optimizer
+from effrepro.optim import MultiMomentumSGD
 from effrepro.quant import dequantize_codes, shift_codes
 
 SHAPES = [(1, 1, 1), (5, 7, 3), (37, 75, 29), (64, 130, 17)]  # (M, K, N), odd sizes included
@@ -194,10 +194,17 @@ def test_step_dispatch_and_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytes
         multi_momentum_step(params, grads[:1], bufs, [0.9, 0.8], 0.1)
 
 
+def _three_buffers(params, implementation: str = "auto", **options) -> MultiMomentumSGD:
+    """DeepKD's released configuration (tied task buffer, decay on the TCG buffer)."""
+    return MultiMomentumSGD(params, momenta={"tog": 0.975, "tcg": 0.825, "ncg": 0.95}, weight_decay_on="tcg",
+                            order=("tog", "ncg", "tcg"), tied_momenta={"tog": ("tcg", "ncg")},
+                            implementation=implementation, **options)
+
+
 def _deepkd_run(implementation: str, steps: int = 4) -> list[torch.Tensor]:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(7, 9), torch.nn.ReLU(), torch.nn.Linear(9, 3))
-    opt = deepkd_optimizer(model.parameters(), lr=0.05, weight_decay=5e-4, implementation=implementation)
+    opt = _three_buffers(model.parameters(), implementation, lr=0.05, weight_decay=5e-4)
     gen = torch.Generator().manual_seed(1)
     n = len(opt.flat_params())
     for step in range(steps):
@@ -210,7 +217,7 @@ def _deepkd_run(implementation: str, steps: int = 4) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("implementation", ["auto", "foreach"])
-def test_deepkd_optimizer_fused_equals_reference(monkeypatch: pytest.MonkeyPatch, implementation: str) -> None:
+def test_three_buffer_step_fused_equals_reference(monkeypatch: pytest.MonkeyPatch, implementation: str) -> None:
     backend = implementation if implementation != "auto" else ("cpp" if momentum.cpp_available() else "foreach")
     calls = []
     original = momentum.STEPS[backend]
@@ -221,16 +228,22 @@ def test_deepkd_optimizer_fused_equals_reference(monkeypatch: pytest.MonkeyPatch
     assert len(fused) == len(ref)
     for x, y in zip(fused, ref):
         assert torch.equal(x, y)
-    assert deepkd_optimizer([torch.zeros(1, requires_grad=True)], lr=0.1).implementation == "auto"
+    assert _three_buffers([torch.zeros(1, requires_grad=True)], lr=0.1).implementation == "auto"
 
 
-def test_dot_optimizer_and_bad_implementation() -> None:
+def _two_buffers(params, implementation: str) -> MultiMomentumSGD:
+    """DOT's configuration: task buffer mu - delta carrying the weight decay, KD buffer mu + delta."""
+    return MultiMomentumSGD(params, lr=0.1, momenta={"task": 0.825, "kd": 0.975}, weight_decay=1e-3,
+                            weight_decay_on="task", order=("task", "kd"), implementation=implementation)
+
+
+def test_two_buffers_and_bad_implementation() -> None:
     p = torch.nn.Parameter(torch.ones(5))
-    opt = dot_optimizer([p], lr=0.1, weight_decay=1e-3, implementation="foreach")
+    opt = _two_buffers([p], "foreach")
     for _ in range(3):
         opt.step({"task": [torch.ones(5)], "kd": [torch.full((5,), 2.0)]})
     q = torch.nn.Parameter(torch.ones(5))
-    ref = dot_optimizer([q], lr=0.1, weight_decay=1e-3, implementation="reference")
+    ref = _two_buffers([q], "reference")
     for _ in range(3):
         ref.step({"task": [torch.ones(5)], "kd": [torch.full((5,), 2.0)]})
     assert torch.equal(p, q)

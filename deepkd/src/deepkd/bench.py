@@ -14,8 +14,9 @@ import torch
 from effrepro.bench import cuda_sync, paired_benchmark, ratio
 
 from deepkd.config import TrainConfig
+from deepkd.deepkd import build_optimizer
 from deepkd.distillers import build_distiller
-from deepkd.engine import DistillStep, StepCounter, build_optimizer
+from deepkd.engine import DistillStep, StepCounter
 from deepkd.models import build_model
 
 ARMS = {

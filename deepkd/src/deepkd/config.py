@@ -1,7 +1,7 @@
 """Training configuration (YAML + ``key=value`` overrides via ``effrepro.config``).
 
 One schema for every distiller / pair / dataset, replacing the released yacs tree (several of whose
-files do not load, spec §1.7). Defaults are the CIFAR-100 DKD+DeepKD recipe for resnet32x4 -> resnet8x4.
+files do not load). Defaults are the CIFAR-100 DKD+DeepKD recipe for resnet32x4 -> resnet8x4.
 """
 
 from __future__ import annotations

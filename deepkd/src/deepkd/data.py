@@ -20,7 +20,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 class Cutout:
     """Zero a random square whose side is drawn uniformly up to ``max_fraction`` of the image side.
 
-    Reconstruction of MLKD's strong-view Cutout (spec §4: "Cutout (<= 50 % side)"); applied to the
+    Reconstruction of MLKD's strong-view Cutout (the paper says only "Cutout, <= 50 % of the side"); applied to the
     normalised tensor, so the hole is at the dataset mean.
     """
 

@@ -2,8 +2,8 @@
 
 * ``sgd``: the losses are summed and back-propagated once into ``torch.optim.SGD`` (KD, DKD, ... as
   published);
-* ``dot``: task gradient and KD gradient into :func:`effrepro.optim.dot_optimizer`;
-* ``deepkd``: TOG / TCG / NCG gradients into :func:`effrepro.optim.deepkd_optimizer`.
+* ``dot``: task gradient and KD gradient into :func:`deepkd.deepkd.dot_optimizer`;
+* ``deepkd``: TOG / TCG / NCG gradients into :func:`deepkd.deepkd.deepkd_optimizer`.
 
 For ``dot`` / ``deepkd`` the component gradients come from :func:`effrepro.optim.component_grads` (several
 reverse passes or one batched VJP at the student logits). Under DDP they are computed inside ``no_sync``
@@ -18,57 +18,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from effrepro.errors import UsageError
-from effrepro.optim import all_reduce_grads, component_grads, deepkd_optimizer, dot_optimizer
+from effrepro.optim import all_reduce_grads, component_grads
 from torch import Tensor, nn
 
 from deepkd.config import SolverConfig, TrainConfig
-from deepkd.distillers import COMPONENT_OF, Distiller, student_outputs
-from deepkd.mask import TopKSchedule, static_topk
-
-DEEPKD_COMPONENT = {"task": "tog", "tcg": "tcg", "ncg": "ncg"}
+from deepkd.deepkd import group_losses
+from deepkd.distillers import Distiller, student_outputs
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def group_losses(losses: Mapping[str, Tensor], method: str, weights: Mapping[str, float] | None = None
-                 ) -> dict[str, Tensor]:
-    """The scalar loss of each optimizer component: ``{"total"}``, ``{"task", "kd"}`` or ``{"tog","tcg","ncg"}``."""
-    weights = weights or {}
-    unknown = sorted(set(weights) - set(losses))
-    if unknown:
-        raise UsageError(f"solver.loss_weights names unknown losses {unknown}; this distiller returns "
-                         f"{sorted(losses)}")
-    groups: dict[str, Tensor] = {}
-    for name, value in losses.items():
-        tag = COMPONENT_OF.get(name)
-        if tag is None:
-            raise ValueError(f"loss {name!r} has no component tag")
-        if method == "sgd":
-            key = "total"
-        elif method == "dot":
-            key = "task" if tag == "task" else "kd"
-        else:
-            if tag == "kd":
-                raise UsageError(f"DeepKD needs the decoupled distiller (got an undecomposed {name!r})")
-            key = DEEPKD_COMPONENT[tag]
-        weighted = value * weights.get(name, 1.0)
-        groups[key] = groups[key] + weighted if key in groups else weighted
-    return groups
-
-
-def build_optimizer(params: list[nn.Parameter], solver: SolverConfig) -> torch.optim.Optimizer:
-    if solver.method == "sgd":
-        return torch.optim.SGD(params, lr=solver.lr, momentum=solver.momentum, weight_decay=solver.weight_decay)
-    if solver.method == "dot":
-        return dot_optimizer(params, lr=solver.lr, momentum=solver.momentum, delta=solver.dot_delta,
-                             weight_decay=solver.weight_decay)
-    return deepkd_optimizer(params, lr=solver.lr, momentum=solver.momentum, delta_tog=solver.delta_tog,
-                            delta_tcg=solver.delta_tcg, delta_ncg=solver.delta_ncg,
-                            weight_decay=solver.weight_decay, mode=solver.momentum_mode,
-                            weight_decay_on=solver.weight_decay_on)
 
 
 def lr_factor(epoch: int, solver: SolverConfig) -> float:
@@ -91,25 +50,6 @@ def lr_factor(epoch: int, solver: SolverConfig) -> float:
 def build_scheduler(optimizer: torch.optim.Optimizer, solver: SolverConfig) -> torch.optim.lr_scheduler.LambdaLR:
     # LambdaLR calls the function with the number of finished epochs; the epoch being trained is that + 1
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda finished: lr_factor(finished + 1, solver))
-
-
-def topk_schedule(cfg: TrainConfig) -> Callable[[float], int]:
-    """Epoch -> K of the non-target mask (0 = off), with the spec's defaults for the dynamic schedule."""
-    mask, classes = cfg.mask, cfg.classes
-    if mask.mode == "off":
-        return lambda epoch: 0
-    if mask.mode == "static":
-        k = static_topk(mask.k, classes)
-        return lambda epoch: k
-    warmup = cfg.distiller.warmup if cfg.distiller.warmup is not None else 20
-    if cfg.solver.lr_schedule == "step" and cfg.solver.decay_epochs:
-        default_end = min(cfg.solver.decay_epochs)
-    else:
-        default_end = 0.6 * cfg.solver.epochs
-    start = mask.start_epoch if mask.start_epoch is not None else warmup
-    end = mask.end_epoch if mask.end_epoch is not None else default_end
-    return TopKSchedule(classes, mask.k0 if mask.k0 is not None else math.ceil(0.1 * classes), start, end,
-                        mask.curve)
 
 
 class StepCounter:

@@ -174,8 +174,9 @@ def step_times(plan: Any) -> dict[str, list[float]]:
     cached teacher logits, so each round's pair sees the same machine state."""
     from effrepro.bench import paired_benchmark
 
+    from deepkd.deepkd import build_optimizer
     from deepkd.distillers import build_distiller
-    from deepkd.engine import DistillStep, StepCounter, build_optimizer
+    from deepkd.engine import DistillStep, StepCounter
     from deepkd.models import build_model
 
     threads = torch.get_num_threads()

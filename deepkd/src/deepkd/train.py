@@ -22,8 +22,9 @@ from torch.utils.data import Dataset
 
 from deepkd.config import TrainConfig, data_root, validate
 from deepkd.data import build_dataset, test_loader, train_loader
+from deepkd.deepkd import build_optimizer, topk_schedule
 from deepkd.distillers import build_distiller
-from deepkd.engine import DistillStep, StepCounter, build_optimizer, build_scheduler, evaluate, topk_schedule
+from deepkd.engine import DistillStep, StepCounter, build_scheduler, evaluate
 from deepkd.models import build_model, family_of
 
 

@@ -1,5 +1,10 @@
-"""Helpers for the projects' security tests: a crafted checkpoint whose unpickling would create a marker file, and
-the check that a command refused it the way every command refuses bad input (exit 2, one ``error:`` line)."""
+"""Helpers for the projects' tests.
+
+* security: a crafted checkpoint whose unpickling would create a marker file, and the check that a command refused
+  it the way every command refuses bad input (exit 2, one ``error:`` line);
+* a tiny random Llama (the speculative-decoding tests of effrepro.specdec, jakiro, gumiho);
+* a toy MLP with three losses of one forward pass (the multi-buffer momentum tests of effrepro.optim and deepkd).
+"""
 
 from __future__ import annotations
 
@@ -78,3 +83,34 @@ def tiny_llama(vocab: int = 97, hidden: int = 64, seed: int = 0, layers: int = 2
                          max_position_embeddings=512, rms_norm_eps=1e-6)
     config._attn_implementation = "sdpa"
     return LlamaForCausalLM(config).to(dtype).eval()
+
+
+def toy_mlp(dtype: torch.dtype = torch.float64, bn: bool = False) -> torch.nn.Sequential:
+    """A seeded 6 -> 12 -> 5 MLP: the student of the multi-buffer momentum tests (effrepro.optim, deepkd)."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    layers = [nn.Linear(6, 12)] + ([nn.BatchNorm1d(12)] if bn else []) + [nn.Tanh(), nn.Linear(12, 5)]
+    return nn.Sequential(*layers).to(dtype)
+
+
+def three_losses(model: torch.nn.Module, step: int, dtype: torch.dtype = torch.float64
+                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Three different scalar losses of the same logits (stand-ins for DeepKD's TOG / TCG / NCG) at ``step``."""
+    from torch.nn import functional as F
+
+    gen = torch.Generator().manual_seed(100 + step)
+    x = torch.randn(16, 6, generator=gen, dtype=dtype)
+    y = torch.randint(0, 5, (16,), generator=gen)
+    target = torch.randn(16, 5, generator=gen, dtype=dtype).softmax(-1)
+    logits = model(x)
+    return {
+        "tog": F.cross_entropy(logits, y),
+        "tcg": 0.7 * F.kl_div(logits.log_softmax(-1), target, reduction="batchmean"),
+        "ncg": 2.0 * (logits ** 2).mean(),
+    }, logits
+
+
+def max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    """The largest absolute difference between corresponding parameters of two models."""
+    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))

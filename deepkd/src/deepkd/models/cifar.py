@@ -2,7 +2,7 @@
 
 Module and parameter names follow mdistiller's definitions, so the state dicts of its released CIFAR
 teachers (``{"model": state_dict}``) load unchanged. Parameter counts (100 classes) are checked in tests
-against the spec: resnet56 0.86 M, resnet110 1.74 M, resnet32x4 7.43 M, ResNet50 23.7 M, wrn_40_2 2.26 M,
+against the published counts: resnet56 0.86 M, resnet110 1.74 M, resnet32x4 7.43 M, ResNet50 23.7 M, wrn_40_2 2.26 M,
 vgg13 9.46 M, resnet20 0.28 M, resnet32 0.47 M, resnet8x4 1.23 M, wrn_16_2 0.70 M, wrn_40_1 0.57 M,
 vgg8 3.97 M, MobileNetV2 (mobile_half) 0.81 M, ShuffleV1 0.95 M, ShuffleV2 1.36 M.
 """

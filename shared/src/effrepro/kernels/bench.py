@@ -166,12 +166,15 @@ def momentum_cases(device: torch.device, quick: bool) -> list[tuple[str, Arms, s
     cases = [(f"multi_momentum 3 buffers, {numel / 1e6:.2f} M params", arms, f"fused_{fused}",
               [k for k in arms if k != f"fused_{fused}"])]
     # what DeepKD runs: the optimizer's step, fused (auto) vs its component-by-component reference
-    from effrepro.optim import deepkd_optimizer
+    from effrepro.optim import MultiMomentumSGD
 
     opt_arms = {}
     for impl in ("auto", "reference"):
         params = [torch.nn.Parameter(torch.randn(s, generator=g).to(device)) for s in shapes]
-        opt = deepkd_optimizer(params, lr=0.01, weight_decay=5e-4, implementation=impl)
+        # deepkd.deepkd.deepkd_optimizer's released configuration (mu = 0.9 + deltas 0.075 / -0.075 / 0.05)
+        opt = MultiMomentumSGD(params, lr=0.01, momenta={"tog": 0.9 + 0.075, "tcg": 0.9 - 0.075, "ncg": 0.9 + 0.05},
+                               weight_decay=5e-4, weight_decay_on="tcg", order=("tog", "ncg", "tcg"),
+                               tied_momenta={"tog": ("tcg", "ncg")}, implementation=impl)
         grads = {k: [torch.randn(s, generator=g).to(device) * 1e-3 for s in shapes] for k in ("tog", "tcg", "ncg")}
         opt.step(grads)  # creates the buffers (the first step is not fused)
         opt_arms[f"optimizer_{impl}"] = lambda opt=opt, grads=grads: opt.step(grads)
