@@ -2,8 +2,15 @@ import math
 
 import pytest
 import torch
-from double_rounding.alrs import ALRS, eta, gradient_term
-from double_rounding.hasb import BitSampler, roulette_probs, sensitive_layers, sigma_at
+from double_rounding.double_rounding import (
+    ALRS,
+    BitSampler,
+    eta,
+    gradient_term,
+    roulette_probs,
+    sensitive_layers,
+    sigma_at,
+)
 from effrepro.errors import UsageError
 
 

@@ -16,7 +16,7 @@ WORKER = textwrap.dedent("""
     from effrepro.quant import to_transitional
     from double_rounding.config import Config
     from double_rounding.data import build_loaders, calibration_batch
-    from double_rounding.hasb import BitSampler
+    from double_rounding.double_rounding import BitSampler
     from double_rounding.models import build_float_model
     from double_rounding.train import quant_model_from_fp32, train_quantized
 

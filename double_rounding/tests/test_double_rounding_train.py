@@ -6,8 +6,8 @@ import torch
 from double_rounding.cli import run
 from double_rounding.config import Config
 from double_rounding.data import build_loaders
+from double_rounding.double_rounding import BitSampler
 from double_rounding.eval import evaluate_int8, parse_config
-from double_rounding.hasb import BitSampler
 from double_rounding.models import build_float_model
 from double_rounding.train import (
     PrecisionStep,

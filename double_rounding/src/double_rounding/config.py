@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from effrepro.errors import UsageError
 from effrepro.quant import TIE_MODES, check_bits
 
-from double_rounding.alrs import ALRS_MODES
-from double_rounding.hasb import SAMPLERS
+from double_rounding.double_rounding import ALRS_MODES, SAMPLERS
 from double_rounding.models import ModelConfig
 from double_rounding.search import OBJECTIVES, WEIGHTINGS
 
@@ -42,7 +41,7 @@ class TrainConfig:
     epochs: int = 90
     lr: float = 5e-4
     weight_decay: float = 5e-5
-    alrs: str = "simple"  # literal | simple | off (spec §1.5)
+    alrs: str = "simple"  # literal | simple | off (the printed equation reads two ways: see double_rounding.py)
     update_mode: str = "per_precision"  # per_precision (Alg. A.2) | accumulate (Alg. A.1, the ablation)
     kd: str = "none"  # none | from_highest | recursive (the paper does not specify its KD)
     train_bits: list[int] | None = None  # subset of quant.bits that is trained (None: all)

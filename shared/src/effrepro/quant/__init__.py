@@ -1,5 +1,10 @@
 """Learned-scale fake quantisers (LSQ-style, STE), the double-rounding bit switch, switchable BN, int8 export.
 
+Users: double_rounding (the whole package: its method, :mod:`double_rounding.double_rounding`, adds ALRS and HASB
+on top) and :mod:`effrepro.kernels` (the low-bit integer kernels read the same codes and apply the same integer
+shift, :func:`shift_codes` / :func:`dequantize_codes`, so the two must stay one definition). The design keeps the
+quantisers here, apart from the paper, for any project that trains a quantised model.
+
 * :mod:`~effrepro.quant.functional`: rounding with STEs, the tie rules, weight / activation fake quantisation,
   the integer shift on codes, scale initialisation.
 * :mod:`~effrepro.quant.modules`: :class:`QuantConv2d`, :class:`QuantLinear`, :class:`ActQuantizer`,
