@@ -10,10 +10,9 @@ from effrepro.errors import UsageError
 from effrepro.report import read_claims
 
 SMOKE_CLAIMS = {"ratio_vs_separate_w8", "ratio_vs_separate_w4", "ratio_vs_separate_w2", "alrs_gain_w2",
-                "alrs_gain_w4", "per_precision_minus_accumulate_w2", "ours_minus_floor_w2", "ours_minus_posthoc_w2",
-                "traintime_joint_over_separate"}
+                "alrs_gain_w4", "per_precision_minus_accumulate_w2", "ours_minus_floor_w2", "ours_minus_posthoc_w2"}
 SMOKE_FACTS = {"optimizer_steps_joint", "optimizer_steps_separate", "fp32_top1", "storage_int8_over_four_fp32",
-               "resnet18_storage_int8_over_fp32"}
+               "resnet18_storage_int8_over_fp32", "traintime_joint_over_separate"}
 
 
 @pytest.mark.slow
@@ -26,7 +25,13 @@ def test_reproduce_tiny_writes_claims_and_facts_and_resumes(tmp_path, capsys):
     assert set(claims) == SMOKE_CLAIMS and set(facts) == SMOKE_FACTS
     assert {c for c in claims if claims[c]["headline"]} == {"ratio_vs_separate_w8", "ratio_vs_separate_w4",
                                                             "ratio_vs_separate_w2", "alrs_gain_w2"}
-    assert claims["alrs_gain_w2"]["n"] == 2 and claims["ours_minus_floor_w2"]["n"] == 1
+    # the ALRS ablation runs on every seed, the separate and accumulate arms on sep_seeds, the floor / post-hoc
+    # arms on ablation_seeds: each comparison is paired over the seeds both of its arms ran
+    assert claims["alrs_gain_w2"]["n"] == 3 and claims["ours_minus_floor_w2"]["n"] == 1
+    assert claims["ratio_vs_separate_w2"]["n"] == claims["per_precision_minus_accumulate_w2"]["n"] == 2
+    assert claims["ratio_vs_separate_w2"]["details"]["seeds"] == [0, 1]
+    assert facts["traintime_joint_over_separate"]["exact"] is False
+    assert facts["traintime_joint_over_separate"]["details"]["n"] == 2
     # the separate models get as many optimizer steps as the joint one: the comparison is not confounded
     assert facts["optimizer_steps_joint"]["value"] == facts["optimizer_steps_separate"]["value"] > 0
     assert 0.2 < facts["resnet18_storage_int8_over_fp32"]["value"] < 0.4
@@ -36,7 +41,8 @@ def test_reproduce_tiny_writes_claims_and_facts_and_resumes(tmp_path, capsys):
     assert "train" in json.loads((out / "env.json").read_text())["stage_seconds"]
     capsys.readouterr()
     assert run(["reproduce", "--tiny", "--out", str(out), "--threads", "1"]) == 0
-    assert capsys.readouterr().out.count("reusing") == 2 * 7 + 2 + 1  # 7 arms x 2 seeds, 2 ablations, storage
+    # 3 arms x 3 seeds, 4 arms x 2 sep_seeds, 2 ablation arms x 1 seed, the ResNet-18 storage
+    assert capsys.readouterr().out.count("reusing") == 3 * 3 + 4 * 2 + 2 + 1
 
 
 @pytest.mark.slow

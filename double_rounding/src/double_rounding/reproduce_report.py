@@ -58,7 +58,8 @@ def notes(plan: Any) -> str:
             f"start: {plan.fp_epochs} epochs Adam {plan.fp_lr}. Joint runs: bits {list(plan.bits)}, {plan.q_epochs} "
             f"epochs, Adam {plan.q_lr} cosine, one optimizer step per precision per batch; separate LSQ models "
             f"{list(plan.sep_bits)}: {plan.q_epochs * len(plan.bits)} epochs (equal optimizer steps). Seeds "
-            f"{list(plan.seeds)} (floor-shift and post-hoc ablations: {list(plan.ablation_seeds)}); per seed every "
+            f"{list(plan.seeds)} (separate LSQ and accumulate arms: {list(plan.sep_seeds)}; floor-shift and post-hoc "
+            f"ablations: {list(plan.ablation_seeds)}); per seed every "
             "arm starts from the same FP32 model with the same data order. The training-loss plot shows whether "
             "each arm flattened out before its last epoch. CPU seconds are process CPU time (the 2-core machine "
             "was shared).")
