@@ -1,4 +1,4 @@
-"""Draft-tree primitives and the EAGLE-2 proposer on a hand-computed example (jakiro spec §6.4 item 3)."""
+"""Draft-tree primitives and the EAGLE-2 proposer on a hand-computed example."""
 
 import math
 
@@ -65,7 +65,7 @@ def random_levels(seed: int, k: int = 3, depth: int = 4, ties: bool = False) -> 
         child = torch.log_softmax(torch.randn(k, k, generator=gen), -1)
         if ties:
             child = torch.round(child * 2) / 2
-            child[0, 0] = 0.0  # a child with the parent's exact score (fp16 log-prob 0: gumiho pitfall 8)
+            child[0, 0] = 0.0  # a child with the parent's exact score (fp16 log-prob 0)
         scores = (prev.scores[chosen][:, None] + child).flatten()
         levels.append(DraftLevel(torch.randint(0, 50, (k * k,), generator=gen), scores,
                                  chosen.repeat_interleave(k)))

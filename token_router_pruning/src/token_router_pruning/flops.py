@@ -1,4 +1,4 @@
-"""Analytic prefill FLOPs of a Llama-family model under token skipping or sub-block removal (spec §2).
+"""Analytic prefill FLOPs of a Llama-family model under token skipping or sub-block removal.
 
 For one block computing ``k`` of ``L`` tokens (1 MAC = 2 FLOPs):
 

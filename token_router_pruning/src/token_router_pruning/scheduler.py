@@ -2,7 +2,8 @@
 
 Known from the paper: a GA searches ``s in [0, 1)^N`` under a global budget with the static router in the
 loop (stage 1) and is fine-tuned with the trained router (stage 3). Everything else is a
-[RECONSTRUCTION] (spec §1.5), kept as named options of :class:`GAConfig`:
+[RECONSTRUCTION] (the paper names the GA, not its operators or hyper-parameters), kept as named options of
+:class:`GAConfig`:
 
 * genome ``s_i in [0, s_max]``; budget ``mean(s) = S*`` (``budget="token"``, paper default) or analytic
   block FLOPs ``= (1 - S*)`` x dense (``budget="flops"``);

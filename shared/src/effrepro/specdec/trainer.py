@@ -1,8 +1,9 @@
-"""The draft-head trainer shared by EAGLE-2, Jakiro and Gumiho (spec jakiro §4.2, gumiho §4).
+"""The draft-head trainer shared by EAGLE-2, Jakiro and Gumiho (the recipes of their official training scripts).
 
 Recipe knobs follow the official accelerate scripts: AdamW betas (0.9, 0.95), weight decay 1e-3, warm-up then
 cosine decay (per-step schedule over ``epochs * steps_per_epoch`` steps of *this* process, the consistent choice
-under DDP: jakiro pitfall 17), gradient clipping **by value** at 0.5, uniform feature noise, bf16 autocast on GPU.
+under DDP: a schedule over the global step count would end early on every rank), gradient clipping **by value**
+at 0.5, uniform feature noise, bf16 autocast on GPU.
 The loss is the head's ``compute_loss(batch, ctx)`` hook (EAGLE loss by default) or an explicit ``loss_fn``.
 
 Runs single-process or under ``torchrun`` (``effrepro.train.dist_setup``; the loss runs inside the DDP-wrapped

@@ -6,9 +6,10 @@ log-probability from the root (``score``) and the index of its parent among the 
 ``tree_from_levels`` then does EAGLE-2's global re-ranking: it keeps the ``total_tokens - 1`` best scores and
 builds the verification tensors (``DraftTree``).
 
-Ancestor closure holds even with tied scores (fp16 log-probs of exactly 0, gumiho pitfall 8): a child's score is
-``parent score + log p <= parent score`` (IEEE addition of a non-positive number never increases it) and the
-parent sits at a smaller pool index, so ranking by ``(score desc, pool index asc)`` always puts a parent first.
+Ancestor closure holds even with tied scores (an fp16 log-prob of exactly 0 gives a child its parent's score): a
+child's score is ``parent score + log p <= parent score`` (IEEE addition of a non-positive number never increases
+it) and the parent sits at a smaller pool index, so ranking by ``(score desc, pool index asc)`` always puts a
+parent first.
 """
 
 from __future__ import annotations
