@@ -14,7 +14,7 @@ def ones(mlp_num: int = 5) -> dict[str, torch.Tensor]:
 
 
 def test_loss_weights_known_values():
-    # spec §6.4.5: 1.1 + 1.1 * (1/9) sum 0.8^(i+1) with MLP CE on; 1.1 + 0.298809 during the warm-up epochs
+    # by hand: 1.1 + 1.1 * (1/9) sum 0.8^(i+1) with MLP CE on; 1.1 + 0.298809 during the warm-up epochs
     weights = LossWeights()
     assert combine(ones(), weights, epoch=2, mlp_num=5).item() == pytest.approx(1.428690, abs=1e-5)
     assert combine(ones(), weights, epoch=1, mlp_num=5).item() == pytest.approx(1.398809, abs=1e-5)

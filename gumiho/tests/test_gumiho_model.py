@@ -51,7 +51,7 @@ def test_layer0_has_no_input_norm_and_fc_has_bias():
     assert not draft.embed_tokens.weight.requires_grad
 
 
-# (name, H, intermediate, heads, kv heads, vocab) -> trainable millions, T, fc, MLP, frozen embedding (spec §2)
+# (name, H, intermediate, heads, kv heads, vocab) -> trainable millions, T, fc, MLP, frozen embedding (paper table)
 ZOO = {
     "vicuna-7b": ((4096, 11008, 32, 32, 32000), 1025.6, 404.8, 33.6, 587.3, 131.1),
     "llama3-8b": ((4096, 14336, 32, 8, 128256), 1057.1, 436.2, 33.6, 587.3, 525.3),

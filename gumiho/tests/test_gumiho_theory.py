@@ -8,7 +8,7 @@ from gumiho.theory import chain_tau, conditional_acceptance, marginal_value, sim
     [([0.7] * 7, 3.1412), ([0.8, 0.8] + [0.66] * 5, 3.5268), ([0.6, 0.6] + [0.74] * 5, 2.7573)],
 )
 def test_chain_tau_worked_numbers(rates, expected):
-    # spec §1.2: the same total accuracy moved early raises tau, moved late lowers it
+    # the same total accuracy moved early raises tau, moved late lowers it
     assert chain_tau(rates) == pytest.approx(expected, abs=1e-4)
 
 

@@ -1,4 +1,4 @@
-"""Loss alignment (spec §6.4 item 9): shifted targets, the +1 contrastive shift, masks, official formula."""
+"""Loss alignment: shifted targets, the +1 contrastive shift, masks, official formula."""
 
 import torch
 import torch.nn.functional as F

@@ -6,7 +6,7 @@ official code takes the most frequent node id among the column's real entries (`
 ties go to the smaller id) and writes it into every ``-1`` of that column. It also sets
 ``tree_mask[last real node of each short row, that node] = True``.
 
-What that does (spec §1.6, tested in ``test_gumiho_fta.py``):
+What that does (tested in ``test_gumiho_fta.py``):
 
 * The mask edit is a no-op: the target's mask is ``causal AND tree_mask`` and the padded node is deeper, so
   its index is larger than the short row's last node and the causal part already hides it. We therefore only

@@ -1,4 +1,4 @@
-"""Gumiho's training loss (spec §1.4): SmoothL1 on features + 0.1 soft cross-entropy, per-head decaying weights.
+"""Gumiho's training loss: SmoothL1 on features + 0.1 soft cross-entropy, per-head decaying weights.
 
 Recipe of ``train/main_deepspeed.py`` (the one ``scripts/train.sh`` runs), the default::
 

@@ -1,4 +1,4 @@
-"""The chain-acceptance model behind Gumiho's design (spec §1.2): why early draft positions matter most.
+"""The chain-acceptance model behind Gumiho's design (the paper's motivation): why early draft positions matter most.
 
 With per-position conditional acceptance rates ``a_1..a_n`` (``a_k`` = P(token k accepted | 1..k-1 accepted)),
 the expected tokens per draft-verify cycle of a chain draft is ``tau = 1 + sum_k prod_{i<=k} a_i`` (the 1 is the

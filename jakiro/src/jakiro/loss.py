@@ -1,4 +1,4 @@
-"""The Jakiro training objective (spec §1.4, official ``jakiro/train/main.py``), on the engine's loss pieces.
+"""The Jakiro training objective (official ``jakiro/train/main.py``), on the engine's loss pieces.
 
 The engine's ``DraftCollator`` builds the official pairing (draft input ``(f_t + noise, x_{t+1})``, target
 ``T_t = f_{t+1}``, mask ``M_t`` with the last real position zeroed, uniform noise ``(U - 0.5) * 0.2 * 512 / L``
@@ -11,7 +11,7 @@ t against ``T_{t+shift}`` under ``M_{t+shift}``::
 Jakiro uses it twice::
 
     branch 0 (MoE)          shift 0: at t -> f_{t+1}, mask M_t
-    branch 1 (contrastive)  shift 1: at t -> f_{t+2}, mask M_{t+1}     (the +1 shift, pitfall 10)
+    branch 1 (contrastive)  shift 1: at t -> f_{t+2}, mask M_{t+1}     (the +1 shift: one token further)
     L = v_w (L_reg0 + c L_reg1) + p_w (L_cls0 + c L_cls1),   v_w = 1.0, p_w = 0.1, c = const = 0.5
 
 Jakiro* and the no-contrastive ablation (``const = 0``) use branch 0 only. No router load-balancing loss.

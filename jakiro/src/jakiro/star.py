@@ -1,4 +1,4 @@
-"""Jakiro*: per-expert candidates on EAGLE-1's static tree (spec §1.7, official ``jakiro_star/``).
+"""Jakiro*: per-expert candidates on EAGLE-1's static tree (official ``jakiro_star/``).
 
 Drafting. The draft's Jakiro* block returns the *unweighted* outputs of the router-preferred and the other expert
 ``[g_win, g_lose]`` (``JakiroStarMoE(split=True)``). At every node that has children in the static tree, both
@@ -116,7 +116,7 @@ def corrected_proposals(pi: torch.Tensor, draws: torch.Tensor, vocab: int) -> to
 
 
 def official_child_probs(pi: torch.Tensor, draws: torch.Tensor, vocab: int) -> torch.Tensor:
-    """The released recorded q of each child: ``pi[fold(d) + V] / (1 - cumsum)`` clipped to [0, 1] (spec §1.7)."""
+    """The released recorded q of each child: ``pi[fold(d) + V] / (1 - cumsum)`` clipped to [0, 1]."""
     gathered = pi[fold(draws, vocab) + vocab]
     before = torch.cumsum(gathered, 0) - gathered
     q = gathered / (1 - before)

@@ -1,6 +1,6 @@
 """Training the four draft heads the paper compares, on the engine's trainer with identical data and recipe.
 
-Methods (spec §6.2):
+Methods (the four arms of the paper's comparison):
 
 * ``eagle2``: the engine's EAGLE-2 head (dense SwiGLU, intermediate = the target's), EAGLE loss;
 * ``jakiro``: 2 SwiGLU experts (intermediate = H), 4-logit router, loss on both branches (const 0.5);

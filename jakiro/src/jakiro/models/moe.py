@@ -1,7 +1,7 @@
 """The two MoE feed-forward blocks of the repository: Jakiro (4-logit router, MoE + contrastive branch) and
 Jakiro* (2-logit router, per-expert outputs).
 
-Jakiro (spec §1.3, official ``jakiro/model/cnets.py``: ``MixtralSparseMoeBlock`` / ``_train``). For one token
+Jakiro (official ``jakiro/model/cnets.py``: ``MixtralSparseMoeBlock`` / ``_train``). For one token
 vector ``u`` and router logits ``r = W_g u`` (4 logits, no bias)::
 
     (w0, w1) = softmax(r0, r1)          y0 = E_0(u), y1 = E_1(u)   (SwiGLU experts, intermediate size = H)
@@ -14,11 +14,11 @@ The official code has one class for inference (returns ``m_moe``, or ``[m_moe, m
 penultimate draft step) and one for training (always the stack). Both have the same parameters; here one class
 covers both through ``branches`` so the state dicts are interchangeable by construction.
 
-Jakiro* (spec §1.7, official ``jakiro_star/model/cnets.py``): two GELU MLP experts (H -> intermediate -> H,
+Jakiro* (official ``jakiro_star/model/cnets.py``): two GELU MLP experts (H -> intermediate -> H,
 intermediate = the target's ``intermediate_size``) and a 2-logit router. Training uses the weighted mixture
 ``w_win y_win + w_lose y_lose`` (= ``w0 y0 + w1 y1``); inference keeps the *unweighted* outputs of the preferred
 and the other expert separately, ``[y_win, y_lose]``. That train/inference scale mismatch is the official
-behaviour and is kept (spec pitfall 15).
+behaviour and is kept (it is what the released heads were trained and evaluated with).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class JakiroMoE(nn.Module):
 
     ``branches="moe"`` returns ``m_moe [..., H]``; ``branches="both"`` returns ``[m_moe, m_con]`` stacked on a new
     leading dim, ``[2, ..., H]`` (the penultimate inference step and every training step).
-    Only E = 2 is defined: the official E > 2 path is internally inconsistent (spec §1.3) and no config uses it.
+    Only E = 2 is defined: the official E > 2 path is internally inconsistent and no config uses it.
     """
 
     num_experts = 2
