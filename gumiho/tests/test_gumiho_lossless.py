@@ -6,7 +6,7 @@ from effrepro.specdec import DraftBatch, DraftLevel, TreeConfig
 from effrepro.specdec.generate import GenerationConfig, autoregressive_generate, speculative_generate
 from gumiho.loss import LossWeights, gumiho_loss
 from gumiho.model import GumihoConfig, GumihoDraft
-from gumiho.proposer import GumihoProposer
+from gumiho.proposer import GumihoProposer, make_proposer
 
 VOCAB = 97  # the conftest target's vocabulary
 TREE = TreeConfig(top_k=4, depth=7, total_tokens=16)
@@ -43,7 +43,7 @@ def assert_lossless(target, proposer, max_new=32, seed=1):
 @pytest.mark.parametrize(("steps", "compat"), [(0, False), (1, False), (2, False), (2, True), (3, True)])
 def test_untrained_drafts_are_lossless(target, steps, compat):
     options = dict(OPTIONS, sibling_mask="official", mlp_pairing="row") if compat else OPTIONS
-    proposer = make_draft(target, steps).make_proposer(target.lm_head_weight, TREE, **options)
+    proposer = make_proposer(make_draft(target, steps), target.lm_head_weight, TREE, **options)
     results = assert_lossless(target, proposer)
     assert sum(r.draft_forwards for r in results) == steps * sum(r.cycles for r in results)
 
@@ -79,7 +79,7 @@ def test_oracle_draft_accepts_full_depth_and_stays_exact(target, steps):
     config = GenerationConfig(max_new_tokens=40)
     references = [ids.tolist() + autoregressive_generate(target, ids, config).tokens for ids in prompts()]
     draft = make_draft(target, steps)
-    proposer = OracleProposer(draft, target.lm_head_weight, draft.make_proposer(target.lm_head_weight, TREE,
+    proposer = OracleProposer(draft, target.lm_head_weight, make_proposer(draft, target.lm_head_weight, TREE,
                                                                                   **OPTIONS).config, references)
     results = assert_lossless(target, proposer)
     for result in results:
@@ -112,7 +112,7 @@ def test_briefly_trained_draft_is_lossless_and_accepts(target):
         loss.backward()
         optimizer.step()
     draft.eval()
-    proposer = draft.make_proposer(target.lm_head_weight, TREE, **OPTIONS)
+    proposer = make_proposer(draft, target.lm_head_weight, TREE, **OPTIONS)
     results = assert_lossless(target, proposer, seed=7)  # the prompts it was trained on: it must have learned
     tau = sum(r.new_tokens for r in results) / sum(r.cycles + 1 for r in results)
     assert tau > 1.5

@@ -63,11 +63,11 @@ def test_sibling_mask_flag(flag, others_matter):
     rows = torch.randn(4, H)
     ancestors = torch.arange(4)[:, None]
     base = proposer._serial_step(rows, ancestors, ctx, 2)
-    proposer.kv.truncate(ctx)
+    proposer.cache.crop(ctx)
     changed = rows.clone()
     changed[0] += 3.0  # change candidate 0 only
     out = proposer._serial_step(changed, ancestors, ctx, 2)
-    proposer.kv.truncate(ctx)
+    proposer.cache.crop(ctx)
     assert not torch.allclose(out[0], base[0])
     # isolated: candidates 1..3 are independent of candidate 0; official: they see it through the causal mask
     assert torch.allclose(out[1:], base[1:], atol=1e-6) != others_matter
@@ -80,10 +80,10 @@ def test_sibling_mask_isolated_equals_running_each_candidate_alone():
     ctx = proposer.context_length
     rows = torch.randn(4, H)
     together = proposer._serial_step(rows, torch.arange(4)[:, None], ctx, 2)
-    proposer.kv.truncate(ctx)
+    proposer.cache.crop(ctx)
     for j in range(4):
         alone = proposer._serial_step(rows[j:j + 1], torch.zeros(1, 1, dtype=torch.long), ctx, 2)
-        proposer.kv.truncate(ctx)
+        proposer.cache.crop(ctx)
         torch.testing.assert_close(alone[0], together[j], atol=1e-5, rtol=1e-5)
 
 

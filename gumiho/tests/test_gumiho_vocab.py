@@ -5,6 +5,7 @@ import torch
 from effrepro.specdec import TreeConfig
 from effrepro.specdec.generate import GenerationConfig, autoregressive_generate, speculative_generate
 from gumiho.model import GumihoConfig, GumihoDraft, head_from_checkpoint
+from gumiho.proposer import make_proposer
 
 VOCAB = 97  # the conftest target's vocabulary
 TREE = TreeConfig(top_k=4, depth=7, total_tokens=16)
@@ -35,7 +36,7 @@ D2T = torch.arange(1, VOCAB, 4)
 def test_reduced_vocabulary_drafts_are_lossless_and_in_vocabulary(target):
     draft = make_draft(target, steps=2)
     draft.set_draft_vocab(D2T)
-    proposer = draft.make_proposer(target.lm_head_weight, TREE, **OPTIONS)
+    proposer = make_proposer(draft, target.lm_head_weight, TREE, **OPTIONS)
     assert_lossless(target, proposer)
     proposer.reset()
     ids = torch.randint(0, VOCAB, (8,), generator=torch.Generator().manual_seed(3))

@@ -9,6 +9,7 @@ from effrepro.specdec import (
     autoregressive_generate,
     speculative_generate,
 )
+from jakiro.proposer import make_proposer
 
 VOCAB = 16  # the conftest target's vocabulary
 
@@ -32,7 +33,7 @@ def test_greedy_output_equals_plain_decoding(target, name, draft_for):
     accepted = 0
     for prompt_seed in range(4):
         prompt = torch.randint(0, VOCAB, (5 + prompt_seed,), generator=torch.Generator().manual_seed(prompt_seed))
-        proposer = draft.make_proposer(lm_head, tree, **options)
+        proposer = make_proposer(draft, lm_head, tree, **options)
         spec = speculative_generate(adapter, proposer, prompt, config)
         plain = autoregressive_generate(adapter, prompt, config)
         assert spec.tokens == plain.tokens
@@ -50,7 +51,7 @@ def test_star_sampling_runs_through_the_engine_with_its_own_verifier(target, dra
     config = GenerationConfig(max_new_tokens=30, sampling=sampling, seed=0)
     prompt = torch.arange(6) % VOCAB
     calls = []
-    proposer = draft.make_proposer(lm_head, None, sampling=sampling)
+    proposer = make_proposer(draft, lm_head, None, sampling=sampling)
     original_verify = proposer.verify
 
     def counting_verify(*args, **kwargs):
@@ -61,6 +62,6 @@ def test_star_sampling_runs_through_the_engine_with_its_own_verifier(target, dra
     result = speculative_generate(adapter, proposer, prompt, config)  # the engine calls tree.extras["verifier"]
     assert result.new_tokens == 30 and len(calls) == result.cycles
     # the same seeds reproduce the same output
-    proposer2 = draft.make_proposer(lm_head, None, sampling=sampling)
+    proposer2 = make_proposer(draft, lm_head, None, sampling=sampling)
     again = speculative_generate(adapter, proposer2, prompt, config)
     assert again.tokens == result.tokens

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from effrepro.errors import UsageError
 from effrepro.specdec import TreeConfig
 from jakiro.models.head import JakiroConfig, JakiroDraft, causal_allowed
+from jakiro.proposer import make_proposer
 
 H, V = 32, 50
 
@@ -29,16 +30,16 @@ def test_forwards_per_round_one_fewer_than_eagle2_schedule(depth):
     draft, lm = random_draft()
     feats, ids = context()
     tree = TreeConfig(top_k=3, depth=depth, total_tokens=20)
-    jak = draft.make_proposer(lm, tree)
-    full = draft.make_proposer(lm, tree, last_level="forward")
+    jak = make_proposer(draft, lm, tree)
+    full = make_proposer(draft, lm, tree, last_level="forward")
     t_j, t_f = jak.propose(feats, ids), full.propose(feats, ids)
     assert jak.last_forwards == depth and full.last_forwards == depth + 1
     assert int(t_j.depth.max()) <= depth + 1 and int(t_f.depth.max()) <= depth + 1
     # both keep only the context in the draft KV
     assert jak.context_length == feats.shape[0] == full.context_length
     # levels 1..depth are identical (same MoE branch); only the last level's source differs
-    levels_j = draft.make_proposer(lm, tree).propose_levels(feats, ids)
-    levels_f = draft.make_proposer(lm, tree, last_level="forward").propose_levels(feats, ids)
+    levels_j = make_proposer(draft, lm, tree).propose_levels(feats, ids)
+    levels_f = make_proposer(draft, lm, tree, last_level="forward").propose_levels(feats, ids)
     assert len(levels_j) == len(levels_f) == depth + 1
     for a, b in zip(levels_j[:-1], levels_f[:-1], strict=True):
         assert torch.equal(a.tokens, b.tokens) and torch.equal(a.parents, b.parents)
@@ -73,7 +74,7 @@ def plain_path_logprobs(draft, lm, feats, ids, path_tokens, branch: int = 0):
 def test_tree_masked_drafting_equals_per_path_recompute():
     draft, lm = random_draft()
     feats, ids = context()
-    proposer = draft.make_proposer(lm, TreeConfig(top_k=3, depth=4, total_tokens=30), last_level="forward")
+    proposer = make_proposer(draft, lm, TreeConfig(top_k=3, depth=4, total_tokens=30), last_level="forward")
     levels = proposer.propose_levels(feats, ids)
     k = 3
     # walk one kept path per level: level l entries' parents index level l-1 entries
@@ -94,10 +95,10 @@ def test_incremental_rounds_equal_fresh_catch_up():
     draft, lm = random_draft()
     feats, ids = context(9)
     tree = TreeConfig(top_k=3, depth=3, total_tokens=15)
-    p1 = draft.make_proposer(lm, tree)
+    p1 = make_proposer(draft, lm, tree)
     p1.propose(feats[:5], ids[:5])
     t_inc = p1.propose(feats[5:], ids[5:])
-    p2 = draft.make_proposer(lm, tree)
+    p2 = make_proposer(draft, lm, tree)
     t_full = p2.propose(feats, ids)
     assert torch.equal(t_inc.tokens, t_full.tokens) and torch.equal(t_inc.parents, t_full.parents)
     torch.testing.assert_close(t_inc.scores, t_full.scores)
@@ -108,8 +109,8 @@ def test_last_level_alignment_official_vs_parent():
     feats, ids = context(6, seed=4)
     k, depth = 4, 3
     tree = TreeConfig(top_k=k, depth=depth, total_tokens=40)
-    official = draft.make_proposer(lm, tree).propose_levels(feats, ids)
-    parent = draft.make_proposer(lm, tree, alignment="parent").propose_levels(feats, ids)
+    official = make_proposer(draft, lm, tree).propose_levels(feats, ids)
+    parent = make_proposer(draft, lm, tree, alignment="parent").propose_levels(feats, ids)
     # the contrastive rows themselves, from the penultimate forward's inputs (kept level-(D-1) nodes)
     last_o, last_p = official[-1], parent[-1]
     kept = last_o.parents.view(k, k)[:, 0]  # flat index (in level D) of the j-th kept node at level D
@@ -136,8 +137,8 @@ def test_last_level_alignment_official_vs_parent():
 def test_bad_options_are_usage_errors():
     draft, lm = random_draft()
     with pytest.raises(UsageError, match="alignment"):
-        draft.make_proposer(lm, TreeConfig(top_k=2, depth=3, total_tokens=8), alignment="child")
+        make_proposer(draft, lm, TreeConfig(top_k=2, depth=3, total_tokens=8), alignment="child")
     with pytest.raises(UsageError, match="depth"):
-        draft.make_proposer(lm, TreeConfig(top_k=2, depth=1, total_tokens=8))
+        make_proposer(draft, lm, TreeConfig(top_k=2, depth=1, total_tokens=8))
     with pytest.raises(UsageError, match="unknown"):
-        draft.make_proposer(lm, TreeConfig(top_k=2, depth=3, total_tokens=8), temperature=1.0)
+        make_proposer(draft, lm, TreeConfig(top_k=2, depth=3, total_tokens=8), temperature=1.0)

@@ -8,6 +8,7 @@ import torch
 from effrepro.specdec import tree_from_parents
 from effrepro.specdec.verify import SamplingConfig, target_probs
 from jakiro.models.head import JakiroConfig, JakiroDraft
+from jakiro.proposer import make_proposer
 from jakiro.star import (
     JAKIRO_STAR_TREE,
     StaticTree,
@@ -132,7 +133,7 @@ def test_star_proposer_builds_the_static_tree_with_six_forwards():
     draft = JakiroDraft(JakiroConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4,
                                      num_key_value_heads=2, vocab_size=50, variant="star")).double()
     lm = torch.randn(50, 32, dtype=torch.float64)
-    proposer = draft.make_proposer(lm, None, sampling=SamplingConfig(temperature=1.0), seed=3)
+    proposer = make_proposer(draft, lm, None, sampling=SamplingConfig(temperature=1.0), seed=3)
     feats, ids = torch.randn(5, 32, dtype=torch.float64), torch.randint(0, 50, (5,))
     tree = proposer.propose(feats, ids)
     assert tree.size == 27 and int(tree.depth.max()) == 6 and proposer.last_forwards == 6
@@ -144,7 +145,7 @@ def test_star_proposer_builds_the_static_tree_with_six_forwards():
     proposer.reset()
     again = proposer.propose(feats, ids)
     assert torch.equal(again.tokens, tree.tokens)
-    greedy = draft.make_proposer(lm, None, sampling=SamplingConfig(temperature=0.0))
+    greedy = make_proposer(draft, lm, None, sampling=SamplingConfig(temperature=0.0))
     g_tree = greedy.propose(feats, ids)
     for node in range(g_tree.size):
         kids = torch.nonzero(g_tree.parents == node).flatten()

@@ -11,6 +11,7 @@ from effrepro.specdec import (
     speculative_generate,
 )
 from jakiro.models.head import load_official_state_dict
+from jakiro.proposer import make_proposer
 
 VOCAB = 16  # the conftest target's vocabulary
 
@@ -27,7 +28,7 @@ def test_reduced_vocabulary_drafts_are_lossless_and_in_vocabulary(target, varian
     config = GenerationConfig(max_new_tokens=24)
     for seed in range(3):
         prompt = torch.randint(0, VOCAB, (6,), generator=torch.Generator().manual_seed(seed))
-        proposer = draft.make_proposer(lm_head, TreeConfig(top_k=3, depth=3, total_tokens=12), **options)
+        proposer = make_proposer(draft, lm_head, TreeConfig(top_k=3, depth=3, total_tokens=12), **options)
         spec = speculative_generate(adapter, proposer, prompt, config)
         assert spec.tokens == autoregressive_generate(adapter, prompt, config).tokens
         tree = proposer.propose(*_round(adapter, proposer, prompt))

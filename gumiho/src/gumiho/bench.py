@@ -13,21 +13,14 @@ from typing import Any
 
 import torch
 from effrepro.bench import cuda_sync, paired_benchmark
-from effrepro.specdec.eagle import build_eagle_head
+from effrepro.specdec.eagle import EagleProposer, build_eagle_head
 from transformers import LlamaConfig
 
 from gumiho.config import GumihoTreeConfig
 from gumiho.eval import eagle_tree_for
 from gumiho.model import GumihoDraft
+from gumiho.proposer import make_proposer
 from gumiho.train import VARIANTS
-
-
-def _restore(proposer: Any, length: int) -> None:
-    """Drop the positions a timed round added to the draft's context KV."""
-    if hasattr(proposer, "kv"):
-        proposer.kv.truncate(length)
-    else:
-        proposer.cache.crop(length)
 
 
 def draft_round_benchmark(target_config: Any, tree: GumihoTreeConfig, context: int = 128, new_tokens: int = 3,
@@ -43,13 +36,13 @@ def draft_round_benchmark(target_config: Any, tree: GumihoTreeConfig, context: i
     ids = torch.randint(0, vocab, (context + new_tokens,), device=device)
     proposers: dict[str, Any] = {}
     eagle = build_eagle_head(target_config).to(device).eval()
-    proposers["eagle2"] = eagle.make_proposer(lm_head, eagle_tree_for(tree))
+    proposers["eagle2"] = EagleProposer(eagle, lm_head, eagle_tree_for(tree))
     for name in variants:
         run = GumihoRunConfig(structure=VARIANTS[name], tree=tree)
         draft = GumihoDraft(run.draft_config(target_config)).to(device).eval()
         for p in draft.mlp.parameters():  # zero-init heads would make every candidate tie
             torch.nn.init.normal_(p, std=hidden ** -0.5)
-        proposers[name] = draft.make_proposer(lm_head, tree.tree(), **tree.options())
+        proposers[name] = make_proposer(draft, lm_head, tree.tree(), **tree.options())
     fns: dict[str, Callable[[], object]] = {}
     forwards: dict[str, int] = {}
     for name, proposer in proposers.items():
@@ -59,7 +52,7 @@ def draft_round_benchmark(target_config: Any, tree: GumihoTreeConfig, context: i
 
         def round_fn(p=proposer, n=length) -> None:
             p.propose(features[context:], ids[context:])
-            _restore(p, n)
+            p.cache.crop(n)
 
         round_fn()
         forwards[name] = int(proposer.last_forwards)

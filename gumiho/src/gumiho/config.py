@@ -7,6 +7,7 @@ from typing import Any
 
 from effrepro.errors import UsageError
 from effrepro.specdec import DraftDataConfig, EvalConfig, HeadTrainConfig, TreeConfig
+from effrepro.specdec.draft_data import check_chat_template, check_sharegpt
 
 from gumiho.loss import LossWeights
 from gumiho.model import GumihoConfig
@@ -45,18 +46,27 @@ class GumihoTreeConfig:
     official_compat: bool = False
 
     def tree(self) -> TreeConfig:
+        if self.tuned:
+            raise UsageError("tree.total_tokens=-1 is sized for this machine first (gumiho.eval.tuned_tree); "
+                             "gumiho eval does it")
         return TreeConfig(top_k=self.top_k, depth=self.depth, total_tokens=self.total_tokens)
 
     def options(self) -> dict[str, Any]:
-        """The keyword options of ``GumihoDraft.make_proposer``."""
+        """The keyword options of ``gumiho.proposer.make_proposer``."""
         if self.official_compat:
             return {"mlptopk": self.mlptopk, "pruning": self.pruning, "sibling_mask": "official",
                     "mlp_pairing": "row", "fta": "official"}
         return {"mlptopk": self.mlptopk, "pruning": self.pruning, "sibling_mask": self.sibling_mask,
                 "mlp_pairing": self.mlp_pairing, "fta": self.fta}
 
+    @property
+    def tuned(self) -> bool:
+        """``total_tokens: -1``: the tree is sized for the machine before use (``gumiho.eval.tuned_tree``)."""
+        return self.total_tokens == -1
+
     def check(self) -> None:
-        ProposerConfig(top_k=self.top_k, total_tokens=self.total_tokens, depth=self.depth, **self.options())
+        total = 2 if self.tuned else self.total_tokens
+        ProposerConfig(top_k=self.top_k, total_tokens=total, depth=self.depth, **self.options())
 
 
 def _deepspeed_recipe() -> HeadTrainConfig:
@@ -91,9 +101,18 @@ class GumihoRunConfig:
         if unknown:
             raise UsageError(f"unknown extra_decoders {unknown}; choose from {list(EXTRA_DECODERS)}")
         self.tree.check()
+        check_chat_template(self.data.chat_template)
+        check_chat_template(self.eval.chat_template)
         if self.structure.serial_steps + self.structure.mlp_num < self.tree.depth:
             raise UsageError(f"tree.depth={self.tree.depth} exceeds the draft's "
                              f"{self.structure.serial_steps} + {self.structure.mlp_num} levels; lower tree.depth")
+
+    def check_data(self) -> None:
+        """The data checks that need no model, before any work: with ``data_source: engine``, a ShareGPT count
+        the given file (or, without ``data.sharegpt_path``, the 500 shipped dummy conversations) cannot hold is
+        an error (``full.yaml`` asks 68,000)."""
+        if self.data_source == "engine":
+            check_sharegpt(self.data)
 
     def train_config(self) -> HeadTrainConfig:
         """The engine's trainer config with Gumiho's loss weights (read back by ``GumihoDraft.compute_loss``)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from effrepro.data import cache_dir, mtbench_questions
+from effrepro.data import cache_dir
 from effrepro.errors import UsageError
 from effrepro.specdec.draft_data import (
     ChatFormatter,
@@ -31,16 +31,9 @@ from effrepro.specdec.draft_data import (
     encode_features,
     self_generate,
 )
+from effrepro.specdec.questions import mtbench_split
 
-HOLDOUT_EVERY = 10  # MT-bench lists 10 questions per category: the first of each block is held out
-
-
-def split_mtbench(holdout_every: int = HOLDOUT_EVERY) -> tuple[list[dict], list[dict]]:
-    """``(train_questions, eval_questions)``: every ``holdout_every``-th question (from the first) is held out."""
-    questions = mtbench_questions()
-    held = [q for i, q in enumerate(questions) if i % holdout_every == 0]
-    train = [q for i, q in enumerate(questions) if i % holdout_every != 0]
-    return train, held
+split_mtbench = mtbench_split  # ``(train_questions, eval_questions)``: the engine's one MT-bench split
 
 
 def write_questions(questions: list[dict], path: Path) -> Path:

@@ -3,33 +3,23 @@ tokens/s and speedup against plain decoding in the same process, cost-model spee
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from effrepro.specdec import EvalConfig, TargetAdapter, TreeConfig, evaluate
-from effrepro.specdec.protocol import DraftHead
+from effrepro.specdec import EvalConfig, TargetAdapter, TreeConfig, evaluate, proposer_factory
+from effrepro.specdec.eagle import eagle_factory  # noqa: F401 (the EAGLE-2 baseline's factory, for reproduce)
 
 from gumiho.config import GumihoTreeConfig
+from gumiho.model import GumihoDraft
+from gumiho.proposer import make_proposer
 
 
-def gumiho_factory(draft: DraftHead, tree: GumihoTreeConfig):
-    """``(target) -> GumihoProposer`` for the harness."""
+def gumiho_factory(draft: GumihoDraft, tree: GumihoTreeConfig) -> Callable[[TargetAdapter], Any]:
+    """``(target) -> GumihoProposer`` for the harness (the engine's ``proposer_factory``)."""
     tree.check()
-
-    def make(target: TargetAdapter):
-        return draft.make_proposer(target.lm_head_weight.detach().float(), tree.tree(), **tree.options())
-
-    return make
-
-
-def eagle_factory(head: DraftHead, tree: TreeConfig):
-    """``(target) -> EagleProposer`` (the engine's EAGLE-2 baseline)."""
-
-    def make(target: TargetAdapter):
-        return head.make_proposer(target.lm_head_weight.detach().float(), tree)
-
-    return make
+    return proposer_factory(make_proposer, draft, tree.tree(), **tree.options())
 
 
 def chain_tree(tree: GumihoTreeConfig) -> GumihoTreeConfig:
@@ -48,3 +38,27 @@ def run_eval(target: TargetAdapter, tokenizer: Any, methods: dict[str, Any], con
              out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Plain decoding + every method, interleaved per question (see ``effrepro.specdec.harness``)."""
     return evaluate(target, tokenizer, methods, config, out_dir=out_dir, progress=progress)
+
+
+def tuned_tree(target: TargetAdapter, tokenizer: Any, draft: GumihoDraft, tree: GumihoTreeConfig,
+               chat_template: str = "auto", log: Callable[[str], None] | None = None) -> GumihoTreeConfig:
+    """``tree.total_tokens: -1``: ``top_k``, ``depth`` (from the serial steps to the draft's levels) and
+    ``total_tokens`` chosen by the engine's tree tuner for this draft on this machine (measured costs, replayed
+    acceptance; cached per head and machine); ``mlptopk``, ``pruning`` and the flags stay the config's. A
+    shallower Gumiho round is the first levels of a deeper one, so one proposer per top-k replays every depth."""
+    import sys
+
+    from effrepro.specdec.tuning import TreeGrid
+    from effrepro.specdec.tuning import tuned_tree as tune
+
+    steps, levels = draft.config.serial_steps, draft.config.depth
+    grid = TreeGrid(depth=tuple(range(max(steps, 1), levels + 1)))
+
+    def make(candidate: TreeConfig) -> Any:
+        return proposer_factory(make_proposer, draft, candidate, **tree.options())(target)
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    choice = tune(target, tokenizer, draft, make, grid=grid, chat_template=chat_template, log=log or say)
+    return replace(tree, top_k=choice.tree.top_k, depth=choice.tree.depth, total_tokens=choice.tree.total_tokens)

@@ -19,39 +19,31 @@ all-parallel (Medusa-style) variant whose heads read ``fc([E r ; f_t])``, the fu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from effrepro.errors import UsageError
-from effrepro.specdec import DraftBatch, DraftHead, LossContext, TreeConfig
+from effrepro.specdec import DraftBatch, DraftHead, DraftModelConfig, LossContext
 from effrepro.specdec.target import TreeKVCache, additive_mask
 from torch import nn
-from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 
 @dataclass
-class GumihoConfig:
-    """Widths of the draft (those of the target) and the Gumiho structure knobs."""
+class GumihoConfig(DraftModelConfig):
+    """The engine's draft config (widths of the target) plus the Gumiho structure knobs."""
 
-    hidden_size: int
-    intermediate_size: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    vocab_size: int
-    head_dim: int | None = None
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
-    max_position_embeddings: int = 2048
-    hidden_act: str = "silu"
-    pad_token_id: int | None = None
+    TARGET_KEYS: ClassVar[tuple[str, ...]] = (*DraftModelConfig.TARGET_KEYS, "pad_token_id")
+
     num_layers: int = 2  # Transformer depth (every released Gumiho config: 2; EAGLE: 1)
+    # fc_bias (engine default True): the official Model always builds fc with a bias (spec D5)
+    pad_token_id: int | None = None
     serial_steps: int = 2  # draft positions produced by the Transformer (paper: 2)
     mlp_num: int = 5  # parallel MLP heads (paper: 5 -> 7 draft levels in all)
     mlp_res_blocks: int = 5  # residual blocks after the first (no-residual) block
-    fc_bias: bool = True  # the official Model always builds fc with a bias (spec D5)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.serial_steps < 0 or self.mlp_num < 0 or self.serial_steps + self.mlp_num < 1:
             raise UsageError(
                 f"serial_steps={self.serial_steps}, mlp_num={self.mlp_num}: need serial_steps >= 0, mlp_num >= 0 "
@@ -59,8 +51,6 @@ class GumihoConfig:
             )
         if self.serial_steps > 0 and self.num_layers < 1:
             raise UsageError("serial_steps > 0 needs a Transformer: set num_layers >= 1 (the paper uses 2)")
-        if self.hidden_size % self.num_attention_heads and self.head_dim is None:
-            raise UsageError(f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
 
     @property
     def depth(self) -> int:
@@ -70,35 +60,6 @@ class GumihoConfig:
     @property
     def mlp_input_width(self) -> int:
         return max(1, min(self.serial_steps, 2)) * self.hidden_size
-
-    @classmethod
-    def from_target(cls, target_config: Any, **overrides: Any) -> GumihoConfig:
-        """Copy the widths of an HF LLaMA-family target config; ``overrides`` set the structure knobs."""
-        keys = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size",
-                "rms_norm_eps", "max_position_embeddings", "hidden_act", "pad_token_id")
-        values = {k: getattr(target_config, k) for k in keys if getattr(target_config, k, None) is not None}
-        values.setdefault("num_key_value_heads", values.get("num_attention_heads"))
-        head_dim = getattr(target_config, "head_dim", None)
-        if head_dim is not None:
-            values["head_dim"] = head_dim
-        rope = getattr(target_config, "rope_parameters", None) or {}
-        theta = rope.get("rope_theta") if isinstance(rope, dict) else None
-        values["rope_theta"] = float(theta or getattr(target_config, "rope_theta", 10000.0) or 10000.0)
-        values.update(overrides)
-        return cls(**values)
-
-    def llama_config(self) -> LlamaConfig:
-        """The HF config of the draft's decoder layers (same widths as the target, fp32 softmax via sdpa)."""
-        config = LlamaConfig(
-            hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
-            num_attention_heads=self.num_attention_heads, num_key_value_heads=self.num_key_value_heads,
-            head_dim=self.head_dim or self.hidden_size // self.num_attention_heads, vocab_size=self.vocab_size,
-            rms_norm_eps=self.rms_norm_eps, max_position_embeddings=self.max_position_embeddings,
-            hidden_act=self.hidden_act, num_hidden_layers=self.num_layers, attention_bias=False, mlp_bias=False,
-            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
-        )
-        config._attn_implementation = "sdpa"
-        return config
 
 
 class ResBlock(nn.Module):
@@ -142,29 +103,11 @@ class ParallelMLPs(nn.Module):
         return torch.stack([head(x) for head in self.mlp[:heads]], dim=-2)
 
 
-DRAFT_KV_LENGTH = 4096 + 512  # context positions + one round's tree entries
-
-
-class DraftKV(TreeKVCache):
-    """The draft Transformer's KV: the engine's ``TreeKVCache`` (pre-allocated per layer, written in place).
-
-    The proposer keeps a *context-only* cache between rounds (the official ``stable_kv``) and discards tree-branch
-    entries with ``truncate`` (= ``crop``; spec pitfall 12).
-    """
-
-    def __init__(self, num_layers: int, max_length: int = DRAFT_KV_LENGTH) -> None:
-        super().__init__(num_layers, max_length)
-
-    def truncate(self, length: int) -> None:
-        """Drop every position at and after ``length`` (tree branches of the last round)."""
-        self.crop(length)
-
-
 class GumihoDraft(DraftHead):
     """The trainable Gumiho draft (plus its frozen embedding copy). The target LM head is borrowed, not stored.
 
-    A ``effrepro.specdec.DraftHead``: ``compute_loss`` is Gumiho's loss (``gumiho.loss``) and ``make_proposer``
-    returns a ``GumihoProposer``.
+    A ``effrepro.specdec.DraftHead``: ``compute_loss`` is Gumiho's loss (``gumiho.loss``); its proposer comes from
+    :func:`gumiho.proposer.make_proposer`.
     """
 
     def __init__(self, config: GumihoConfig) -> None:
@@ -190,7 +133,7 @@ class GumihoDraft(DraftHead):
         return self.fc(torch.cat([embeds, features], dim=-1))
 
     def transformer(
-        self, fused: torch.Tensor, position_ids: torch.Tensor, allowed: torch.Tensor, kv: DraftKV | None = None
+        self, fused: torch.Tensor, position_ids: torch.Tensor, allowed: torch.Tensor, kv: TreeKVCache | None = None
     ) -> torch.Tensor:
         """Run the decoder layers on ``fused [B, q, H]``.
 
@@ -252,13 +195,6 @@ class GumihoDraft(DraftHead):
         out = gumiho_loss(self, batch, ctx.lm_head, ctx.epoch, LossWeights.from_dict(ctx.weights), accuracy=True)
         return {k: float(v) for k, v in out.items()}
 
-    def make_proposer(self, lm_head: torch.Tensor, tree: TreeConfig, **options: Any):
-        """A ``GumihoProposer``; ``options``: ``mlptopk``, ``pruning``, ``sibling_mask``, ``mlp_pairing``, ``fta``."""
-        from gumiho.proposer import GumihoProposer, ProposerConfig
-
-        config = ProposerConfig(top_k=tree.top_k, total_tokens=tree.total_tokens, depth=tree.depth, **options)
-        return GumihoProposer(self, lm_head, config)
-
 
 # ----- official checkpoint keys (released `amd/Gumiho-*` pytorch_model.bin) -----
 def official_to_ours(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -283,13 +219,7 @@ def head_from_checkpoint(state: dict[str, Any], embed_weight: torch.Tensor) -> G
         raise UsageError(f"not a Gumiho head checkpoint (method {state.get('method')!r}); pass the head.pt that "
                          "`gumiho train` wrote")
     draft = GumihoDraft(GumihoConfig(**state["config"]))
-    draft.check_compatible(int(embed_weight.shape[1]), int(embed_weight.shape[0]))
-    draft.freeze_embedding(embed_weight.detach().float())
-    missing, unexpected = draft.load_state_dict(state["state_dict"], strict=False)
-    missing = [m for m in missing if not m.startswith("embed_tokens")]
-    if missing or unexpected:
-        raise UsageError(f"head checkpoint does not match its config (missing {missing[:4]}, unexpected "
-                         f"{unexpected[:4]})")
+    draft.restore(state["state_dict"], embed_weight)
     return draft.eval()
 
 

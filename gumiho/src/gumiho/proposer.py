@@ -27,13 +27,16 @@ Two official behaviours are compatibility flags (both default to the corrected b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from effrepro.errors import UsageError
-from effrepro.specdec import DraftLevel, DraftTree, LevelProposer, expand_topk
+from effrepro.specdec import DraftLevel, DraftTree, LevelProposer, TreeConfig, expand_topk
+from effrepro.specdec.target import TreeKVCache
+from effrepro.specdec.verify import rows_sample_verify
 
 from gumiho.fta import FTA_MODES, fta_pad
-from gumiho.model import DraftKV, GumihoDraft
+from gumiho.model import GumihoDraft
 
 SIBLING_MASKS = ("isolated", "official")
 MLP_PAIRINGS = ("parent", "row")
@@ -69,7 +72,8 @@ class ProposerConfig:
 class GumihoProposer(LevelProposer):
     """Stateful drafter for one sequence: keeps the draft's context-only KV (the official ``stable_kv``)."""
 
-    def __init__(self, draft: GumihoDraft, lm_head: torch.Tensor, config: ProposerConfig | None = None) -> None:
+    def __init__(self, draft: GumihoDraft, lm_head: torch.Tensor, config: ProposerConfig | None = None,
+                 max_length: int = 4096) -> None:
         self.draft = draft
         self.lm_head = draft.draft_lm_head(lm_head)  # the frozen target head W: [V, H], or [K, H] (draft vocab)
         self.config = config or ProposerConfig()
@@ -80,21 +84,13 @@ class GumihoProposer(LevelProposer):
         self.depth = depth
         self.total_tokens = self.config.total_tokens
         self.last_forwards = 0  # sequential Transformer passes of the last round (the context pass included)
-        self.reset()
-
-    def reset(self) -> None:
-        self.kv = DraftKV(len(self.draft.layers))
-
-    @property
-    def context_length(self) -> int:
-        return self.kv.length
-
-    def _logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax((hidden @ self.lm_head.t()).float(), dim=-1)
+        # the draft Transformer's KV: context rows (the official ``stable_kv``), then this round's serial tree rows
+        self.cache = TreeKVCache(len(draft.layers), max_length + self.config.top_k * depth)
 
     def postprocess_tree(self, tree: DraftTree) -> DraftTree:
-        if self.config.fta == "official":
+        if self.config.fta == "official":  # as the official code: greedy and sampled verification walk the rows
             tree.retrieve_indices = fta_pad(tree.retrieve_indices)
+            tree.extras["sample_verifier"] = rows_sample_verify
         return tree
 
     @torch.no_grad()
@@ -112,13 +108,13 @@ class GumihoProposer(LevelProposer):
         if steps == 0:  # all-parallel: the heads read the fused root, one row
             return self._mlp_levels([fused_root[0, -1:]], None, torch.zeros(1, device=fused_root.device), [])
 
-        ctx = self.kv.length
+        ctx = self.cache.length
         n_new = fused_root.shape[1]
         positions = torch.arange(ctx, ctx + n_new, device=fused_root.device)[None]
         allowed = torch.ones(n_new, ctx + n_new, dtype=torch.bool, device=fused_root.device).tril(ctx)[None]
-        hidden = draft.transformer(fused_root, positions, allowed, self.kv)
+        hidden = draft.transformer(fused_root, positions, allowed, self.cache)
         self.last_forwards = 1
-        ctx = self.kv.length  # the context KV now covers the root's position; tree entries come after it
+        ctx = self.cache.length  # the context KV now covers the root's position; tree entries come after it
         h1 = hidden[0, -1]
         top = torch.topk(self._logprobs(h1), cfg.top_k)
         top_tokens = draft.to_target_ids(top.indices)  # draft indices -> target ids (identity at full vocab)
@@ -136,7 +132,7 @@ class GumihoProposer(LevelProposer):
                 fused.append(draft.fuse(levels[-1].tokens, out[parents]))  # g_s[j] = fc([E d_s[j] ; H_s[par]])
                 ancestors = torch.cat([ancestors[parents], torch.arange(len(parents), device=h1.device)[:, None]], 1)
         finally:
-            self.kv.truncate(ctx)  # tree-branch KV never survives the round (pitfall 12)
+            self.cache.crop(ctx)  # tree-branch KV never survives the round
         parents_last = levels[-1].parents if steps >= 2 else None
         return self._mlp_levels(fused, parents_last, levels[-1].scores, levels)
 
@@ -158,7 +154,7 @@ class GumihoProposer(LevelProposer):
             allowed[:, ctx:ctx + earlier * k] = True
             allowed[:, ctx + earlier * k:] = torch.ones(k, k, dtype=torch.bool, device=device).tril()
         positions = torch.full((1, k), ctx + earlier, dtype=torch.long, device=device)
-        return self.draft.transformer(rows[None], positions, allowed[None], self.kv)[0]
+        return self.draft.transformer(rows[None], positions, allowed[None], self.cache)[0]
 
     def _mlp_levels(
         self, fused: list[torch.Tensor], parents_last: torch.Tensor | None, scores: torch.Tensor,
@@ -181,3 +177,11 @@ class GumihoProposer(LevelProposer):
                                      parents))
             src, scores = src[beam], levels[-1].scores
         return levels
+
+
+def make_proposer(draft: GumihoDraft, lm_head: torch.Tensor, tree: TreeConfig, max_length: int = 4096,
+                  **options: Any) -> GumihoProposer:
+    """A ``GumihoProposer`` for one sequence; ``options``: ``mlptopk``, ``pruning``, ``sibling_mask``,
+    ``mlp_pairing``, ``fta`` (``GumihoTreeConfig.options``)."""
+    config = ProposerConfig(top_k=tree.top_k, total_tokens=tree.total_tokens, depth=tree.depth, **options)
+    return GumihoProposer(draft, lm_head, config, max_length=max_length)

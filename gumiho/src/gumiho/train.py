@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from effrepro.errors import UsageError
 from effrepro.specdec import generate_draft_data, train_head
+from effrepro.specdec.target import load_target_on  # noqa: F401 (re-export: gumiho's loader is the engine's)
 from effrepro.train import load_checkpoint
 from effrepro.train.checkpoint import config_from
 
@@ -38,10 +39,13 @@ def build_draft(config: GumihoRunConfig, model: Any) -> GumihoDraft:
 
 def draft_data_dir(config: GumihoRunConfig, model: Any, tokenizer: Any, progress: bool = True) -> Path:
     """The (cached) draft-data folder for ``config.data_source`` (see ``GumihoRunConfig``)."""
+    config.check_data()
     if config.data_source == "mtbench_split":
-        from gumiho.data import prompt_draft_data, split_mtbench
+        from effrepro.specdec.questions import mtbench_split
 
-        train_questions, _ = split_mtbench()
+        from gumiho.data import prompt_draft_data
+
+        train_questions, _ = mtbench_split()
         return prompt_draft_data(model, tokenizer, config.data, [q["turns"][0] for q in train_questions])
     return Path(generate_draft_data(model, tokenizer, config.data, progress=progress))
 
@@ -58,22 +62,6 @@ def train_draft(config: GumihoRunConfig, model: Any, tokenizer: Any, out_dir: st
     lm_head = model.get_output_embeddings().weight.detach().float()
     result = train_head(draft, lm_head, data_dir, config.train_config(), out_dir, progress=progress, resume=resume)
     return {**result, "data_dir": str(data_dir), "head": str(Path(out_dir) / "head.pt")}
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def load_target_on(name: str, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
-    """The target and its tokenizer on ``device`` (``cpu``, ``cuda``, ``cuda:1``; ``auto``: ``device_map="auto"``
-    over every GPU) in ``dtype`` (``float32`` / ``bfloat16`` / ``float16``)."""
-    from effrepro.data import load_target
-
-    if dtype not in DTYPES:
-        raise UsageError(f"dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    if device == "auto":
-        return load_target(name, dtype=DTYPES[dtype], device_map="auto")
-    model, tokenizer = load_target(name, dtype=DTYPES[dtype])
-    return model.to(device), tokenizer
 
 
 def load_draft(path: str | Path, model: Any) -> GumihoDraft:

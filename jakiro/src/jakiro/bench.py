@@ -17,6 +17,7 @@ import torch
 from effrepro.bench import cuda_sync, paired_benchmark
 from effrepro.specdec import SamplingConfig, TreeConfig
 
+from jakiro.eval import proposer_builder
 from jakiro.train import build_head
 
 SCHEDULES = {
@@ -42,7 +43,7 @@ def draft_cost_benchmark(target_model: Any, tree: TreeConfig, context: int = 256
     for name, (method, options) in SCHEDULES.items():
         head = (heads or {}).get(method) or build_head(method, target_model)
         head = head.to(device, dtype).eval()
-        proposer = head.make_proposer(lm_head.to(dtype), tree, max_length=context + 64, **options)
+        proposer = proposer_builder(head)(head, lm_head.to(dtype), tree, max_length=context + 64, **options)
         proposer.propose(features[:context], next_ids[:context])  # prime the context KV
         proposers[name] = proposer
         params[name] = sum(p.numel() for p in head.parameters() if p.requires_grad)

@@ -44,10 +44,6 @@ INSTRUCTIONS = (
     "Read this and answer: what problem does it solve, and when would you use it?\n\n{text}",
 )
 
-ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
-         "bing": "assistant", "bard": "assistant", "system": "system"}
-
-
 def corpus_prompts(count: int, excerpt_chars: int = 600, seed: int = 0) -> list[str]:
     """``count`` instructions over documents of ``effrepro.data.text_corpus`` (shuffled with ``seed``)."""
     from effrepro.data import text_corpus
@@ -100,15 +96,18 @@ def encode_conversations(model: Any, tokenizer: Any, conversations: list[list[di
 
 
 def corpus_prompt_data(model: Any, tokenizer: Any, prompts: int, max_new_tokens: int = 128, max_len: int = 1024,
-                       seed: int = 0, cache_root: str | os.PathLike | None = None, progress: bool = True) -> Path:
-    """Self-distilled draft data: the target's greedy answers to :func:`corpus_prompts` (cached by content)."""
+                       seed: int = 0, cache_root: str | os.PathLike | None = None, progress: bool = True,
+                       chat_template: str = "auto") -> Path:
+    """Self-distilled draft data: the target's greedy answers to :func:`corpus_prompts` (cached by content),
+    rendered with ``chat_template`` ("auto": the tokenizer's own; else an fschat template name)."""
     from effrepro.data import cache_dir
 
     if prompts < 1:
         raise UsageError(f"data.prompts={prompts}; need at least one prompt")
     texts = corpus_prompts(prompts, seed=seed)
     config = DraftDataConfig(sharegpt=0, self_generated=len(texts), max_len=max_len,
-                             self_max_new_tokens=max_new_tokens, self_temperature=0.0, seed=42)
+                             self_max_new_tokens=max_new_tokens, self_temperature=0.0, seed=42,
+                             chat_template=chat_template)
     digest = hashlib.sha256(json.dumps([data_key(config, model), texts]).encode()).hexdigest()[:16]
     root = Path(cache_root) if cache_root is not None else cache_dir() / "jakiro" / "draft_data"
     folder = root / f"corpus-{digest}"
@@ -117,35 +116,24 @@ def corpus_prompt_data(model: Any, tokenizer: Any, prompts: int, max_new_tokens:
     formatter = ChatFormatter(tokenizer, config.chat_template)
     pool = [[{"role": "user", "content": text}] for text in texts]
     conversations = self_generate(model, tokenizer, formatter, pool, config)
-    return encode_conversations(model, tokenizer, conversations, folder, max_len, progress=progress,
+    return encode_conversations(model, tokenizer, conversations, folder, max_len, chat_template, progress=progress,
                                 extra_meta={"source": "corpus prompts, self-generated", "prompts": len(texts),
                                             "max_new_tokens": max_new_tokens})
 
 
 def read_sharegpt(path: str | os.PathLike, limit: int = 68000, seed: int = 42) -> list[list[dict]]:
-    """ShareGPT json -> conversations of ``{"role", "content"}``; shuffled with ``seed``, first ``limit`` kept."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UsageError(f"ShareGPT file {path} not found; give the path of "
-                         "ShareGPT_V4.3_unfiltered_cleaned_split.json")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(raw, list):
-        raise UsageError(f"{path} must hold a list of conversations (ShareGPT format)")
-    order = torch.randperm(len(raw), generator=torch.Generator().manual_seed(seed)).tolist()
-    conversations = []
-    for index in order[:limit] if limit else order:
-        turns = raw[index].get("conversations", []) if isinstance(raw[index], dict) else []
-        messages = [{"role": ROLES.get(str(t.get("from", "")).lower(), ""), "content": str(t.get("value", ""))}
-                    for t in turns]
-        messages = [m for m in messages if m["role"] and m["content"].strip()]
-        if messages and messages[0]["role"] == "user":
-            conversations.append(messages)
+    """ShareGPT json -> conversations of ``{"role", "content"}`` (the engine's reader), shuffled with ``seed``,
+    the first ``limit`` kept (0 = all). Asking for more than the file holds is an error, not a smaller run."""
+    from effrepro.data.text import load_sharegpt_file
+
+    conversations = load_sharegpt_file(path)
     if not conversations:
         raise UsageError(f"{path} holds no usable conversations (need 'conversations' with from/value turns)")
-    return conversations
+    if limit > len(conversations):
+        raise UsageError(f"--limit {limit} ShareGPT conversations asked, {path} holds {len(conversations)} usable "
+                         "ones; lower --limit or give the full file")
+    order = torch.randperm(len(conversations), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [conversations[i] for i in (order[:limit] if limit else order)]
 
 
 def encode_sharegpt_file(model: Any, tokenizer: Any, path: str | os.PathLike, max_len: int = 2048,

@@ -8,6 +8,7 @@ from typing import Any
 
 from effrepro.errors import UsageError
 from effrepro.specdec import DraftDataConfig
+from effrepro.specdec.draft_data import check_chat_template, check_sharegpt
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,16 @@ class DataSettings:
     max_len: int = 1024
     sharegpt_json: str = ""  # full scale: a ShareGPT json file (the official 68k conversations)
     sharegpt_limit: int = 68000
+    chat_template: str = "auto"  # the tokenizer's own; else an fschat template name (full scale: vicuna_v1.1)
+
+    def __post_init__(self) -> None:
+        """The checks that need no model (before any work): the template name, the ShareGPT file, the count of
+        the shipped set."""
+        check_chat_template(self.chat_template)
+        if self.sharegpt_json and not Path(self.sharegpt_json).expanduser().is_file():
+            raise UsageError(f"ShareGPT file {self.sharegpt_json} not found; give the path of "
+                             "ShareGPT_V4.3_unfiltered_cleaned_split.json")
+        check_sharegpt(DraftDataConfig(sharegpt=self.sharegpt))
 
 
 def build_draft_data(data: DataSettings, target: str, model: Any, tokenizer: Any, seed: int = 0,
@@ -30,13 +41,15 @@ def build_draft_data(data: DataSettings, target: str, model: Any, tokenizer: Any
     folders: list[Path] = []
     if data.sharegpt_json:
         folders.append(encode_sharegpt_file(model, tokenizer, data.sharegpt_json, max_len=data.max_len,
-                                            limit=data.sharegpt_limit, progress=progress))
+                                            limit=data.sharegpt_limit, chat_template=data.chat_template,
+                                            progress=progress))
     if data.prompts:
         folders.append(corpus_prompt_data(model, tokenizer, data.prompts, data.max_new_tokens, data.max_len,
-                                          seed=seed, progress=progress))
+                                          seed=seed, progress=progress, chat_template=data.chat_template))
     if data.sharegpt:
-        folders += draft_data_folders(model, tokenizer, DraftDataConfig(target=target, sharegpt=data.sharegpt,
-                                                                        max_len=data.max_len), progress=progress)
+        config = DraftDataConfig(target=target, sharegpt=data.sharegpt, max_len=data.max_len,
+                                 chat_template=data.chat_template)
+        folders += draft_data_folders(model, tokenizer, config, progress=progress)
     if not folders:
         raise UsageError("no draft data selected; set prompts, sharegpt or sharegpt_json")
     return folders

@@ -22,9 +22,11 @@ from typing import Any
 import torch
 from effrepro.errors import UsageError
 from effrepro.specdec import EvalConfig, SamplingConfig, TargetAdapter, TreeConfig, evaluate
-from effrepro.specdec.eagle import EagleHead, eagle_factory
+from effrepro.specdec.eagle import EagleHead, EagleProposer
+from effrepro.specdec.protocol import ProposerBuilder, proposer_factory
 
 from jakiro.models.head import JakiroDraft
+from jakiro.proposer import make_proposer
 
 
 @dataclass(frozen=True)
@@ -50,23 +52,27 @@ def check_variants(names: list[str]) -> list[str]:
     return names
 
 
+def proposer_builder(head: Any) -> ProposerBuilder:
+    """How proposers are built for ``head``: EAGLE-2's class for the baseline, :func:`jakiro.proposer.make_proposer`
+    for Jakiro / Jakiro* drafts."""
+    if isinstance(head, EagleHead):
+        return EagleProposer
+    if isinstance(head, JakiroDraft):
+        return make_proposer
+    raise UsageError(f"no proposer for a {type(head).__name__} head; expected an EAGLE-2 or a Jakiro head")
+
+
 def variant_factory(name: str, head: Any, tree: TreeConfig,
                     sampling: SamplingConfig) -> Callable[[TargetAdapter], Any]:
-    """A harness factory ``target -> proposer`` for one variant (lm_head cast once to the head's dtype)."""
-    options = dict(VARIANTS[name].options)
+    """A harness factory ``target -> proposer`` for one variant (the engine's ``proposer_factory``)."""
     if isinstance(head, EagleHead):
-        return eagle_factory(head, tree)
+        return proposer_factory(EagleProposer, head, tree)
     if not isinstance(head, JakiroDraft):
         raise UsageError(f"variant {name} needs a Jakiro head, got {type(head).__name__}")
+    options = dict(VARIANTS[name].options)
     if head.config.variant == "star":
         options["sampling"] = sampling
-
-    def make(target: TargetAdapter) -> Any:
-        weight = next(head.parameters())
-        lm_head = target.lm_head_weight.detach().to(weight.device, weight.dtype)
-        return head.make_proposer(lm_head, tree, max_length=target.max_length, **options)
-
-    return make
+    return proposer_factory(make_proposer, head, tree, **options)
 
 
 def evaluate_variants(target: TargetAdapter, tokenizer: Any, heads: dict[str, Any], variants: list[str],
@@ -81,3 +87,35 @@ def evaluate_variants(target: TargetAdapter, tokenizer: Any, heads: dict[str, An
     methods = {name: variant_factory(name, heads[VARIANTS[name].head], tree, sampling) for name in variants}
     with torch.no_grad():
         return evaluate(target, tokenizer, methods, config, out_dir, progress=progress)
+
+
+def tuned_tree(target: TargetAdapter, tokenizer: Any, heads: dict[str, Any], variants: list[str],
+               chat_template: str = "auto", log: Callable[[str], None] | None = None) -> TreeConfig:
+    """``--total-tokens -1``: the engine's tree tuner (measured step, verify and draft costs, replayed acceptance;
+    cached per head and machine) run with the Jakiro head (the first variant's head when ``jakiro`` is not
+    evaluated), and the chosen ``(top_k, depth, total_tokens)`` used by every variant, so they compare at one
+    budget. Depths from 2 (the contrastive last level needs two levels); every depth is replayed by its own
+    proposer, since Jakiro's last level is not the first level of a deeper round."""
+    import sys
+
+    from effrepro.specdec.tuning import TreeGrid
+    from effrepro.specdec.tuning import tuned_tree as tune
+
+    check_variants(variants)
+    name = "jakiro" if "jakiro" in variants else variants[0]
+    head = heads[VARIANTS[name].head]
+    if isinstance(head, JakiroDraft) and head.config.variant == "star":
+        raise UsageError("--total-tokens -1 sizes a dynamic tree; Jakiro* drafts on its static tree (evaluate "
+                         "jakiro or eagle2 with it)")
+    jakiro = isinstance(head, JakiroDraft)
+    grid = TreeGrid(depth=(2, 3, 4, 5, 6)) if jakiro else TreeGrid()
+
+    def make(tree: TreeConfig) -> Any:
+        return variant_factory(name, head, tree, SamplingConfig())(target)
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    choice = tune(target, tokenizer, head, make, grid=grid, prefix=not jakiro, chat_template=chat_template,
+                  log=log or say)
+    return choice.tree

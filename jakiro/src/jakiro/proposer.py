@@ -26,12 +26,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from effrepro.errors import UsageError
 from effrepro.specdec import DraftLevel, LevelProposer, TreeConfig
 from effrepro.specdec.target import TreeKVCache
 
 from jakiro.models.head import JakiroDraft, causal_allowed
+from jakiro.star import StarProposer
 
 ALIGNMENTS = ("official", "parent")
 LAST_LEVELS = ("contrastive", "forward")
@@ -61,16 +61,6 @@ class JakiroProposer(LevelProposer):
         # the draft's single-layer KV: context rows, then this round's tree rows (cropped after the round)
         self.cache = TreeKVCache(1, max_length + tree.top_k * (tree.depth + 1))
         self.last_forwards = 0
-
-    def reset(self) -> None:
-        self.cache.reset()
-
-    @property
-    def context_length(self) -> int:
-        return self.cache.length
-
-    def _logprobs(self, g: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax((g @ self.lm_head.t().to(g.dtype)).float(), dim=-1)
 
     @torch.no_grad()
     def propose_levels(self, new_features: torch.Tensor, next_ids: torch.Tensor) -> list[DraftLevel]:
@@ -135,3 +125,13 @@ class JakiroProposer(LevelProposer):
         self.cache.crop(stable)  # tree-branch KV never survives a round
         self.last_forwards = forwards
         return levels
+
+
+def make_proposer(draft: JakiroDraft, lm_head: torch.Tensor, tree: TreeConfig | None,
+                  **options: Any) -> JakiroProposer | StarProposer:
+    """A fresh proposer for one sequence: :class:`JakiroProposer` for a Jakiro draft (``tree`` its budget),
+    :class:`~jakiro.star.StarProposer` for Jakiro* (its static tree; ``tree`` unused). ``lm_head [V, H]``: the
+    frozen target head, in the draft's dtype."""
+    if draft.config.variant == "jakiro":
+        return JakiroProposer(draft, lm_head, tree, **options)
+    return StarProposer(draft, lm_head, **options)

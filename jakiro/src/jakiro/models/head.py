@@ -19,16 +19,15 @@ The embedding is a frozen copy of the target's and is never saved (official save
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 import torch
 from effrepro.errors import UsageError
-from effrepro.specdec import DraftBatch, DraftHead, LossContext, TreeConfig
+from effrepro.specdec import DraftBatch, DraftHead, DraftModelConfig, LossContext
 from effrepro.specdec.protocol import D2T_KEY
 from effrepro.specdec.target import TreeKVCache, additive_mask
 from jakiro.models.moe import JakiroMoE, JakiroStarMoE
 from torch import nn
-from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
 
 Variant = Literal["jakiro", "star"]
@@ -36,59 +35,28 @@ Branches = Literal["moe", "both", "split"]
 
 
 @dataclass
-class JakiroConfig:
-    """Widths copied from the target plus the draft's own knobs."""
+class JakiroConfig(DraftModelConfig):
+    """The engine's draft config (widths copied from the target) plus Jakiro's knobs; one decoder layer."""
 
-    hidden_size: int
-    intermediate_size: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    vocab_size: int
-    head_dim: int | None = None
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
-    max_position_embeddings: int = 2048
+    TARGET_KEYS: ClassVar[tuple[str, ...]] = (*DraftModelConfig.TARGET_KEYS, "pad_token_id")
+
     pad_token_id: int | None = None
     variant: str = "jakiro"  # "jakiro" (4-logit router, contrastive branch) or "star" (Jakiro*)
-    fc_bias: bool = True  # official training always uses a bias; the LLaMA3-8B config says false (pitfall 17a)
+    # fc_bias (engine default True): official training always uses a bias; the LLaMA3-8B config says false
     expert_intermediate_size: int | None = None  # None: H for Jakiro (official override), intermediate for Jakiro*
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.variant not in ("jakiro", "star"):
             raise UsageError(f"variant={self.variant!r}; use 'jakiro' or 'star' (Jakiro*)")
-        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
-            raise UsageError(f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
+        if self.num_layers != 1:
+            raise UsageError(f"num_layers={self.num_layers}; the Jakiro draft has one decoder layer")
 
     @property
     def expert_width(self) -> int:
         if self.expert_intermediate_size:
             return self.expert_intermediate_size
         return self.hidden_size if self.variant == "jakiro" else self.intermediate_size
-
-    @classmethod
-    def from_target(cls, target_config: Any, **overrides: Any) -> JakiroConfig:
-        """Copy the widths of an HF LLaMA-family target config; ``overrides`` set the draft knobs."""
-        keys = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size",
-                "rms_norm_eps", "max_position_embeddings", "pad_token_id", "head_dim")
-        values = {k: getattr(target_config, k) for k in keys if getattr(target_config, k, None) is not None}
-        values.setdefault("num_key_value_heads", values.get("num_attention_heads"))
-        rope = getattr(target_config, "rope_parameters", None) or {}
-        theta = rope.get("rope_theta") if isinstance(rope, dict) else None
-        values["rope_theta"] = float(theta or getattr(target_config, "rope_theta", 10000.0) or 10000.0)
-        values.update(overrides)
-        return cls(**values)
-
-    def llama_config(self) -> LlamaConfig:
-        config = LlamaConfig(
-            hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
-            num_attention_heads=self.num_attention_heads, num_key_value_heads=self.num_key_value_heads,
-            head_dim=self.head_dim or self.hidden_size // self.num_attention_heads, vocab_size=self.vocab_size,
-            rms_norm_eps=self.rms_norm_eps, max_position_embeddings=self.max_position_embeddings,
-            num_hidden_layers=1, attention_bias=False,
-            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
-        )
-        config._attn_implementation = "sdpa"
-        return config
 
 
 class JakiroDecoderLayer(nn.Module):
@@ -118,7 +86,8 @@ class JakiroDecoderLayer(nn.Module):
 class JakiroDraft(DraftHead):
     """The trainable draft (plus its frozen embedding copy); the target's lm_head is borrowed, not stored.
 
-    Plugs into ``effrepro.specdec``: ``train_forward`` / ``compute_loss`` (the trainer hook) / ``make_proposer``.
+    Plugs into ``effrepro.specdec``: ``train_forward`` / ``compute_loss`` (the trainer hook); its proposers come from
+    :func:`jakiro.proposer.make_proposer`.
     """
 
     def __init__(self, config: JakiroConfig) -> None:
@@ -203,16 +172,6 @@ class JakiroDraft(DraftHead):
         const = float(ctx.weights.get("const", 0.5)) if self.config.variant == "jakiro" else 0.0
         pred = self.train_forward(batch.features, batch.next_ids, batch.attention_mask, contrastive=const != 0)
         return {k: float(v) for k, v in jakiro_loss(pred, batch, ctx.lm_head, ctx.weights, True).items()}
-
-    def make_proposer(self, lm_head: torch.Tensor, tree: TreeConfig, **options: Any):
-        """Jakiro: :class:`~jakiro.proposer.JakiroProposer`; Jakiro*: :class:`~jakiro.star.StarProposer`."""
-        if self.config.variant == "jakiro":
-            from jakiro.proposer import JakiroProposer
-
-            return JakiroProposer(self, lm_head, tree, **options)
-        from jakiro.star import StarProposer
-
-        return StarProposer(self, lm_head, **options)
 
 
 def causal_allowed(query_len: int, past_len: int, device: torch.device | None = None) -> torch.Tensor:

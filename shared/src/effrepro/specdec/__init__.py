@@ -2,8 +2,9 @@
 
 A paper plugs in three things (see README.md in this folder):
 
-* a ``DraftHead`` (``nn.Module``: ``train_forward``, ``compute_loss``, ``make_proposer``),
-* a ``Proposer`` (usually a ``LevelProposer`` subclass implementing ``propose_levels``),
+* a ``DraftHead`` (``nn.Module``: ``train_forward``, ``compute_loss``),
+* a ``Proposer`` (usually a ``LevelProposer`` subclass implementing ``propose_levels``), built by
+  ``proposer_factory(build, head, tree, **options)``,
 * its loss, as ``DraftHead.compute_loss`` built from ``feature_losses`` (the trainer hook).
 
 The engine does the rest: ``TargetAdapter`` (features after the final norm, tree-masked verification, KV
@@ -58,6 +59,7 @@ from effrepro.specdec.protocol import (
     LossContext,
     Proposer,
     TreeConfig,
+    proposer_factory,
 )
 from effrepro.specdec.target import TargetAdapter, TreeKVCache
 from effrepro.specdec.trainer import HeadTrainConfig, train_head
@@ -90,7 +92,7 @@ __all__ = [
     "acceptance_by_depth", "ancestor_mask", "autoregressive_generate", "best_tree", "build_eagle_head",
     "chat_example", "draft_data_folders", "eagle_factory", "eagle_loss", "eval_eagle", "evaluate", "expand_topk",
     "feature_losses", "frequent_tokens", "generate_draft_data", "greedy_verify", "greedy_verify_features",
-    "load_eagle_head", "load_questions", "node_depths", "retrieve_paths", "sample_verify", "speculative_generate",
-    "speed_ratio", "stop_tokens", "summarize", "target_probs", "tau_metrics", "token_counts", "topk_accuracy",
-    "train_eagle", "train_head", "tree_from_levels", "tree_from_parents", "tune_tree", "tuned_tree",
+    "load_eagle_head", "load_questions", "node_depths", "proposer_factory", "retrieve_paths", "sample_verify",
+    "speculative_generate", "speed_ratio", "stop_tokens", "summarize", "target_probs", "tau_metrics", "token_counts",
+    "topk_accuracy", "train_eagle", "train_head", "tree_from_levels", "tree_from_parents", "tune_tree", "tuned_tree",
 ]

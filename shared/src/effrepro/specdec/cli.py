@@ -27,14 +27,14 @@ from typing import Any
 import torch
 
 from effrepro.errors import UsageError, run_cli
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from effrepro.specdec.target import DTYPES, load_target_on
 
 
 def _target_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=os.environ.get("EFFREPRO_TARGET", "smollm2-135m"),
                         help="embedded model name or local HF model directory")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="target dtype (default: bfloat16 on a GPU, float32 on the CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu, cuda, cuda:1, or auto (transformers device_map='auto' over all GPUs)")
     parser.add_argument("--chat-template", default="auto", help="'auto' (tokenizer's) or an fschat template name")
@@ -57,7 +57,9 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _tree_args(parser: argparse.ArgumentParser, total_tokens: int = 60) -> None:
-    parser.add_argument("--head", required=True, help="head.pt written by train-eagle")
+    parser.add_argument("--head", required=True,
+                        help="head.pt written by train-eagle, or a released EAGLE-2 head (its folder, "
+                             "pytorch_model.bin or model.safetensors)")
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--depth", type=int, default=5)
     parser.add_argument("--total-tokens", type=int, default=total_tokens,
@@ -120,22 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace, max_length: int = 2048) -> tuple[Any, Any]:
-    from effrepro.data import load_target
+    from effrepro.specdec.draft_data import check_chat_template
 
-    if args.device == "auto":
-        return load_target(args.target, dtype=DTYPES[args.dtype], device_map="auto")
-    model, tokenizer = load_target(args.target, dtype=DTYPES[args.dtype])
-    return model.to(args.device), tokenizer
+    check_chat_template(args.chat_template)
+    return load_target_on(args.target, args.device, args.dtype)
 
 
 def _data_config(args: argparse.Namespace) -> Any:
-    from effrepro.specdec.draft_data import DraftDataConfig
+    """The draft-data settings, checked before any model is loaded (ShareGPT file and count)."""
+    from effrepro.specdec.draft_data import DraftDataConfig, check_sharegpt
 
-    return DraftDataConfig(target=str(args.target), sharegpt=args.sharegpt, self_generated=args.self_generated,
+    config = DraftDataConfig(target=str(args.target), sharegpt=args.sharegpt, self_generated=args.self_generated,
                            self_max_new_tokens=args.self_max_new_tokens, max_len=args.max_len,
                            chat_template=args.chat_template, sharegpt_path=args.sharegpt_path,
                            prompts=args.prompts, self_temperature=args.self_temperature,
                            self_repeats=args.self_repeats)
+    check_sharegpt(config)
+    return config
 
 
 def _tree(args: argparse.Namespace, target: Any = None, tokenizer: Any = None, head: Any = None,
@@ -173,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "data":
         from effrepro.specdec.draft_data import draft_data_folders
 
+        config = _data_config(args)
         model, tokenizer = _load(args)
-        for folder in draft_data_folders(model, tokenizer, _data_config(args)):
+        for folder in draft_data_folders(model, tokenizer, config):
             print(folder)
             print((folder / "meta.json").read_text())
         return 0
@@ -182,12 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         from effrepro.specdec.eagle import train_eagle
         from effrepro.specdec.trainer import HeadTrainConfig
 
+        data = _data_config(args)
         model, tokenizer = _load(args)
         train = HeadTrainConfig(epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
                                 lr=args.lr, warmup_steps=args.warmup_steps, schedule=args.schedule,
                                 max_len=args.max_len, seed=args.seed, holdout=args.holdout,
                                 draft_vocab=args.draft_vocab)
-        path = train_eagle(model, tokenizer, args.out, _data_config(args), train)
+        path = train_eagle(model, tokenizer, args.out, data, train)
         print(path)
         return 0
     from effrepro.specdec.eagle import eagle_factory, eval_eagle, load_eagle_head

@@ -34,7 +34,8 @@ from typing import Any
 import torch
 
 from effrepro.errors import UsageError
-from effrepro.specdec.protocol import DraftBatch
+from effrepro.specdec.batch import DraftBatch
+from effrepro.specdec.questions import mtbench_split
 
 DATA_VERSION = 1
 
@@ -69,23 +70,30 @@ class DraftDataConfig:
             raise UsageError("self_repeats > 1 needs self_temperature > 0: greedy answers would repeat verbatim")
 
 
+def check_chat_template(template: str) -> None:
+    """A UsageError unless ``template`` is "auto" or an fschat conversation template name (needs no tokenizer,
+    so the CLIs check it before loading anything)."""
+    if template == "auto":
+        return
+    try:
+        from fastchat.conversation import conv_templates
+    except ImportError:
+        raise UsageError(f"--chat-template {template!r} needs fschat (pip install fschat); or use 'auto', the "
+                         "tokenizer's own template") from None
+    if template not in conv_templates:
+        raise UsageError(f"unknown chat template {template!r}; use 'auto' (the tokenizer's own) or an fschat "
+                         "template name such as vicuna_v1.1 or llama-2") from None
+
+
 class ChatFormatter:
     """Renders conversations to text with the tokenizer's chat template or an fschat conversation template."""
 
     def __init__(self, tokenizer: Any, template: str = "auto") -> None:
         self.tokenizer, self.template = tokenizer, template
-        if template == "auto":
-            if not getattr(tokenizer, "chat_template", None):
-                raise UsageError("the tokenizer has no chat template; pass an fschat template name "
-                                 "(--chat-template vicuna | llama-2)")
-        else:
-            try:
-                from fastchat.conversation import get_conv_template
-
-                get_conv_template(template)
-            except (ImportError, KeyError, AssertionError):
-                raise UsageError(f"unknown chat template {template!r}; use 'auto' (the tokenizer's own) or an "
-                                 "fschat template name such as vicuna_v1.1 or llama-2") from None
+        check_chat_template(template)
+        if template == "auto" and not getattr(tokenizer, "chat_template", None):
+            raise UsageError("the tokenizer has no chat template; pass an fschat template name "
+                             "(--chat-template vicuna_v1.1 | llama-2; config: chat_template)")
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         if self.template == "auto":
@@ -162,33 +170,6 @@ def data_key(config: DraftDataConfig, model: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant",
-                   "bing": "assistant", "assistant": "assistant", "system": "system"}
-
-
-def load_sharegpt_file(path: str | os.PathLike) -> list[list[dict]]:
-    """A ShareGPT json (``[{"conversations": [{"from": "human"|"gpt", "value": str}, ...]}, ...]``) as role/content
-    turns; a conversation that starts with the assistant loses that turn (as the official ``ge_data`` does)."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UsageError(f"ShareGPT file {file} not found; pass --sharegpt-path /path/to/ShareGPT.json")
-    try:
-        raw = json.loads(file.read_text())
-        conversations = []
-        for item in raw:
-            turns = [{"role": _SHAREGPT_ROLES.get(t["from"], ""), "content": t["value"]}
-                     for t in item["conversations"]]
-            turns = [t for t in turns if t["role"]]
-            while turns and turns[0]["role"] == "assistant":
-                turns = turns[1:]
-            if any(t["role"] == "assistant" for t in turns):
-                conversations.append(turns)
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise UsageError(f"{file} is not a ShareGPT json (a list of {{'conversations': [{{'from', 'value'}}]}})")\
-            from None
-    return conversations
-
-
 PROMPT_SOURCES = ("sharegpt", "corpus", "mtbench-train", "mtbench-train-chat")
 Prompt = str | tuple[str, ...]  # one user turn, or the user turns of a conversation answered one after another
 
@@ -211,6 +192,8 @@ def load_prompt_file(path: str | os.PathLike) -> list[str]:
     if not file.is_file():
         raise UsageError(f"prompt file {file} not found")
     if file.suffix == ".json":
+        from effrepro.data.text import load_sharegpt_file
+
         return [t["content"] for c in load_sharegpt_file(file) for t in c if t["role"] == "user"]
     lines = [line for line in file.read_text().splitlines() if line.strip()]
     if file.suffix != ".jsonl":
@@ -227,11 +210,48 @@ def load_prompt_file(path: str | os.PathLike) -> list[str]:
     return prompts
 
 
-def _conversations(model: Any, tokenizer: Any, formatter: ChatFormatter, config: DraftDataConfig,
-                   prompts: list[Prompt] | None = None) -> list[list[dict]]:
-    from effrepro.data import sharegpt_conversations
+SHIPPED_SHAREGPT = "the shipped ShareGPT set (FastChat's dummy conversations)"
+
+
+def _count_error(asked: int, held: int, path: str) -> UsageError:
+    if path:
+        return UsageError(f"sharegpt={asked} conversations asked, {path} holds {held}; lower the count")
+    return UsageError(f"sharegpt={asked} conversations asked, {SHIPPED_SHAREGPT} holds {held}; give the full "
+                      "ShareGPT json with --sharegpt-path (config: data.sharegpt_path) or lower the count")
+
+
+def check_sharegpt(config: DraftDataConfig) -> None:
+    """The checks that need no model, before any work: the ShareGPT file exists, and without one the count fits
+    the shipped set (a full-scale count such as 68,000 must not fall back to its 500 dummy conversations). A
+    given file's count is checked when it is read (``sharegpt_pool``)."""
+    if not config.sharegpt:
+        return
+    if config.sharegpt_path:
+        if not Path(config.sharegpt_path).expanduser().is_file():
+            raise UsageError(f"ShareGPT file {config.sharegpt_path} not found; pass --sharegpt-path "
+                             "/path/to/ShareGPT.json")
+        return
+    from effrepro.data.text import sharegpt_conversations
+
+    held = len(sharegpt_conversations())
+    if config.sharegpt > held:
+        raise _count_error(config.sharegpt, held, "")
+
+
+def sharegpt_pool(config: DraftDataConfig) -> list[list[dict]]:
+    """The ShareGPT conversations of ``config`` (its file, else the shipped set), in file order; a UsageError
+    when ``config.sharegpt`` asks for more than they hold."""
+    from effrepro.data.text import load_sharegpt_file, sharegpt_conversations
 
     pool = load_sharegpt_file(config.sharegpt_path) if config.sharegpt_path else sharegpt_conversations()
+    if config.sharegpt > len(pool):
+        raise _count_error(config.sharegpt, len(pool), config.sharegpt_path)
+    return pool
+
+
+def _conversations(model: Any, tokenizer: Any, formatter: ChatFormatter, config: DraftDataConfig,
+                   prompts: list[Prompt] | None = None) -> list[list[dict]]:
+    pool = sharegpt_pool(config)
     order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(config.seed)).tolist()
     conversations = [pool[i] for i in order[: config.sharegpt]]
     if config.self_generated or prompts is not None:
@@ -284,12 +304,8 @@ def distillation_prompts(pool: list[list[dict]], spec: str = "") -> list[Prompt]
         elif item == "corpus":
             batch = _corpus_prompts()
         elif item == "mtbench-train":
-            from effrepro.specdec.harness import mtbench_split
-
             batch = [q["turns"][0] for q in mtbench_split()[0]]
         elif item == "mtbench-train-chat":
-            from effrepro.specdec.harness import mtbench_split
-
             batch = [tuple(q["turns"]) for q in mtbench_split()[0]]
         else:
             _file_digest(item)
@@ -318,7 +334,7 @@ def self_generate(model: Any, tokenizer: Any, formatter: ChatFormatter, pool: li
     an answer is empty or the next turn would not fit ``max_len``. Conversations come back in the order their
     first turns were generated (shortest prompt first), which keeps the caches of single-turn data unchanged.
     """
-    from effrepro.specdec.generate import stop_tokens
+    from effrepro.specdec.target import stop_tokens
 
     if pool and all(isinstance(item, str | tuple) for item in pool):
         prompts = [p for p in (_clean_prompt(item) for item in pool) if p is not None]

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRot
 from effrepro.errors import UsageError
 from effrepro.specdec.draft_data import DraftDataConfig, draft_data_folders
 from effrepro.specdec.harness import EvalConfig, evaluate
-from effrepro.specdec.protocol import DraftHead, LevelProposer, TreeConfig
+from effrepro.specdec.protocol import DraftHead, LevelProposer, TreeConfig, proposer_factory
 from effrepro.specdec.target import TargetAdapter, TreeKVCache, additive_mask
 from effrepro.specdec.trainer import HeadTrainConfig, train_head
 from effrepro.specdec.tree import DraftLevel
@@ -40,7 +40,14 @@ from effrepro.specdec.tree import DraftLevel
 
 @dataclass
 class DraftModelConfig:
-    """The target widths a draft decoder layer copies, plus the draft's own structure knobs."""
+    """The target widths a draft decoder layer copies, plus the draft's own structure knobs.
+
+    The draft config of every method: Jakiro's and Gumiho's configs subclass it, add their knobs, extend
+    ``TARGET_KEYS`` with what else they copy from the target and override the defaults that differ."""
+
+    TARGET_KEYS: ClassVar[tuple[str, ...]] = (
+        "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size",
+        "rms_norm_eps", "max_position_embeddings", "hidden_act", "head_dim")
 
     hidden_size: int
     intermediate_size: int
@@ -55,12 +62,15 @@ class DraftModelConfig:
     num_layers: int = 1
     fc_bias: bool = True
 
+    def __post_init__(self) -> None:
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise UsageError(f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
+
     @classmethod
-    def from_target(cls, target_config: Any, **overrides: Any) -> DraftModelConfig:
-        """Copy the widths of an HF Llama-family config; ``overrides`` set the draft knobs."""
-        keys = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size",
-                "rms_norm_eps", "max_position_embeddings", "hidden_act", "head_dim")
-        values = {k: getattr(target_config, k) for k in keys if getattr(target_config, k, None) is not None}
+    def from_target(cls, target_config: Any, **overrides: Any) -> Self:
+        """Copy the ``TARGET_KEYS`` of an HF Llama-family config (and its RoPE theta); ``overrides`` set the
+        draft knobs."""
+        values = {k: getattr(target_config, k) for k in cls.TARGET_KEYS if getattr(target_config, k, None) is not None}
         values.setdefault("num_key_value_heads", values.get("num_attention_heads"))
         rope = getattr(target_config, "rope_parameters", None) or {}
         theta = rope.get("rope_theta") if isinstance(rope, dict) else None
@@ -133,16 +143,6 @@ class EagleProposer(LevelProposer):
         self.cache = TreeKVCache(len(head.layers), max_length + tree.top_k * (tree.depth + 1))
         self.last_forwards = 0
 
-    def reset(self) -> None:
-        self.cache.reset()
-
-    @property
-    def context_length(self) -> int:
-        return self.cache.length
-
-    def _logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax((hidden @ self.lm_head.to(hidden.dtype).t()).float(), dim=-1)
-
     @torch.no_grad()
     def propose_levels(self, new_features: torch.Tensor, next_ids: torch.Tensor) -> list[DraftLevel]:
         head, k, depth = self.head, self.tree.top_k, self.tree.depth
@@ -204,19 +204,104 @@ def head_from_checkpoint(state: dict[str, Any], embed_weight: torch.Tensor,
     if state.get("method", "EagleHead") != "EagleHead":
         raise UsageError(f"{source} holds a {state['method']} head, not an EAGLE head; load it with its project")
     head = EagleHead(config_from(DraftModelConfig, state["config"], source))
-    head.check_compatible(int(embed_weight.shape[1]), int(embed_weight.shape[0]))
-    head.freeze_embedding(embed_weight.detach().float())
-    missing, unexpected = head.load_state_dict(state["state_dict"], strict=False)
-    missing = [m for m in missing if not m.startswith("embed_tokens")]
-    if missing or unexpected:
-        raise UsageError(f"{source} does not match its config (missing {missing[:4]}, unexpected "
-                         f"{unexpected[:4]})")
+    head.restore(state["state_dict"], embed_weight, source)
     return head
 
 
 # ----- the EAGLE-2 baseline as functions (jakiro / gumiho reproduce runs call these) -----
-def read_eagle_head(path: str | Path, embed_weight: torch.Tensor) -> EagleHead:
-    """A trained EAGLE head from ``head.pt`` (fp32, trainable), checked against the target's embedding."""
+# ----- released EAGLE-2 heads (SafeAILab ``yuhuili/EAGLE-*``: EAGLE-2 decodes with the EAGLE-1 weights) -----
+RELEASED_FILES = ("model.safetensors", "pytorch_model.bin")
+_RELEASED_PREFIXES = ("ea_layer.", "model.")
+
+
+def is_released_checkpoint(path: str | Path) -> bool:
+    """A released head: a folder holding ``model.safetensors`` / ``pytorch_model.bin``, or such a file."""
+    path = Path(path)
+    return path.is_dir() or path.suffix in (".bin", ".safetensors")
+
+
+def read_released_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a released head (a folder or its weights file), read as data only."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        found = [path / name for name in RELEASED_FILES if (path / name).is_file()]
+        if not found:
+            raise UsageError(f"{path} holds neither of {', '.join(RELEASED_FILES)}; give the released EAGLE "
+                             "head's folder (e.g. a download of yuhuili/EAGLE-Vicuna-7B-v1.3) or its weights file")
+        path = found[0]
+    if not path.is_file():
+        raise UsageError(f"released head {path} not found")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise UsageError(f"{path} is not a safetensors file ({exc})") from None
+    from effrepro.train import load_checkpoint
+
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"{path} is not a state dict of tensors (a released EAGLE head's pytorch_model.bin)")
+    return state
+
+
+def released_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Released EAGLE key names -> ``EagleHead``'s: the same module tree (``fc``, ``layers.i.self_attn.*_proj``,
+    ``layers.i.mlp.*_proj``, ``layers.i.{input,post_attention}_layernorm``; layer 0 has no input norm), after
+    dropping a ``ea_layer.`` / ``model.`` prefix and the rotary buffers (recomputed). ``embed_tokens.weight``
+    stays: it is checked against the target's, not loaded."""
+    renamed = {}
+    for key, value in state.items():
+        for prefix in _RELEASED_PREFIXES:
+            key = key.removeprefix(prefix)
+        if "rotary_emb" not in key:
+            renamed[key] = value
+    return renamed
+
+
+def head_from_released(state: dict[str, torch.Tensor], target_config: Any, embed_weight: torch.Tensor,
+                       source: str = "released head") -> EagleHead:
+    """An ``EagleHead`` from a released EAGLE-1/2 state dict for the target of ``target_config``: the layer count
+    and the fc bias come from the keys, the widths from the target; every tensor's shape is checked, and a stored
+    embedding must be the target's (a head trained for another target is one clear error)."""
+    state = released_to_ours(state)
+    if any(k.startswith(("midlayer.", "d2t", "t2d")) for k in state):
+        raise UsageError(f"{source} is an EAGLE-3 head (midlayer / d2t keys); only EAGLE-1/2 heads load here")
+    layers = {int(k.split(".")[1]) for k in state if k.startswith("layers.") and k.split(".")[1].isdigit()}
+    if "fc.weight" not in state or not layers:
+        raise UsageError(f"{source} is not an EAGLE head (needs fc.weight and layers.N.* keys)")
+    head = EagleHead(DraftModelConfig.from_target(target_config, num_layers=max(layers) + 1,
+                                                  fc_bias="fc.bias" in state))
+    head.check_compatible(int(embed_weight.shape[1]), int(embed_weight.shape[0]))
+    stored = state.pop("embed_tokens.weight", None)
+    if stored is not None:
+        if tuple(stored.shape) != tuple(embed_weight.shape):
+            raise UsageError(f"{source} embeds {tuple(stored.shape)}, the target {tuple(embed_weight.shape)}; the "
+                             "head was trained for another target")
+        reference = embed_weight.detach().float().cpu()
+        if (stored.float() - reference).abs().max() > 1e-2 * reference.abs().max():
+            raise UsageError(f"{source} was trained on another target's embedding (same shape, other weights); "
+                             "use the head released for this target")
+    head.freeze_embedding(embed_weight.detach().float())
+    own = head.trainable_state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        raise UsageError(f"{source} does not fit this target's EAGLE head (missing {missing[:4]}, unexpected "
+                         f"{unexpected[:4]}, other shapes {sorted(wrong)[:4]}); use the head released for it")
+    head.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    return head
+
+
+def read_eagle_head(path: str | Path, embed_weight: torch.Tensor, target_config: Any = None) -> EagleHead:
+    """A trained EAGLE head (fp32, trainable), checked against the target's embedding: ``head.pt`` written by
+    ``train_eagle``, or a released EAGLE-2 head (its folder or weights file; needs ``target_config``)."""
+    if is_released_checkpoint(path):
+        if target_config is None:
+            raise UsageError(f"{path}: a released head needs the target's config to be built")
+        return head_from_released(read_released_state(path), target_config, embed_weight, source=str(path))
     from effrepro.train import load_checkpoint
 
     state = load_checkpoint(path, required=("config", "state_dict"), expect="draft-head")
@@ -224,18 +309,14 @@ def read_eagle_head(path: str | Path, embed_weight: torch.Tensor) -> EagleHead:
 
 
 def load_eagle_head(path: str | Path, target: TargetAdapter) -> EagleHead:
-    """A trained EAGLE head from ``head.pt``, checked against ``target`` and cast to its device and dtype."""
-    return read_eagle_head(path, target.embed_weight).to(target.device, target.dtype).eval()
+    """A trained or released EAGLE head (``read_eagle_head``), checked against ``target`` and cast to its device
+    and dtype."""
+    return read_eagle_head(path, target.embed_weight, target.config).to(target.device, target.dtype).eval()
 
 
 def eagle_factory(head: EagleHead, tree: TreeConfig) -> Callable[[TargetAdapter], EagleProposer]:
-    """A harness method factory: one EAGLE-2 proposer per target (lm_head cast once to the head's dtype)."""
-
-    def make(target: TargetAdapter) -> EagleProposer:
-        lm_head = target.lm_head_weight.detach().to(head.fc.weight.device, head.fc.weight.dtype)
-        return EagleProposer(head, lm_head, tree, max_length=target.max_length)
-
-    return make
+    """A harness method factory: one EAGLE-2 proposer per target (``proposer_factory``)."""
+    return proposer_factory(EagleProposer, head, tree)
 
 
 def train_eagle(model: Any, tokenizer: Any, out_dir: str | Path, data: DraftDataConfig | None = None,

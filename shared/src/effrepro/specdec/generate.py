@@ -9,7 +9,14 @@ decoding when the next token would not). Speculative output is truncated at the 
 Per cycle the speculative loop records the accepted draft tokens, the tree's depth and the time spent drafting and
 verifying. A tree whose ``extras["verifier"]`` is set (``fn(tree, logits, sampling, generator) -> Verdict``) is
 verified by that function: proposers that *sample* their candidates need a rule with draft probabilities (e.g.
-Jakiro*); every deterministic top-k proposer uses the engine's greedy / q = 1 rules.
+Jakiro*); every deterministic top-k proposer uses the engine's greedy / q = 1 rules. ``extras["sample_verifier"]``
+is such a rule for temperature > 0 only (Gumiho's FTA: ``verify.rows_sample_verify`` on the padded rows).
+
+Near-ties (greedy only): both loops record how many emitted tokens were decided by an argmax whose top-2 logit
+gap was below ``verify.near_tie_tolerance(dtype)`` (``near_ties``) and the smallest gap (``min_logit_gap``).
+Speculative and plain decoding compute the same logits in a different order (a tree pass vs one token at a
+time), so at such a position the two may pick different tokens without any bug; a mismatch at a turn without a
+near-tie on either side is a bug.
 ``GenerationResult.cycle_tokens`` is ``sum(accepted + 1)`` (what the official scripts call
 ``new_token``), ``cycles`` the verification passes (official ``idx + 1``).
 """
@@ -19,14 +26,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from effrepro.errors import UsageError
 from effrepro.specdec.protocol import Proposer
-from effrepro.specdec.target import TargetAdapter
-from effrepro.specdec.verify import SamplingConfig, greedy_verify_features, sample_verify, select_token
+from effrepro.specdec.target import TargetAdapter, stop_tokens  # noqa: F401 (stop_tokens: re-export)
+from effrepro.specdec.verify import (
+    SamplingConfig,
+    greedy_verify_features,
+    logit_gaps,
+    near_tie_tolerance,
+    sample_verify,
+    select_token,
+)
 
 Streamer = Callable[[list[int]], None]  # called with the newly emitted token ids of each cycle
 
@@ -37,6 +50,7 @@ class GenerationConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None
+    near_tie_tolerance: float | None = None  # None: verify.near_tie_tolerance(the target's dtype)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -56,6 +70,19 @@ class GenerationResult:
     wall_time: float = 0.0
     draft_forwards: int = 0  # sequential draft forwards over all cycles (when the proposer reports them)
     stopped_by: str = ""  # "stop_token" | "max_new_tokens" | "max_length"
+    # greedy only: positions whose argmax decided an emitted token with a top-2 logit gap below the tolerance, and
+    # the smallest gap seen (None: not recorded, e.g. when sampling)
+    near_ties: int = 0
+    min_logit_gap: float | None = None
+    near_tie_tolerance: float | None = None  # the gap below which a decision counts as a near-tie
+
+    def record_gaps(self, gaps: torch.Tensor | None) -> None:
+        """Count the decisions of ``gaps [n]`` (top-2 logit gaps) closer than ``near_tie_tolerance`` to a tie."""
+        if gaps is None or gaps.numel() == 0 or self.near_tie_tolerance is None:
+            return
+        self.near_ties += int((gaps < self.near_tie_tolerance).sum())
+        smallest = float(gaps.min())
+        self.min_logit_gap = smallest if self.min_logit_gap is None else min(self.min_logit_gap, smallest)
 
     @property
     def new_tokens(self) -> int:
@@ -92,16 +119,21 @@ def _finish(emitted: list[int], fresh: list[int], config: GenerationConfig) -> t
     return emitted, ""
 
 
-def stop_tokens(model: Any, tokenizer: Any = None) -> tuple[int, ...]:
-    """End-of-turn ids: the tokenizer's EOS and the model's generation-config EOS (one id or a list)."""
-    ids: set[int] = set()
-    for source in (getattr(tokenizer, "eos_token_id", None),
-                   getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-        if isinstance(source, int):
-            ids.add(source)
-        elif isinstance(source, (list, tuple)):
-            ids.update(int(i) for i in source)
-    return tuple(sorted(ids))
+def _start(target: TargetAdapter, ids: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None,
+           streamer: Streamer | None) -> tuple[GenerationResult, torch.Tensor, int, str]:
+    """Prefill, then the first token (from the prefill's last logits: counted, its near-tie recorded at greedy,
+    streamed). Returns the result so far, the prefill's features, the token and the stop reason ("" = go on)."""
+    logits, features = target.prefill(ids)
+    token = select_token(logits[-1], config.sampling, generator)
+    result = GenerationResult(tokens=[])
+    if config.sampling.greedy:  # near-ties are recorded at greedy only
+        tolerance = config.near_tie_tolerance
+        result.near_tie_tolerance = near_tie_tolerance(target.dtype) if tolerance is None else tolerance
+        result.record_gaps(logit_gaps(logits[-1:]))
+    _, stop = _finish(result.tokens, [token], config)
+    if streamer:
+        streamer([token])
+    return result, features, token, stop
 
 
 def _check_prompt(target: TargetAdapter, input_ids: torch.Tensor) -> torch.Tensor:
@@ -122,12 +154,8 @@ def speculative_generate(target: TargetAdapter, proposer: Proposer, input_ids: t
     generator = _generator(config)
     start = time.perf_counter()
     proposer.reset()
-    logits, features = target.prefill(ids)
-    root = select_token(logits[-1], config.sampling, generator)
-    result = GenerationResult(tokens=[])
-    emitted, stop = _finish(result.tokens, [root], config)
-    if streamer:
-        streamer(list(emitted))
+    result, features, root, stop = _start(target, ids, config, generator, streamer)
+    emitted = result.tokens
     new_features = features
     next_ids = torch.cat([ids[1:].to(features.device), torch.tensor([root], device=features.device)])
     while not stop:
@@ -139,6 +167,8 @@ def speculative_generate(target: TargetAdapter, proposer: Proposer, input_ids: t
             stop = "max_length"
             break
         verifier = tree.extras.get("verifier")  # a proposer with sampled candidates brings its own rule
+        if verifier is None and not config.sampling.greedy:
+            verifier = tree.extras.get("sample_verifier")  # a rule for temperature > 0 only (Gumiho's FTA)
         if verifier is None and config.sampling.greedy:  # the LM head only on the rows greedy reads
             _, tree_features = target.verify(tree, logits=False)
             verdict = greedy_verify_features(tree, tree_features, target.logits)
@@ -149,6 +179,7 @@ def speculative_generate(target: TargetAdapter, proposer: Proposer, input_ids: t
             else:
                 verdict = sample_verify(tree, tree_logits, config.sampling, generator)
         target.commit(verdict.nodes)
+        result.record_gaps(verdict.gaps)
         _sync(target.device)
         t2 = time.perf_counter()
         result.draft_time += t1 - t0
@@ -178,12 +209,8 @@ def autoregressive_generate(target: TargetAdapter, input_ids: torch.Tensor, conf
     ids = _check_prompt(target, input_ids)
     generator = _generator(config)
     start = time.perf_counter()
-    logits, _ = target.prefill(ids)
-    token = select_token(logits[-1], config.sampling, generator)
-    result = GenerationResult(tokens=[])
-    emitted, stop = _finish(result.tokens, [token], config)
-    if streamer:
-        streamer([token])
+    result, _, token, stop = _start(target, ids, config, generator, streamer)
+    emitted = result.tokens
     while not stop:
         if target.length + 1 > target.max_length:
             stop = "max_length"
@@ -192,6 +219,7 @@ def autoregressive_generate(target: TargetAdapter, input_ids: torch.Tensor, conf
         logits, _ = target.decode(torch.tensor([token]))
         token = select_token(logits[-1], config.sampling, generator)
         result.verify_time += time.perf_counter() - t0
+        result.record_gaps(logit_gaps(logits[-1:]))
         result.cycles += 1
         before = len(emitted)
         emitted, stop = _finish(emitted, [token], config)

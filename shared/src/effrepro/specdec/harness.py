@@ -3,8 +3,8 @@
 For every question the methods run **interleaved** (plain decoding first in a rotating order, so machine noise is
 shared), each keeping its own multi-turn history (answers are fed back, as in the official ``gen_*_answer``
 scripts). Every turn is a record ``{question_id, turn, new_tokens, cycles, cycle_tokens, idxs, accept_lengths,
-tree_depths, wall_time, draft_time, verify_time, draft_forwards, tokens}``. Stop rules and token counting are the
-same for every method (``generate.py``).
+tree_depths, wall_time, draft_time, verify_time, draft_forwards, tokens, near_ties, min_logit_gap,
+near_tie_tolerance}``. Stop rules and token counting are the same for every method (``generate.py``).
 
 Metrics (``summarize``):
 
@@ -20,7 +20,9 @@ Metrics (``summarize``):
 * ``cost_model_speedup`` = ``tau * t_step / (t_draft + t_verify)``: ``t_step`` (one plain decoding forward) and
   ``t_verify`` (one tree forward of the method's tree size) from paired micro-benchmarks (``effrepro.bench``) at
   the median context length, ``t_draft`` the method's measured median draft time per cycle;
-* ``greedy_mismatches``: turns whose tokens differ from plain decoding (temperature 0 only; must be 0).
+* ``greedy_mismatches``: turns whose tokens differ from plain decoding (temperature 0 only; must be 0 up to
+  near-ties); ``near_ties``: greedy decisions (emitted tokens) whose top-2 logit gap was below the dtype's
+  tolerance, every method including ``plain`` (``generate.py``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from effrepro.specdec.generate import (
     stop_tokens,
 )
 from effrepro.specdec.protocol import Proposer
+from effrepro.specdec.questions import load_questions, mtbench_split  # noqa: F401 (mtbench_split: re-export)
 from effrepro.specdec.target import TargetAdapter
 from effrepro.specdec.tree import tree_from_parents
 from effrepro.specdec.verify import SamplingConfig
@@ -68,52 +71,6 @@ class EvalConfig:
     cost_model_repeats: int = 11
 
 
-MTBENCH_HOLDOUT_EVERY = 10  # MT-bench lists 10 questions per category: the first of each block is held out
-
-
-def mtbench_split(holdout_every: int = MTBENCH_HOLDOUT_EVERY) -> tuple[list[dict], list[dict]]:
-    """``(train_questions, heldout_questions)`` of MT-bench: every ``holdout_every``-th question from the first
-    (ids 81, 91, ..., 151: one per category) is held out for evaluation, the other 72 may prompt draft data
-    (``DraftDataConfig.prompts = "mtbench-train"``). Same split as gumiho's ``split_mtbench``."""
-    from effrepro.data import mtbench_questions
-
-    questions = mtbench_questions()
-    held = [q for i, q in enumerate(questions) if i % holdout_every == 0]
-    train = [q for i, q in enumerate(questions) if i % holdout_every != 0]
-    return train, held
-
-
-def load_questions(source: str) -> list[dict]:
-    """``"mtbench"`` (the 80 shipped questions), ``"mtbench-heldout"`` / ``"mtbench-train"`` (``mtbench_split``)
-    or a local question.jsonl with ``question_id`` and ``turns``."""
-    if source == "mtbench":
-        from effrepro.data import mtbench_questions
-
-        return mtbench_questions()
-    if source in ("mtbench-heldout", "mtbench-train"):
-        return mtbench_split()[source == "mtbench-heldout"]
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise UsageError(f"question file {path} not found; give 'mtbench' or a question.jsonl path")
-    questions = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            turns = [str(t) for t in row["turns"]]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UsageError(f"{path}:{number} is not an MT-bench question row "
-                             "(JSON with 'question_id' and a 'turns' list)") from None
-        if not turns or not all(t.strip() for t in turns):
-            raise UsageError(f"{path}:{number} has an empty turn; every turn needs text")
-        questions.append({"question_id": row.get("question_id", number), "category": row.get("category", ""),
-                          "turns": turns})
-    if not questions:
-        raise UsageError(f"{path} holds no questions")
-    return questions
-
-
 def turn_record(question_id: Any, turn: int, result: GenerationResult) -> dict[str, Any]:
     return {
         "question_id": question_id, "turn": turn, "new_tokens": result.new_tokens, "cycles": result.cycles,
@@ -121,6 +78,8 @@ def turn_record(question_id: Any, turn: int, result: GenerationResult) -> dict[s
         "accept_lengths": result.accept_lengths, "tree_depths": result.tree_depths,
         "wall_time": result.wall_time, "draft_time": result.draft_time, "verify_time": result.verify_time,
         "draft_forwards": result.draft_forwards, "stopped_by": result.stopped_by, "tokens": result.tokens,
+        "near_ties": result.near_ties, "min_logit_gap": result.min_logit_gap,
+        "near_tie_tolerance": result.near_tie_tolerance,
     }
 
 
@@ -235,7 +194,8 @@ def summarize(records: dict[str, list[dict]], costs: dict[str, float] | None = N
     summary: dict[str, dict[str, Any]] = {}
     baseline = records.get(BASELINE)
     for name, rows in records.items():
-        item: dict[str, Any] = {"turns": len(rows), "new_tokens": sum(r["new_tokens"] for r in rows)}
+        item: dict[str, Any] = {"turns": len(rows), "new_tokens": sum(r["new_tokens"] for r in rows),
+                                "near_ties": sum(r.get("near_ties", 0) for r in rows)}
         item.update(speed_metrics(rows))
         if name != BASELINE:
             item.update(tau_metrics(rows))

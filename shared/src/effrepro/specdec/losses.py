@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from effrepro.specdec.protocol import DraftBatch, LossContext
+from effrepro.specdec.batch import DraftBatch, LossContext
 
 EPS = 1e-5
 

@@ -2,11 +2,14 @@
 
 * ``DraftHead``: an ``nn.Module`` trained on cached target features. It holds a frozen copy of the target's input
   embedding (``embed_tokens``), never the LM head (the frozen target head is passed in where needed), and
-  implements ``train_forward`` (teacher-forced pass), ``compute_loss`` (the per-method trainer hook; the default
-  is the EAGLE loss on ``train_forward``'s output) and ``make_proposer``.
+  implements ``train_forward`` (teacher-forced pass) and ``compute_loss`` (the per-method trainer hook; the
+  default is the EAGLE loss on ``train_forward``'s output). It knows nothing of its proposers.
 * ``Proposer``: a stateful drafter for one sequence. It keeps the draft's context-only KV (the official
   ``stable_kv``) and, each round, turns the target features of the newly accepted positions into a ``DraftTree``.
   ``LevelProposer`` is the usual base: implement ``propose_levels`` and the engine does the global re-ranking.
+  A proposer class (or a method's ``make_proposer`` function) is called as ``build(head, lm_head, tree,
+  max_length=..., **options)``; ``proposer_factory`` turns it into the harness's ``target -> proposer`` factory.
+  Heads import nothing of their proposers, proposers import their head: no import cycle.
 
 Feature alignment (spec jakiro §1.1): ``f_t`` is the target's last hidden state *after the final norm* at
 position t; the draft input at position t is the pair ``(f_t, x_{t+1})``.
@@ -14,14 +17,20 @@ position t; the draft input at position t is the pair ``(f_t, x_{t+1})``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from effrepro.errors import UsageError
+from effrepro.specdec.batch import DraftBatch, LossContext
+from effrepro.specdec.losses import eagle_loss, topk_accuracy
 from effrepro.specdec.tree import DraftLevel, DraftTree, tree_from_levels
+
+if TYPE_CHECKING:
+    from effrepro.specdec.target import TargetAdapter, TreeKVCache
 
 
 @dataclass
@@ -36,47 +45,6 @@ class TreeConfig:
         if self.top_k < 1 or self.depth < 1 or self.total_tokens < 2:
             raise UsageError(f"tree top_k={self.top_k}, depth={self.depth}, total_tokens={self.total_tokens}: "
                              "need top_k >= 1, depth >= 1, total_tokens >= 2")
-
-
-@dataclass
-class DraftBatch:
-    """A collated training batch (``DraftCollator``), ``B`` sequences padded to ``L``.
-
-    * ``input_ids [B, L]``: x_0..x_{L-1}.
-    * ``features [B, L, H]``: f_t plus the uniform training noise (the draft input).
-    * ``next_ids [B, L]``: x_{t+1} (0 after the end), the token paired with f_t.
-    * ``target_features [B, L, H]``: f_{t+1} without noise (zero after the end): what the output at t regresses.
-    * ``loss_mask [B, L]``: M_t, 1 on assistant tokens, 0 on the last real position and on padding.
-    * ``attention_mask [B, L]``: 1 on real tokens.
-    """
-
-    input_ids: torch.Tensor
-    features: torch.Tensor
-    next_ids: torch.Tensor
-    target_features: torch.Tensor
-    loss_mask: torch.Tensor
-    attention_mask: torch.Tensor
-
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> DraftBatch:
-        def move(t: torch.Tensor) -> torch.Tensor:
-            return t.to(device, dtype) if dtype is not None and t.is_floating_point() else t.to(device)
-
-        return DraftBatch(*(move(getattr(self, name)) for name in self.__dataclass_fields__))
-
-
-@dataclass
-class LossContext:
-    """What a ``compute_loss`` hook may read besides the batch: the frozen target LM head and training progress.
-
-    ``weights`` holds the loss weights of the training config (``v_w``, ``p_w`` and any per-method keys given in
-    ``HeadTrainConfig.loss_weights``).
-    """
-
-    lm_head: torch.Tensor  # [V, H], frozen
-    epoch: int = 0
-    step: int = 0
-    total_steps: int = 0
-    weights: dict[str, float] = field(default_factory=lambda: {"v_w": 1.0, "p_w": 0.1})
 
 
 @runtime_checkable
@@ -102,18 +70,27 @@ class Proposer(Protocol):
 class LevelProposer:
     """Base proposer: subclasses implement ``propose_levels``; ``propose`` re-ranks globally and builds the tree.
 
+    A drafting proposer sets ``cache`` (the draft's ``TreeKVCache``: context rows between rounds, the official
+    ``stable_kv``; this round's tree rows until it crops them) and ``lm_head`` (the rows it scores,
+    ``head.draft_lm_head``); ``reset``, ``context_length`` and ``_logprobs`` then come from here.
     ``postprocess_tree`` is the hook for tree edits after re-ranking (e.g. Gumiho's FTA padding); identity here.
     """
 
     total_tokens: int = 60
     last_forwards: int = 0
+    cache: TreeKVCache
+    lm_head: torch.Tensor
 
     def reset(self) -> None:
-        raise NotImplementedError
+        self.cache.reset()
 
     @property
     def context_length(self) -> int:
-        raise NotImplementedError
+        return self.cache.length
+
+    def _logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Draft log-probabilities over the scored rows, in float32: ``log_softmax(hidden @ lm_head^T)``."""
+        return torch.log_softmax((hidden @ self.lm_head.to(hidden.dtype).t()).float(), dim=-1)
 
     def propose_levels(self, new_features: torch.Tensor, next_ids: torch.Tensor) -> list[DraftLevel]:
         raise NotImplementedError
@@ -131,7 +108,8 @@ D2T_KEY = "d2t"  # the reduced-vocabulary buffer of a draft head
 
 
 class DraftHead(nn.Module):
-    """Base class of draft heads. Subclasses set ``embed_tokens`` (frozen) and implement the three methods.
+    """Base class of draft heads. Subclasses set ``embed_tokens`` (frozen) and implement ``train_forward`` (and
+    ``compute_loss`` / ``eval_metrics`` when the EAGLE loss is not theirs).
 
     ``hidden_size`` and ``vocab_size`` are checked against the target before a head is used with it
     (``check_compatible``), so a head trained for another target gives a clear error.
@@ -152,8 +130,6 @@ class DraftHead(nn.Module):
     def compute_loss(self, batch: DraftBatch, ctx: LossContext) -> dict[str, torch.Tensor]:
         """The trainer hook: ``{"loss": total, **parts}``. Default: the EAGLE loss on ``train_forward``'s output
         (a ``[B, L, H]`` prediction of f_{t+1}): ``v_w * SmoothL1 + p_w * soft-CE``."""
-        from effrepro.specdec.losses import eagle_loss
-
         prediction = self.train_forward(batch.features, batch.next_ids, batch.attention_mask)
         return eagle_loss(prediction, batch, ctx)
 
@@ -162,8 +138,6 @@ class DraftHead(nn.Module):
         """Held-out metrics (the trainer averages them over the test split). Default: the loss parts and the
         top-1 / top-3 agreement of the draft's next token with the target's, when ``train_forward`` returns a
         ``[B, L, H]`` tensor. Heads with several outputs override this."""
-        from effrepro.specdec.losses import topk_accuracy
-
         metrics = {k: float(v) for k, v in self.compute_loss(batch, ctx).items()}
         prediction = self.train_forward(batch.features, batch.next_ids, batch.attention_mask)
         if isinstance(prediction, torch.Tensor):
@@ -176,10 +150,6 @@ class DraftHead(nn.Module):
         """The constructor config saved in checkpoints (``asdict(self.config)`` for a dataclass config)."""
         return asdict(self.config)
 
-    def make_proposer(self, lm_head: torch.Tensor, tree: TreeConfig, **options: Any) -> Proposer:
-        """A fresh proposer for one sequence, drafting with this head and the frozen target ``lm_head [V, H]``."""
-        raise NotImplementedError
-
     def freeze_embedding(self, weight: torch.Tensor) -> None:
         """Copy the target's input embedding into ``embed_tokens`` and freeze it (never trained, never saved)."""
         if tuple(weight.shape) != tuple(self.embed_tokens.weight.shape):
@@ -188,6 +158,20 @@ class DraftHead(nn.Module):
         with torch.no_grad():
             self.embed_tokens.weight.copy_(weight)
         self.embed_tokens.weight.requires_grad_(False)
+
+    def restore(self, state_dict: dict[str, torch.Tensor], embed_weight: torch.Tensor,
+                source: str = "head checkpoint") -> DraftHead:
+        """This freshly built head with the target's embedding frozen in and a checkpoint's trainable weights
+        loaded (``head.pt``'s ``state_dict``); one UsageError for a head of another target or keys that do not
+        fit its config. Returns the head."""
+        self.check_compatible(int(embed_weight.shape[1]), int(embed_weight.shape[0]))
+        self.freeze_embedding(embed_weight.detach().float())
+        missing, unexpected = self.load_state_dict(state_dict, strict=False)
+        missing = [m for m in missing if not m.startswith("embed_tokens")]
+        if missing or unexpected:
+            raise UsageError(f"{source} does not match its config (missing {missing[:4]}, unexpected "
+                             f"{unexpected[:4]})")
+        return self
 
     def check_compatible(self, hidden_size: int, vocab_size: int) -> None:
         """UsageError when the head was built for a target of another hidden size or vocabulary."""
@@ -242,3 +226,21 @@ class DraftHead(nn.Module):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The checkpointed weights: everything except the frozen embedding (the official savers drop it)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("embed_tokens")}
+
+
+ProposerBuilder = Callable[..., Proposer]  # build(head, lm_head [V, H], tree, max_length=..., **options)
+
+
+def proposer_factory(build: ProposerBuilder, head: DraftHead, tree: TreeConfig | None,
+                     **options: Any) -> Callable[[TargetAdapter], Proposer]:
+    """The engine's proposer factory: a harness factory ``target -> proposer`` that calls
+    ``build(head, lm_head, tree, max_length=target.max_length, **options)`` with the target's frozen LM head cast
+    once to the head's device and dtype. ``build`` is a proposer class (``EagleProposer``) or a method's
+    ``make_proposer`` function (Jakiro, Gumiho)."""
+
+    def make(target: TargetAdapter) -> Proposer:
+        weight = next(head.parameters())
+        lm_head = target.lm_head_weight.detach().to(weight.device, weight.dtype)
+        return build(head, lm_head, tree, max_length=target.max_length, **options)
+
+    return make

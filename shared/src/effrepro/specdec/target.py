@@ -24,6 +24,40 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from effrepro.errors import UsageError
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_device() -> str:
+    """``cuda`` when there is a GPU, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str | None, device: str) -> str:
+    """The target dtype name: ``dtype`` when given (checked), else ``bfloat16`` on a GPU (``cuda...`` or ``auto``)
+    and ``float32`` on the CPU."""
+    if dtype is None:
+        return "float32" if device == "cpu" else "bfloat16"
+    if dtype not in DTYPES:
+        raise UsageError(f"dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def load_target_on(name: str, device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
+    """The target and its tokenizer on ``device`` (``cpu``, ``cuda``, ``cuda:1``; ``auto``: ``device_map="auto"``
+    over every GPU, for targets that do not fit one; default: ``default_device()``) in ``dtype`` (``float32`` /
+    ``bfloat16`` / ``float16``; default: ``resolve_dtype``, bfloat16 on GPUs)."""
+    from effrepro.data import load_target
+
+    device = device or default_device()
+    torch_dtype = DTYPES[resolve_dtype(dtype, device)]
+    if device == "auto":
+        return load_target(name, dtype=torch_dtype, device_map="auto")
+    model, tokenizer = load_target(name, dtype=torch_dtype)
+    try:
+        return model.to(device), tokenizer
+    except (RuntimeError, AssertionError) as exc:
+        raise UsageError(f"cannot place the target on {device!r}: {str(exc).splitlines()[0]}") from None
+
 
 class TreeKVLayer(CacheLayerMixin):
     """One layer's pre-allocated keys/values; ``update`` appends at ``length`` and returns the filled prefix."""
@@ -219,3 +253,15 @@ class TargetAdapter:
         start = self._tree_start
         self.cache.compact(start, start + nodes.cpu().long())
         self._tree_start = None
+
+
+def stop_tokens(model: Any, tokenizer: Any = None) -> tuple[int, ...]:
+    """End-of-turn ids: the tokenizer's EOS and the model's generation-config EOS (one id or a list)."""
+    ids: set[int] = set()
+    for source in (getattr(tokenizer, "eos_token_id", None),
+                   getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, (list, tuple)):
+            ids.update(int(i) for i in source)
+    return tuple(sorted(ids))

@@ -323,7 +323,7 @@ def tuning_prompts(tokenizer: Any, count: int = 4, chat_template: str = "auto") 
     """Prompt ids of the first turns of ``count`` MT-bench questions the held-out evaluation does not use (one per
     category, from the training side of ``mtbench_split``)."""
     from effrepro.specdec.draft_data import ChatFormatter
-    from effrepro.specdec.harness import mtbench_split
+    from effrepro.specdec.questions import mtbench_split
 
     train, _ = mtbench_split()
     step = max(1, len(train) // max(count, 1))
@@ -362,7 +362,7 @@ def tuned_tree(target: TargetAdapter, tokenizer: Any, head: torch.nn.Module, mak
     import json
 
     from effrepro.data import cache_dir
-    from effrepro.specdec.generate import stop_tokens
+    from effrepro.specdec.target import stop_tokens
 
     grid = grid or TreeGrid()
     key_data = {"head": head_digest(head), "target": getattr(target.config, "_name_or_path", ""),

@@ -8,7 +8,8 @@ order, so two methods are paired by turn and resampled together (``effrepro.stat
   (``cycle_tokens`` / ``cycles``), pooled tokens/s (``new_tokens`` / ``wall_time``) or draft seconds per cycle;
 * :func:`acceptance_difference`: conditional acceptance (accepted / reached, pooled over turns) at one set of draft
   positions minus another (same method or two methods), from the per-cycle ``accept_lengths`` and ``tree_depths``;
-* :func:`mismatch_rate`: the share of turns whose greedy tokens differ from the baseline's (a count, exact).
+* :func:`mismatch_rate`: the share of turns whose greedy tokens differ from the baseline's (a count, exact), with
+  the near-ties of those turns in its details.
 """
 
 from __future__ import annotations
@@ -78,10 +79,18 @@ def acceptance_difference(first: Sequence[dict], first_positions: Sequence[int],
 
 def mismatch_rate(records: Sequence[Sequence[dict]], baseline: Sequence[dict], **details: Any) -> Estimate:
     """Share of turns (over every method in ``records``) whose tokens differ from ``baseline``'s. Greedy decoding
-    is deterministic, so the count is exact: any mismatch makes ``<= 0`` fail."""
+    is deterministic, so the count is exact: any mismatch makes ``<= 0`` fail.
+
+    The details also count near-ties (``near_ties`` of the turn records: greedy decisions with a top-2 logit gap
+    below the dtype's tolerance, ``generate.py``) over the checked turns of both sides, and how many mismatched
+    turns had one on either side: a mismatch at a near-tie can be round-off, one without is a bug."""
     for rows in records:
         _paired(rows, baseline)
     turns = sum(len(rows) for rows in records)
-    mismatched = sum(r["tokens"] != p["tokens"] for rows in records for r, p in zip(rows, baseline, strict=True))
-    return exact(mismatched / turns if turns else np.nan, n=max(turns, 1), mismatched_turns=int(mismatched),
-                 turns_checked=int(turns), **details)
+    pairs = [(r, p) for rows in records for r, p in zip(rows, baseline, strict=True)]
+    mismatched = [(r, p) for r, p in pairs if r["tokens"] != p["tokens"]]
+    ties = sum(r.get("near_ties", 0) for rows in records for r in rows) + sum(p.get("near_ties", 0) for p in baseline)
+    at_tie = sum(1 for r, p in mismatched if r.get("near_ties", 0) or p.get("near_ties", 0))
+    return exact(len(mismatched) / turns if turns else np.nan, n=max(turns, 1), mismatched_turns=len(mismatched),
+                 turns_checked=int(turns), near_ties=int(ties), mismatched_turns_with_near_tie=int(at_tie),
+                 **details)

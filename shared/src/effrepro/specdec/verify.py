@@ -76,18 +76,44 @@ def select_token(logits: torch.Tensor, sampling: SamplingConfig, generator: torc
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
+# Top-2 logit gaps below these count as near-ties (``near_tie_tolerance``): a tree pass and a sequential pass
+# compute the same logits in another order (measured on SmolLM2 in fp32: about 5e-5 apart), so an argmax whose
+# runner-up is closer than a few times that may flip between them. Half precision rounds logits of size ~10-30 to
+# steps of 0.0078-0.0156 (fp16) and 0.0625-0.125 (bf16); the tolerances leave a margin over those steps.
+NEAR_TIE_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-3, torch.float16: 0.1, torch.bfloat16: 0.5}
+
+
+def near_tie_tolerance(dtype: torch.dtype) -> float:
+    """The top-2 logit gap below which a greedy decision counts as a near-tie, for a target computing in
+    ``dtype`` (``NEAR_TIE_TOLERANCE``; other dtypes: float32's)."""
+    return NEAR_TIE_TOLERANCE.get(dtype, NEAR_TIE_TOLERANCE[torch.float32])
+
+
+def logit_gaps(logits: torch.Tensor) -> torch.Tensor:
+    """``[n]`` float32 on the CPU: the largest minus the second-largest logit of every row of ``logits [n, V]``
+    (how far each greedy decision is from a tie)."""
+    if logits.shape[-1] < 2:
+        return torch.full(logits.shape[:-1], float("inf"))
+    top = torch.topk(logits.float(), 2, dim=-1).values
+    return (top[..., 0] - top[..., 1]).cpu()
+
+
 @dataclass
 class Verdict:
-    """One verification: the accepted node ids (root first), the bonus token and how many drafts were accepted."""
+    """One verification: the accepted node ids (root first), the bonus token and how many drafts were accepted.
+
+    ``gaps`` (greedy verification only): the top-2 logit gap at every node of ``nodes``, i.e. at each position
+    whose argmax decided an emitted token (the next accepted draft, or the bonus token after the last node)."""
 
     nodes: torch.Tensor  # [1 + accepted] node ids along the accepted path, root first
     bonus_token: int
     accepted: int
+    gaps: torch.Tensor | None = None
 
 
-def greedy_verify(tree: DraftTree, logits: torch.Tensor) -> Verdict:
-    """Longest path whose every node equals the target's argmax at its parent (``logits [N, V]``)."""
-    predicted = logits.argmax(dim=-1).cpu()
+def _longest_path(tree: DraftTree, predicted: torch.Tensor) -> torch.Tensor:
+    """The accepted node ids (root first): the longest prefix of a row of ``retrieve_indices`` whose every node
+    equals ``predicted`` (the target's argmax, ``[N]``) at its predecessor; the first row among ties."""
     paths = tree.retrieve_indices.cpu()
     tokens = tree.tokens.cpu()
     valid = paths[:, 1:] >= 0
@@ -96,9 +122,15 @@ def greedy_verify(tree: DraftTree, logits: torch.Tensor) -> Verdict:
     match = (child_tokens == parent_prediction) & valid
     accepted_per_row = torch.cumprod(match.long(), dim=1).sum(dim=1)
     best = int(torch.argmax(accepted_per_row))  # first row among ties
-    accepted = int(accepted_per_row[best])
-    nodes = paths[best, : accepted + 1]
-    return Verdict(nodes=nodes, bonus_token=int(predicted[nodes[-1]]), accepted=accepted)
+    return paths[best, : int(accepted_per_row[best]) + 1]
+
+
+def greedy_verify(tree: DraftTree, logits: torch.Tensor) -> Verdict:
+    """Longest path whose every node equals the target's argmax at its parent (``logits [N, V]``)."""
+    predicted = logits.argmax(dim=-1).cpu()
+    nodes = _longest_path(tree, predicted)
+    return Verdict(nodes=nodes, bonus_token=int(predicted[nodes[-1]]), accepted=nodes.numel() - 1,
+                   gaps=logit_gaps(logits[nodes.to(logits.device)]))
 
 
 def greedy_verify_features(tree: DraftTree, features: torch.Tensor,
@@ -110,24 +142,22 @@ def greedy_verify_features(tree: DraftTree, features: torch.Tensor,
     Same verdict as ``greedy_verify`` on the full logits (a typical EAGLE-2 tree has about a third of its nodes
     with children)."""
     paths = tree.retrieve_indices.cpu()
-    tokens = tree.tokens.cpu()
-    valid = paths[:, 1:] >= 0
-    read = torch.unique(paths[:, :-1][valid])  # nodes followed by a node on some row: inner nodes of a tree
+    read = torch.unique(paths[:, :-1][paths[:, 1:] >= 0])  # nodes followed by a node on some row: inner nodes
     predicted = torch.full((tree.size,), -1, dtype=torch.long)
+    gaps = torch.full((tree.size,), float("nan"))
     if read.numel():
-        predicted[read] = lm_head(features[read.to(features.device)]).argmax(dim=-1).cpu()
-    child_tokens = tokens[paths[:, 1:].clamp(min=0)]
-    parent_prediction = predicted[paths[:, :-1].clamp(min=0)]
-    match = (child_tokens == parent_prediction) & valid
-    accepted_per_row = torch.cumprod(match.long(), dim=1).sum(dim=1)
-    best = int(torch.argmax(accepted_per_row))  # first row among ties
-    accepted = int(accepted_per_row[best])
-    nodes = paths[best, : accepted + 1]
+        rows = lm_head(features[read.to(features.device)])
+        predicted[read] = rows.argmax(dim=-1).cpu()
+        gaps[read] = logit_gaps(rows)
+    nodes = _longest_path(tree, predicted)
+    accepted = nodes.numel() - 1
     last = int(nodes[-1])
     bonus = int(predicted[last])
     if bonus < 0:  # a leaf: its one row now
-        bonus = int(lm_head(features[last:last + 1]).argmax(dim=-1)[0])
-    return Verdict(nodes=nodes, bonus_token=bonus, accepted=accepted)
+        row = lm_head(features[last:last + 1])
+        bonus = int(row.argmax(dim=-1)[0])
+        gaps[last] = logit_gaps(row)[0]
+    return Verdict(nodes=nodes, bonus_token=bonus, accepted=accepted, gaps=gaps[nodes])
 
 
 def sample_verify(tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfig,
@@ -163,3 +193,48 @@ def sample_verify(tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfi
             return Verdict(nodes=nodes, bonus_token=bonus, accepted=len(path) - 1)
         path.append(accepted_child)
         current = accepted_child
+
+
+def rows_sample_verify(tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfig,
+                       generator: torch.Generator | None = None) -> Verdict:
+    """EAGLE-2's official sampling rule (``evaluate_posterior``), which walks the rows of ``retrieve_indices``
+    instead of the tree's parent pointers: at step i the candidates are the distinct tokens at column i of the
+    rows whose first i tokens equal the accepted ones (row order), each tried against the processed target
+    distribution at column i - 1 of the first such row (accept with probability p(x), else p(x) = 0 and
+    renormalise); the bonus is drawn from the last residual, or from the processed distribution at the last
+    accepted node. On a tree's own rows this is the parents walk of ``sample_verify`` up to the order in which
+    siblings are tried (exact either way). On rows edited after the tree was built (Gumiho's FTA padding) it is
+    what the official code verifies: a padded entry is tried as if it were a child. Greedy: ``greedy_verify``."""
+    if sampling.greedy:
+        return greedy_verify(tree, logits)
+    paths = tree.retrieve_indices.cpu()
+    tokens = tree.tokens.cpu()
+    candidates = torch.where(paths >= 0, tokens[paths.clamp(min=0)], torch.full_like(paths, -1))
+    probs_all = target_probs(logits.cpu(), sampling)
+    width = paths.shape[1]
+    accepted, best, adjusted, probs = 1, 0, False, None
+    for column in range(1, width):
+        if column != accepted:
+            break
+        matching = torch.nonzero((candidates[:, :accepted] == candidates[best, :accepted]).all(dim=1)).flatten()
+        probs = probs_all[int(paths[int(matching[0]), column - 1])].clone()
+        tried: set[int] = set()
+        for row in matching.tolist():
+            token = int(candidates[row, column])
+            if token < 0 or token in tried:
+                continue
+            tried.add(token)
+            if float(torch.rand((), generator=generator, dtype=torch.float64)) <= float(probs[token]):
+                accepted, best = accepted + 1, row
+                break
+            probs[token] = 0.0
+            total = probs.sum()
+            if total <= 0:  # every token with mass was a rejected candidate: impossible up to round-off
+                probs = probs_all[int(paths[int(matching[0]), column - 1])].clone()
+                break
+            probs /= total
+            adjusted = True
+    if not (adjusted and accepted != width) or probs is None:
+        probs = probs_all[int(paths[best, accepted - 1])]
+    bonus = int(torch.multinomial(probs, 1, generator=generator))
+    return Verdict(nodes=paths[best, :accepted].clone(), bonus_token=bonus, accepted=accepted - 1)
