@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +127,15 @@ def rpe_num_buckets(ratio: float) -> int:
     return 2 * int(2 * ratio) + 1
 
 
+def _piecewise_bucket(dist: Tensor, ratio: float) -> Tensor:
+    """iRPE's piecewise index of rounded pixel distances, shifted by ``beta`` to a bucket number."""
+    alpha, beta, gamma = 1.0 * ratio, 2.0 * ratio, 8.0 * ratio
+    far = dist > alpha
+    compressed = alpha + torch.log(dist.clamp(min=alpha) / alpha) / math.log(gamma / alpha) * (beta - alpha)
+    index = torch.where(far, compressed.round().clamp(max=beta), dist)
+    return index.long() + int(beta)
+
+
 @torch.no_grad()
 def rpe_bucket_ids(height: int, width: int, ratio: float, device: torch.device | None = None) -> Tensor:
     """Bucket of every (query, key) pair of a ``height x width`` map: ``[L, L]`` long, ``L = height * width``.
@@ -131,17 +143,63 @@ def rpe_bucket_ids(height: int, width: int, ratio: float, device: torch.device |
     iRPE's Euclidean method (Wu et al., 2021) as configured by the official code (``ratio=20``, bias mode):
     the pixel distance is rounded, kept exact up to ``alpha``, compressed logarithmically between ``alpha``
     and ``gamma = 8 ratio`` and clipped at ``beta``; ``+ beta`` makes it an index into ``2 beta + 1`` buckets.
+    The direct definition; the attention reads the same ids from ``rpe_offset_buckets`` (bounded memory).
     """
-    alpha, beta, gamma = 1.0 * ratio, 2.0 * ratio, 8.0 * ratio
     rows = torch.arange(height, device=device).repeat_interleave(width)
     cols = torch.arange(width, device=device).repeat(height)
     diff_r = (rows[:, None] - rows[None, :]).double()
     diff_c = (cols[:, None] - cols[None, :]).double()
-    dist = (diff_r.square() + diff_c.square()).sqrt().round()
-    far = dist > alpha
-    compressed = alpha + torch.log(dist.clamp(min=alpha) / alpha) / math.log(gamma / alpha) * (beta - alpha)
-    index = torch.where(far, compressed.round().clamp(max=beta), dist)
-    return index.long() + int(beta)
+    return _piecewise_bucket((diff_r.square() + diff_c.square()).sqrt().round(), ratio)
+
+
+@torch.no_grad()
+def rpe_offset_buckets(max_height: int, max_width: int, ratio: float,
+                       device: torch.device | None = None) -> Tensor:
+    """Bucket of every relative offset ``(dr, dc)`` with ``|dr| < max_height``, ``|dc| < max_width``:
+    ``[2 max_height - 1, 2 max_width - 1]`` long, offset ``(0, 0)`` at the centre.
+
+    The bucket depends only on the offset, so one table of the largest map seen serves every smaller map by
+    slicing (as the official iRPE's ``lookup_table`` does): memory grows with the largest shape, not with the
+    number of shapes (detection inputs vary per image).
+    """
+    d_r = torch.arange(1 - max_height, max_height, device=device).double()
+    d_c = torch.arange(1 - max_width, max_width, device=device).double()
+    return _piecewise_bucket((d_r[:, None].square() + d_c[None, :].square()).sqrt().round(), ratio)
+
+
+def ids_from_offset_table(table: Tensor, height: int, width: int) -> Tensor:
+    """``[L, L]`` bucket ids of a ``height x width`` map read from an offset table at least that large."""
+    centre_r, centre_c = (table.shape[0] - 1) // 2, (table.shape[1] - 1) // 2
+    if height - 1 > centre_r or width - 1 > centre_c:
+        raise ValueError(f"offset table {tuple(table.shape)} is smaller than a {height}x{width} map")
+    rows = torch.arange(height, device=table.device).repeat_interleave(width)
+    cols = torch.arange(width, device=table.device).repeat(height)
+    return table[rows[:, None] - rows[None, :] + centre_r, cols[:, None] - cols[None, :] + centre_c]
+
+
+SHAPE_CACHE_SIZE = 4  # per-shape position biases kept by a deployed PAT_sf mixer (least recently used dropped)
+
+
+class ShapeLRU:
+    """A dict of at most ``maxsize`` entries that drops the least recently used one."""
+
+    def __init__(self, maxsize: int = SHAPE_CACHE_SIZE) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        self.maxsize = maxsize
+        self._items: OrderedDict[Any, Tensor] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Any, compute: Callable[[], Tensor]) -> Tensor:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = self._items[key] = compute()
+        if len(self._items) > self.maxsize:
+            self._items.popitem(last=False)
+        return value
 
 
 class RelPosSelfAttention(nn.Module):
@@ -160,13 +218,21 @@ class RelPosSelfAttention(nn.Module):
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
         self.rpe_bias = nn.Parameter(torch.zeros(num_heads, rpe_num_buckets(rpe_ratio)))
-        self._buckets: dict[tuple[int, int, str], Tensor] = {}
+        self._offset_table: Tensor | None = None  # one table, grown to the largest map seen
+
+    def offset_table(self, height: int, width: int, device: torch.device) -> Tensor:
+        """The offset-bucket table, rebuilt only when a larger map (or another device) arrives."""
+        table = self._offset_table
+        if table is None or table.device != device or table.shape[0] < 2 * height - 1 \
+                or table.shape[1] < 2 * width - 1:
+            old_h, old_w = ((table.shape[0] + 1) // 2, (table.shape[1] + 1) // 2) if table is not None else (0, 0)
+            table = rpe_offset_buckets(max(height, old_h), max(width, old_w), self.rpe_ratio, device)
+            self._offset_table = table
+        return table
 
     def buckets(self, height: int, width: int, device: torch.device) -> Tensor:
-        key = (height, width, str(device))
-        if key not in self._buckets:
-            self._buckets[key] = rpe_bucket_ids(height, width, self.rpe_ratio, device)
-        return self._buckets[key]
+        """``[L, L]`` bucket ids, sliced from the offset table (not kept: memory stays bounded)."""
+        return ids_from_offset_table(self.offset_table(height, width, device), height, width)
 
     def position_bias(self, height: int, width: int) -> Tensor:
         return self.rpe_bias[:, self.buckets(height, width, self.rpe_bias.device)]
@@ -211,7 +277,8 @@ class PATConvSelf(PartialConv):
 
 
 class FusedPATConvSelf(nn.Module):
-    """``x + PATConvSelf(x)`` at inference; the position bias is cached per feature-map size."""
+    """``x + PATConvSelf(x)`` at inference; the position bias of the last ``SHAPE_CACHE_SIZE`` feature-map
+    sizes is kept (an LRU, so variable detection shapes do not grow memory)."""
 
     def __init__(self, conv: nn.Conv2d, attn: RelPosSelfAttention, qkv_weight: Tensor, qkv_bias: Tensor,
                  eps: float) -> None:
@@ -220,20 +287,21 @@ class FusedPATConvSelf(nn.Module):
         self.conv, self.attn = conv, attn
         self.qkv_weight = nn.Parameter(qkv_weight.clone(), requires_grad=False)
         self.qkv_bias = nn.Parameter(qkv_bias.clone(), requires_grad=False)
-        self._bias_cache: dict[tuple[int, int], Tensor] = {}
+        self._bias_cache = ShapeLRU(SHAPE_CACHE_SIZE)
 
     def forward(self, x: Tensor) -> Tensor:
         batch, _, height, width = x.shape
         x1, x2 = torch.split(x, [self.dim_conv, x.shape[1] - self.dim_conv], dim=1)
-        key = (height, width)
-        if key not in self._bias_cache:
-            with torch.no_grad():
-                self._bias_cache[key] = self.attn.position_bias(height, width).to(x.dtype).contiguous()
+        bias = self._bias_cache.get((height, width, x.dtype, x.device), lambda: self._position_bias(x, height, width))
         tokens = x2.flatten(2).transpose(1, 2)
         normed = F.layer_norm(tokens, (tokens.shape[-1],), eps=self.eps)
-        out = self.attn.attend(normed, self.qkv_weight, self.qkv_bias, self._bias_cache[key])
+        out = self.attn.attend(normed, self.qkv_weight, self.qkv_bias, bias)
         x2 = x2 + out.transpose(1, 2).reshape(x2.shape)
         return torch.cat((self.conv(x1), x2), 1)
+
+    @torch.no_grad()
+    def _position_bias(self, x: Tensor, height: int, width: int) -> Tensor:
+        return self.attn.position_bias(height, width).to(x.dtype).contiguous()
 
 
 # ----------------------------------------------------------------------------------------------------------
