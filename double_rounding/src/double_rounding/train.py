@@ -236,7 +236,7 @@ def _trainer(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, tc
 
 
 def train_fp32(cfg: Config, train_loader: Any, out_dir: Path, dist: DistInfo,
-               progress: bool = True) -> tuple[nn.Module, dict]:
+               progress: bool = True, resume: bool = True) -> tuple[nn.Module, dict]:
     """The FP32 model every quantised run starts from (the paper starts from a pre-trained FP32 model)."""
     model = build_float_model(cfg.model)
     tc = cfg.fp32
@@ -246,7 +246,7 @@ def train_fp32(cfg: Config, train_loader: Any, out_dir: Path, dist: DistInfo,
         return {"loss": F.cross_entropy(m(batch[0]), batch[1])}
 
     trainer = _trainer(model, optimizer, train_loader, tc, out_dir, dist, {"stage": "fp32", **config_to_dict(cfg)},
-                       progress, tc.epochs * len(train_loader), loss_fn=loss_fn)
+                       progress, tc.epochs * len(train_loader), loss_fn=loss_fn, resume=resume)
     start, cpu_start = time.perf_counter(), time.process_time()
     result = trainer.fit()
     result["seconds"] = time.perf_counter() - start
@@ -274,7 +274,7 @@ def graph_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def train_quantized(cfg: Config, model: nn.Module, tc: TrainConfig, train_loader: Any, out_dir: Path,
                     dist: DistInfo, stage: str, sampler: BitSampler | None = None,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, resume: bool = True) -> dict:
     """Multi-precision QAT (``sampler=None``) or the mixed-precision SuperNet (HASB / uniform sampler)."""
     bits = list(tc.train_bits or graph_of(model).bits)
     model.to(dist.device)
@@ -283,7 +283,7 @@ def train_quantized(cfg: Config, model: nn.Module, tc: TrainConfig, train_loader
     step = PrecisionStep(model, opt_s, tc, bits, dist, sampler, cfg.mixed.sigma0, len(train_loader), cfg.seed)
     trainer = _trainer(model, opt_w, train_loader, tc, out_dir, no_ddp(dist),
                        {"stage": stage, **config_to_dict(cfg)}, progress, tc.epochs * len(train_loader),
-                       step_fn=step, extra_state={"precision_step": step})
+                       step_fn=step, extra_state={"precision_step": step}, resume=resume)
     start, cpu_start = time.perf_counter(), time.process_time()
     result = trainer.fit()
     result["seconds"] = time.perf_counter() - start

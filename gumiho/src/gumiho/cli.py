@@ -8,9 +8,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from effrepro.cliargs import add_set, overrides, route_set
+from effrepro.config import find_config, package_configs
 from effrepro.errors import UsageError, run_cli
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = package_configs("gumiho")  # configs/ shipped in the package (smoke.yaml, full.yaml)
 
 
 def _load(args: argparse.Namespace):
@@ -18,8 +20,8 @@ def _load(args: argparse.Namespace):
 
     from gumiho.config import GumihoRunConfig
 
-    source = Path(args.config) if args.config else CONFIGS / "smoke.yaml"
-    config = load_config(source, GumihoRunConfig, args.overrides)
+    source = find_config(args.config or "smoke.yaml", "gumiho")
+    config = load_config(source, GumihoRunConfig, overrides(args))
     if args.target:
         config.target = config.data.target = args.target
     return config
@@ -38,14 +40,14 @@ def _device(args: argparse.Namespace) -> str:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML run config (default: gumiho/configs/smoke.yaml)")
+    parser.add_argument("--config", help="YAML run config: a path or a shipped name (default: smoke.yaml)")
     parser.add_argument("--target", help="local HF model dir or 'smollm2-135m' (overrides the config's target)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", help="target device: cpu, cuda, cuda:1, or auto (device_map='auto' over every "
                                          "GPU); default cuda when there is one")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="target dtype (the drafts stay float32)")
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. train.epochs=5)")
+    add_set(parser, "train.epochs=5")
 
 
 def _threads(args: argparse.Namespace) -> None:
@@ -140,17 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_reproduce(argv: list[str]) -> int:
+    """The reproduce skeleton parses its own options; ``--set`` takes plan fields and run-config keys alike."""
+    import dataclasses
+
+    from gumiho.reproduce import REPRODUCTION, GumihoPlan
+
+    fields = {f.name for f in dataclasses.fields(GumihoPlan)}
+    return REPRODUCTION.main(route_set(argv, fields, None))
+
+
 def run(argv: list[str] | None = None) -> int:
     """Parse and dispatch; user mistakes raise ``UsageError`` (``main`` turns them into one line + exit 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["reproduce"]:  # the reproduce skeleton parses its own options
-        from gumiho.reproduce import REPRODUCTION
-
-        return REPRODUCTION.main(argv[1:])
+    if argv[:1] == ["reproduce"]:
+        return cmd_reproduce(argv[1:])
     args = build_parser().parse_args(argv)
-    for item in args.overrides:
-        if "=" not in item:
-            raise UsageError(f"override {item!r} is not key=value (e.g. train.epochs=5)")
     return int(args.func(args) or 0)
 
 

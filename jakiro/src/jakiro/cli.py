@@ -19,17 +19,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from effrepro.errors import UsageError, run_cli
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# torch and the method modules are imported inside the commands: ``jakiro --help`` must not wait for them
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+def _dtype(name: str) -> Any:
+    import torch
+
+    return getattr(torch, name)
 
 
 def _target_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=os.environ.get("EFFREPRO_TARGET", "smollm2-135m"),
                         help="embedded model name or a local HF model directory")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when there is one)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
 
 
@@ -49,20 +55,24 @@ def _tree_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--total-tokens", type=int, default=60)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from jakiro.eval import VARIANTS
-    from jakiro.train import METHODS
+def _check_names(given: list[str], valid: Any, option: str) -> None:
+    unknown = [name for name in given if name not in valid]
+    if unknown:
+        raise UsageError(f"{option} {' '.join(unknown)}: use one of {', '.join(valid)}")
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jakiro", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     data = sub.add_parser("data", help="encode the draft training data with the target (cached)")
     _target_args(data)
     _data_args(data)
     data.add_argument("--shard", default="0/1", help="i/n: encode every n-th conversation from i (multi-GPU)")
+    data.set_defaults(func=cmd_data)
     train = sub.add_parser("train", help="train one draft head (official recipe by default)")
     _target_args(train)
     _data_args(train)
-    train.add_argument("--method", required=True, choices=METHODS)
+    train.add_argument("--method", required=True, help="eagle2 | jakiro | jakiro_nocepd | jakiro_star")
     train.add_argument("--out", required=True)
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--batch-size", type=int, default=4)
@@ -72,12 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--schedule", default="cosine", choices=["cosine", "linear", "constant"])
     train.add_argument("--no-fc-bias", action="store_true", help="fc without bias (LLaMA3-8B config)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--no-resume", action="store_true")
+    train.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
+    train.set_defaults(func=cmd_train)
     evaluate = sub.add_parser("eval", help="the variants vs plain decoding on MT-bench (interleaved)")
     _target_args(evaluate)
     _tree_args(evaluate)
     evaluate.add_argument("--heads", required=True, help="folder with <method>/head.pt")
-    evaluate.add_argument("--variants", nargs="+", default=["eagle2", "jakiro"], choices=list(VARIANTS))
+    evaluate.add_argument("--variants", nargs="+", default=["eagle2", "jakiro"],
+                          help="decoders to compare (an unknown name lists them)")
     evaluate.add_argument("--questions", default="mtbench")
     evaluate.add_argument("--max-questions", type=int, default=0)
     evaluate.add_argument("--max-turns", type=int, default=0)
@@ -87,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--warmup", type=int, default=3)
     evaluate.add_argument("--max-length", type=int, default=2048)
     evaluate.add_argument("--out", default=None)
+    evaluate.set_defaults(func=cmd_eval)
     bench = sub.add_parser("bench", help="drafting cost per tree: Jakiro vs EAGLE-2 (paired)")
     _target_args(bench)
     bench.add_argument("--top-k", type=int, default=4)
@@ -95,17 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--heads", default=None, help="folder with <method>/head.pt (default: random heads)")
     bench.add_argument("--context", type=int, default=256)
     bench.add_argument("--repeats", type=int, default=21)
+    bench.set_defaults(func=cmd_bench)
     sub.add_parser("reproduce", add_help=False, help="the paper's comparison: claims.json + report.md "
                    "(options: jakiro reproduce --help)").add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    import torch
     from effrepro.data import load_target
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_target(args.target, dtype=DTYPES[args.dtype])
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = load_target(args.target, dtype=_dtype(args.dtype))
     return model.to(args.device), tokenizer
 
 
@@ -127,7 +144,7 @@ def _data_dirs(args: argparse.Namespace, model: Any, tokenizer: Any) -> list[Pat
     return build_draft_data(settings, str(args.target), model, tokenizer)
 
 
-def _heads(folder: str, model: Any, methods: set[str], device: str, dtype: torch.dtype) -> dict[str, Any]:
+def _heads(folder: str, model: Any, methods: set[str], device: str, dtype: Any) -> dict[str, Any]:
     from jakiro.train import load_head
 
     root = Path(folder)
@@ -136,62 +153,84 @@ def _heads(folder: str, model: Any, methods: set[str], device: str, dtype: torch
     return {m: load_head(root / m / "head.pt", model, device, dtype) for m in sorted(methods)}
 
 
-def dispatch(argv: list[str] | None = None) -> int:
+def cmd_data(args: argparse.Namespace) -> int:
+    model, tokenizer = _load(args)
+    print("\n".join(str(d) for d in _data_dirs(args, model, tokenizer)))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from effrepro.specdec import HeadTrainConfig
+
+    from jakiro.train import METHODS, train_method
+
+    _check_names([args.method], METHODS, "--method")
+    model, tokenizer = _load(args)
+    config = HeadTrainConfig(epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
+                             lr=args.lr, warmup_steps=args.warmup_steps, schedule=args.schedule,
+                             max_len=args.max_len, seed=args.seed)
+    result = train_method(args.method, model, _data_dirs(args, model, tokenizer), config, args.out,
+                          resume=not args.no_resume, fc_bias=not args.no_fc_bias)
+    print(json.dumps({"method": args.method, "steps": result["steps"], "head": str(Path(args.out) / "head.pt")}))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from effrepro.specdec import EvalConfig, TargetAdapter, TreeConfig
+
+    from jakiro.eval import VARIANTS, evaluate_variants
+
+    _check_names(args.variants, list(VARIANTS), "--variants")
+    model, tokenizer = _load(args)
+    heads = _heads(args.heads, model, {VARIANTS[v].head for v in args.variants}, args.device, _dtype(args.dtype))
+    config = EvalConfig(questions=args.questions, max_questions=args.max_questions, max_turns=args.max_turns,
+                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                        warmup=args.warmup, max_length=args.max_length)
+    tree = TreeConfig(top_k=args.top_k, depth=args.depth, total_tokens=args.total_tokens)
+    result = evaluate_variants(TargetAdapter(model, max_length=args.max_length), tokenizer, heads,
+                               args.variants, tree, config, args.out)
+    print(json.dumps(result["summary"], indent=1, default=str))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from effrepro.specdec import TreeConfig
+
+    from jakiro.bench import draft_cost_benchmark
+    from jakiro.train import METHODS
+
+    model, _ = _load(args)
+    heads = _heads(args.heads, model, set(METHODS), args.device, _dtype(args.dtype)) if args.heads else None
+    tree = TreeConfig(top_k=args.top_k, depth=args.depth, total_tokens=args.total_tokens)
+    result = draft_cost_benchmark(model, tree, context=args.context, repeats=args.repeats, heads=heads)
+    print(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+def cmd_reproduce(argv: list[str]) -> int:
+    """The reproduce skeleton parses its own options (``jakiro reproduce --help``)."""
+    from jakiro.reproduce import REPRODUCTION
+
+    return REPRODUCTION.main(argv)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse and dispatch; user mistakes raise ``UsageError`` (``main`` turns them into one line + exit 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    if argv[:1] == ["reproduce"]:  # the reproduce skeleton parses its own options
-        from jakiro.reproduce import REPRODUCTION
-
-        return REPRODUCTION.main(argv[1:])
+    if argv[:1] == ["reproduce"]:
+        return cmd_reproduce(argv[1:])
     args = build_parser().parse_args(argv)
-    model, tokenizer = _load(args)
-    if args.command == "data":
-        print("\n".join(str(d) for d in _data_dirs(args, model, tokenizer)))
-        return 0
-    if args.command == "train":
-        from effrepro.specdec import HeadTrainConfig
+    return int(args.func(args) or 0)
 
-        from jakiro.train import train_method
 
-        config = HeadTrainConfig(epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
-                                 lr=args.lr, warmup_steps=args.warmup_steps, schedule=args.schedule,
-                                 max_len=args.max_len, seed=args.seed)
-        result = train_method(args.method, model, _data_dirs(args, model, tokenizer), config, args.out,
-                              resume=not args.no_resume, fc_bias=not args.no_fc_bias)
-        print(json.dumps({"method": args.method, "steps": result["steps"], "head": str(Path(args.out) / "head.pt")}))
-        return 0
-    if args.command == "eval":
-        from effrepro.specdec import EvalConfig, TargetAdapter, TreeConfig
-
-        from jakiro.eval import VARIANTS, evaluate_variants
-
-        heads = _heads(args.heads, model, {VARIANTS[v].head for v in args.variants}, args.device, DTYPES[args.dtype])
-        config = EvalConfig(questions=args.questions, max_questions=args.max_questions, max_turns=args.max_turns,
-                            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                            warmup=args.warmup, max_length=args.max_length)
-        tree = TreeConfig(top_k=args.top_k, depth=args.depth, total_tokens=args.total_tokens)
-        result = evaluate_variants(TargetAdapter(model, max_length=args.max_length), tokenizer, heads,
-                                   args.variants, tree, config, args.out)
-        print(json.dumps(result["summary"], indent=1, default=str))
-        return 0
-    if args.command == "bench":
-        from effrepro.specdec import TreeConfig
-
-        from jakiro.bench import draft_cost_benchmark
-        from jakiro.train import METHODS
-
-        heads = _heads(args.heads, model, set(METHODS), args.device, DTYPES[args.dtype]) if args.heads else None
-        tree = TreeConfig(top_k=args.top_k, depth=args.depth, total_tokens=args.total_tokens)
-        result = draft_cost_benchmark(model, tree, context=args.context, repeats=args.repeats, heads=heads)
-        print(json.dumps(result, indent=1, default=str))
-        return 0
-    raise UsageError(f"unknown command {args.command}")
+dispatch = run  # the former name of run (kept for callers of jakiro.cli.dispatch)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry: user mistakes become one ``error: ...`` line and exit code 2 (``effrepro.errors.run_cli``)."""
-    run_cli(dispatch, argv)
+    run_cli(run, argv)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@ the same values); used by the ``train`` command and by ``reproduce --scale full`
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from effrepro.config import load_config
 from effrepro.errors import UsageError
 
-from kerneldna.train import TrainConfig
+if TYPE_CHECKING:  # imported in recipe_config: the CLI lists RECIPES in its --help without loading torch
+    from kerneldna.train import TrainConfig
 
 RECIPES: dict[str, dict] = {
     "resnet18": {"arch": "resnet18", "epochs": 90, "warmup_epochs": 0, "lr": 0.1, "weight_decay": 1e-4},
@@ -23,4 +26,6 @@ def recipe_config(arch: str, overrides: list[str] | None = None) -> TrainConfig:
     """The official recipe of ``arch`` as a :class:`TrainConfig`, with ``key=value`` overrides."""
     if arch not in RECIPES:
         raise UsageError(f"no official recipe for {arch!r}; use one of {', '.join(RECIPES)} or --config FILE")
+    from kerneldna.train import TrainConfig
+
     return load_config({**COMMON, **RECIPES[arch]}, TrainConfig, overrides)

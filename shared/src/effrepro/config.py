@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import types
 import typing
 from pathlib import Path
@@ -92,11 +93,16 @@ def load_config(source: str | Path | dict | None, cls: type[T], overrides: list[
     else:
         path = Path(source)
         if not path.is_file():
-            raise UsageError(f"config file not found: {path}")
+            raise UsageError(f"config file not found: {path}" + (" (a folder)" if path.is_dir() else ""))
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text()
+            data = yaml.safe_load(text)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"config file {path} cannot be read as YAML text ({exc})") from None
         except yaml.YAMLError as exc:
-            raise UsageError(f"config file {path} is not valid YAML: {exc}") from None
+            raise UsageError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        if data is None:
+            raise UsageError(f"config file {path} is empty; give at least one key (or no config file)")
         if not isinstance(data, dict):
             raise UsageError(f"config file {path} must hold a mapping at the top level")
     for item in overrides or []:
@@ -110,3 +116,24 @@ def load_config(source: str | Path | dict | None, cls: type[T], overrides: list[
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, YAML/JSON-serialisable dict of a (nested) dataclass config."""
     return dataclasses.asdict(cfg)
+
+
+def package_configs(package: str) -> Path:
+    """The ``configs`` folder shipped inside ``package`` as package data.
+
+    Found with :mod:`importlib.resources`, so it is the same folder from a source checkout (``src/<pkg>/configs``
+    links to the project's ``configs/``), an editable install and a regular ``pip install``.
+    """
+    return Path(str(importlib.resources.files(package) / "configs"))
+
+
+def find_config(name: str | Path, package: str) -> Path:
+    """``name`` if it is a file, else that path inside ``package``'s shipped configs (``--config imagenet_t2.yaml``
+    works from any folder and from a regular install); a missing file is one :class:`UsageError`."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = package_configs(package) / path
+    if shipped.is_file():
+        return shipped
+    raise UsageError(f"config file not found: {path} (neither a file nor one of {package_configs(package)})")

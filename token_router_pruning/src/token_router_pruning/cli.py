@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from effrepro.cliargs import add_set, overrides, rename_option, route_set
 from effrepro.errors import UsageError, run_cli
 
 from token_router_pruning.planfile import load_plan, save_plan
@@ -66,11 +67,15 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
 
 # ---- sub-commands ----------------------------------------------------------------------------------
 def cmd_reproduce(argv: list[str]) -> int:
-    """The paper's experiments on the effrepro reproduce skeleton (its own arguments: ``reproduce --help``)."""
-    from token_router_pruning.reproduce import REPRODUCTION
+    """The paper's experiments on the effrepro reproduce skeleton (its own arguments: ``reproduce --help``);
+    ``--set`` takes plan fields and run-config keys alike (``--cfg`` is its deprecated spelling)."""
+    import dataclasses
+
+    from token_router_pruning.reproduce import REPRODUCTION, FTPPlan
 
     os.environ.setdefault("TQDM_DISABLE", "1")
-    return REPRODUCTION.main(argv)
+    fields = {f.name for f in dataclasses.fields(FTPPlan)}
+    return REPRODUCTION.main(route_set(rename_option(argv, "--cfg", "--set"), fields, "--cfg"))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -81,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from token_router_pruning.routing import attach
     from token_router_pruning.train import RouterTrainConfig, train_router
 
-    cfg = load_config(args.config, RouterTrainConfig, list(args.set or []))
+    cfg = load_config(args.config, RouterTrainConfig, overrides(args))
     model, tokenizer = load_target(args.target)
     skipper = attach(model)
     schedule = _schedule_arg(args, model.config.num_hidden_layers)
@@ -155,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the dynamic router for one schedule; writes OUT/plan.pt")
     _plan_args(p)
     p.add_argument("--config", help="YAML with RouterTrainConfig keys")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE")
+    add_set(p, "steps=300")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--windows", type=int, default=200, help="text windows for training")
     p.add_argument("--out", required=True)
@@ -177,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
+    """Parse and dispatch; user mistakes raise ``UsageError`` (``main`` turns them into one line + exit 2)."""
     _offline()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["reproduce"]:
@@ -193,7 +199,7 @@ def _main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: user mistakes become one ``error: ...`` line and exit code 2."""
-    run_cli(_main, argv)
+    run_cli(run, argv)
 
 
 if __name__ == "__main__":

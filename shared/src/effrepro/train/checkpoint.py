@@ -194,6 +194,13 @@ def unsafe_globals(path: str | os.PathLike) -> list[str]:
         return []
 
 
+def umask_mode(mode: int) -> int:
+    """``mode`` less the process umask: the permissions ``open()`` / ``mkdir()`` would give a new file / folder."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` with ``torch.save`` to a temporary file in the same folder, then rename it into place.
 
@@ -213,6 +220,7 @@ def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
         if unsafe:
             raise TypeError(f"checkpoint {path} would need {', '.join(unsafe)} to load; store only tensors, "
                             "numbers, strings, lists, tuples and dicts (e.g. state_dict(), dataclasses.asdict())")
+        os.chmod(tmp, umask_mode(0o666))  # mkstemp makes 0600 files; give what open() would (0644 under umask 022)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,9 @@ class Trainer:
         self.start_epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.history = list(state.get("history", []))
         set_rng_state(state["rng"])
+        if self.dist.is_main:  # stderr: stdout stays the command's result
+            print(f"resuming from epoch {self.start_epoch} of {self.epochs} ({path}; --no-resume starts over)",
+                  file=sys.stderr, flush=True)
 
     # ---- loop --------------------------------------------------------------------------------------
     def _train_step(self, batch: Any) -> dict[str, float]:
