@@ -1,5 +1,5 @@
 import torch
-from gumiho.fta import fta_pad, official_mask_edit
+from gumiho.gumiho import fta_pad, official_mask_edit
 
 # Level-ordered tree: 0 root; depth 1: 1(0) 2(0); depth 2: 3(1) 4(1) 5(1); depth 3: 6(3) 7(3) 8(4).
 PARENTS = [-1, 0, 0, 1, 1, 1, 3, 3, 4]

@@ -13,8 +13,7 @@ from effrepro.specdec.target import TreeKVCache
 from effrepro.specdec.verify import SamplingConfig, rows_sample_verify
 from gumiho.cli import CONFIGS
 from gumiho.config import GumihoRunConfig, GumihoTreeConfig
-from gumiho.model import GumihoConfig, GumihoDraft
-from gumiho.proposer import make_proposer
+from gumiho.gumiho import GumihoConfig, GumihoDraft, make_proposer
 from transformers import LlamaConfig
 
 FULL = CONFIGS / "full.yaml"

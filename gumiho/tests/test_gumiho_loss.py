@@ -2,8 +2,7 @@ import pytest
 import torch
 from effrepro.errors import UsageError
 from effrepro.specdec import DraftBatch, LossContext, feature_losses
-from gumiho.loss import LossWeights, combine, gumiho_loss
-from gumiho.model import GumihoConfig, GumihoDraft
+from gumiho.gumiho import GumihoConfig, GumihoDraft, LossWeights, combine, gumiho_loss
 
 
 def ones(mlp_num: int = 5) -> dict[str, torch.Tensor]:

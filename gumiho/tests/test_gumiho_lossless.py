@@ -4,9 +4,7 @@ import pytest
 import torch
 from effrepro.specdec import DraftBatch, DraftLevel, TreeConfig
 from effrepro.specdec.generate import GenerationConfig, autoregressive_generate, speculative_generate
-from gumiho.loss import LossWeights, gumiho_loss
-from gumiho.model import GumihoConfig, GumihoDraft
-from gumiho.proposer import GumihoProposer, make_proposer
+from gumiho.gumiho import GumihoConfig, GumihoDraft, GumihoProposer, LossWeights, gumiho_loss, make_proposer
 
 VOCAB = 97  # the conftest target's vocabulary
 TREE = TreeConfig(top_k=4, depth=7, total_tokens=16)

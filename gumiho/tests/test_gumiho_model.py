@@ -1,7 +1,7 @@
 import pytest
 import torch
 from effrepro.errors import UsageError
-from gumiho.model import (
+from gumiho.gumiho import (
     GumihoConfig,
     GumihoDraft,
     NoResBlock,

@@ -1,8 +1,7 @@
 import pytest
 import torch
 from effrepro.errors import UsageError
-from gumiho.model import GumihoConfig, GumihoDraft
-from gumiho.proposer import GumihoProposer, ProposerConfig
+from gumiho.gumiho import GumihoConfig, GumihoDraft, GumihoProposer, ProposerConfig
 
 H, V = 32, 60
 

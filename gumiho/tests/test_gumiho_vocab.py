@@ -4,8 +4,7 @@ lossless, the map restored by ``head_from_checkpoint``."""
 import torch
 from effrepro.specdec import TreeConfig
 from effrepro.specdec.generate import GenerationConfig, autoregressive_generate, speculative_generate
-from gumiho.model import GumihoConfig, GumihoDraft, head_from_checkpoint
-from gumiho.proposer import make_proposer
+from gumiho.gumiho import GumihoConfig, GumihoDraft, head_from_checkpoint, make_proposer
 
 VOCAB = 97  # the conftest target's vocabulary
 TREE = TreeConfig(top_k=4, depth=7, total_tokens=16)

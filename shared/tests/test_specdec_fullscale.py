@@ -26,7 +26,7 @@ from effrepro.specdec.eagle import load_eagle_head, read_eagle_head
 from effrepro.specdec.target import resolve_dtype
 from effrepro.specdec.turns import mismatch_rate
 from effrepro.specdec.verify import near_tie_tolerance, rows_sample_verify
-from effrepro.testing import tiny_llama
+from effrepro.testing import tiny_llama, write_crafted
 
 VOCAB = 97
 REPO = Path(__file__).resolve().parents[2]
@@ -110,6 +110,12 @@ def test_released_head_for_another_target_is_refused(model, tmp_path):
     empty.mkdir()
     with pytest.raises(UsageError, match="neither of"):
         read_eagle_head(empty, embed, model.config)
+    crafted = tmp_path / "crafted"
+    crafted.mkdir()
+    write_crafted(crafted / "pytorch_model.bin", tmp_path / "pwned")
+    with pytest.raises(UsageError, match="refusing to load"):
+        read_eagle_head(crafted, embed, model.config)
+    assert not (tmp_path / "pwned").exists()  # a released head is read as data only
 
 
 def _sharegpt_file(path: Path, count: int) -> Path:
@@ -265,7 +271,7 @@ def _import_graph() -> dict[str, set[str]]:
 
 def test_no_import_cycles_in_the_engine_and_its_methods():
     graph = _import_graph()
-    assert {"effrepro.specdec.protocol", "jakiro.proposer", "gumiho.proposer"} <= set(graph)
+    assert {"effrepro.specdec.protocol", "jakiro.proposer", "gumiho.gumiho"} <= set(graph)
     state: dict[str, int] = {}
     cycles = []
 

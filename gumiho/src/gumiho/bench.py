@@ -18,8 +18,7 @@ from transformers import LlamaConfig
 
 from gumiho.config import GumihoTreeConfig
 from gumiho.eval import eagle_tree_for
-from gumiho.model import GumihoDraft
-from gumiho.proposer import make_proposer
+from gumiho.gumiho import GumihoDraft, make_proposer
 from gumiho.train import VARIANTS
 
 

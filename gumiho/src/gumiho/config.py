@@ -9,9 +9,7 @@ from effrepro.errors import UsageError
 from effrepro.specdec import DraftDataConfig, EvalConfig, HeadTrainConfig, TreeConfig
 from effrepro.specdec.draft_data import check_chat_template, check_sharegpt
 
-from gumiho.loss import LossWeights
-from gumiho.model import GumihoConfig
-from gumiho.proposer import ProposerConfig
+from gumiho.gumiho import GumihoConfig, LossWeights, ProposerConfig
 
 EXTRA_DECODERS = ("gumiho-official", "medusa-chain")
 
@@ -52,7 +50,7 @@ class GumihoTreeConfig:
         return TreeConfig(top_k=self.top_k, depth=self.depth, total_tokens=self.total_tokens)
 
     def options(self) -> dict[str, Any]:
-        """The keyword options of ``gumiho.proposer.make_proposer``."""
+        """The keyword options of ``gumiho.gumiho.make_proposer``."""
         if self.official_compat:
             return {"mlptopk": self.mlptopk, "pruning": self.pruning, "sibling_mask": "official",
                     "mlp_pairing": "row", "fta": "official"}

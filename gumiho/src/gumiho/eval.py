@@ -12,8 +12,7 @@ from effrepro.specdec import EvalConfig, TargetAdapter, TreeConfig, evaluate, pr
 from effrepro.specdec.eagle import eagle_factory  # noqa: F401 (the EAGLE-2 baseline's factory, for reproduce)
 
 from gumiho.config import GumihoTreeConfig
-from gumiho.model import GumihoDraft
-from gumiho.proposer import make_proposer
+from gumiho.gumiho import GumihoDraft, make_proposer
 
 
 def gumiho_factory(draft: GumihoDraft, tree: GumihoTreeConfig) -> Callable[[TargetAdapter], Any]:

@@ -13,7 +13,7 @@ from effrepro.train import load_checkpoint
 from effrepro.train.checkpoint import config_from
 
 from gumiho.config import GumihoRunConfig, StructureConfig
-from gumiho.model import GumihoConfig, GumihoDraft, head_from_checkpoint
+from gumiho.gumiho import GumihoConfig, GumihoDraft, head_from_checkpoint
 
 # The variants of the reproduce run: the paper, the serial/parallel split ablations, the all-parallel end.
 VARIANTS: dict[str, StructureConfig] = {
