@@ -42,13 +42,12 @@ def _teacher(cfg: TrainConfig, runs: Path, overrides: list[str]) -> str:
     return str(runs / f"teacher_{cfg.teacher}" / "student.pt")
 
 
-def run_full(plan: Any, ctx: Context) -> Results:
-    """DKD, DKD + DOT and DKD + DeepKD on one CIFAR-100 pair, ``plan.seeds`` paired seeds each."""
-    from deepkd.train import train
-
+def check_full(plan: Any) -> tuple[str, list[str], TrainConfig]:
+    """The full run's config source, overrides and config, checked (config, CIFAR-100 data) before the output
+    folder is made: a mistake is one error line and leaves nothing behind."""
     source = plan.config or str(DEFAULT_CONFIG)
     base = [f"data.root={plan.data}"] if plan.data else []
-    overrides = base + list(plan.overrides)
+    overrides = base + list(plan.overrides or ())
     cfg = load_config(source, TrainConfig, overrides)
     if cfg.data.dataset != "cifar100":
         raise UsageError("the full reproduction driver runs the CIFAR-100 table; for ImageNet use `deepkd train "
@@ -56,6 +55,14 @@ def run_full(plan: Any, ctx: Context) -> Results:
     from deepkd.data import build_dataset
 
     build_dataset(cfg, train=False)  # a clear error before anything runs when the data is missing
+    return source, overrides, cfg
+
+
+def run_full(plan: Any, ctx: Context) -> Results:
+    """DKD, DKD + DOT and DKD + DeepKD on one CIFAR-100 pair, ``plan.seeds`` paired seeds each."""
+    from deepkd.train import train
+
+    source, overrides, cfg = check_full(plan)
     with ctx.stage("teacher"):
         teacher_ckpt = _teacher(cfg, ctx.runs, overrides)
     results: dict[str, list[dict[str, Any]]] = {}

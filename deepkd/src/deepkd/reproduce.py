@@ -234,7 +234,12 @@ def configure(plan: DeepKDPlan, args: argparse.Namespace) -> DeepKDPlan:
     given = {k: v for k, v in full_only.items() if v is not None}
     if given and plan.name != "full":
         raise UsageError(f"{', '.join(given)}: only for --scale full (the miniature uses MNIST-100)")
-    return dataclasses.replace(plan, **changes, **given)
+    plan = dataclasses.replace(plan, **changes, **given)
+    if plan.name == "full":
+        from deepkd.full import check_full
+
+        check_full(plan)
+    return plan
 
 
 REPRODUCTION = Reproduction(

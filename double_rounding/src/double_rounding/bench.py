@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from effrepro.bench import paired_benchmark, ratio, throughput
 from effrepro.errors import UsageError
-from effrepro.quant import apply_codes, calibrate, export_int8, load_dequantized, save_int8, set_bits
+from effrepro.quant import apply_codes, calibrate, check_bits, export_int8, load_dequantized, save_int8, set_bits
 from effrepro.train import save_checkpoint, seed_everything
 
 from double_rounding.models import ARCHS, ModelConfig, build_float_model, build_quant_model
@@ -79,6 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
+    if args.json:
+        from effrepro.outputs import check_output_file
+
+        check_output_file(args.json, "--json")
+    if args.batch < 1 or args.repeats < 1:
+        raise UsageError("--batch and --repeats must be >= 1")
+    for bits in args.bits:
+        check_bits(bits, what="--bits entry")
     for arch in args.arch:
         if arch not in ARCHS:
             raise UsageError(f"unknown arch {arch!r}; use one of: {', '.join(ARCHS)}")
@@ -89,5 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         brief = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "timings"}
         print(json.dumps(brief), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        from effrepro.report import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(rows, indent=1))
     return 0

@@ -236,7 +236,9 @@ def configure(plan: DoubleRoundingPlan, args: argparse.Namespace) -> DoubleRound
                                ("config_overrides", tuple(args.config_overrides))) if v}
     if plan.name != "full":
         if given:
-            raise UsageError(f"{', '.join(given)}: only for --scale full (the miniature builds its own configs)")
+            named = "; ".join(f"{k} {' '.join(v) if isinstance(v, tuple) else v}" for k, v in given.items())
+            raise UsageError(f"{named}: only for --scale full (the miniature builds its own configs; its plan "
+                             "fields are set with --set FIELD=VALUE)")
         return plan
     if not (given.get("config") or plan.config):
         raise UsageError("--scale full needs --config (e.g. double_rounding/configs/resnet18_imagenet.yaml) and "

@@ -222,14 +222,9 @@ def apply_overrides(plan: Plan, overrides: Sequence[str]) -> Plan:
 
 def check_output_dir(path: Path) -> Path:
     """The output folder must be creatable and writable: checked before any work, one ``error:`` line if not."""
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"--out {path}: {existing} is a file, not a folder; choose another --out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {path}: {existing} is not writable; choose another --out")
-    return path
+    from effrepro.outputs import check_output_dir as check
+
+    return check(path, "--out")
 
 
 @dataclass(kw_only=True)
