@@ -92,6 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     schedule = _schedule_arg(args, model.config.num_hidden_layers)
     windows = text_windows(tokenizer, args.seq_len, "train", args.windows)
     out = Path(args.out)
+    if args.no_resume:  # the trainer resumes from this file; without it the run starts at step 0
+        (out / "router" / "last.pt").unlink(missing_ok=True)
     router, summary = train_router(model, skipper, [schedule], windows, cfg, out_dir=out / "router", progress=True)
     path = save_plan(out / "plan.pt", schedule, router, cfg.scope)
     print(json.dumps({"plan": str(path), "final": summary["final"]}, indent=1))
@@ -164,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--windows", type=int, default=200, help="text windows for training")
     p.add_argument("--out", required=True)
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUT/router/last.pt exists")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="lm-eval accuracy and retention of a plan vs the dense model")
     _plan_args(p)
