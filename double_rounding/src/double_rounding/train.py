@@ -37,10 +37,9 @@ from effrepro.quant.modules import SwitchableNorm
 from effrepro.train import DistInfo, Trainer, load_state_dict_checked
 from torch import Tensor, nn
 
-from double_rounding.alrs import ALRS
 from double_rounding.config import Config, TrainConfig
 from double_rounding.data import calibration_batch
-from double_rounding.hasb import BitSampler, sigma_at
+from double_rounding.double_rounding import ALRS, BitSampler, sigma_at
 from double_rounding.models import build_float_model, build_quant_model
 
 
