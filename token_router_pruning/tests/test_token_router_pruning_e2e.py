@@ -21,7 +21,7 @@ def test_cli_bad_input_is_one_line(capsys, tmp_path):
     code, out = _run(["reproduce", "--scale", "full"], capsys)
     assert code == 2 and "--target" in out.err and len(out.err.strip().splitlines()) == 1
     cases = [(["--cfg", "ga.crossover=sbx"], "crossover"), (["--cfg", "budgets=[0.99]"], "cannot be met"),
-             (["--cfg", "budgets=[0.33]"], "claims table covers"), (["--set", "nope=1"], "key of FTPPlan"),
+             (["--cfg", "budgets=[0.33]"], "claims table covers"), (["--set", "nope=1"], "unknown config key 'nope'"),
              (["--config", str(tmp_path / "missing.yaml")], "config file not found")]
     for extra, message in cases:
         code, out = _run(["reproduce", "--tiny", "--out", str(tmp_path / "o"), *extra], capsys)
@@ -43,17 +43,24 @@ def test_reproduce_tiny_end_to_end(tmp_path, capsys):
     assert set(claims) == {"redundancy_overall", "redundancy_depth_gap", "ftp_retention_25",
                            "ftp_retention_no_recall_25", "ftp_vs_shortgpt_25", "ftp_vs_blockpruner_25",
                            "trained_vs_static_25", "static_vs_random_25", "ga_vs_uniform_loss_25",
-                           "prefill_speedup_25"}
+                           "distill_scored_vs_all_25", "prefill_speedup_25"}
     assert {c for c, v in claims.items() if v["headline"]} == {"ftp_retention_25", "ftp_vs_shortgpt_25",
                                                               "ftp_vs_blockpruner_25", "trained_vs_static_25",
                                                               "prefill_speedup_25"}
     n_items = facts["test_items"]["value"]
     assert n_items == 10  # 2 per family, 5 families: the unit of every accuracy claim
-    for cid in ("ftp_retention_25", "ftp_vs_shortgpt_25", "trained_vs_static_25", "ga_vs_uniform_loss_25"):
+    for cid in ("ftp_retention_25", "ftp_vs_shortgpt_25", "trained_vs_static_25"):
         assert claims[cid]["n"] == n_items and "interval" in claims[cid]["details"]
+    for cid in ("ga_vs_uniform_loss_25", "static_vs_random_25", "distill_scored_vs_all_25"):
+        assert claims[cid]["n"] == 5  # the secondary arms: the first item of each family, paired
+    assert "per-round ratios" in claims["prefill_speedup_25"]["details"]["interval"]
     assert claims["prefill_speedup_25"]["n"] == 2 and claims["redundancy_overall"]["n"] == 2
     assert {"flops_ratio_25", "schedule_sparsity_25", "ppl_ratio_25", "prefill_speedups_25", "router_parameters",
-            "determinism_router_max_abs_diff", "determinism_fitness_abs_diff"} <= set(facts)
+            "determinism_router_max_abs_diff", "determinism_fitness_abs_diff", "router_heldout_kl",
+            "router_all_positions_heldout_kl", "ga_calibration_gain_25"} <= set(facts)
+    kl = facts["router_heldout_kl"]["details"]
+    assert len([h for h in kl["history"] if "eval_kl" in h]) == 2 and kl["static_router_kl"] >= 0
+    assert kl["best_epoch"] in (1, 2) and kl["warm_start_bce"] is not None
     assert facts["router_parameters"]["value"] == 385
     assert facts["determinism_router_max_abs_diff"]["value"] == 0
     assert abs(facts["schedule_sparsity_25"]["value"] - 0.25) < 1e-6
@@ -71,7 +78,7 @@ def test_reproduce_tiny_end_to_end(tmp_path, capsys):
 
 def test_retention_estimate_is_the_papers_metric_with_a_paired_interval():
     from token_router_pruning.eval import retention
-    from token_router_pruning.reproduce import accuracy_gap, retention_estimate
+    from token_router_pruning.measures import accuracy_gap, retention_estimate
 
     dense = {"correct": {"a": [1.0] * 20, "b": [1.0] * 10 + [0.0] * 10}}
     method = {"correct": {"a": [1.0] * 18 + [0.0] * 2, "b": [1.0] * 5 + [0.0] * 15}}

@@ -28,6 +28,7 @@ from token_router_pruning.tasks import (
     generate_items,
     load_mini_items,
     paper_task_configs,
+    train_items,
     write_mini_task_yamls,
 )
 
@@ -51,13 +52,18 @@ def test_shipped_items_are_reproducible_and_disjoint():
             assert shipped == generate_items(family, split, n)
             for item in shipped:
                 assert len(item["choices"]) == 4 and 0 <= item["gold"] < 4
-        calib = {json.dumps(i) for i in generate_items(family, "calibration", SPLITS["calibration"])}
-        test = {json.dumps(i) for i in generate_items(family, "test", SPLITS["test"])}
-        assert not calib & test
+        test = generate_items(family, "test", SPLITS["test"])
+        assert len(test) >= 200
+        # calibration (GA fitness) and train (router) prompts never share a context with a test item
+        for split in ("calibration", "train"):
+            other = {i["context"] for i in generate_items(family, split, 200)}
+            assert not other & {i["context"] for i in test}, (family, split)
+    assert [i["context"] for i in train_items(2, families=("recall",))] == \
+        [i["context"] for i in generate_items("recall", "train", 2)]
     with pytest.raises(UsageError, match="unknown task family"):
         generate_items("riddles", "test", 1)
     with pytest.raises(UsageError, match="requested"):
-        load_mini_items("test", per_family=1000)
+        load_mini_items("test", per_family=10000)
 
 
 def test_options_are_single_tokens(tokenizer):

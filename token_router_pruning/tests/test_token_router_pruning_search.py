@@ -165,3 +165,63 @@ def test_flops_counter_agrees_with_torch_flop_counter(tiny_llama):
     analytic_scores = 2 * dims.q_dim * L * L * dims.layers  # causal: half of the full score matmuls
     attention_full = 2 * analytic_scores  # torch counts the full (masked) QK^T and AV matmuls
     assert measured == analytic.blocks - analytic_scores + attention_full + analytic.head
+
+
+def test_router_distils_on_scored_positions_and_gates_only_routing_blocks(tiny_llama):
+    """The KL of ``distill_positions="scored"`` is the KL at each example's scored tail (padding excluded), the
+    ``"all"`` ablation averages every real position; a block with s_i = 0 gets no gate and no guide/sparse term."""
+    from token_router_pruning.routers import DynamicRouter
+    from token_router_pruning.routing import SkipPlan, attach
+    from token_router_pruning.train import RouterObjective, RouterTrainConfig, TrainExample, pad_examples
+
+    model = tiny_llama(layers=3, dtype=torch.float32)
+    skipper = attach(model)
+    gen = torch.Generator().manual_seed(0)
+    examples = [TrainExample(torch.randint(0, 96, (12,), generator=gen), 1),
+                TrainExample(torch.randint(0, 96, (9,), generator=gen), 3)]
+    batch = pad_examples(examples)
+    assert batch["scored"].sum().item() == 4 and not (batch["scored"] & ~batch["attention_mask"].bool()).any()
+    assert batch["scored"][1, 6:9].all() and not batch["scored"][1, 9:].any()
+    schedule = (0.0, 0.5, 0.5)
+    router = DynamicRouter()
+    losses = {}
+    for where in ("scored", "all"):
+        cfg = RouterTrainConfig(steps=1, distill_positions=where, gate="ste")
+        objective = RouterObjective(model, skipper, router, [schedule], cfg)
+        losses[where] = objective.losses({"step": 0, "schedule": 0, **batch})
+    records = skipper.last_state.records
+    assert records[0].gate is None and records[1].gate is not None  # dense block 0 is not gated
+    mask = batch["attention_mask"]
+    with torch.no_grad():
+        teacher = model(input_ids=batch["input_ids"], attention_mask=mask).logits
+        with skipper.use(SkipPlan(name="x", sparsity=schedule, router=router)):
+            student = model(input_ids=batch["input_ids"], attention_mask=mask).logits  # STE forward = hard skip
+    assert losses["scored"]["distill"].item() == pytest.approx(
+        distill_kl(teacher, student, batch["scored"]).item(), rel=1e-4)
+    assert losses["all"]["distill"].item() == pytest.approx(distill_kl(teacher, student, mask.bool()).item(),
+                                                            rel=1e-4)
+    assert losses["scored"]["distill"].item() != pytest.approx(losses["all"]["distill"].item())
+
+
+def test_warm_start_fits_the_static_mask_and_keep_best_ends_on_the_best_epoch(tiny_llama):
+    from token_router_pruning.routers import StaticRouter
+    from token_router_pruning.routing import SkipPlan, attach
+    from token_router_pruning.train import RouterTrainConfig, TrainExample, heldout_kl, make_router, train_router
+    from token_router_pruning.train import warm_start as fit_static
+
+    model = tiny_llama(layers=3, dtype=torch.float32)
+    skipper = attach(model)
+    gen = torch.Generator().manual_seed(0)
+    examples = [TrainExample(torch.randint(0, 96, (16,), generator=gen), 1) for _ in range(6)]
+    schedule = (0.0, 0.5, 0.5)
+    cfg = RouterTrainConfig(steps=4, steps_per_epoch=2, warm_start_steps=200)
+    router = make_router(cfg)
+    bce = fit_static(model, skipper, router, [schedule], examples, cfg)
+    assert bce < 0.3  # the guide target (token 0 + the most recent tokens) is learnable from the features
+    plan = SkipPlan(name="w", sparsity=schedule, router=router)
+    static_kl, _ = heldout_kl(model, skipper, SkipPlan(name="s", sparsity=schedule, router=StaticRouter()), examples)
+    assert heldout_kl(model, skipper, plan, examples)[0] == pytest.approx(static_kl, rel=1e-4)  # same kept sets
+    cfg = RouterTrainConfig(steps=4, steps_per_epoch=2, warm_start=4, keep_best=True, lr=0.05)
+    _, summary = train_router(model, skipper, [schedule], examples, cfg, heldout=examples[:3])
+    kls = [h["eval_kl"] for h in summary["history"]]
+    assert summary["best_epoch"] == 1 + kls.index(min(kls)) and summary["start_heldout_kl"] is not None

@@ -21,7 +21,11 @@ class DataConfig:
     text_len: int = 128  # tokens per text window (router training, redundancy, perplexity)
     redundancy_windows: int = 16
     ppl_windows: int = 4
-    train_windows: int = 200
+    train_windows: int = 200  # corpus windows of router_text_len tokens in the router's training set
+    router_text_len: int = 128
+    router_prompts: int = 0  # generated train-split prompts per family in the router's training set
+    router_heldout: int = 0  # further train-split prompts per family: the per-epoch held-out KL
+    secondary_per_family: int | None = None  # test items per family for the non-headline arms (None: all)
     blockpruner_windows: int = 2
     blockpruner_len: int = 96
     fitness_batch_size: int = 8
@@ -61,6 +65,8 @@ class ReproduceConfig:
     # ablation arm: the trained router on the stage-1 (static-router) schedule, before the stage-3 fine-tune
     dynamic_stage1: bool = True
     latency_methods: tuple[str, ...] = ("ftp", "ftp_static", "shortgpt", "blockpruner")
+    # ablation arm: a router distilled on every position instead of the scored ones, both on the stage-1 schedule
+    distill_ablation: bool = False
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:

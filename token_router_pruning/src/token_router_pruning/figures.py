@@ -35,13 +35,40 @@ def method_table(exp: Any) -> str:
     return "\n".join(lines)
 
 
+def _wilson(correct: list[float]) -> tuple[float, float]:
+    """95 % Wilson interval of a proportion."""
+    n, z = len(correct), 1.959964
+    if n == 0:
+        return float("nan"), float("nan")
+    p = float(np.mean(correct))
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (
+        1 + z * z / n)
+    return centre - half, centre + half
+
+
+def family_table(exp: Any) -> str:
+    """Per task family: accuracy [95 % Wilson interval] (n) of every method."""
+    tasks = sorted(exp.rows["dense"]["tasks"])
+    lines = ["| method | " + " | ".join(t.removeprefix("ftp_mini_") for t in tasks) + " |",
+             "|---" * (1 + len(tasks)) + "|"]
+    for key, row in exp.rows.items():
+        cells = []
+        for t in tasks:
+            lo, hi = _wilson(row["correct"][t])
+            cells.append(f"{np.mean(row['correct'][t]):.3f} [{lo:.2f}, {hi:.2f}] ({len(row['correct'][t])})")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def notes(exp: Any, latency: dict[str, list[float]]) -> str:
     cfg = exp.cfg
     dense_mean = float(np.mean(latency["dense"]))
-    lat = ["| method | median s | min s | max s | speed-up vs dense (ratio of means) |", "|---|---|---|---|---|"]
+    lat = ["| method | median s | min s | max s | speed-up vs dense (ratio of means) | median per-round ratio |",
+           "|---|---|---|---|---|---|"]
     for key, values in latency.items():
+        ratio = float(np.median(np.asarray(latency["dense"]) / np.asarray(values)))
         lat.append(f"| {key} | {np.median(values):.4f} | {min(values):.4f} | {max(values):.4f} | "
-                   f"{dense_mean / float(np.mean(values)):.3f} |")
+                   f"{dense_mean / float(np.mean(values)):.3f} | {ratio:.3f} |")
     n_items = sum(v["n"] for v in exp.rows["dense"]["tasks"].values())
     return "\n".join([
         f"Target `{cfg.target}`, scope `{cfg.scope}`, budgets {list(cfg.budgets)}, {n_items} test items "
@@ -50,14 +77,21 @@ def notes(exp: Any, latency: dict[str, list[float]]) -> str:
         "paper's Avg. %); its interval is a bootstrap over items with the method's and the dense model's "
         "correctness resampled together. Gaps between methods are paired over the same items. PPL ratio = "
         "perplexity of the last 32 tokens of held-out text windows, one routed forward each.", "",
-        "### Every method (same harness, same items)", "", method_table(exp), "",
+        "### Every method (same harness, same items)", "",
+        *([f"The secondary arms (random, uniform, the stage-1 router arms) score the first "
+           f"{cfg.data.secondary_per_family} test items of each family; their claims pair them with the other arm "
+           "on those items.", ""] if cfg.data.secondary_per_family else []), method_table(exp), "",
+        "### Per task family: accuracy [95 % Wilson interval] (items)", "",
+        "`recall` states a fact at the start of the prompt and asks for it at the end: a token skipped early by "
+        "most blocks loses it, whatever the router; retention is therefore also reported without this family.",
+        "", family_table(exp), "",
         f"### Prefill latency (batch {cfg.bench.batch_size}, {cfg.bench.seq_len} tokens, {cfg.bench.repeats} "
         "interleaved rounds)", "", "\n".join(lat),
     ])
 
 
 def plots(exp: Any, red: dict, searched: dict, tuned: dict, router_summary: dict,
-          latency: dict[str, list[float]]) -> list[Path]:
+          latency: dict[str, list[float]], ablation: tuple | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,19 +114,31 @@ def plots(exp: Any, red: dict, searched: dict, tuned: dict, router_summary: dict
             hist = result["history"]
             ax[1].plot([h["evaluations"] for h in hist], [h["best"] for h in hist], marker="o",
                        label=f"{name} {pct(b)} % best")
+        if "uniform_fitness" in searched[b]:
+            ax[1].axhline(searched[b]["uniform_fitness"], ls=":", color="k", lw=0.8)
+            ax[1].annotate(f"uniform {pct(b)} %", (0, searched[b]["uniform_fitness"]), fontsize=6)
     ax[0].set(title="Searched per-block sparsity", xlabel="block", ylabel="s_i")
     ax[1].set(title="GA fitness (calibration gold log-lik)", xlabel="evaluations", ylabel="best fitness")
     ax[0].legend(fontsize=7)
     ax[1].legend(fontsize=7)
     paths.append(save_figure(fig, exp.ctx.out / "schedules.png"))
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
-    hist = router_summary["history"]
-    for key in ("train_distill", "train_sparse", "train_guide", "train_loss"):
-        if hist and key in hist[0]:
-            ax.plot([h["epoch"] for h in hist], [h[key] for h in hist], marker="o", label=key)
-    ax.set(title=f"Router training ({exp.cfg.router.steps} steps)", xlabel="epoch", yscale="log")
-    ax.legend(fontsize=7)
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.4))
+    steps = exp.cfg.router.steps_per_epoch
+    runs = [("scored positions", router_summary)] + ([("all positions", ablation[1])] if ablation else [])
+    for label, summary in runs:
+        hist = summary["history"]
+        epochs = [h["epoch"] * steps for h in hist]
+        if hist and "eval_kl" in hist[0]:
+            ax[0].plot(epochs, [h["eval_kl"] for h in hist], marker="o", label=f"distilled on {label}")
+        for key in ("train_distill", "train_sparse", "train_guide"):
+            if hist and key in hist[0] and label == "scored positions":
+                ax[1].plot(epochs, [h[key] for h in hist], marker="o", label=key)
+    ax[0].axhline(router_summary["static_heldout_kl"], color="k", ls=":", label="static router")
+    ax[0].set(title="Held-out KL at the answer position (hard routing)", xlabel="step", ylabel="nats")
+    ax[1].set(title=f"Training losses ({exp.cfg.router.steps} steps, epoch means)", xlabel="step", yscale="log")
+    ax[0].legend(fontsize=7)
+    ax[1].legend(fontsize=7)
     paths.append(save_figure(fig, exp.ctx.out / "router_training.png"))
 
     fig, ax = plt.subplots(figsize=(6.5, 4))

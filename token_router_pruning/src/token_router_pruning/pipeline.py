@@ -33,9 +33,15 @@ from token_router_pruning.flops import ModelDims, model_flops
 from token_router_pruning.redundancy import RedundancyReport, block_cosines
 from token_router_pruning.routers import DynamicRouter, StaticRouter
 from token_router_pruning.routing import SkipPlan, TokenSkipper, attach
-from token_router_pruning.scheduler import GAConfig, genetic_search
-from token_router_pruning.tasks import load_mini_items, mini_task_name, paper_task_configs, write_mini_task_yamls
-from token_router_pruning.train import train_router
+from token_router_pruning.scheduler import GAConfig, genetic_search, uniform_allocation
+from token_router_pruning.tasks import (
+    load_mini_items,
+    mini_task_name,
+    paper_task_configs,
+    train_items,
+    write_mini_task_yamls,
+)
+from token_router_pruning.train import RouterTrainConfig, TrainExample, heldout_kl, train_router
 
 
 def pct(budget: float) -> str:
@@ -78,8 +84,9 @@ class Experiment:
         self.windows = {
             "calib": text_windows(self.tokenizer, cfg.data.text_len, "calib", cfg.data.redundancy_windows),
             "eval": text_windows(self.tokenizer, cfg.data.text_len, "eval", cfg.data.ppl_windows),
-            "train": text_windows(self.tokenizer, cfg.data.text_len, "train", cfg.data.train_windows),
+            "train": text_windows(self.tokenizer, cfg.data.router_text_len, "train", cfg.data.train_windows),
         }
+        self._setup_router_data()
         self.rows: dict[str, dict[str, Any]] = {}
 
     def _setup_tasks(self) -> None:
@@ -115,6 +122,23 @@ class Experiment:
         self.prompt_lengths = []
         self.ref_len = cfg.data.text_len
 
+    def _setup_router_data(self) -> None:
+        """The router's training set: generated train-split prompts of every family (scored at their last
+        token, where the answer is read) and corpus windows (scored on their tail), shuffled by the loader; and
+        held-out prompts of the same split for the per-epoch KL."""
+        data = self.cfg.data
+        windows = self.windows["train"]
+        tail = min(self.cfg.router.text_scored, windows.shape[1])
+        examples = [TrainExample(row, tail) for row in windows]
+        prompts = train_items(data.router_prompts + data.router_heldout) if data.router_prompts else []
+        self.router_examples, self.router_heldout = list(examples), []
+        for index, item in enumerate(encode_items(self.tokenizer, prompts)):
+            example = TrainExample(torch.tensor(item.context, dtype=torch.long), 1)
+            held = index % (data.router_prompts + data.router_heldout) >= data.router_prompts
+            (self.router_heldout if held else self.router_examples).append(example)
+        if not self.router_heldout:
+            self.router_heldout = examples[:4]
+
     # ---- plans, fitness, FLOPs ----------------------------------------------------------------------------
     def plan(self, name: str, schedule, router) -> SkipPlan:
         return SkipPlan(name=name, sparsity=tuple(float(v) for v in schedule), router=router, scope=self.cfg.scope)
@@ -145,6 +169,18 @@ class Experiment:
             return sorted({mini_task_name(it.family) for it in self.test_items})
         return self.lm_eval.task_names
 
+    def subset(self, per_family: int | None) -> list:
+        """The first ``per_family`` test items of each family (all when None)."""
+        if per_family is None:
+            return self.test_items
+        seen: dict[str, int] = {}
+        out = []
+        for item in self.test_items:
+            seen[item.family] = seen.get(item.family, 0) + 1
+            if seen[item.family] <= per_family:
+                out.append(item)
+        return out
+
     def score_items(self, items: list) -> dict[str, dict[str, Any]]:
         """Per family: accuracy, per-item correctness and gold log-likelihood from the batched scorer (equal to
         lm-eval's log-likelihoods: single-token options of one context scored by one forward, batched)."""
@@ -158,12 +194,15 @@ class Experiment:
             row.update(acc=float(np.mean(row["correct"])), n=len(row["correct"]))
         return rows
 
-    def evaluate(self, key: str, plan: SkipPlan | None, budget: float | None, family: str) -> dict[str, Any]:
-        """lm-eval accuracy with per-item correctness and gold log-likelihood, and text perplexity, of one plan."""
+    def evaluate(self, key: str, plan: SkipPlan | None, budget: float | None, family: str,
+                 per_family: int | None = None) -> dict[str, Any]:
+        """lm-eval accuracy with per-item correctness and gold log-likelihood, and text perplexity, of one plan
+        (on the first ``per_family`` test items of each family when given)."""
+        per_family = per_family if self.test_items else None
         def compute() -> dict[str, Any]:
             start = time.perf_counter()
             with torch.no_grad(), self.skipper.use(plan):
-                tasks = self.score_items(self.test_items) if self.test_items else self.lm_eval.run()
+                tasks = self.score_items(self.subset(per_family)) if self.test_items else self.lm_eval.run()
                 ppl = perplexity(self.model, self.windows["eval"])
             return {"tasks": {t: {"acc": r["acc"], "n": r["n"]} for t, r in tasks.items()},
                     "correct": {t: r["correct"] for t, r in tasks.items()},
@@ -173,6 +212,7 @@ class Experiment:
 
         inputs = {"v": 3, "plan": describe(plan), "tasks": self.task_names,
                   "limit": self.cfg.data.test_per_family if self.test_items else self.lm_eval.limit,
+                  "per_family": per_family,
                   "ppl": list(self.windows["eval"].shape), "target": self.cfg.target}
         row = self.ctx.cached(f"eval_{key}", compute, inputs)
         row.update(method=family, budget=budget, key=key,
@@ -207,12 +247,16 @@ def stage_redundancy(exp: Experiment) -> dict:
 def stage_search(exp: Experiment, budget: float, router, name: str, ga: GAConfig, seeds=()) -> dict:
     def compute() -> dict:
         start = time.perf_counter()
-        result = genetic_search(exp.fitness(router), exp.n, budget, ga, seeds=[np.asarray(s) for s in seeds],
+        fitness = exp.fitness(router)
+        result = genetic_search(fitness, exp.n, budget, ga, seeds=[np.asarray(s) for s in seeds],
                                 dims=exp.dims, seq_len=exp.ref_len,
                                 log=lambda row: exp.ctx.log.log(stage=name, budget=budget, **row))
-        return {**result.as_dict(), "seconds": time.perf_counter() - start}
+        # the uniform allocation under the same router and fitness: what the search has to beat
+        uniform = fitness(uniform_allocation(exp.n, budget))
+        return {**result.as_dict(), "uniform_fitness": uniform, "seconds": time.perf_counter() - start}
 
-    inputs = {"budget": budget, "ga": asdict(ga), "router": describe(exp.plan("x", [0.0] * exp.n, router))["router"],
+    inputs = {"v": 2, "budget": budget, "ga": asdict(ga),
+              "router": describe(exp.plan("x", [0.0] * exp.n, router))["router"],
               "seeds": [list(map(float, s)) for s in seeds], "calib": len(exp.calib_items), "target": exp.cfg.target,
               "scope": exp.cfg.scope}
     result = exp.ctx.cached(f"{name}_{pct(budget)}", compute, inputs)
@@ -221,25 +265,33 @@ def stage_search(exp: Experiment, budget: float, router, name: str, ga: GAConfig
     return result
 
 
-def stage_router(exp: Experiment, schedules: list[list[float]]) -> tuple[DynamicRouter, dict]:
-    """One router for every budget's schedule (steps alternate); resumable from ``runs/router_<key>``, a folder
-    keyed by the settings, so a changed config trains afresh (and ``--no-resume`` always does)."""
+def stage_router(exp: Experiment, schedules: list[list[float]], name: str = "router",
+                 cfg: RouterTrainConfig | None = None) -> tuple[DynamicRouter, dict]:
+    """One router for every budget's schedule (steps alternate); resumable from ``runs/<name>_<key>``, a folder
+    keyed by the settings, so a changed config trains afresh (and ``--no-resume`` always does). The summary
+    holds the per-epoch history (training losses, held-out KL) and the static router's held-out KL on the
+    first schedule (the reference the trained router has to beat)."""
     import shutil
 
+    cfg = cfg or exp.cfg.router
     start = time.perf_counter()
-    key = _key({"router": asdict(exp.cfg.router), "schedules": schedules, "windows": list(exp.windows["train"].shape),
-                "target": exp.cfg.target, "scope": exp.cfg.scope})
-    out_dir = exp.runs / f"router_{key}"
+    lengths = [int(e.ids.shape[0]) for e in exp.router_examples]
+    key = _key({"router": asdict(cfg), "schedules": schedules, "examples": [len(lengths), sum(lengths)],
+                "heldout": len(exp.router_heldout), "target": exp.cfg.target, "scope": exp.cfg.scope, "v": 2})
+    out_dir = exp.runs / f"{name}_{key}"
     if not exp.ctx.resume:
         shutil.rmtree(out_dir, ignore_errors=True)
-    router, summary = train_router(exp.model, exp.skipper, schedules, exp.windows["train"], exp.cfg.router,
-                                   out_dir=out_dir)
+    router, summary = train_router(exp.model, exp.skipper, schedules, exp.router_examples, cfg, out_dir=out_dir,
+                                   heldout=exp.router_heldout)
     for row in summary["history"]:
-        exp.ctx.log.log(stage="router", **row)
-    summary = {**summary, "seconds": time.perf_counter() - start}
+        exp.ctx.log.log(stage=name, **row)
+    static = exp.plan("static", schedules[0], StaticRouter())
+    static_kl, _ = heldout_kl(exp.model, exp.skipper, static, exp.router_heldout)
+    summary = {**summary, "seconds": time.perf_counter() - start, "static_heldout_kl": static_kl,
+               "examples": len(lengths), "heldout": len(exp.router_heldout)}
     final = summary["final"]
-    print(f"[router] {exp.cfg.router.steps} steps: distill {final.get('train_distill', float('nan')):.4f} "
-          f"sparse {final.get('train_sparse', float('nan')):.4f}", flush=True)
+    print(f"[{name}] {cfg.steps} steps: distill {final.get('train_distill', float('nan')):.4f} held-out KL "
+          f"{final.get('eval_kl', float('nan')):.4f} (static router {static_kl:.4f})", flush=True)
     return router, summary
 
 
@@ -249,7 +301,7 @@ def stage_determinism(exp: Experiment, schedule: list[float], best_fitness: floa
     short = type(cfg)(**{**asdict(cfg), "steps": 2, "steps_per_epoch": 2})
     weights = []
     for _ in range(2):
-        r, _ = train_router(exp.model, exp.skipper, [schedule], exp.windows["train"][:2], short, out_dir=None)
+        r, _ = train_router(exp.model, exp.skipper, [schedule], exp.router_examples[:2], short, out_dir=None)
         weights.append(torch.cat([p.detach().flatten() for p in r.parameters()]))
     again = exp.fitness(StaticRouter())(np.asarray(schedule))
     return {"router_max_abs_diff": float((weights[0] - weights[1]).abs().max()),

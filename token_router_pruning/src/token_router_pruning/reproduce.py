@@ -24,6 +24,13 @@ from effrepro.reproduce import Context, Plan, Reproduction, Results
 from token_router_pruning import figures
 from token_router_pruning.baselines import matched_shortgpt
 from token_router_pruning.config import ReproduceConfig, config_path
+from token_router_pruning.measures import (
+    accuracy_gap,
+    common_per_family,
+    per_item,
+    retention_estimate,
+    speedup_estimate,
+)
 from token_router_pruning.pipeline import (
     Experiment,
     pct,
@@ -43,8 +50,10 @@ from token_router_pruning.tables import BUDGET_PCTS, CLAIMS, FACTS, PAPER_TABLE
 TINY_OVERRIDES = (
     "data.calib_per_family=1", "data.test_per_family=2", "data.text_len=32", "data.redundancy_windows=2",
     "data.ppl_windows=1", "data.train_windows=4", "data.blockpruner_windows=1", "data.blockpruner_len=24",
+    "data.router_text_len=32", "data.router_prompts=2", "data.router_heldout=1", "data.secondary_per_family=1",
     "ga.population=3", "ga.generations=1", "ga.elitism=1", "finetune.population=2", "finetune.generations=1",
-    "router.steps=2", "router.steps_per_epoch=2", "bench.seq_len=64", "bench.repeats=2", "bench.warmup=0",
+    "router.steps=2", "router.steps_per_epoch=1", "router.warm_start=2", "router.keep_best=true",
+    "bench.seq_len=64", "bench.repeats=2", "bench.warmup=0",
     "blockpruner_lazy_top=2", "allocations=[uniform]", "latency_methods=[ftp]", "budgets=[0.25]",
     "dynamic_stage1=true",  # the optional arm's code path, end to end
 )
@@ -96,36 +105,6 @@ def configure(plan: FTPPlan, args: argparse.Namespace) -> FTPPlan:
     return plan
 
 
-# ---- per-item units ----------------------------------------------------------------------------------------
-def _items(row: dict, field: str = "correct", exclude: tuple[str, ...] = ()) -> np.ndarray:
-    return np.array([v for t in sorted(row[field]) if t not in exclude for v in row[field][t]], dtype=float)
-
-
-def _family_ids(row: dict, exclude: tuple[str, ...] = ()) -> np.ndarray:
-    tasks = [t for t in sorted(row["correct"]) if t not in exclude]
-    return np.array([i for i, t in enumerate(tasks) for _ in row["correct"][t]], dtype=float)
-
-
-def _retention(data: np.ndarray) -> float:
-    """Paper's Avg. %: mean over task families of accuracy / dense accuracy (rows: method, dense, family)."""
-    ratios = []
-    for family in np.unique(data[:, 2]):
-        rows = data[data[:, 2] == family]
-        if rows[:, 1].mean() > 0:
-            ratios.append(rows[:, 0].mean() / rows[:, 1].mean())
-    return 100.0 * float(np.mean(ratios)) if ratios else float("nan")
-
-
-def retention_estimate(row: dict, dense: dict, exclude: tuple[str, ...] = ()) -> stats.Estimate:
-    units = np.stack([_items(row, exclude=exclude), _items(dense, exclude=exclude), _family_ids(dense, exclude)], 1)
-    return stats.bootstrap(units, _retention, method_accuracy=float(units[:, 0].mean()),
-                           dense_accuracy=float(units[:, 1].mean()), excluded=list(exclude))
-
-
-def accuracy_gap(a: dict, b: dict) -> stats.Estimate:
-    return stats.proportion_diff(100 * _items(a), 100 * _items(b))
-
-
 # ---- the run -----------------------------------------------------------------------------------------------
 def run(plan: FTPPlan, ctx: Context) -> Results:
     os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's per-run progress bars
@@ -143,6 +122,9 @@ def run(plan: FTPPlan, ctx: Context) -> Results:
         searched = {b: stage_search(exp, b, static, "ga_static", cfg.ga) for b in cfg.budgets}
     with ctx.stage("router"):
         router, router_summary = stage_router(exp, [searched[b]["best"] for b in cfg.budgets])
+        ablation = stage_router(exp, [searched[b]["best"] for b in cfg.budgets], "router_all_positions",
+                                dataclasses.replace(cfg.router, distill_positions="all")) \
+            if cfg.distill_ablation else None
     ft_cfg = GAConfig(**{**asdict(cfg.ga), "population": cfg.finetune.population,
                          "generations": cfg.finetune.generations,
                          "elitism": min(cfg.ga.elitism, cfg.finetune.population - 1)})
@@ -153,28 +135,32 @@ def run(plan: FTPPlan, ctx: Context) -> Results:
     with ctx.stage("blockpruner"):
         pruner = stage_blockpruner(exp, min(exp.flops(p, exp.ref_len)["flops_ratio"] for p in ftp_plans.values())
                                    - 0.02)
-    plans, matched = {}, {}
+    plans, matched, sub = {}, {}, cfg.data.secondary_per_family
     for b in cfg.budgets:
         p, target = pct(b), exp.flops(ftp_plans[b], exp.ref_len)["flops_ratio"]
         short_plan, short_ratio = matched_shortgpt(red["block_influence"], exp.dims, exp.ref_len, target)
         bp_plan, bp_ratio, bp_count = pruner.matched(exp.dims, exp.ref_len, target)
         matched[b] = {"ftp": target, "shortgpt": short_ratio, "blockpruner": bp_ratio,
                       "shortgpt_layers": sorted({i for i, _ in short_plan.removed}), "blockpruner_removed": bp_count}
-        plans[f"ftp_{p}"] = ("ftp", b, ftp_plans[b])
-        if cfg.dynamic_stage1:
-            plans[f"ftp_dynamic_stage1_{p}"] = ("ftp_dynamic_stage1", b, exp.plan("dyn", searched[b]["best"], router))
-        plans[f"ftp_static_{p}"] = ("ftp_static", b, exp.plan("static", searched[b]["best"], static))
-        plans[f"random_{p}"] = ("random", b, exp.plan("random", searched[b]["best"], RandomRouter(cfg.seed)))
+        plans[f"ftp_{p}"] = ("ftp", b, ftp_plans[b], None)
+        if cfg.dynamic_stage1 or ablation:
+            plans[f"ftp_dynamic_stage1_{p}"] = ("ftp_dynamic_stage1", b,
+                                                exp.plan("dyn", searched[b]["best"], router), sub)
+        if ablation:
+            plans[f"ftp_all_positions_stage1_{p}"] = ("ftp_all_positions_stage1", b,
+                                                      exp.plan("dyn_all", searched[b]["best"], ablation[0]), sub)
+        plans[f"ftp_static_{p}"] = ("ftp_static", b, exp.plan("static", searched[b]["best"], static), None)
+        plans[f"random_{p}"] = ("random", b, exp.plan("random", searched[b]["best"], RandomRouter(cfg.seed)), sub)
         if "uniform" in cfg.allocations:
-            plans[f"uniform_{p}"] = ("uniform", b, exp.plan("uniform", uniform_allocation(exp.n, b), static))
+            plans[f"uniform_{p}"] = ("uniform", b, exp.plan("uniform", uniform_allocation(exp.n, b), static), sub)
         if "bi" in cfg.allocations:
             plans[f"bi_alloc_{p}"] = ("bi_alloc", b, exp.plan("bi", bi_proportional_allocation(
-                red["block_influence"], b, cfg.ga.s_max), static))
-        plans[f"shortgpt_{p}"] = ("shortgpt", b, short_plan.with_name("shortgpt"))
-        plans[f"blockpruner_{p}"] = ("blockpruner", b, bp_plan.with_name("blockpruner"))
+                red["block_influence"], b, cfg.ga.s_max), static), sub)
+        plans[f"shortgpt_{p}"] = ("shortgpt", b, short_plan.with_name("shortgpt"), None)
+        plans[f"blockpruner_{p}"] = ("blockpruner", b, bp_plan.with_name("blockpruner"), None)
     with ctx.stage("eval"):
-        for key, (family, b, skip_plan) in plans.items():
-            exp.evaluate(key, skip_plan, b, family)
+        for key, (family, b, skip_plan, per_family) in plans.items():
+            exp.evaluate(key, skip_plan, b, family, per_family)
         check = stage_scorer_check(exp, {"dense": None, f"ftp_{pct(cfg.budgets[0])}": ftp_plans[cfg.budgets[0]]}) \
             if exp.test_items else None
     for b in cfg.budgets:
@@ -188,12 +174,12 @@ def run(plan: FTPPlan, ctx: Context) -> Results:
     with ctx.stage("latency"):
         latency = stage_latency(exp, latency_plans)
 
-    results = Results(estimates=estimates(exp, red, latency), facts=facts(exp, matched, searched, tuned, latency,
-                                                                          determinism, router, router_summary))
+    results = Results(estimates=estimates(exp, red, latency), facts=facts(
+        exp, matched, searched, tuned, latency, determinism, router, router_summary, ablation))
     if check is not None:
         results.facts["scorer_vs_lm_eval"] = (max(v["max_abs_loglik_diff"] for v in check.values()), check)
     results.tables_md = figures.notes(exp, latency)
-    results.plots = figures.plots(exp, red, searched, tuned, router_summary, latency)
+    results.plots = figures.plots(exp, red, searched, tuned, router_summary, latency, ablation)
     return results
 
 
@@ -211,32 +197,57 @@ def estimates(exp: Experiment, red: dict, latency: dict[str, list[float]]) -> di
         out[f"ftp_vs_blockpruner_{p}"] = accuracy_gap(ftp, rows[f"blockpruner_{p}"])
         out[f"trained_vs_static_{p}"] = accuracy_gap(ftp, rows[f"ftp_static_{p}"])
         out[f"static_vs_random_{p}"] = accuracy_gap(rows[f"ftp_static_{p}"], rows[f"random_{p}"])
+        if f"ftp_all_positions_stage1_{p}" in rows:
+            out[f"distill_scored_vs_all_{p}"] = accuracy_gap(rows[f"ftp_dynamic_stage1_{p}"],
+                                                             rows[f"ftp_all_positions_stage1_{p}"])
         if f"uniform_{p}" in rows:
-            out[f"ga_vs_uniform_loss_{p}"] = stats.paired_diff(-_items(rows[f"uniform_{p}"], "gold_loglik"),
-                                                               -_items(rows[f"ftp_static_{p}"], "gold_loglik"))
+            n = common_per_family(rows[f"uniform_{p}"], rows[f"ftp_static_{p}"])
+            out[f"ga_vs_uniform_loss_{p}"] = stats.paired_diff(
+                -per_item(rows[f"uniform_{p}"], "gold_loglik", per_family=n),
+                -per_item(rows[f"ftp_static_{p}"], "gold_loglik", per_family=n))
         if f"ftp_{p}" in latency:
-            out[f"prefill_speedup_{p}"] = stats.paired_ratio(latency["dense"], latency[f"ftp_{p}"],
-                                                             seq_len=exp.cfg.bench.seq_len)
+            out[f"prefill_speedup_{p}"] = speedup_estimate(latency["dense"], latency[f"ftp_{p}"],
+                                                           seq_len=exp.cfg.bench.seq_len)
     return out
 
 
-def facts(exp: Experiment, matched, searched, tuned, latency, determinism, router, router_summary) -> dict[str, Any]:
+def _router_facts(summary: dict, steps: int) -> dict[str, Any]:
+    """Held-out KL of the hard-routed model at the scored positions, last epoch, with the static router's KL on
+    the same prompts and the relative change of the KL over the last quarter of training (the plateau)."""
+    kl = [h["eval_kl"] for h in summary["history"] if "eval_kl" in h]
+    quarter = max(1, len(kl) // 4)
+    change = (kl[-1] - kl[-1 - quarter]) / kl[-1 - quarter] if len(kl) > quarter and kl[-1 - quarter] else None
+    return {"history": summary["history"], "steps": steps, "static_router_kl": summary["static_heldout_kl"],
+            "relative_change_last_quarter": change, "examples": summary.get("examples"),
+            "heldout_prompts": summary.get("heldout"), "warm_start_bce": summary.get("warm_start_bce"),
+            "kl_after_warm_start": summary.get("start_heldout_kl"), "best_epoch": summary.get("best_epoch")}
+
+
+def facts(exp: Experiment, matched, searched, tuned, latency, determinism, router, router_summary,
+          ablation=None) -> dict[str, Any]:
     rows, dense = exp.rows, exp.rows["dense"]
     per_task = {t: v["acc"] for t, v in dense["tasks"].items()}
     lengths = exp.prompt_lengths or [exp.ref_len]
+    final = router_summary["final"]
     out: dict[str, Any] = {
-        "dense_accuracy": (float(_items(dense).mean()), {"per_task": per_task}),
-        "test_items": (int(_items(dense).size), {"per_task": {t: v["n"] for t, v in dense["tasks"].items()},
+        "dense_accuracy": (float(per_item(dense).mean()), {"per_task": per_task}),
+        "test_items": (int(per_item(dense).size), {"per_task": {t: v["n"] for t, v in dense["tasks"].items()},
                                                  "prompt_tokens": {"mean": float(np.mean(lengths)),
-                                                                   "min": int(min(lengths)),
-                                                                   "max": int(max(lengths))}}),
+                                                                   **{f"q{q}": float(np.percentile(lengths, q))
+                                                                      for q in (0, 10, 50, 90, 100)}},
+                                                 "secondary_arms_per_family": exp.cfg.data.secondary_per_family}),
         "router_parameters": sum(p.numel() for p in router.parameters()),
-        "router_final_distill": (float(router_summary["final"].get("train_distill", float("nan"))),
-                                 {"history": router_summary["history"], "steps": exp.cfg.router.steps}),
+        "router_final_distill": (float(final.get("train_distill", float("nan"))),
+                                 {"distill_positions": exp.cfg.router.distill_positions}),
+        "router_heldout_kl": (float(final.get("eval_kl", float("nan"))),
+                              _router_facts(router_summary, exp.cfg.router.steps)),
         "router_training_seconds": round(router_summary["seconds"], 1),
         "determinism_router_max_abs_diff": determinism["router_max_abs_diff"],
         "determinism_fitness_abs_diff": determinism["fitness_abs_diff"],
     }
+    if ablation is not None:
+        out["router_all_positions_heldout_kl"] = (float(ablation[1]["final"].get("eval_kl", float("nan"))),
+                                                  _router_facts(ablation[1], exp.cfg.router.steps))
     for b in exp.cfg.budgets:
         p, m = pct(b), matched[b]
         gap = max(abs(m["shortgpt"] / m["ftp"] - 1), abs(m["blockpruner"] / m["ftp"] - 1))
@@ -244,6 +255,9 @@ def facts(exp: Experiment, matched, searched, tuned, latency, determinism, route
         out[f"schedule_sparsity_{p}"] = (float(np.mean(tuned[b]["best"])), {
             "ga_static": searched[b]["best"], "ga_finetune": tuned[b]["best"],
             "fitness_static": searched[b]["history"], "fitness_finetune": tuned[b]["history"]})
+        out[f"ga_calibration_gain_{p}"] = (searched[b]["best_fitness"] - searched[b]["uniform_fitness"], {
+            "best": searched[b]["best_fitness"], "uniform": searched[b]["uniform_fitness"],
+            "evaluations": searched[b]["evaluations"], "calibration_items": len(exp.calib_items)})
         ppl = {k: rows[k]["ppl"] / dense["ppl"] for k in rows if rows[k]["budget"] == b}
         out[f"ppl_ratio_{p}"] = (ppl[f"ftp_{p}"], {"all_methods": ppl})
         speed = {k: float(np.mean(latency["dense"]) / np.mean(v)) for k, v in latency.items() if k.endswith(f"_{p}")}

@@ -264,7 +264,7 @@ class DynamicRouter(nn.Module, Router):
             lists.append(sorted(top.tolist()))
         kept_t, n_kept = pack_kept(lists, lengths, ctx.seq_len, ctx.lengths.device)
         selection = Selection(kept_t, n_kept, probs=probs)
-        if ctx.training:
+        if ctx.training and ctx.sparsity > 0:  # only routing blocks are gated: a dense block stays the model's
             selection.gate = probs.gather(1, kept_t)
             selection.guide = static_guide_mask(lengths, counts, ctx.seq_len, ctx.lengths.device)
         return selection

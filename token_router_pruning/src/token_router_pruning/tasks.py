@@ -1,9 +1,10 @@
 """Evaluation tasks: the generated miniature multiple-choice families and the paper's tasks from local files.
 
-Miniature (spec §6.1): five templated families, four options each, every option a single SmolLM2 token
-(so lm-eval scores all options of an item from one forward pass), fixed seed, a ``calibration`` split
-(GA fitness) disjoint from the ``test`` split (reported numbers). The JSONL files ship in the package
-(``data/mini_mc``); :func:`generate_items` reproduces them exactly (a test checks it).
+Miniature: five templated families, four options each, every option a single SmolLM2 token (so lm-eval scores
+all options of an item from one forward pass), fixed seed, a ``calibration`` split (GA fitness) and a generated
+``train`` split (router training), both disjoint from the ``test`` split (reported numbers): they ask about the
+other half of each family's queries. The JSONL files ship in the package (``data/mini_mc``);
+:func:`generate_items` reproduces them exactly (a test checks it).
 
 Paper tasks (``--tasks-dir DIR``): ``DIR/<task>/<split>.jsonl`` exported from the HF datasets
 (e.g. ``load_dataset("allenai/ai2_arc", "ARC-Challenge")["test"].to_json(".../arc_challenge/test.jsonl")``)
@@ -22,7 +23,10 @@ import yaml
 from effrepro.errors import UsageError
 
 FAMILIES = ("capitals", "sequences", "recall", "antonyms", "agreement")
-SPLITS = {"calibration": 16, "test": 40}  # items per family that ship
+SPLITS = {"calibration": 16, "test": 200}  # items per family that ship
+# router-training prompts: generated on demand (``generate_items(family, "train", n)``); like calibration they draw
+# queries from the half that the test split never asks about, so both are disjoint from the test items
+TRAIN_SPLIT = "train"
 MINI_DIR = Path(__file__).parent / "data" / "mini_mc"
 PAPER_TASKS = ("arc_challenge", "arc_easy", "hellaswag", "winogrande", "mmlu")
 # [RECONSTRUCTION] harness settings of the paper: zero-shot acc_norm for ARC/HellaSwag, acc for WinoGrande, 5-shot MMLU
@@ -196,6 +200,12 @@ def load_mini_items(split: str, per_family: int | None = None, families: tuple[s
             raise UsageError(f"{per_family} items per family requested, {len(rows)} ship in {path.name}")
         items += [dict(row, family=family) for row in rows[:per_family]]
     return items
+
+
+def train_items(per_family: int, families: tuple[str, ...] = FAMILIES, seed: int = 0) -> list[dict]:
+    """Router-training prompts of every family (generated, deterministic; disjoint queries from the test split)."""
+    return [dict(row, family=family) for family in families
+            for row in generate_items(family, TRAIN_SPLIT, per_family, seed)]
 
 
 def mini_task_name(family: str) -> str:
