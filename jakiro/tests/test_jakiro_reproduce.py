@@ -5,8 +5,8 @@ import json
 import pytest
 from effrepro.errors import UsageError
 from effrepro.report import read_claims
-from jakiro.cli import dispatch
-from jakiro.reproduce import CLAIMS, FACTS, REPRODUCTION, measure
+from jakiro.cli import run
+from jakiro.reproduce import CLAIMS, FACTS, REPRODUCTION, _train_config, measure
 
 
 def _plan(argv):
@@ -15,7 +15,8 @@ def _plan(argv):
 
 def test_plans_and_bad_settings_are_usage_errors():
     assert set(REPRODUCTION.plans) == {"smoke", "tiny", "full"}
-    assert _plan([]).methods == ("eagle2", "jakiro", "jakiro_nocepd", "jakiro_star")
+    assert _plan([]).methods == ("eagle2", "jakiro")
+    assert _plan(["--tiny"]).methods == ("eagle2", "jakiro", "jakiro_nocepd", "jakiro_star")
     full = _plan(["--scale", "full", "--target", "/m", "--sharegpt-json", "/s.json"])
     assert (full.target, full.sharegpt_json, full.lr, full.total_tokens) == ("/m", "/s.json", 9e-5, 60)
     assert _plan(["--set", "max_questions=20"]).max_questions == 20
@@ -26,11 +27,25 @@ def test_plans_and_bad_settings_are_usage_errors():
             _plan(argv)
 
 
+def test_smoke_budget_is_the_shared_one():
+    """The smoke heads train with the budget of the cached EAGLE-2 baseline gumiho uses (same cache key)."""
+    from dataclasses import asdict
+
+    from effrepro.specdec.headcache import SMOKE_DRAFT_DATA, SMOKE_HEAD_TRAIN
+
+    smoke = REPRODUCTION.plans["smoke"]
+    assert asdict(_train_config(smoke)) == asdict(SMOKE_HEAD_TRAIN)
+    assert (smoke.prompts, smoke.distill_prompts, smoke.data_new_tokens, smoke.data_max_len) == (
+        SMOKE_DRAFT_DATA.self_generated, SMOKE_DRAFT_DATA.prompts, SMOKE_DRAFT_DATA.self_max_new_tokens,
+        SMOKE_DRAFT_DATA.max_len)
+    assert REPRODUCTION.plans["full"].draft_vocab == 0  # the paper-faithful full vocabulary
+
+
 def test_full_scale_without_paths_is_a_clear_error(tmp_path):
     with pytest.raises(UsageError, match="--target"):
-        dispatch(["reproduce", "--scale", "full", "--out", str(tmp_path)])
+        run(["reproduce", "--scale", "full", "--out", str(tmp_path)])
     with pytest.raises(UsageError, match="--sharegpt-json"):
-        dispatch(["reproduce", "--scale", "full", "--target", "/m", "--out", str(tmp_path)])
+        run(["reproduce", "--scale", "full", "--target", "/m", "--out", str(tmp_path)])
     assert not any(tmp_path.iterdir())
 
 
@@ -40,29 +55,35 @@ def _turns(tau_cycles, wall, ids=(1, 2, 3)):
 
 
 def test_measure_pairs_turns_and_can_fail():
-    plan = REPRODUCTION.plans["smoke"]
+    plan = REPRODUCTION.plans["tiny"]  # every greedy variant
     eagle = _turns([10, 11, 10, 12], [2.0, 2.2, 2.0, 2.4])
     slower = _turns([10, 11, 10, 12], [2.4, 2.6, 2.5, 2.9])  # same tau, every turn slower than EAGLE-2
     greedy = {"plain": _turns([12] * 4, [1.0] * 4), "eagle2": eagle, "jakiro": slower,
               **{v: eagle for v in ("jakiro_parent", "jakiro_nocepd", "jakiro_star")}}
     greedy["jakiro_star"] = _turns([10] * 4, [2.0] * 4, ids=(1, 2, 4))  # one variant differs from plain
-    summary = {v: {"tau": 1.1, "draft_forwards_per_cycle": 6.0 - (v == "jakiro")} for v in plan.greedy_variants}
+    summary = {v: {"tau": 1.1, "draft_forwards_per_cycle": 6.0 - (v == "jakiro"), "tokens_per_s": 5.0,
+                   "cost_model_speedup": 0.5} for v in plan.greedy_variants}
+    summary["plain"] = {"tokens_per_s": 7.0}
     bench = {"trainable_params": {"jakiro": 5, "eagle2": 4}, "ratio_to_eagle2": {"jakiro": 0.8},
              "ms_per_tree": {"jakiro": 1.0}}
-    estimates, facts = measure(plan, {"greedy": {"records": greedy, "summary": summary}}, bench,
-                               {"jakiro": {"steps": 3}, "eagle2": {"steps": 3}})
+    training = {m: {"steps": 3, "final": {"eval_top1": 0.5, "eval_acc0": 0.4}, "budget": {"steps": 3}}
+                for m in ("jakiro", "eagle2")}
+    estimates, facts = measure(plan, {"greedy": {"records": greedy, "summary": summary, "costs": {}}}, bench,
+                               training)
     claims = {spec.id: spec.claim(estimates[spec.id]) for spec in CLAIMS if spec.id in estimates}
     assert claims["tau_ratio_jakiro_eagle2_greedy"].verdict == "holds"  # 1.0 on every turn
     assert claims["speedup_ratio_jakiro_eagle2_greedy"].verdict == "fails"
     lossless = claims["lossless_greedy"]
     assert lossless.verdict == "fails" and lossless.n == 20 and lossless.details["mismatched_turns"] == 4
     assert facts["draft_forwards_saved_per_cycle"][0] == 1.0
+    assert facts["break_even_tau_jakiro"][0] == pytest.approx(2.2)  # tau / cost-model speedup
+    assert claims["tau_ratio_jakiro_eagle2_greedy"].details["head_budgets"]["jakiro"] == {"steps": 3}
     assert set(facts) <= {f.id for f in FACTS}
 
 
 @pytest.mark.slow
 def test_tiny_reproduce_end_to_end(tmp_path):
-    assert dispatch(["reproduce", "--tiny", "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert run(["reproduce", "--tiny", "--threads", "1", "--out", str(tmp_path)]) == 0
     document = read_claims(tmp_path / "claims.json")
     claims = {c["id"]: c for c in document["claims"]}
     assert set(claims) == {spec.id for spec in CLAIMS}
@@ -79,4 +100,5 @@ def test_tiny_reproduce_end_to_end(tmp_path):
     assert {"data", "training", "evaluation_greedy", "evaluation_t1", "bench"} <= set(env["stage_seconds"])
     report = (tmp_path / "report.md").read_text()
     assert "README figure" in report and "Headline claims" in report and "Greedy (T = 0)" in report
-    assert (tmp_path / "runs" / "jakiro" / "head.pt").is_file() and (tmp_path / "tau_and_acceptance.png").is_file()
+    assert (tmp_path / "training.png").is_file() and (tmp_path / "tau_and_acceptance.png").is_file()
+    assert facts["heldout_top1_jakiro"]["details"]["steps"] == 2  # the tiny budget, stated with the fact

@@ -58,14 +58,33 @@ def notes(config: Any, trained: dict[str, dict[str, Any]], data_meta: dict[str, 
     budget = (f"Target `{config.target}`. Data: {data_meta.get('samples')} conversations, {data_meta.get('tokens')} "
               f"tokens ({data_meta.get('supervised_tokens')} supervised). Trainer (same for every head): "
               f"{config.train.epochs} epochs, batch {config.train.batch_size}, steps/epoch "
-              f"{config.train.steps_per_epoch or 'all'}, lr {config.train.lr}, {config.train.schedule}. Gumiho MLP CE "
+              f"{config.train.steps_per_epoch or 'all'}, lr {config.train.lr}, {config.train.schedule}, draft "
+              f"vocabulary {config.train.draft_vocab or 'full'}; every head is a cached prerequisite (`make prepare "
+              "PAPER=gumiho`), the EAGLE-2 one shared with jakiro. Gumiho MLP CE "
               f"from epoch {config.loss.mlp_ce_warmup_epochs}. Tree: top_k {config.tree.top_k}, total tokens "
               f"{config.tree.total_tokens}, {config.tree.depth} levels, mlptopk {config.tree.mlptopk}, pruning "
               f"{config.tree.pruning}. Eval: {config.eval.max_questions or 'all'} held-out MT-bench questions, "
               f"{config.eval.max_turns or 'all'} turn(s), {config.eval.max_new_tokens} new tokens, "
               f"T = {config.eval.temperature}. Intervals: percentile bootstrap over turns, the methods of a turn "
               "resampled together; tau and tokens/s of a set of turns are ratios of sums over its turns.")
-    return "\n".join([budget, "", "Per method, pooled over turns:", "", method_table(summary, trained)])
+    heads = ["| head | steps | train s | held-out top-1 (first draft position) | cache entry |",
+             "|---|---|---|---|---|"]
+    for name, info in trained.items():
+        final = info.get("final", {})
+        top1 = final.get("eval_top1", final.get("eval_top1_T"))
+        heads.append(f"| {name} | {info['steps']} | {info['seconds']:.0f} | {_num(top1)} | "
+                     f"`{info['budget']['cache']}` |")
+    return "\n".join([budget, "", "Heads (held-out split of the draft data, last epoch; curve: training.png):", "",
+                      *heads, "", "Per method, pooled over turns:", "", method_table(summary, trained)])
+
+
+def training_plot(heads: dict[str, Any], out: Path) -> list[Path]:
+    """Held-out top-1 of the first draft position per epoch of every head."""
+    from effrepro.specdec.headcache import plot_training
+
+    metrics = {name: "eval_top1" if name == "eagle2" else "eval_top1_T" for name in heads}
+    path = plot_training(heads, out / "training.png", metrics=metrics)
+    return [path] if path else []
 
 
 def plot(summary: dict[str, dict[str, Any]], out: Path) -> list[Path]:

@@ -3,9 +3,12 @@
 The run config is a YAML file of ``gumiho/configs`` (``smoke.yaml`` / ``full.yaml``, the same files ``gumiho
 train`` and ``gumiho eval`` read) plus ``key=value`` overrides; the plan names the file and the overrides.
 
-1. draft data from the target (cached: conversations in the chat template, self-distilled answers, features);
-2. the EAGLE-2 baseline head and four Gumiho drafts trained on the **same data with the same trainer settings**:
-   ``gumiho`` (2 serial + 5 MLP), ``gumiho-1s`` (1 + 6), ``gumiho-3s`` (3 + 4), ``medusa`` (0 + 7, all parallel);
+1. draft data from the target (the engine's cached miniature set, shared with jakiro: self-distilled answers to
+   the MT-bench questions the evaluation does not use, plus corpus instructions);
+2. the heads as cached prerequisites, trained on the **same data with the same budget** (steps, data order, draft
+   vocabulary): the EAGLE-2 baseline (the cached head jakiro compares against too) and the Gumiho drafts of
+   ``variants``: ``gumiho`` (2 serial + 5 MLP) and, where asked, ``gumiho-1s`` (1 + 6), ``gumiho-3s`` (3 + 4),
+   ``medusa`` (0 + 7, all parallel);
 3. one interleaved evaluation on held-out MT-bench questions: plain decoding, every draft as a tree (equal budget),
    Gumiho with FTA on, top-1 chains of EAGLE-2 / Gumiho for exact per-position acceptance (``extra_decoders``
    adds Gumiho with the official compat flags and the Medusa chain). Every comparison is paired by turn, with a
@@ -17,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,15 +27,16 @@ from typing import Any
 from effrepro.config import config_to_dict, load_config
 from effrepro.errors import UsageError
 from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results
-from effrepro.specdec import TargetAdapter, train_head
-from effrepro.specdec.eagle import build_eagle_head, head_from_checkpoint
+from effrepro.specdec import TargetAdapter
+from effrepro.specdec.eagle import head_from_checkpoint
+from effrepro.specdec.headcache import CachedHead, cached_head, eagle2_baseline
 from effrepro.specdec.turns import acceptance_difference, mismatch_rate, ratio_of_sums
 from effrepro.train import load_checkpoint
 
 from gumiho.config import GumihoRunConfig
 from gumiho.data import split_mtbench, write_questions
 from gumiho.eval import chain_tree, eagle_factory, eagle_tree_for, gumiho_factory, run_eval
-from gumiho.reporting import PAPER_TABLE, notes, plot
+from gumiho.reporting import PAPER_TABLE, notes, plot, training_plot
 from gumiho.train import VARIANTS, draft_data_dir, load_draft, load_target_on, train_draft
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -41,7 +44,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # The --tiny budget (same code path): a handful of samples, steps and tokens; every decoder path, end to end.
 TINY_OVERRIDES = (
     "data.self_generated=3", "data.self_max_new_tokens=16", "data.max_len=128", "train.max_len=128",
-    "train.epochs=3", "train.steps_per_epoch=1", "train.batch_size=1", "train.warmup_steps=1",
+    "train.epochs=3", "train.steps_per_epoch=1", "train.batch_size=1", "train.warmup_steps=1", "train.draft_vocab=512",
     "eval.max_questions=2", "eval.max_turns=1", "eval.max_new_tokens=8", "eval.warmup=0", "eval.cost_model_repeats=1",
     "extra_decoders=[gumiho-official,medusa-chain]",
 )
@@ -54,11 +57,12 @@ class GumihoPlan(Plan):
     target: str = ""  # replaces the config's target (full scale: a local HF model directory)
     device: str = "cpu"
     dtype: str = "float32"
+    variants: tuple[str, ...] = ("gumiho",)  # Gumiho drafts trained and evaluated (gumiho.train.VARIANTS)
 
 
 SMOKE = GumihoPlan()
-TINY = GumihoPlan(name="tiny", config_set=TINY_OVERRIDES)
-FULL = GumihoPlan(name="full", config="full.yaml", device="cuda", dtype="float16")
+TINY = GumihoPlan(name="tiny", config_set=TINY_OVERRIDES, variants=tuple(VARIANTS))
+FULL = GumihoPlan(name="full", config="full.yaml", device="cuda", dtype="float16", variants=tuple(VARIANTS))
 
 CLAIMS = [
     ClaimSpec(id="tau_ratio_vs_eagle2", description="tau(Gumiho) / tau(EAGLE-2), same data, trainer settings and "
@@ -104,6 +108,14 @@ FACTS = [
              exact=False),
     FactSpec(id="tau_eagle2", description="tau of EAGLE-2 (tree, greedy)", unit="tokens/cycle", paper=4.68,
              exact=False),
+    FactSpec(id="heldout_top1_eagle2", description="held-out top-1 agreement of the EAGLE-2 head with the target "
+             "after training (draft-data holdout)", unit="fraction", exact=False),
+    FactSpec(id="heldout_top1_gumiho", description="held-out top-1 agreement of Gumiho's first (serial) draft "
+             "position", unit="fraction", exact=False),
+    FactSpec(id="tokens_per_s_plain", description="tokens/s of plain greedy decoding in the interleaved run "
+             "(details: every method's tokens/s and tree)", unit="tokens/s", exact=False),
+    FactSpec(id="break_even_tau_gumiho", description="tau at which Gumiho would match plain decoding on this machine: "
+             "(t_draft + t_verify) / t_step from the run's measured costs", unit="tokens/cycle", exact=False),
     FactSpec(id="cost_model_ratio_vs_eagle2", description="cost-model speedup tau * t_step / (t_draft + t_verify) of "
              "Gumiho / of EAGLE-2 (micro-benchmarked target costs)", unit="ratio", paper=round(2.97 / 2.74, 3),
              exact=False),
@@ -144,32 +156,46 @@ def configure(plan: GumihoPlan, args: argparse.Namespace) -> GumihoPlan:
     return plan
 
 
-def _train_all(config: GumihoRunConfig, model: Any, ctx: Context, data_dir: Path) -> dict[str, dict[str, Any]]:
-    """EAGLE-2 (EAGLE loss weights) + every Gumiho variant on the same data and trainer settings (resumable)."""
+def cached_heads(config: GumihoRunConfig, plan: GumihoPlan, model: Any, data_dir: Path,
+                 progress: bool = False) -> dict[str, CachedHead]:
+    """The EAGLE-2 baseline (shared cached head, EAGLE loss) and every Gumiho variant of the plan, all cached
+    prerequisites trained on the same data with the same budget."""
+    data_dirs = [data_dir]
+    heads = {"eagle2": eagle2_baseline(model, data_dirs, config.train, progress=progress)}
+    for name in plan.variants:
+        variant = replace(config, structure=VARIANTS[name])
+        train_config = variant.train_config()
+        spec = {"kind": "gumiho", "structure": dataclasses.asdict(VARIANTS[name])}
+
+        def train(out: Path, variant: GumihoRunConfig = variant) -> dict[str, Any]:
+            return train_draft(variant, model, None, out, data_dir=data_dir, progress=progress, resume=True)
+
+        heads[name] = cached_head(f"gumiho-{name}", spec, train_config, data_dirs, train)
+    return heads
+
+
+def _trained(heads: dict[str, CachedHead], model: Any, ctx: Context) -> dict[str, dict[str, Any]]:
     trained: dict[str, dict[str, Any]] = {}
-    start = time.perf_counter()
-    eagle = build_eagle_head(model.config, model.get_input_embeddings().weight.detach().float())
-    eagle_config = replace(config.train_config(), loss_weights={"v_w": config.loss.v_w, "p_w": config.loss.p_w})
-    result = train_head(eagle, model.get_output_embeddings().weight.detach().float(), data_dir, eagle_config,
-                        ctx.runs / "eagle2", progress=False, resume=ctx.resume)
-    trained["eagle2"] = {"seconds": time.perf_counter() - start, "steps": result["steps"],
-                         "params": sum(p.numel() for p in eagle.parameters() if p.requires_grad)}
-    for name, structure in VARIANTS.items():
-        start = time.perf_counter()
-        result = train_draft(replace(config, structure=structure), model, None, ctx.runs / name, data_dir=data_dir,
-                             progress=False, resume=ctx.resume)
-        draft = load_draft(result["head"], model)
-        trained[name] = {"seconds": time.perf_counter() - start, "steps": result["steps"],
-                         "params": sum(p.numel() for p in draft.parameters() if p.requires_grad)}
-    for name, item in trained.items():
-        ctx.log.log(stage="train", method=name, **item)
+    for name, head in heads.items():
+        module = _load(name, head.path, model)
+        final = head.entry["history"][-1] if head.entry["history"] else {}
+        trained[name] = {"seconds": head.seconds, "steps": head.steps, "final": final, "budget": head.budget(),
+                         "params": sum(p.numel() for p in module.parameters() if p.requires_grad)}
+        ctx.log.log(stage="train", method=name, reused=head.reused, seconds=head.seconds, steps=head.steps,
+                    params=trained[name]["params"])
     return trained
 
 
-def _methods(config: GumihoRunConfig, model: Any, runs: Path) -> dict[str, Any]:
+def _load(name: str, path: Path, model: Any) -> Any:
     embed = model.get_input_embeddings().weight.detach()
-    eagle = head_from_checkpoint(load_checkpoint(runs / "eagle2" / "head.pt"), embed).to(embed.device).eval()
-    drafts = {name: load_draft(runs / name / "head.pt", model) for name in VARIANTS}
+    if name == "eagle2":
+        return head_from_checkpoint(load_checkpoint(path), embed).to(embed.device).eval()
+    return load_draft(path, model)
+
+
+def _methods(config: GumihoRunConfig, model: Any, heads: dict[str, CachedHead]) -> dict[str, Any]:
+    eagle = _load("eagle2", heads["eagle2"].path, model)
+    drafts = {name: _load(name, head.path, model) for name, head in heads.items() if name != "eagle2"}
     corrected = replace(config.tree, fta="off", official_compat=False)
     methods = {"eagle2": eagle_factory(eagle, eagle_tree_for(corrected))}
     methods.update({name: gumiho_factory(draft, corrected) for name, draft in drafts.items()})
@@ -179,7 +205,7 @@ def _methods(config: GumihoRunConfig, model: Any, runs: Path) -> dict[str, Any]:
     chain = chain_tree(corrected)
     methods["eagle2-chain"] = eagle_factory(eagle, eagle_tree_for(replace(chain, top_k=1)))
     methods["gumiho-chain"] = gumiho_factory(drafts["gumiho"], chain)
-    if "medusa-chain" in config.extra_decoders:
+    if "medusa-chain" in config.extra_decoders and "medusa" in drafts:
         methods["medusa-chain"] = gumiho_factory(drafts["medusa"], chain)
     return methods
 
@@ -191,8 +217,13 @@ def _target_and_data(config: GumihoRunConfig, plan: GumihoPlan) -> tuple[Any, An
 
 
 def prepare(plan: GumihoPlan, ctx: Context) -> None:
+    config = load_run_config(plan)
     with ctx.stage("data"):
-        print(f"[gumiho] draft data: {_target_and_data(load_run_config(plan), plan)[2]}")
+        model, _, data_dir = _target_and_data(config, plan)
+        print(f"[gumiho] draft data: {data_dir}")
+    with ctx.stage("training"):
+        for name, head in cached_heads(config, plan, model, data_dir, progress=True).items():
+            print(f"[gumiho] head {name}: {head.path} ({head.steps} steps)")
 
 
 def run(plan: GumihoPlan, ctx: Context) -> Results:
@@ -204,20 +235,21 @@ def run(plan: GumihoPlan, ctx: Context) -> Results:
         data_meta = json.loads((data_dir / "meta.json").read_text())
         ctx.log.log(stage="data", folder=str(data_dir), **{k: data_meta.get(k) for k in ("samples", "tokens")})
     with ctx.stage("training"):
-        trained = _train_all(config, model, ctx, data_dir)
+        heads = cached_heads(config, plan, model, data_dir)
+        trained = _trained(heads, model, ctx)
     with ctx.stage("evaluation"):
         def evaluate() -> dict[str, Any]:
             target = TargetAdapter(model, max_length=config.eval.max_length)
-            result = run_eval(target, tokenizer, _methods(config, model, ctx.runs), config.eval, ctx.out / "eval",
+            result = run_eval(target, tokenizer, _methods(config, model, heads), config.eval, ctx.out / "eval",
                               progress=False)
             return {k: result[k] for k in ("summary", "records", "costs")}
 
         key = {"config": config_to_dict(config), "device": plan.device, "dtype": plan.dtype,
-               "steps": {n: t["steps"] for n, t in trained.items()}}
+               "heads": {n: h.entry["sha256"] for n, h in heads.items()}}
         result = ctx.cached("eval", evaluate, key=json.loads(json.dumps(key, default=str)))
     estimates, facts = measure(config, result["records"], result["summary"], trained)
     return Results(estimates=estimates, facts=facts, notes_md=notes(config, trained, data_meta, result["summary"]),
-                   plots=plot(result["summary"], ctx.out))
+                   plots=plot(result["summary"], ctx.out) + training_plot(heads, ctx.out))
 
 
 def measure(config: GumihoRunConfig, records: dict[str, list[dict]], summary: dict[str, dict[str, Any]],
@@ -233,18 +265,21 @@ def measure(config: GumihoRunConfig, records: dict[str, list[dict]], summary: di
         "tau_ratio_vs_eagle2": tau("gumiho", "eagle2"),
         "speedup_ratio_vs_eagle2": ratio_of_sums(r["gumiho"], r["eagle2"], "new_tokens", "wall_time"),
         "speedup_vs_plain": ratio_of_sums(r["gumiho"], r["plain"], "new_tokens", "wall_time"),
-        "tau_ratio_vs_medusa": tau("gumiho", "medusa"),
         "early_position_acceptance": acceptance_difference(chain, [1], chain, range(2, config.tree.depth + 1)),
         "a1_vs_eagle2": acceptance_difference(chain, [1], r["eagle2-chain"], [1]),
         "fta_tau_gain": tau("gumiho+fta", "gumiho"),
         "fta_outputs_identical": mismatch_rate([r["gumiho+fta"]], r["plain"]),
         "lossless_fta_off": mismatch_rate([r[n] for n in r if n not in ("plain", "gumiho+fta", "gumiho-official")],
                                           r["plain"]),
-        "ablation_serial_2_vs_1": tau("gumiho", "gumiho-1s"),
-        "ablation_serial_3_vs_2": tau("gumiho-3s", "gumiho"),
     }
-    if "gumiho-official" in r:
-        estimates["compat_fix_tau"] = tau("gumiho", "gumiho-official")
+    pairs = {"tau_ratio_vs_medusa": ("gumiho", "medusa"), "ablation_serial_2_vs_1": ("gumiho", "gumiho-1s"),
+             "ablation_serial_3_vs_2": ("gumiho-3s", "gumiho"), "compat_fix_tau": ("gumiho", "gumiho-official")}
+    for claim, (a, b) in pairs.items():
+        if a in r and b in r:
+            estimates[claim] = tau(a, b)
+    budgets = {n: t["budget"] for n, t in trained.items()}
+    estimates = {k: v if k in ("fta_outputs_identical", "lossless_fta_off") else
+                 dataclasses.replace(v, details={**v.details, "head_budgets": budgets}) for k, v in estimates.items()}
     estimates = {k: v for k, v in estimates.items() if v.value == v.value}  # NaN: a position never reached
     passes = {n: summary[n]["draft_forwards_per_cycle"] for n in summary if n != "plain"}
     cost = {n: summary[n].get("cost_model_speedup") for n in summary if n != "plain"}
@@ -255,7 +290,15 @@ def measure(config: GumihoRunConfig, records: dict[str, list[dict]], summary: di
         "train_steps_per_head": (trained["gumiho"]["steps"], {n: t["steps"] for n, t in trained.items()}),
         "tau_gumiho": (summary["gumiho"]["tau"], {n: summary[n]["tau"] for n in passes}),
         "tau_eagle2": summary["eagle2"]["tau"],
+        "heldout_top1_eagle2": (trained["eagle2"]["final"].get("eval_top1"), trained["eagle2"]["budget"]),
+        "heldout_top1_gumiho": (trained["gumiho"]["final"].get("eval_top1_T"), trained["gumiho"]["budget"]),
+        "tokens_per_s_plain": (summary["plain"]["tokens_per_s"], {"by_method": {
+            n: {"tokens_per_s": s["tokens_per_s"], "tree": dataclasses.asdict(config.tree)} for n, s in
+            summary.items()}}),
     }
+    break_even = {n: summary[n]["tau"] / cost[n] for n in passes if cost.get(n)}
+    if "gumiho" in break_even:
+        facts["break_even_tau_gumiho"] = (break_even["gumiho"], {"by_method": break_even})
     if cost["gumiho"] and cost["eagle2"]:
         facts["cost_model_ratio_vs_eagle2"] = (cost["gumiho"] / cost["eagle2"], {"cost_model_speedup": cost})
     return estimates, facts

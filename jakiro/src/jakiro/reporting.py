@@ -55,23 +55,27 @@ def method_table(summary: dict[str, dict[str, Any]]) -> str:
 def notes(plan: Any, data: dict, training: dict, evals: dict, bench: dict) -> str:
     parts = [
         f"Target `{plan.target}` ({plan.dtype}, {plan.device}). Draft data: {data['samples']} conversations "
-        f"({plan.prompts} corpus instructions answered by the target, up to {plan.data_new_tokens} tokens each"
-        f"{', plus ' + plan.sharegpt_json if plan.sharegpt_json else ''}), {data['tokens']} tokens "
-        f"({data['supervised_tokens']} supervised). Every head: {plan.epochs} epoch(s), batch {plan.batch_size}, "
-        f"lr {plan.lr}, cosine, warm-up {plan.warmup_steps}, same seed and data order.",
-        f"Tree: top_k {plan.top_k}, depth {plan.depth}, total_tokens {plan.total_tokens} (Jakiro*: the official "
-        f"static 26-node tree). MT-bench: first {plan.max_questions or 80} questions at T = 0 and first "
-        f"{plan.t1_max_questions or 80} at T = {plan.temperature}, {plan.max_turns or 'all'} turn(s), "
-        f"{plan.max_new_tokens} new tokens. Intervals: percentile bootstrap over turns, both methods of a turn "
-        "resampled together; tau and tokens/s of a set of turns are ratios of sums over its turns.",
-        "", "Training (held-out split, last epoch):", "",
-        "| method | steps | seconds | held-out top-1 (branch 0) | contrastive top-1 (t+2) |", "|---|---|---|---|---|",
+        f"({plan.prompts} prompts `{plan.distill_prompts}` answered by the target, up to {plan.data_new_tokens} "
+        f"tokens a turn{', plus ' + plan.sharegpt_json if plan.sharegpt_json else ''}), {data['tokens']} tokens "
+        f"({data['supervised_tokens']} supervised). Every head: the same budget ({plan.epochs} epochs x "
+        f"{plan.steps_per_epoch or 'all'} steps, batch {plan.batch_size}, lr {plan.lr}, cosine, warm-up "
+        f"{plan.warmup_steps}, draft vocabulary {plan.draft_vocab or 'full'}), same seed and data order; each head "
+        "is a cached prerequisite (`make prepare PAPER=jakiro`), the EAGLE-2 one shared with gumiho.",
+        f"Tree: top_k {plan.top_k}, depth {plan.depth}, total_tokens {plan.total_tokens} for every method (Jakiro*: "
+        f"the official static 26-node tree). MT-bench `{plan.questions}`: {plan.max_questions or 'all'} questions "
+        f"at T = 0 ({plan.max_turns or 'all'} turn(s)) and {plan.t1_max_questions or 'all'} at T = "
+        f"{plan.temperature} ({plan.t1_max_turns or 'all'} turn(s)), {plan.max_new_tokens} new tokens. Intervals: "
+        "percentile bootstrap over turns, both methods of a turn resampled together; tau and tokens/s of a set of "
+        "turns are ratios of sums over its turns.",
+        "", "Training (held-out split of the draft data, last epoch; curve: training.png):", "",
+        "| method | steps | seconds | held-out top-1 (branch 0) | contrastive top-1 (t+2) | cache entry |",
+        "|---|---|---|---|---|---|",
     ]
     for method, t in training.items():
         final = t["final"]
         top1 = final.get("eval_acc0", final.get("eval_top1"))
         parts.append(f"| {method} | {t['steps']} | {t['seconds']:.0f} | {_num(top1)} | "
-                     f"{_num(final.get('eval_acc1'))} |")
+                     f"{_num(final.get('eval_acc1'))} | `{t['budget']['cache']}` |")
     for label, title in (("greedy", "Greedy (T = 0)"), ("t1", f"Sampling (T = {plan.temperature})")):
         if label in evals:
             parts += ["", f"{title}, pooled over turns:", "", method_table(evals[label]["summary"])]
@@ -81,6 +85,19 @@ def notes(plan: Any, data: dict, training: dict, evals: dict, bench: dict) -> st
         parts.append(f"| {name} | {ms:.2f} | {bench['ratio_to_eagle2'][name]:.3f} | {bench['draft_forwards'][name]} "
                      f"| {bench['trainable_params'][name]:,} |")
     return "\n".join(parts)
+
+
+def training_plot(heads: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Held-out top-1 per epoch of every head (``effrepro.specdec.headcache.plot_training``)."""
+    from effrepro.specdec.headcache import plot_training
+
+    curves = {}
+    for name, head in heads.items():
+        metric = "eval_acc0" if any("eval_acc0" in row for row in head.entry["history"]) else "eval_top1"
+        curves[name] = (head, metric)
+    path = plot_training({n: h for n, (h, _) in curves.items()}, out_dir / "training.png",
+                         metrics={n: m for n, (_, m) in curves.items()})
+    return [path] if path else []
 
 
 def plot(evals: dict, out_dir: Path) -> list[Path]:

@@ -1,9 +1,10 @@
 """``jakiro reproduce``: Jakiro against EAGLE-2 in miniature (smoke) or at the official recipe (full).
 
-One process, shared data: draft data from the target (cached) -> the four heads trained with the same recipe, data
-order and steps (EAGLE-2, Jakiro, Jakiro without the contrastive branch, Jakiro*) -> MT-bench with plain decoding
-interleaved, greedy and at T = 1 -> a paired drafting-cost benchmark. Every comparison is paired by turn (all
-methods answer the same turns) with a bootstrap interval over turns.
+One process, shared data: draft data from the target (the engine's cached miniature set, shared with gumiho)
+-> the heads as cached prerequisites, each trained with the same budget (data, data order, steps, draft
+vocabulary): the EAGLE-2 baseline is the cached head gumiho compares against too -> MT-bench held-out questions
+(both turns) with plain decoding interleaved, greedy and at T = 1 -> a paired drafting-cost benchmark. Every
+comparison is paired by turn (all methods answer the same turns) with a bootstrap interval over turns.
 
 ``--scale smoke``: the embedded SmolLM2-135M-Instruct, self-distilled draft data, CPU. ``--tiny``: the same code
 path with a tiny budget. ``--scale full``: the official recipe on ``--target /path/to/vicuna-7b-v1.3`` with the 68k
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,13 +23,14 @@ import torch
 from effrepro.errors import UsageError
 from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results
 from effrepro.specdec import EvalConfig, HeadTrainConfig, TargetAdapter, TreeConfig
+from effrepro.specdec.headcache import SMOKE_DRAFT_DATA, SMOKE_HEAD_TRAIN, CachedHead, cached_head, eagle2_baseline
 from effrepro.specdec.turns import mismatch_rate, ratio_of_sums
 from effrepro.train import seed_everything
 
 from jakiro.draft_sources import DataSettings, build_draft_data
 from jakiro.eval import VARIANTS, check_variants, evaluate_variants
-from jakiro.reporting import PAPER_TABLE, notes, plot
-from jakiro.train import METHODS, check_method, load_head, train_method
+from jakiro.reporting import PAPER_TABLE, notes, plot, training_plot
+from jakiro.train import METHODS, check_method, load_head, method_train_config, train_method
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -40,44 +41,55 @@ class JakiroPlan(Plan):
     dtype: str = "float32"
     device: str = "cpu"
     seed: int = 0
-    # draft data: corpus instructions answered by the target (smoke) or a ShareGPT json file (full)
-    prompts: int = 96
-    data_new_tokens: int = 128
+    # draft data: prompts answered by the target (smoke: the engine's miniature set) and/or a ShareGPT json (full)
+    prompts: int = SMOKE_DRAFT_DATA.self_generated
+    distill_prompts: str = SMOKE_DRAFT_DATA.prompts
+    data_new_tokens: int = SMOKE_DRAFT_DATA.self_max_new_tokens
     sharegpt_json: str = ""
     sharegpt_limit: int = 68000
-    data_max_len: int = 1024
-    # training: identical for every head (same seed, data order, steps)
-    methods: tuple[str, ...] = METHODS
-    epochs: int = 1
-    batch_size: int = 4
-    lr: float = 1e-3  # tiny data / few steps: larger than the official 9e-5
-    warmup_steps: int = 5
-    train_max_len: int = 1024
-    holdout: float = 0.05
-    # evaluation: MT-bench (first questions), greedy and sampled
-    max_questions: int = 8  # greedy: the unit of the intervals is the turn
-    t1_max_questions: int = 5
-    max_turns: int = 1
-    max_new_tokens: int = 32
+    data_max_len: int = SMOKE_DRAFT_DATA.max_len
+    # training: identical budget for every head (same seed, data order, steps, draft vocabulary)
+    methods: tuple[str, ...] = ("eagle2", "jakiro")
+    epochs: int = SMOKE_HEAD_TRAIN.epochs
+    steps_per_epoch: int = SMOKE_HEAD_TRAIN.steps_per_epoch
+    batch_size: int = SMOKE_HEAD_TRAIN.batch_size
+    lr: float = SMOKE_HEAD_TRAIN.lr
+    weight_decay: float = SMOKE_HEAD_TRAIN.weight_decay
+    warmup_steps: int = SMOKE_HEAD_TRAIN.warmup_steps
+    train_max_len: int = SMOKE_HEAD_TRAIN.max_len
+    holdout: float = SMOKE_HEAD_TRAIN.holdout
+    draft_vocab: int = SMOKE_HEAD_TRAIN.draft_vocab  # 0: the full vocabulary (paper-faithful)
+    # evaluation: the held-out MT-bench questions (the draft data never saw them); the unit is the turn
+    questions: str = "mtbench-heldout"
+    max_questions: int = 8
+    max_turns: int = 0  # greedy: both turns
+    t1_max_questions: int = 8
+    t1_max_turns: int = 1
+    max_new_tokens: int = 48
     warmup: int = 1
     top_k: int = 4
     depth: int = 5
     total_tokens: int = 24
     temperature: float = 1.0
-    greedy_variants: tuple[str, ...] = ("eagle2", "jakiro", "jakiro_parent", "jakiro_nocepd", "jakiro_star")
-    sampling_variants: tuple[str, ...] = ("eagle2", "jakiro", "jakiro_star", "jakiro_star_official")
+    greedy_variants: tuple[str, ...] = ("eagle2", "jakiro")
+    sampling_variants: tuple[str, ...] = ("eagle2", "jakiro")
     cost_model_repeats: int = 7
     bench_repeats: int = 11
     max_length: int = 2048
 
 
 SMOKE = JakiroPlan()
-TINY = JakiroPlan(name="tiny", prompts=4, data_new_tokens=16, data_max_len=256, batch_size=2, warmup_steps=1,
-                  train_max_len=256, holdout=0.25, max_questions=2, t1_max_questions=2, max_new_tokens=8, warmup=0,
-                  cost_model_repeats=2, bench_repeats=2)
-FULL = JakiroPlan(name="full", dtype="float16", device="cuda", prompts=0, data_max_len=2048, epochs=20,
-                  lr=9e-5, warmup_steps=2000, train_max_len=2048, max_questions=0, t1_max_questions=0, max_turns=0,
-                  max_new_tokens=512, warmup=3, top_k=10, total_tokens=60, cost_model_repeats=21, bench_repeats=51)
+ALL_GREEDY = ("eagle2", "jakiro", "jakiro_parent", "jakiro_nocepd", "jakiro_star")
+ALL_SAMPLING = ("eagle2", "jakiro", "jakiro_star", "jakiro_star_official")
+TINY = JakiroPlan(name="tiny", prompts=4, data_new_tokens=16, data_max_len=256, epochs=1, steps_per_epoch=2,
+                  batch_size=2, warmup_steps=1, train_max_len=256, holdout=0.25, draft_vocab=512, max_questions=2,
+                  max_turns=1, t1_max_questions=2, max_new_tokens=8, warmup=0, cost_model_repeats=2, bench_repeats=2,
+                  methods=METHODS, greedy_variants=ALL_GREEDY, sampling_variants=ALL_SAMPLING)
+FULL = JakiroPlan(name="full", dtype="float16", device="cuda", prompts=0, data_max_len=2048, methods=METHODS,
+                  epochs=20, steps_per_epoch=0, lr=9e-5, weight_decay=1e-3, warmup_steps=2000, train_max_len=2048,
+                  draft_vocab=0, questions="mtbench", max_questions=0, t1_max_questions=0, t1_max_turns=0,
+                  max_new_tokens=512, warmup=3, top_k=10, total_tokens=60, cost_model_repeats=21, bench_repeats=51,
+                  greedy_variants=ALL_GREEDY, sampling_variants=ALL_SAMPLING)
 
 ON_PAR = "between 0.95 1.05"
 CLAIMS = [
@@ -86,15 +98,15 @@ CLAIMS = [
               unit="ratio", baseline="EAGLE-2 head trained here", expect=ON_PAR, headline=True),
     ClaimSpec(id="speedup_ratio_jakiro_eagle2_greedy", description="tokens/s of Jakiro / of EAGLE-2 at T = 0 "
               "(paired per-turn wall times)", paper=round(2.99 / 2.89, 3), unit="ratio",
-              baseline="EAGLE-2 head trained here", expect="> 1.0", headline=True),
+              baseline="EAGLE-2 head trained here", expect="> 1.0", headline=True, timing=True),
     ClaimSpec(id="draft_time_ratio_jakiro_eagle2", description="drafting seconds per cycle, Jakiro / EAGLE-2, T = 0 "
               "(one sequential draft forward fewer, narrower experts)", paper=None, unit="ratio",
-              baseline="EAGLE-2 drafting", expect="< 1.0"),
+              baseline="EAGLE-2 drafting", expect="< 1.0", timing=True),
     ClaimSpec(id="speedup_jakiro_plain_greedy", description="tokens/s of Jakiro / of plain greedy decoding, T = 0",
-              paper=2.99, unit="x", baseline="plain decoding, same process", expect="> 1.0"),
+              paper=2.99, unit="x", baseline="plain decoding, same process", expect="> 1.0", timing=True),
     ClaimSpec(id="speedup_ratio_jakiro_nocepd_greedy", description="tokens/s of Jakiro / of the same MoE trained and "
               "drafted without the contrastive branch (one more forward), T = 0", paper=None, unit="ratio",
-              baseline="Jakiro without contrastive branch", expect="> 1.0"),
+              baseline="Jakiro without contrastive branch", expect="> 1.0", timing=True),
     ClaimSpec(id="lossless_greedy", description="share of turns whose greedy speculative output differs from plain "
               "greedy decoding (every greedy variant; an exact count)", paper=0.0, unit="fraction of turns",
               baseline="plain greedy decoding", expect="<= 0"),
@@ -102,7 +114,8 @@ CLAIMS = [
               "4.01 / 4.15; the README figure says 1.33)", paper=round(4.01 / 4.15, 3), unit="ratio",
               baseline="EAGLE-2 head trained here", expect=ON_PAR),
     ClaimSpec(id="speedup_ratio_jakiro_eagle2_t1", description="tokens/s of Jakiro / of EAGLE-2 at T = 1",
-              paper=round(2.47 / 2.44, 3), unit="ratio", baseline="EAGLE-2 head trained here", expect="> 1.0"),
+              paper=round(2.47 / 2.44, 3), unit="ratio", baseline="EAGLE-2 head trained here", expect="> 1.0",
+              timing=True),
 ]
 FACTS = [
     FactSpec(id="draft_forwards_saved_per_cycle", description="sequential draft forwards per cycle, EAGLE-2 minus "
@@ -111,6 +124,14 @@ FACTS = [
     FactSpec(id="train_steps_per_head", description="optimizer steps per head (same for every head)", unit="steps"),
     FactSpec(id="tau_eagle2_greedy", description="tau of EAGLE-2 at T = 0", unit="tokens/cycle", paper=4.72,
              exact=False),
+    FactSpec(id="heldout_top1_eagle2", description="held-out top-1 agreement of the EAGLE-2 head with the target "
+             "after training (draft-data holdout)", unit="fraction", exact=False),
+    FactSpec(id="heldout_top1_jakiro", description="held-out top-1 agreement of the Jakiro head (MoE branch)",
+             unit="fraction", exact=False),
+    FactSpec(id="tokens_per_s_plain_greedy", description="tokens/s of plain greedy decoding in the interleaved run "
+             "(details: every method's tokens/s and tree)", unit="tokens/s", exact=False),
+    FactSpec(id="break_even_tau_jakiro", description="tau at which Jakiro would match plain decoding on this machine: "
+             "(t_draft + t_verify) / t_step from the run's measured costs", unit="tokens/cycle", exact=False),
     FactSpec(id="tau_jakiro_greedy", description="tau of Jakiro at T = 0", unit="tokens/cycle", paper=4.72,
              exact=False),
     FactSpec(id="bench_draft_time_ratio_jakiro_eagle2", description="drafting time per tree, Jakiro / EAGLE-2, "
@@ -151,40 +172,55 @@ def configure(plan: JakiroPlan, args: argparse.Namespace) -> JakiroPlan:
 
 
 def _train_config(plan: JakiroPlan) -> HeadTrainConfig:
-    return HeadTrainConfig(epochs=plan.epochs, batch_size=plan.batch_size, lr=plan.lr, warmup_steps=plan.warmup_steps,
+    return HeadTrainConfig(epochs=plan.epochs, batch_size=plan.batch_size, steps_per_epoch=plan.steps_per_epoch,
+                           lr=plan.lr, weight_decay=plan.weight_decay, warmup_steps=plan.warmup_steps,
                            schedule="cosine", max_len=plan.train_max_len, holdout=plan.holdout, seed=plan.seed,
-                           log_every=10)
+                           log_every=10, draft_vocab=plan.draft_vocab)
 
 
-def _eval_config(plan: JakiroPlan, temperature: float, questions: int) -> EvalConfig:
-    return EvalConfig(questions="mtbench", max_questions=questions, max_turns=plan.max_turns,
+def _eval_config(plan: JakiroPlan, temperature: float, questions: int, turns: int) -> EvalConfig:
+    return EvalConfig(questions=plan.questions, max_questions=questions, max_turns=turns,
                       max_new_tokens=plan.max_new_tokens, temperature=temperature, warmup=plan.warmup,
                       seed=plan.seed, max_length=plan.max_length, cost_model_repeats=plan.cost_model_repeats)
 
 
-def _train_all(plan: JakiroPlan, ctx: Context, model: Any, data_dirs: list) -> tuple[dict, dict]:
-    heads, training = {}, {}
+def cached_heads(plan: JakiroPlan, model: Any, data_dirs: list, progress: bool = False) -> dict[str, CachedHead]:
+    """Every method's head as a cached prerequisite (the EAGLE-2 one shared with other papers), same budget."""
+    base = _train_config(plan)
+    heads = {}
     for method in plan.methods:
-        start = time.perf_counter()
-        history = train_method(method, model, data_dirs, _train_config(plan), ctx.runs / method, progress=False,
-                               resume=ctx.resume)
-        final = history["history"][-1] if history.get("history") else {}
-        training[method] = {"steps": history["steps"], "final": final, "seconds": time.perf_counter() - start}
-        ctx.log.log(stage="train", method=method, steps=history["steps"], seconds=training[method]["seconds"],
-                    **{k: v for k, v in final.items() if isinstance(v, float)})
-        heads[method] = load_head(ctx.runs / method / "head.pt", model, plan.device, DTYPES[plan.dtype])
-    return heads, training
+        if method == "eagle2":
+            heads[method] = eagle2_baseline(model, data_dirs, base, progress=progress)
+            continue
+        config = method_train_config(method, base)
+        spec = {"kind": f"jakiro/{method}", "fc_bias": True}
+
+        def train(out: Any, method: str = method) -> dict:
+            return train_method(method, model, data_dirs, base, out, progress=progress, resume=True)
+
+        heads[method] = cached_head(f"jakiro-{method}", spec, config, data_dirs, train)
+    return heads
 
 
 def _target_and_data(plan: JakiroPlan) -> tuple[Any, Any, list, dict]:
     """The target, its tokenizer and the draft-data folders (built once, then cached under EFFREPRO_CACHE)."""
     from effrepro.data import load_target
+    from effrepro.specdec import draft_data_folders
 
     model, tokenizer = load_target(plan.target, dtype=DTYPES[plan.dtype])
     model = model.to(plan.device)
-    settings = DataSettings(prompts=plan.prompts, max_new_tokens=plan.data_new_tokens, max_len=plan.data_max_len,
-                            sharegpt_json=plan.sharegpt_json, sharegpt_limit=plan.sharegpt_limit)
-    data_dirs = build_draft_data(settings, plan.target, model, tokenizer, plan.seed, progress=False)
+    data_dirs = []
+    if plan.sharegpt_json:
+        data_dirs += build_draft_data(DataSettings(prompts=0, max_len=plan.data_max_len,
+                                                   sharegpt_json=plan.sharegpt_json,
+                                                   sharegpt_limit=plan.sharegpt_limit), plan.target, model, tokenizer)
+    if plan.prompts:
+        config = dataclasses.replace(SMOKE_DRAFT_DATA, target=plan.target, self_generated=plan.prompts,
+                                     prompts=plan.distill_prompts, self_max_new_tokens=plan.data_new_tokens,
+                                     max_len=plan.data_max_len)
+        data_dirs += draft_data_folders(model, tokenizer, config, progress=False)
+    if not data_dirs:
+        raise UsageError("no draft data selected; set prompts or sharegpt_json")
     metas = [json.loads((d / "meta.json").read_text()) for d in data_dirs]
     data = {k: sum(m[k] for m in metas) for k in ("samples", "tokens", "supervised_tokens")}
     return model, tokenizer, data_dirs, {**data, "folders": [str(d) for d in data_dirs]}
@@ -192,7 +228,21 @@ def _target_and_data(plan: JakiroPlan) -> tuple[Any, Any, list, dict]:
 
 def prepare(plan: JakiroPlan, ctx: Context) -> None:
     with ctx.stage("data"):
-        print(f"[jakiro] draft data: {_target_and_data(plan)[3]}")
+        model, _, data_dirs, data = _target_and_data(plan)
+        print(f"[jakiro] draft data: {data}")
+    with ctx.stage("training"):
+        for method, head in cached_heads(plan, model, data_dirs, progress=True).items():
+            print(f"[jakiro] head {method}: {head.path} ({head.steps} steps)")
+
+
+def _training(heads: dict[str, CachedHead], ctx: Context) -> dict[str, dict]:
+    training = {}
+    for method, head in heads.items():
+        final = head.entry["history"][-1] if head.entry["history"] else {}
+        training[method] = {"steps": head.steps, "final": final, "seconds": head.seconds, "budget": head.budget()}
+        ctx.log.log(stage="train", method=method, steps=head.steps, seconds=head.seconds, reused=head.reused,
+                    **{k: v for k, v in final.items() if isinstance(v, float)})
+    return training
 
 
 def run(plan: JakiroPlan, ctx: Context) -> Results:
@@ -201,20 +251,24 @@ def run(plan: JakiroPlan, ctx: Context) -> Results:
         model, tokenizer, data_dirs, data = _target_and_data(plan)
         ctx.log.log(stage="data", **data)
     with ctx.stage("training"):
-        heads, training = _train_all(plan, ctx, model, data_dirs)
+        cached = cached_heads(plan, model, data_dirs)
+        training = _training(cached, ctx)
+        heads = {m: load_head(h.path, model, plan.device, DTYPES[plan.dtype]) for m, h in cached.items()}
     target = TargetAdapter(model, max_length=plan.max_length)
     tree = TreeConfig(top_k=plan.top_k, depth=plan.depth, total_tokens=plan.total_tokens)
     key = {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("name", "stages", "threads")}
+    key["heads"] = {m: h.entry["sha256"] for m, h in cached.items()}
     evals = {}
-    for label, temperature, variants, questions in (
-            ("greedy", 0.0, plan.greedy_variants, plan.max_questions),
-            ("t1", plan.temperature, plan.sampling_variants, plan.t1_max_questions)):
+    for label, temperature, variants, questions, turns in (
+            ("greedy", 0.0, plan.greedy_variants, plan.max_questions, plan.max_turns),
+            ("t1", plan.temperature, plan.sampling_variants, plan.t1_max_questions, plan.t1_max_turns)):
         if not variants:
             continue
         with ctx.stage(f"evaluation_{label}"):
-            def evaluate(variants=variants, temperature=temperature, questions=questions, label=label) -> dict:
+            def evaluate(variants=variants, temperature=temperature, questions=questions, turns=turns,
+                         label=label) -> dict:
                 result = evaluate_variants(target, tokenizer, heads, list(variants), tree,
-                                           _eval_config(plan, temperature, questions), ctx.out / f"eval_{label}",
+                                           _eval_config(plan, temperature, questions, turns), ctx.out / f"eval_{label}",
                                            progress=False)
                 return {k: result[k] for k in ("summary", "records", "costs")}
 
@@ -225,7 +279,7 @@ def run(plan: JakiroPlan, ctx: Context) -> Results:
         bench = draft_cost_benchmark(model, tree, context=256, repeats=plan.bench_repeats, heads=heads)
     estimates, facts = measure(plan, evals, bench, training)
     return Results(estimates=estimates, facts=facts, notes_md=notes(plan, data, training, evals, bench),
-                   plots=plot(evals, ctx.out))
+                   plots=plot(evals, ctx.out) + training_plot(cached, ctx.out))
 
 
 def measure(plan: JakiroPlan, evals: dict, bench: dict, training: dict) -> tuple[dict, dict]:
@@ -250,13 +304,26 @@ def measure(plan: JakiroPlan, evals: dict, bench: dict, training: dict) -> tuple
                                                                 "cycle_tokens", "cycles")
         estimates["speedup_ratio_jakiro_eagle2_t1"] = ratio_of_sums(sampled["jakiro"], sampled["eagle2"],
                                                                     "new_tokens", "wall_time")
+    budgets = {m: t["budget"] for m, t in training.items()}
+    estimates = {k: e if k == "lossless_greedy" else dataclasses.replace(e, details={**e.details,
+                                                                                    "head_budgets": budgets})
+                 for k, e in estimates.items()}
     summary = evals["greedy"]["summary"]
     forwards = {v: summary[v]["draft_forwards_per_cycle"] for v in plan.greedy_variants}
+    speed = {v: {"tokens_per_s": s["tokens_per_s"], "tree": dataclasses.asdict(TreeConfig(
+        top_k=plan.top_k, depth=plan.depth, total_tokens=plan.total_tokens))} for v, s in summary.items()}
+    break_even = {v: summary[v]["tau"] / summary[v]["cost_model_speedup"] for v in plan.greedy_variants
+                  if summary[v].get("cost_model_speedup")}
     facts = {
         "draft_forwards_saved_per_cycle": (forwards["eagle2"] - forwards["jakiro"], {"per_cycle": forwards}),
         "trainable_params_jakiro": (bench["trainable_params"]["jakiro"], {"by_head": bench["trainable_params"]}),
         "train_steps_per_head": (training["jakiro"]["steps"], {m: t["steps"] for m, t in training.items()}),
         "tau_eagle2_greedy": summary["eagle2"]["tau"],
+        "heldout_top1_eagle2": (training["eagle2"]["final"].get("eval_top1"), training["eagle2"]["budget"]),
+        "heldout_top1_jakiro": (training["jakiro"]["final"].get("eval_acc0"), training["jakiro"]["budget"]),
+        "tokens_per_s_plain_greedy": (summary["plain"]["tokens_per_s"], {"by_method": speed}),
+        "break_even_tau_jakiro": (break_even.get("jakiro"), {"by_method": break_even, "costs_s":
+                                                              evals["greedy"]["costs"]}),
         "tau_jakiro_greedy": (summary["jakiro"]["tau"], {v: summary[v]["tau"] for v in plan.greedy_variants}),
         "bench_draft_time_ratio_jakiro_eagle2": (bench["ratio_to_eagle2"]["jakiro"],
                                                  {"ms_per_tree": bench["ms_per_tree"]}),
