@@ -80,3 +80,19 @@ def test_fta_at_temperature_one_walks_the_padded_rows(target):
     config = GenerationConfig(max_new_tokens=12, seed=0, sampling=SamplingConfig(temperature=1.0))
     result = speculative_generate(target, on, ids, config)
     assert result.new_tokens == 12 and result.cycles >= 1
+
+
+def test_cli_refuses_bad_full_scale_settings_before_loading_the_target(tmp_path):
+    from gumiho.cli import run
+
+    with pytest.raises(UsageError, match="68000 conversations asked"):
+        run(["train", "--config", "full.yaml", "--out", str(tmp_path / "r")])
+    with pytest.raises(UsageError, match="not found"):
+        run(["train", "--config", "full.yaml", "--out", str(tmp_path / "r"), "--sharegpt-path",
+             str(tmp_path / "missing.json")])
+    with pytest.raises(UsageError, match="unknown chat template"):
+        run(["eval", "--head", str(tmp_path / "head.pt"), "--chat-template", "vicuna-7b"])
+    with pytest.raises(UsageError, match="EAGLE head not found"):
+        (tmp_path / "head.pt").write_bytes(b"")
+        run(["eval", "--head", str(tmp_path / "head.pt"), "--eagle-head", str(tmp_path / "eagle")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head.pt"]

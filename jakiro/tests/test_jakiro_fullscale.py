@@ -75,3 +75,17 @@ def test_proposers_come_from_the_proposer_module_not_the_head():
         draft = JakiroDraft(JakiroConfig.from_target(llama(), variant=variant))
         lm_head = torch.randn(50, 32)
         assert isinstance(make_proposer(draft, lm_head, TreeConfig(2, 3, 8)), kind)
+
+
+def test_cli_refuses_bad_full_scale_settings_before_loading_the_target(tmp_path):
+    from jakiro.cli import run
+
+    with pytest.raises(UsageError, match="500"):
+        run(["data", "--sharegpt", "68000"])
+    with pytest.raises(UsageError, match="not found"):
+        run(["train", "--method", "jakiro", "--out", str(tmp_path), "--sharegpt-json", str(tmp_path / "no.json")])
+    with pytest.raises(UsageError, match="unknown chat template"):
+        run(["data", "--prompts", "1", "--chat-template", "vicuna-7b"])
+    with pytest.raises(UsageError, match="unknown chat template"):
+        run(["eval", "--heads", str(tmp_path), "--chat-template", "vicuna-7b"])
+    assert not any(tmp_path.iterdir())

@@ -17,6 +17,7 @@ CONFIGS = package_configs("gumiho")  # configs/ shipped in the package (smoke.ya
 
 def _load(args: argparse.Namespace):
     from effrepro.config import load_config
+    from effrepro.specdec.draft_data import check_chat_template
 
     from gumiho.config import GumihoRunConfig
 
@@ -24,6 +25,12 @@ def _load(args: argparse.Namespace):
     config = load_config(source, GumihoRunConfig, overrides(args))
     if args.target:
         config.target = config.data.target = args.target
+    if args.chat_template:
+        config.data.chat_template = config.eval.chat_template = args.chat_template
+    if getattr(args, "sharegpt_path", None):
+        config.data.sharegpt_path = args.sharegpt_path
+    check_chat_template(config.data.chat_template)
+    check_chat_template(config.eval.chat_template)
     return config
 
 
@@ -45,8 +52,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", help="target device: cpu, cuda, cuda:1, or auto (device_map='auto' over every "
                                          "GPU); default cuda when there is one")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                        help="target dtype (the drafts stay float32)")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                        help="target dtype (default: bfloat16 on a GPU, float32 on the CPU; the drafts stay float32)")
+    parser.add_argument("--chat-template", default=None,
+                        help="'auto' (the tokenizer's own) or an fschat template name such as vicuna_v1.1 (default: "
+                             "the config's data.chat_template / eval.chat_template)")
     add_set(parser, "train.epochs=5")
 
 
@@ -63,6 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _load(args)
     if args.variant:
         config = replace(config, structure=variant_structure(args.variant))
+    config.check_data()  # a ShareGPT count the data cannot hold, before the target is loaded
     _threads(args)
     model, tokenizer = load_target_on(config.target, _device(args), args.dtype)
     result = train_draft(config, model, tokenizer, args.out, resume=not args.no_resume)
@@ -72,24 +83,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from effrepro.specdec import TargetAdapter
-    from effrepro.specdec.eagle import head_from_checkpoint
-    from effrepro.train import load_checkpoint
+    from effrepro.specdec.eagle import read_eagle_head
 
-    from gumiho.eval import eagle_factory, eagle_tree_for, gumiho_factory, run_eval
+    from gumiho.eval import eagle_factory, eagle_tree_for, gumiho_factory, run_eval, tuned_tree
     from gumiho.train import load_draft, load_target_on
 
     config = _load(args)
-    for path in filter(None, (args.head, args.eagle_head)):
-        if not Path(path).is_file():
-            raise UsageError(f"head checkpoint not found: {path}; train one with `gumiho train --out DIR`")
+    if not Path(args.head).is_file():
+        raise UsageError(f"head checkpoint not found: {args.head}; train one with `gumiho train --out DIR`")
+    if args.eagle_head and not Path(args.eagle_head).exists():
+        raise UsageError(f"EAGLE head not found: {args.eagle_head}; give a head.pt of `python -m effrepro.specdec "
+                         "train-eagle` or a released EAGLE-2 head (folder or weights file)")
     _threads(args)
     model, tokenizer = load_target_on(config.target, _device(args), args.dtype)
-    methods = {"gumiho": gumiho_factory(load_draft(args.head, model), config.tree)}
+    draft = load_draft(args.head, model)
+    target = TargetAdapter(model, max_length=config.eval.max_length)
+    tree = tuned_tree(target, tokenizer, draft, config.tree, config.eval.chat_template) if config.tree.tuned \
+        else config.tree
+    methods = {"gumiho": gumiho_factory(draft, tree)}
     if args.eagle_head:
         embed = model.get_input_embeddings().weight.detach()
-        eagle = head_from_checkpoint(load_checkpoint(args.eagle_head), embed, source=args.eagle_head).to(embed.device)
-        methods["eagle2"] = eagle_factory(eagle.eval(), eagle_tree_for(config.tree))
-    target = TargetAdapter(model, max_length=config.eval.max_length)
+        eagle = read_eagle_head(args.eagle_head, embed, model.config).to(embed.device)
+        methods["eagle2"] = eagle_factory(eagle.eval(), eagle_tree_for(tree))
     result = run_eval(target, tokenizer, methods, config.eval, args.out)
     print(json.dumps(result["summary"], indent=1, default=float))
     return 0
@@ -123,11 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run folder (head.pt, last.pt, metrics.jsonl)")
     train.add_argument("--variant", help="gumiho | gumiho-1s | gumiho-3s | medusa (structure preset)")
     train.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
+    train.add_argument("--sharegpt-path", help="a local ShareGPT json (full scale: ShareGPT_V4.3_unfiltered_cleaned_"
+                                               "split.json; sets data.sharegpt_path)")
     train.set_defaults(func=cmd_train)
     ev = sub.add_parser("eval", help="tau / speedup of a trained draft vs plain decoding (and EAGLE-2)")
     _common(ev)
     ev.add_argument("--head", required=True, help="head.pt written by `gumiho train`")
-    ev.add_argument("--eagle-head", help="an EAGLE-2 head.pt to compare with (python -m effrepro.specdec)")
+    ev.add_argument("--eagle-head", help="an EAGLE-2 head to compare with: head.pt of python -m effrepro.specdec "
+                                         "train-eagle, or a released EAGLE-2 head (folder or weights file)")
     ev.add_argument("--out", help="folder for per-turn jsonl and summary.json")
     ev.set_defaults(func=cmd_eval)
     bench = sub.add_parser("bench", help="draft-round latency of Gumiho variants vs EAGLE-2 (random weights)")

@@ -530,7 +530,8 @@ class GumihoProposer(LevelProposer):
         """
         draft, cfg = self.draft, self.config
         steps = draft.config.serial_steps
-        fused_root = draft.fuse(next_ids[None], new_features[None].to(self.lm_head.dtype))  # [1, n, H]
+        device = self.lm_head.device  # the draft's; the target may sit on other GPUs (device_map="auto")
+        fused_root = draft.fuse(next_ids.to(device)[None], new_features[None].to(device, self.lm_head.dtype))
         self.last_forwards = 0
         if steps == 0:  # all-parallel: the heads read the fused root, one row
             return self._mlp_levels([fused_root[0, -1:]], None, torch.zeros(1, device=fused_root.device), [])

@@ -25,17 +25,16 @@ from effrepro.errors import UsageError, run_cli
 DTYPES = ("bfloat16", "float16", "float32")
 
 
-def _dtype(name: str) -> Any:
-    import torch
-
-    return getattr(torch, name)
-
-
 def _target_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=os.environ.get("EFFREPRO_TARGET", "smollm2-135m"),
                         help="embedded model name or a local HF model directory")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32")
-    parser.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when there is one)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="target dtype (default: bfloat16 on a GPU, float32 on the CPU)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda[:i] or auto (device_map='auto' over every GPU, for a target that does not "
+                             "fit one); default: cuda when there is one")
+    parser.add_argument("--chat-template", default="auto",
+                        help="'auto' (the tokenizer's own) or an fschat template name (vicuna_v1.1 for Vicuna)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
 
 
@@ -52,7 +51,9 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
 def _tree_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--depth", type=int, default=5)
-    parser.add_argument("--total-tokens", type=int, default=60)
+    parser.add_argument("--total-tokens", type=int, default=60,
+                        help="tree size; -1 = sized for this machine (top-k, depth and size measured and chosen with "
+                             "the Jakiro head, then used by every variant)")
 
 
 def _check_names(given: list[str], valid: Any, option: str) -> None:
@@ -116,14 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     import torch
-    from effrepro.data import load_target
+    from effrepro.specdec.draft_data import check_chat_template
+    from effrepro.specdec.target import load_target_on
 
+    check_chat_template(args.chat_template)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_target(args.target, dtype=_dtype(args.dtype))
-    return model.to(args.device), tokenizer
+    return load_target_on(args.target, args.device, args.dtype)
 
 
 def _data_dirs(args: argparse.Namespace, model: Any, tokenizer: Any) -> list[Path]:
@@ -136,24 +136,35 @@ def _data_dirs(args: argparse.Namespace, model: Any, tokenizer: Any) -> list[Pat
         except ValueError:
             raise UsageError(f"--shard {shard!r}; use i/n, e.g. 0/8") from None
         return [encode_sharegpt_file(model, tokenizer, args.sharegpt_json, max_len=args.max_len, limit=args.limit,
-                                     shard=(index, count))]
-    from jakiro.draft_sources import DataSettings, build_draft_data
+                                     chat_template=args.chat_template, shard=(index, count))]
+    from jakiro.draft_sources import build_draft_data
 
-    settings = DataSettings(prompts=args.prompts, max_new_tokens=args.max_new_tokens_data, sharegpt=args.sharegpt,
-                            max_len=args.max_len, sharegpt_json=args.sharegpt_json, sharegpt_limit=args.limit)
-    return build_draft_data(settings, str(args.target), model, tokenizer)
+    return build_draft_data(_data_settings(args), str(args.target), model, tokenizer)
 
 
-def _heads(folder: str, model: Any, methods: set[str], device: str, dtype: Any) -> dict[str, Any]:
+def _data_settings(args: argparse.Namespace) -> Any:
+    """The draft-data settings, checked before the target is loaded (template name, ShareGPT file and count)."""
+    from jakiro.draft_sources import DataSettings
+
+    return DataSettings(prompts=args.prompts, max_new_tokens=args.max_new_tokens_data, sharegpt=args.sharegpt,
+                        max_len=args.max_len, sharegpt_json=args.sharegpt_json, sharegpt_limit=args.limit,
+                        chat_template=args.chat_template)
+
+
+def _heads(folder: str, model: Any, methods: set[str]) -> dict[str, Any]:
+    """The trained heads of ``methods`` (``folder/<method>/head.pt``) on the device and in the dtype of the
+    target's embedding."""
     from jakiro.train import load_head
 
     root = Path(folder)
     if not root.is_dir():
         raise UsageError(f"--heads {root}: no such folder; give the folder holding <method>/head.pt")
-    return {m: load_head(root / m / "head.pt", model, device, dtype) for m in sorted(methods)}
+    weight = model.get_input_embeddings().weight
+    return {m: load_head(root / m / "head.pt", model, weight.device, weight.dtype) for m in sorted(methods)}
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    _data_settings(args)
     model, tokenizer = _load(args)
     print("\n".join(str(d) for d in _data_dirs(args, model, tokenizer)))
     return 0
@@ -165,6 +176,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from jakiro.train import METHODS, train_method
 
     _check_names([args.method], METHODS, "--method")
+    _data_settings(args)
     model, tokenizer = _load(args)
     config = HeadTrainConfig(epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
                              lr=args.lr, warmup_steps=args.warmup_steps, schedule=args.schedule,
@@ -178,17 +190,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from effrepro.specdec import EvalConfig, TargetAdapter, TreeConfig
 
-    from jakiro.eval import VARIANTS, evaluate_variants
+    from jakiro.eval import VARIANTS, evaluate_variants, tuned_tree
 
     _check_names(args.variants, list(VARIANTS), "--variants")
     model, tokenizer = _load(args)
-    heads = _heads(args.heads, model, {VARIANTS[v].head for v in args.variants}, args.device, _dtype(args.dtype))
+    heads = _heads(args.heads, model, {VARIANTS[v].head for v in args.variants})
     config = EvalConfig(questions=args.questions, max_questions=args.max_questions, max_turns=args.max_turns,
                         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                        warmup=args.warmup, max_length=args.max_length)
-    tree = TreeConfig(top_k=args.top_k, depth=args.depth, total_tokens=args.total_tokens)
-    result = evaluate_variants(TargetAdapter(model, max_length=args.max_length), tokenizer, heads,
-                               args.variants, tree, config, args.out)
+                        warmup=args.warmup, max_length=args.max_length, chat_template=args.chat_template)
+    target = TargetAdapter(model, max_length=args.max_length)
+    if args.total_tokens == -1:
+        tree = tuned_tree(target, tokenizer, heads, args.variants, args.chat_template)
+    else:
+        tree = TreeConfig(top_k=args.top_k, depth=args.depth, total_tokens=args.total_tokens)
+    result = evaluate_variants(target, tokenizer, heads, args.variants, tree, config, args.out)
     print(json.dumps(result["summary"], indent=1, default=str))
     return 0
 
@@ -200,7 +215,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from jakiro.train import METHODS
 
     model, _ = _load(args)
-    heads = _heads(args.heads, model, set(METHODS), args.device, _dtype(args.dtype)) if args.heads else None
+    heads = _heads(args.heads, model, set(METHODS)) if args.heads else None
     tree = TreeConfig(top_k=args.top_k, depth=args.depth, total_tokens=args.total_tokens)
     result = draft_cost_benchmark(model, tree, context=args.context, repeats=args.repeats, heads=heads)
     print(json.dumps(result, indent=1, default=str))

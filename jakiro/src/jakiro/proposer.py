@@ -65,8 +65,9 @@ class JakiroProposer(LevelProposer):
     @torch.no_grad()
     def propose_levels(self, new_features: torch.Tensor, next_ids: torch.Tensor) -> list[DraftLevel]:
         draft, k = self.draft, self.top_k
-        dtype = next(draft.parameters()).dtype
-        device = new_features.device
+        weight = next(draft.parameters())
+        dtype, device = weight.dtype, weight.device  # the target may sit on other GPUs (device_map="auto")
+        new_features, next_ids = new_features.to(device), next_ids.to(device)
         n, ctx = next_ids.numel(), self.cache.length
         positions = torch.arange(ctx, ctx + n, device=device)[None]
         g_root = draft(new_features[None].to(dtype), next_ids[None], positions, causal_allowed(n, ctx, device),

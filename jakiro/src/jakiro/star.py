@@ -204,8 +204,9 @@ class StarProposer:
     @torch.no_grad()
     def propose(self, new_features: torch.Tensor, next_ids: torch.Tensor) -> DraftTree:
         draft, static = self.draft, self.static
-        dtype = next(draft.parameters()).dtype
-        device = new_features.device
+        weight = next(draft.parameters())
+        dtype, device = weight.dtype, weight.device  # the target may sit on other GPUs (device_map="auto")
+        new_features, next_ids = new_features.to(device), next_ids.to(device)
         vocab = int(draft.vocab_size)
         n, ctx = next_ids.numel(), self.cache.length
         positions = torch.arange(ctx, ctx + n, device=device)[None]

@@ -117,6 +117,8 @@ def load_sharegpt_file(path: str | os.PathLike) -> list[list[dict]]:
                 turns = turns[1:]
             if any(t["role"] == "assistant" for t in turns):
                 conversations.append(turns)
+    except OSError as exc:
+        raise UsageError(f"cannot read the ShareGPT file {file}: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
         raise UsageError(f"{file} is not a ShareGPT json (a list of {{'conversations': [{{'from', 'value'}}]}})")\
             from None

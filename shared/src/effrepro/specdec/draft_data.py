@@ -224,12 +224,12 @@ def check_sharegpt(config: DraftDataConfig) -> None:
     """The checks that need no model, before any work: the ShareGPT file exists, and without one the count fits
     the shipped set (a full-scale count such as 68,000 must not fall back to its 500 dummy conversations). A
     given file's count is checked when it is read (``sharegpt_pool``)."""
-    if not config.sharegpt:
-        return
-    if config.sharegpt_path:
+    if config.sharegpt_path:  # also the prompt pool of the self-generated source
         if not Path(config.sharegpt_path).expanduser().is_file():
             raise UsageError(f"ShareGPT file {config.sharegpt_path} not found; pass --sharegpt-path "
                              "/path/to/ShareGPT.json")
+        return
+    if not config.sharegpt:
         return
     from effrepro.data.text import sharegpt_conversations
 
