@@ -18,9 +18,8 @@ from token_router_pruning.eval import (
     text_windows,
 )
 from token_router_pruning.flops import ModelDims, model_flops
+from token_router_pruning.ftp import SkipPlan, StaticRouter, attach
 from token_router_pruning.redundancy import redundancy
-from token_router_pruning.routers import StaticRouter
-from token_router_pruning.routing import SkipPlan, attach
 from token_router_pruning.tasks import (
     FAMILIES,
     MINI_DIR,

@@ -5,9 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 from effrepro.errors import UsageError
+from token_router_pruning.ftp import (
+    DynamicRouter,
+    FixedRouter,
+    RandomRouter,
+    SkipPlan,
+    StaticRouter,
+    attach,
+    count_router_params,
+)
 from token_router_pruning.generate import greedy_generate
-from token_router_pruning.routers import DynamicRouter, FixedRouter, RandomRouter, StaticRouter, count_router_params
-from token_router_pruning.routing import SkipPlan, attach
 
 
 def _plan(model, sparsity, router, **kw):

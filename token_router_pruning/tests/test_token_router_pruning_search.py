@@ -7,14 +7,14 @@ import pytest
 import torch
 from effrepro.errors import UsageError
 from token_router_pruning.flops import ModelDims, block_flops, layer_removal_flops, model_flops
-from token_router_pruning.losses import distill_kl, guide_loss, guide_weight, sparsity_loss
-from token_router_pruning.routers import (
+from token_router_pruning.ftp import (
     BlockContext,
     DynamicRouter,
     StaticRouter,
     num_kept,
     static_keep_indices,
 )
+from token_router_pruning.losses import distill_kl, guide_loss, guide_weight, sparsity_loss
 from token_router_pruning.scheduler import (
     Budget,
     GAConfig,
@@ -170,8 +170,7 @@ def test_flops_counter_agrees_with_torch_flop_counter(tiny_llama):
 def test_router_distils_on_scored_positions_and_gates_only_routing_blocks(tiny_llama):
     """The KL of ``distill_positions="scored"`` is the KL at each example's scored tail (padding excluded), the
     ``"all"`` ablation averages every real position; a block with s_i = 0 gets no gate and no guide/sparse term."""
-    from token_router_pruning.routers import DynamicRouter
-    from token_router_pruning.routing import SkipPlan, attach
+    from token_router_pruning.ftp import DynamicRouter, SkipPlan, attach
     from token_router_pruning.train import RouterObjective, RouterTrainConfig, TrainExample, pad_examples
 
     model = tiny_llama(layers=3, dtype=torch.float32)
@@ -204,8 +203,7 @@ def test_router_distils_on_scored_positions_and_gates_only_routing_blocks(tiny_l
 
 
 def test_warm_start_fits_the_static_mask_and_keep_best_ends_on_the_best_epoch(tiny_llama):
-    from token_router_pruning.routers import StaticRouter
-    from token_router_pruning.routing import SkipPlan, attach
+    from token_router_pruning.ftp import SkipPlan, StaticRouter, attach
     from token_router_pruning.train import RouterTrainConfig, TrainExample, heldout_kl, make_router, train_router
     from token_router_pruning.train import warm_start as fit_static
 

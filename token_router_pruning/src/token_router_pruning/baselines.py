@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from token_router_pruning.flops import ModelDims, model_flops
-from token_router_pruning.routing import SkipPlan, TokenSkipper, causal_additive_mask
+from token_router_pruning.ftp import SkipPlan, TokenSkipper, causal_additive_mask
 
 
 def layer_plan(layers: Sequence[int], name: str = "shortgpt") -> SkipPlan:

@@ -13,7 +13,7 @@ import torch
 from effrepro.bench import cuda_sync, paired_benchmark
 from torch import nn
 
-from token_router_pruning.routing import SkipPlan, TokenSkipper
+from token_router_pruning.ftp import SkipPlan, TokenSkipper
 
 
 @torch.no_grad()

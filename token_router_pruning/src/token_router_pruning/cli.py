@@ -44,8 +44,7 @@ def _schedule_arg(args: argparse.Namespace, n_blocks: int) -> list[float]:
 
 
 def _build_plan(args: argparse.Namespace, model: Any) -> Any:
-    from token_router_pruning.routers import RandomRouter, StaticRouter
-    from token_router_pruning.routing import SkipPlan
+    from token_router_pruning.ftp import RandomRouter, SkipPlan, StaticRouter
 
     n = model.config.num_hidden_layers
     if args.plan:
@@ -83,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from effrepro.data import load_target
 
     from token_router_pruning.eval import text_windows
-    from token_router_pruning.routing import attach
+    from token_router_pruning.ftp import attach
     from token_router_pruning.train import RouterTrainConfig, train_router
 
     cfg = load_config(args.config, RouterTrainConfig, overrides(args))
@@ -105,7 +104,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from token_router_pruning.eval import LmEval, retention
     from token_router_pruning.flops import ModelDims, model_flops
-    from token_router_pruning.routing import attach
+    from token_router_pruning.ftp import attach
     from token_router_pruning.tasks import paper_task_configs, write_mini_task_yamls
 
     model, tokenizer = load_target(args.target)
@@ -142,7 +141,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from token_router_pruning.bench import prefill_latency
     from token_router_pruning.config import BenchConfig
-    from token_router_pruning.routing import attach
+    from token_router_pruning.ftp import attach
 
     model, tokenizer = load_target(args.target)
     skipper = attach(model)
@@ -193,7 +192,7 @@ def run(argv: list[str] | None = None) -> int:
         return cmd_reproduce(argv[1:])
     args = build_parser().parse_args(argv)
     if getattr(args, "sparsity", None) is not None:
-        from token_router_pruning.routers import check_sparsity
+        from token_router_pruning.ftp import check_sparsity
 
         check_sparsity(args.sparsity, "--sparsity")
     _threads()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from effrepro.errors import UsageError
 
-from token_router_pruning.routing import SCOPES
+from token_router_pruning.ftp import SCOPES
 from token_router_pruning.scheduler import GAConfig
 from token_router_pruning.train import RouterTrainConfig
 

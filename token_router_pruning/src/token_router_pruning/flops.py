@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from token_router_pruning.routers import num_kept
+from token_router_pruning.ftp import num_kept
 
 
 @dataclass(frozen=True)

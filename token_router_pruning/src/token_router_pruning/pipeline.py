@@ -30,9 +30,8 @@ from token_router_pruning.baselines import BlockPrunerResult, blockpruner_search
 from token_router_pruning.config import ReproduceConfig
 from token_router_pruning.eval import LmEval, encode_items, option_logliks, perplexity, text_windows
 from token_router_pruning.flops import ModelDims, model_flops
+from token_router_pruning.ftp import DynamicRouter, SkipPlan, StaticRouter, TokenSkipper, attach
 from token_router_pruning.redundancy import RedundancyReport, block_cosines
-from token_router_pruning.routers import DynamicRouter, StaticRouter
-from token_router_pruning.routing import SkipPlan, TokenSkipper, attach
 from token_router_pruning.scheduler import GAConfig, genetic_search, uniform_allocation
 from token_router_pruning.tasks import (
     load_mini_items,

@@ -24,8 +24,7 @@ def load_plan(path: str | Path, n_blocks: int, dtype: Any) -> Any:
     """The :class:`SkipPlan` of a plan file, checked against the model's block count."""
     from effrepro.train import load_checkpoint, load_state_dict_checked
 
-    from token_router_pruning.routers import DynamicRouter, StaticRouter
-    from token_router_pruning.routing import SkipPlan
+    from token_router_pruning.ftp import DynamicRouter, SkipPlan, StaticRouter
 
     obj = load_checkpoint(path, required=("kind", "schedule", "scope", "router"), expect="ftp-plan")
     if obj["kind"] != "ftp_plan":

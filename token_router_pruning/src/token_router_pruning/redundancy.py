@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from token_router_pruning.routing import decoder_layers
+from token_router_pruning.ftp import decoder_layers
 
 
 @dataclass

@@ -24,6 +24,7 @@ from effrepro.reproduce import Context, Plan, Reproduction, Results
 from token_router_pruning import figures
 from token_router_pruning.baselines import matched_shortgpt
 from token_router_pruning.config import ReproduceConfig, config_path
+from token_router_pruning.ftp import RandomRouter, StaticRouter
 from token_router_pruning.measures import (
     accuracy_gap,
     common_per_family,
@@ -43,7 +44,6 @@ from token_router_pruning.pipeline import (
     stage_search,
 )
 from token_router_pruning.planfile import save_plan
-from token_router_pruning.routers import RandomRouter, StaticRouter
 from token_router_pruning.scheduler import GAConfig, bi_proportional_allocation, uniform_allocation
 from token_router_pruning.tables import BUDGET_PCTS, CLAIMS, FACTS, PAPER_TABLE
 

@@ -3,7 +3,7 @@
 Per step: a dense teacher forward (no grad), then a routed student forward in which every routing block
 (``s_i > 0``) keeps its top-``k_i`` tokens by router probability and gates the kept rows (``gate="ste"``: the
 forward is the hard skip of evaluation, the backward takes the gradient of ``p``; ``"soft"``: MoD-style
-``x + p (F(x) - x)``; see :mod:`token_router_pruning.routing`), then ``λ_g(step) L_guide + λ_s L_sparse +
+``x + p (F(x) - x)``; see :mod:`token_router_pruning.ftp`), then ``λ_g(step) L_guide + λ_s L_sparse +
 λ_d L_distill`` over the routing blocks.
 
 The distillation KL is taken where the evaluation reads the model (``distill_positions="scored"``): each
@@ -26,6 +26,7 @@ from effrepro.errors import UsageError
 from effrepro.train import Trainer, seed_everything
 from torch import nn
 
+from token_router_pruning.ftp import DynamicRouter, SkipPlan, TokenSkipper, static_guide_mask
 from token_router_pruning.losses import (
     distill_hidden_mse,
     distill_kl,
@@ -34,8 +35,6 @@ from token_router_pruning.losses import (
     realized_sparsity,
     sparsity_loss,
 )
-from token_router_pruning.routers import DynamicRouter, static_guide_mask
-from token_router_pruning.routing import SkipPlan, TokenSkipper
 
 DISTILL = ("logits_kl", "final_hidden_mse")
 DISTILL_POSITIONS = ("scored", "all")
@@ -71,7 +70,8 @@ def pad_examples(examples: Sequence[TrainExample]) -> dict[str, torch.Tensor]:
 
 @dataclass
 class RouterTrainConfig:
-    """[RECONSTRUCTION] defaults (spec §4): AdamW lr 1e-3, wd 0, cosine, batch 1, equal loss weights."""
+    """[RECONSTRUCTION] defaults (the paper gives no full recipe; README "Reconstructions"): AdamW lr 1e-3, wd 0,
+    cosine, batch 1, equal loss weights."""
 
     steps: int = 2000
     lr: float = 1e-3
