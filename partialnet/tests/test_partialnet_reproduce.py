@@ -8,9 +8,11 @@ import pytest
 from effrepro.errors import UsageError
 from effrepro.report import read_claims
 from partialnet.cli import main
-from partialnet.reproduce import CLAIMS, FACTS, REPRODUCTION
+from partialnet.reproduce import CLAIMS, FACTS, PLANS, REPRODUCTION
 
 SMOKE_CLAIMS = ["top1_gain", "cpu_latency_ratio_t2", "cpu_latency_ratio_t1", "cpu_latency_ratio_t0"]
+ABLATION_CLAIMS = ["ablation_pat_ch_gain", "ablation_pat_sp_gain", "ablation_pat_sf_gain"]
+ABLATION_FACTS = {f"ablation_top1_{r}" for r in ("pconv", "pat_ch", "pat_ch_sp", "pat_ch_sp_sf")}
 MAIN_FACTS = {"top1_partialnet", "top1_fasternet", "params_ratio_t2", "flops_ratio_t2", "mini_params_ratio",
               "mini_flops_ratio", "official_counts_match", "fused_max_abs_diff"}
 
@@ -23,15 +25,21 @@ def test_reproduce_tiny_end_to_end(tmp_path):
     document = read_claims(tmp_path / "claims.json")  # validates the schema
     claims = {c["id"]: c for c in document["claims"]}
     facts = {f["id"]: f for f in document["facts"]}
-    assert list(claims) == SMOKE_CLAIMS
+    assert list(claims) == SMOKE_CLAIMS + ABLATION_CLAIMS  # the tiny plan runs the ablation ladder too
     assert [c["id"] for c in document["claims"] if c["headline"]] == ["top1_gain", "cpu_latency_ratio_t2"]
     gain = claims["top1_gain"]
     assert gain["n"] == 2 and "paired" in gain["details"]["interval"] and gain["details"]["seeds"] == [0, 1]
     assert gain["measured"] == pytest.approx(facts["top1_partialnet"]["value"] - facts["top1_fasternet"]["value"])
     assert claims["cpu_latency_ratio_t2"]["n"] == 3 and "bootstrap" in claims["cpu_latency_ratio_t2"]["details"][
         "interval"]
-    main_facts = {f for f in facts if not f.startswith("det_")}
+    main_facts = {f for f in facts if not f.startswith(("det_", "ablation_"))}
     assert main_facts == MAIN_FACTS
+    assert {f for f in facts if f.startswith("ablation_")} == ABLATION_FACTS
+    sizes = [facts[f"ablation_top1_{r}"]["details"]["params"] for r in ("pconv", "pat_ch", "pat_ch_sp", "pat_ch_sp_sf")]
+    assert sizes == sorted(sizes) and len(set(sizes)) == 4  # each rung adds a component
+    sp_gain = claims["ablation_pat_sp_gain"]
+    assert sp_gain["n"] == 2 and sp_gain["measured"] == pytest.approx(
+        facts["ablation_top1_pat_ch_sp"]["value"] - facts["ablation_top1_pat_ch"]["value"])
     assert facts["official_counts_match"]["value"] == 12 and facts["fused_max_abs_diff"]["value"] < 1e-9
     assert facts["params_ratio_t2"]["value"] == pytest.approx(0.8189, abs=1e-3)
     assert not facts["top1_partialnet"]["exact"] and facts["params_ratio_t2"]["exact"]
@@ -45,7 +53,7 @@ def test_reproduce_tiny_end_to_end(tmp_path):
     assert "PATNet" in report and "Facts" in report
     assert (tmp_path / "mnist100_top1.png").is_file() and (tmp_path / "speed_size.png").is_file()
     env = json.loads((tmp_path / "env.json").read_text())
-    assert {"counts", "train", "latency"} <= set(env["stage_seconds"]) and env["plan"] == "tiny"
+    assert {"counts", "train", "latency", "ablation"} <= set(env["stage_seconds"]) and env["plan"] == "tiny"
     assert (tmp_path / "runs" / "partialnet_mini_seed1.json").is_file()  # the resumable per-run cache
 
 
@@ -56,6 +64,12 @@ def test_tables_declare_every_id_once_and_headlines():
     assert not any(c.id.endswith("_ap") or c.id.startswith("top1_partialnet") for c in CLAIMS)
 
 
+def test_ablation_ladder_is_opt_in_at_smoke_scale():
+    assert "ablation" not in PLANS["smoke"].stages and "ablation" in PLANS["tiny"].stages
+    assert [c.id for c in CLAIMS if c.id.startswith("ablation_")] == ABLATION_CLAIMS
+    assert not any(c.headline for c in CLAIMS if c.id.startswith("ablation_"))
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--scale", "full"], "--data"),
     (["--data", "/imagenet"], "for --scale full"),
@@ -63,6 +77,7 @@ def test_tables_declare_every_id_once_and_headlines():
     (["--scale", "full", "--stages", "det"], "pass --coco"),
     (["--stages", "main,seg"], "--stages"),
     (["--set", "seeds=abc"], "seeds"),
+    (["--scale", "full", "--data", "/x", "--stages", "main,ablation"], "--scale smoke --stages ablation"),
 ])
 def test_bad_plan_input_is_a_usage_error(argv, message, tmp_path):
     with pytest.raises(UsageError, match=message):

@@ -1,6 +1,7 @@
 """``partialnet reproduce``: PartialNet vs FasterNet -- more accurate at fewer parameters / FLOPs and lower latency
 -- in miniature on the CPU (``smoke``) or with the ImageNet recipe (``full``), on the :mod:`effrepro.reproduce`
-skeleton. Stages: ``main`` (accuracy, counts, deploy-form check, latency) and ``det`` (Mask R-CNN)."""
+skeleton. Stages: ``main`` (accuracy, counts, deploy-form check, latency), ``ablation`` (the per-component ladder,
+:mod:`partialnet.ablation`) and ``det`` (Mask R-CNN)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ from effrepro.mm.miniature import STAGES, det_fact_specs, det_facts, det_notes
 from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results, run_stages
 
 from partialnet import reproduce_parts as parts
+from partialnet.ablation import ABLATION_CLAIMS, ABLATION_FACTS, ablation_stage
 from partialnet.bench import complexity_table, parse_variants
 from partialnet.figures import PAPER_T2
 from partialnet.train import load_train_config, recipe, train
 
 DET_ARCH = "t0"  # the det miniature's backbones: PartialNet-T0 vs FasterNet-T0, random init, every stage trained
 DET_ARMS = [f"partialnet_{DET_ARCH}", f"fasternet_{DET_ARCH}"]
+ALL_STAGES = (*STAGES, "ablation")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,8 +50,9 @@ class PartialNetPlan(Plan):
 
 
 PLANS = {
-    "smoke": PartialNetPlan(),  # det is opt-in at this scale (--stages main,det): it would exceed 30 min
-    "tiny": PartialNetPlan(name="tiny", stages=STAGES if importlib.util.find_spec("mmdet") else ("main",),
+    "smoke": PartialNetPlan(),  # det and ablation are opt-in here (--stages main,ablation): each would exceed 30 min
+    "tiny": PartialNetPlan(name="tiny", stages=(*(STAGES if importlib.util.find_spec("mmdet") else ("main",)),
+                                                "ablation"),
                            seeds=(0, 1), epochs=1, train_size=512, test_size=500, bench_repeats=3, bench_warmup=1,
                            det_images=(8, 4, 1)),
     "full": PartialNetPlan(name="full", seeds=(0,), bench_variants=("t2",)),
@@ -68,6 +72,7 @@ CLAIMS = [
     ClaimSpec(id="gpu_throughput_ratio", description="GPU throughput PartialNet / FasterNet at the plan's variant "
               "(full scale with a GPU; median of per-round ratios)", paper=PAPER_T2["gpu_throughput_ratio"],
               unit="x", baseline="timm fasternet", expect="> 1.0", timing=True),
+    *ABLATION_CLAIMS,
 ]
 FACTS = [
     FactSpec(id="top1_partialnet", description="top-1 of PartialNet (mean over seeds; per seed in details)",
@@ -89,6 +94,7 @@ FACTS = [
              "FasterNet (one run each)", unit="AP", exact=False),
     FactSpec(id="det_coco_mask_ap_delta", description="COCO val2017 Mask R-CNN 1x mask AP PartialNet minus "
              "FasterNet (one run each)", unit="AP", exact=False),
+    *ABLATION_FACTS,
 ]
 
 
@@ -224,7 +230,7 @@ def det_full(plan: PartialNetPlan, ctx: Context, res: Results, mm: Any) -> None:
         res.facts[f"det_coco_{kind}_ap_delta"] = (ours[f"coco/{key}_mAP"] - base[f"coco/{key}_mAP"], metrics)
 
 
-run = run_stages({"main": main_stage, "det": det_stage})
+run = run_stages({"main": main_stage, "ablation": ablation_stage, "det": det_stage})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -244,6 +250,8 @@ def configure(plan: PartialNetPlan, args: argparse.Namespace) -> PartialNetPlan:
             raise UsageError("--data, --coco, --variant, --backbone-checkpoints and recipe overrides are for "
                              "--scale full")
         return plan
+    if "ablation" in plan.stages and args.stages:
+        raise UsageError("the ablation ladder is a miniature: run it with --scale smoke --stages ablation")
     stages = plan.stages if args.stages else (STAGES if args.coco else ("main",))
     plan = dataclasses.replace(plan, data=args.data, coco=args.coco, stages=stages, backbone_checkpoints=ckpts,
                                variant=parse_variants(args.variant or plan.variant)[0],
@@ -267,4 +275,4 @@ def configure(plan: PartialNetPlan, args: argparse.Namespace) -> PartialNetPlan:
 
 REPRODUCTION = Reproduction(
     paper="partialnet", title="PartialNet (PATNet) vs FasterNet", paper_table=parts.paper_table(), plans=PLANS,
-    claims=CLAIMS, facts=FACTS, run=run, stages=STAGES, add_arguments=add_arguments, configure=configure)
+    claims=CLAIMS, facts=FACTS, run=run, stages=ALL_STAGES, add_arguments=add_arguments, configure=configure)

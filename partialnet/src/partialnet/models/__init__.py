@@ -3,6 +3,7 @@
 from partialnet.models.dpconv import DPConv, budget_multiplier, dpconv_layers, split_summary
 from partialnet.models.layers import PartialConv, fuse_conv_bn, fuse_sequential_conv_bn
 from partialnet.models.partialnet import (
+    ABLATION_LADDER,
     VARIANTS,
     PartialNet,
     PartialNetBlock,
@@ -21,8 +22,8 @@ from partialnet.models.patconv import (
 )
 
 __all__ = [
-    "DPConv", "GaussianChannelAttention", "PATConvChannel", "PATConvSelf", "PartialConv", "PartialNet",
-    "PartialNetBlock", "PartialNetConfig", "PartialNetFeatures", "PartialSpatialAttention", "RelPosSelfAttention",
-    "VARIANTS", "budget_multiplier", "checkpoint_filter_fn", "create_partialnet", "dpconv_layers", "fuse_conv_bn",
-    "fuse_sequential_conv_bn", "rpe_bucket_ids", "split_summary",
+    "ABLATION_LADDER", "DPConv", "GaussianChannelAttention", "PATConvChannel", "PATConvSelf", "PartialConv",
+    "PartialNet", "PartialNetBlock", "PartialNetConfig", "PartialNetFeatures", "PartialSpatialAttention",
+    "RelPosSelfAttention", "VARIANTS", "budget_multiplier", "checkpoint_filter_fn", "create_partialnet",
+    "dpconv_layers", "fuse_conv_bn", "fuse_sequential_conv_bn", "rpe_bucket_ids", "split_summary",
 ]

@@ -10,6 +10,14 @@ stage widths ``embed_dim * 2**i`` -- whose blocks are
 ``MLP = 1x1 conv (dim -> 2 dim) -> BN -> act -> 1x1 conv (2 dim -> dim) [-> PartialSpatialAttention]``
 (the PAT_sp tail, only in T1's config), head ``avgpool -> 1x1 conv (-> 1280) -> act -> linear``.
 With ``dynamic_split=True`` every mixer is a DPConv instead (as the official ``auto_div``).
+
+Per-component switches (the ablation ladder ``ABLATION_LADDER``): ``use_channel_attn`` (PAT_ch in stages 1-3,
+else PConv), ``use_self_attn`` (PAT_sf in stage 4, else PConv; by default follows ``use_channel_attn``, the
+official single switch), ``use_spatial_attn`` (PAT_sp). The residual around the stage-4 mixer belongs to PAT_sf:
+with PConv there (or DPConv) the block is FasterNet's, so every switch off *is* FasterNet. The official code keys
+that residual on the stage index, so its "no attention" ablation computes ``x + cat(conv(x1), x2)`` in stage 4
+(untouched channels doubled); ``official_mixer_residual=True`` keeps that behaviour.
+``layer_n_div`` gives every block its own split divisor (in block order), e.g. the splits a DPConv search learnt.
 Stage/merging modules follow timm's FasterNet layout (``stages.i.downsample`` / ``stages.i.blocks``), so
 ``features_only`` / ``forward_intermediates`` work as for any timm model and ``stages.i`` is stage ``i``.
 """
@@ -58,6 +66,9 @@ class PartialNetConfig:
     rpe_ratio: float = 20.0
     layer_scale_init_value: float = 0.0
     dynamic_split: bool = False
+    use_self_attn: bool | None = None  # None: same as use_channel_attn (the official single switch)
+    official_mixer_residual: bool = False
+    layer_n_div: tuple[int, ...] | None = None
 
     def model_kwargs(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,6 +87,15 @@ VARIANTS: dict[str, PartialNetConfig] = {
 }
 
 
+# Cumulative per-component settings, PConv (= FasterNet) first; pass one as ``**kwargs`` to a variant.
+ABLATION_LADDER: dict[str, dict[str, bool]] = {
+    "pconv": dict(use_channel_attn=False, use_spatial_attn=False, use_self_attn=False),
+    "pat_ch": dict(use_channel_attn=True, use_spatial_attn=False, use_self_attn=False),
+    "pat_ch_sp": dict(use_channel_attn=True, use_spatial_attn=True, use_self_attn=False),
+    "pat_ch_sp_sf": dict(use_channel_attn=True, use_spatial_attn=True, use_self_attn=True),
+}
+
+
 def _act(name: str | type[nn.Module]) -> Any:
     if not isinstance(name, str):
         return name
@@ -86,9 +106,10 @@ def _act(name: str | type[nn.Module]) -> Any:
 
 class PartialNetBlock(nn.Module):
     """One PartialNet block; ``mixer`` is ``"pconv"``, ``"channel"`` (PAT_ch), ``"self"`` (PAT_sf) or
-    ``"dynamic"`` (DPConv). ``last_stage`` puts the residual around the mixer (official ``split_shortcut``)."""
+    ``"dynamic"`` (DPConv). ``mixer_residual`` puts a residual around the mixer too (official ``split_shortcut``,
+    PAT_sf's own residual); without it the block is FasterNet's ``x + DropPath(MLP(mixer(x)))``."""
 
-    def __init__(self, dim: int, mixer: str, last_stage: bool, n_div: int = 4, mlp_ratio: float = 2.0,
+    def __init__(self, dim: int, mixer: str, mixer_residual: bool, n_div: int = 4, mlp_ratio: float = 2.0,
                  drop_path: float = 0.0, act_layer: Any = nn.GELU, use_spatial_attn: bool = False,
                  num_heads: int = 4, attn_drop: float = 0.1, proj_drop: float = 0.1, rpe_ratio: float = 20.0,
                  layer_scale_init_value: float = 0.0) -> None:
@@ -109,8 +130,8 @@ class PartialNetBlock(nn.Module):
         if use_spatial_attn:
             layers.append(PartialSpatialAttention(dim))
         self.mlp = nn.Sequential(*layers)
-        self.shortcut_after_mixing = last_stage
-        self.mixer_residual = last_stage  # folded into the mixer by fuse()
+        self.shortcut_after_mixing = mixer_residual
+        self.mixer_residual = mixer_residual  # folded into the mixer by fuse()
         self.layer_scale = (nn.Parameter(layer_scale_init_value * torch.ones(dim))
                             if layer_scale_init_value > 0 else None)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -192,10 +213,16 @@ class PartialNet(nn.Module):
                  use_channel_attn: bool = True, mlp_ratio: float = 2.0, n_div: int = 4, feature_dim: int = 1280,
                  patch_size: int = 4, merge_size: int = 2, num_heads: int = 4, attn_drop: float = 0.1,
                  proj_drop: float = 0.1, rpe_ratio: float = 20.0, layer_scale_init_value: float = 0.0,
-                 dynamic_split: bool = False, in_chans: int = 3, num_classes: int = 1000,
-                 global_pool: str = "avg", drop_rate: float = 0.0) -> None:
+                 dynamic_split: bool = False, use_self_attn: bool | None = None,
+                 official_mixer_residual: bool = False, layer_n_div: tuple[int, ...] | None = None,
+                 in_chans: int = 3, num_classes: int = 1000, global_pool: str = "avg",
+                 drop_rate: float = 0.0) -> None:
         super().__init__()
         act = _act(act_layer)
+        if layer_n_div is not None and len(layer_n_div) != sum(depths):
+            raise ValueError(f"layer_n_div has {len(layer_n_div)} entries for {sum(depths)} blocks")
+        divs = list(layer_n_div) if layer_n_div is not None else [n_div] * sum(depths)
+        self_attn = use_channel_attn if use_self_attn is None else use_self_attn
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
         self.num_stages = len(depths)
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, nn.BatchNorm2d)
@@ -204,15 +231,12 @@ class PartialNet(nn.Module):
         for i, depth in enumerate(depths):
             dim = embed_dim * 2 ** i
             last = i == self.num_stages - 1
-            if dynamic_split:
-                mixer = "dynamic"
-            elif use_channel_attn:
-                mixer = "self" if last else "channel"
-            else:
-                mixer = "pconv"
+            mixer = _mixer(last, dynamic_split, use_channel_attn, self_attn)
+            mixer_residual = mixer == "self" or (last and official_mixer_residual)
             blocks = [
-                PartialNetBlock(dim, mixer, last, n_div, mlp_ratio, rates[sum(depths[:i]) + j], act,
-                                use_spatial_attn, num_heads, attn_drop, proj_drop, rpe_ratio, layer_scale_init_value)
+                PartialNetBlock(dim, mixer, mixer_residual, int(divs[sum(depths[:i]) + j]), mlp_ratio,
+                                rates[sum(depths[:i]) + j], act, use_spatial_attn, num_heads, attn_drop, proj_drop,
+                                rpe_ratio, layer_scale_init_value)
                 for j in range(depth)
             ]
             stages.append(PartialNetStage(dim, blocks, downsample=i > 0, merge_size=merge_size))
@@ -302,6 +326,14 @@ class PartialNet(nn.Module):
         Call on an ``eval()`` model (running statistics); see ``partialnet.deploy.deploy_copy``."""
         _fuse_trunk(self.patch_embed, self.stages)
         return self.eval()
+
+
+def _mixer(last: bool, dynamic: bool, channel_attn: bool, self_attn: bool) -> str:
+    if dynamic:
+        return "dynamic"
+    if last:
+        return "self" if self_attn else "pconv"
+    return "channel" if channel_attn else "pconv"
 
 
 def _fuse_trunk(patch_embed: nn.Module, stages: nn.Sequential) -> None:
