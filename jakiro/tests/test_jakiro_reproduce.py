@@ -6,7 +6,8 @@ import pytest
 from effrepro.errors import UsageError
 from effrepro.report import read_claims
 from jakiro.cli import run
-from jakiro.reproduce import CLAIMS, FACTS, REPRODUCTION, _train_config, measure
+from jakiro.prereqs import train_config
+from jakiro.reproduce import CLAIMS, FACTS, REPRODUCTION, measure
 
 
 def _plan(argv):
@@ -34,7 +35,7 @@ def test_smoke_budget_is_the_shared_one():
     from effrepro.specdec.headcache import SMOKE_DRAFT_DATA, SMOKE_HEAD_TRAIN
 
     smoke = REPRODUCTION.plans["smoke"]
-    assert asdict(_train_config(smoke)) == asdict(SMOKE_HEAD_TRAIN)
+    assert asdict(train_config(smoke)) == asdict(SMOKE_HEAD_TRAIN)
     assert (smoke.prompts, smoke.distill_prompts, smoke.data_new_tokens, smoke.data_max_len) == (
         SMOKE_DRAFT_DATA.self_generated, SMOKE_DRAFT_DATA.prompts, SMOKE_DRAFT_DATA.self_max_new_tokens,
         SMOKE_DRAFT_DATA.max_len)

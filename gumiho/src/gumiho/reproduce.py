@@ -28,16 +28,15 @@ from effrepro.config import config_to_dict, load_config
 from effrepro.errors import UsageError
 from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results
 from effrepro.specdec import TargetAdapter
-from effrepro.specdec.eagle import head_from_checkpoint
-from effrepro.specdec.headcache import CachedHead, cached_head, eagle2_baseline
+from effrepro.specdec.headcache import CachedHead
 from effrepro.specdec.turns import acceptance_difference, mismatch_rate, ratio_of_sums
-from effrepro.train import load_checkpoint
 
 from gumiho.config import GumihoRunConfig
 from gumiho.data import split_mtbench, write_questions
 from gumiho.eval import chain_tree, eagle_factory, eagle_tree_for, gumiho_factory, run_eval
+from gumiho.prereqs import cached_heads, load_head, target_and_data, training_summary
 from gumiho.reporting import PAPER_TABLE, notes, plot, training_plot
-from gumiho.train import VARIANTS, draft_data_dir, load_draft, load_target_on, train_draft
+from gumiho.train import VARIANTS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -156,46 +155,9 @@ def configure(plan: GumihoPlan, args: argparse.Namespace) -> GumihoPlan:
     return plan
 
 
-def cached_heads(config: GumihoRunConfig, plan: GumihoPlan, model: Any, data_dir: Path,
-                 progress: bool = False) -> dict[str, CachedHead]:
-    """The EAGLE-2 baseline (shared cached head, EAGLE loss) and every Gumiho variant of the plan, all cached
-    prerequisites trained on the same data with the same budget."""
-    data_dirs = [data_dir]
-    heads = {"eagle2": eagle2_baseline(model, data_dirs, config.train, progress=progress)}
-    for name in plan.variants:
-        variant = replace(config, structure=VARIANTS[name])
-        train_config = variant.train_config()
-        spec = {"kind": "gumiho", "structure": dataclasses.asdict(VARIANTS[name])}
-
-        def train(out: Path, variant: GumihoRunConfig = variant) -> dict[str, Any]:
-            return train_draft(variant, model, None, out, data_dir=data_dir, progress=progress, resume=True)
-
-        heads[name] = cached_head(f"gumiho-{name}", spec, train_config, data_dirs, train)
-    return heads
-
-
-def _trained(heads: dict[str, CachedHead], model: Any, ctx: Context) -> dict[str, dict[str, Any]]:
-    trained: dict[str, dict[str, Any]] = {}
-    for name, head in heads.items():
-        module = _load(name, head.path, model)
-        final = head.entry["history"][-1] if head.entry["history"] else {}
-        trained[name] = {"seconds": head.seconds, "steps": head.steps, "final": final, "budget": head.budget(),
-                         "params": sum(p.numel() for p in module.parameters() if p.requires_grad)}
-        ctx.log.log(stage="train", method=name, reused=head.reused, seconds=head.seconds, steps=head.steps,
-                    params=trained[name]["params"])
-    return trained
-
-
-def _load(name: str, path: Path, model: Any) -> Any:
-    embed = model.get_input_embeddings().weight.detach()
-    if name == "eagle2":
-        return head_from_checkpoint(load_checkpoint(path), embed).to(embed.device).eval()
-    return load_draft(path, model)
-
-
 def _methods(config: GumihoRunConfig, model: Any, heads: dict[str, CachedHead]) -> dict[str, Any]:
-    eagle = _load("eagle2", heads["eagle2"].path, model)
-    drafts = {name: _load(name, head.path, model) for name, head in heads.items() if name != "eagle2"}
+    eagle = load_head("eagle2", heads["eagle2"].path, model)
+    drafts = {name: load_head(name, head.path, model) for name, head in heads.items() if name != "eagle2"}
     corrected = replace(config.tree, fta="off", official_compat=False)
     methods = {"eagle2": eagle_factory(eagle, eagle_tree_for(corrected))}
     methods.update({name: gumiho_factory(draft, corrected) for name, draft in drafts.items()})
@@ -210,16 +172,10 @@ def _methods(config: GumihoRunConfig, model: Any, heads: dict[str, CachedHead]) 
     return methods
 
 
-def _target_and_data(config: GumihoRunConfig, plan: GumihoPlan) -> tuple[Any, Any, Path]:
-    """The target, its tokenizer and the draft-data folder (built once, then cached under EFFREPRO_CACHE)."""
-    model, tokenizer = load_target_on(config.target, plan.device, plan.dtype)
-    return model, tokenizer, Path(draft_data_dir(config, model, tokenizer, progress=False))
-
-
 def prepare(plan: GumihoPlan, ctx: Context) -> None:
     config = load_run_config(plan)
     with ctx.stage("data"):
-        model, _, data_dir = _target_and_data(config, plan)
+        model, _, data_dir = target_and_data(config, plan)
         print(f"[gumiho] draft data: {data_dir}")
     with ctx.stage("training"):
         for name, head in cached_heads(config, plan, model, data_dir, progress=True).items():
@@ -229,14 +185,14 @@ def prepare(plan: GumihoPlan, ctx: Context) -> None:
 def run(plan: GumihoPlan, ctx: Context) -> Results:
     config = load_run_config(plan)
     with ctx.stage("data"):
-        model, tokenizer, data_dir = _target_and_data(config, plan)
+        model, tokenizer, data_dir = target_and_data(config, plan)
         if config.data_source == "mtbench_split":  # evaluate on the held-out questions only
             config.eval.questions = str(write_questions(split_mtbench()[1], ctx.out / "eval_questions.jsonl"))
         data_meta = json.loads((data_dir / "meta.json").read_text())
         ctx.log.log(stage="data", folder=str(data_dir), **{k: data_meta.get(k) for k in ("samples", "tokens")})
     with ctx.stage("training"):
         heads = cached_heads(config, plan, model, data_dir)
-        trained = _trained(heads, model, ctx)
+        trained = training_summary(heads, model, ctx)
     with ctx.stage("evaluation"):
         def evaluate() -> dict[str, Any]:
             target = TargetAdapter(model, max_length=config.eval.max_length)

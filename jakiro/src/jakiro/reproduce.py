@@ -15,24 +15,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from effrepro.errors import UsageError
 from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results
-from effrepro.specdec import EvalConfig, HeadTrainConfig, TargetAdapter, TreeConfig
-from effrepro.specdec.headcache import SMOKE_DRAFT_DATA, SMOKE_HEAD_TRAIN, CachedHead, cached_head, eagle2_baseline
+from effrepro.specdec import EvalConfig, TargetAdapter, TreeConfig
+from effrepro.specdec.headcache import SMOKE_DRAFT_DATA, SMOKE_HEAD_TRAIN
 from effrepro.specdec.turns import mismatch_rate, ratio_of_sums
 from effrepro.train import seed_everything
 
-from jakiro.draft_sources import DataSettings, build_draft_data
 from jakiro.eval import VARIANTS, check_variants, evaluate_variants
+from jakiro.prereqs import DTYPES, cached_heads, target_and_data, training_summary
 from jakiro.reporting import PAPER_TABLE, notes, plot, training_plot
-from jakiro.train import METHODS, check_method, load_head, method_train_config, train_method
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from jakiro.train import METHODS, check_method, load_head
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,88 +167,29 @@ def configure(plan: JakiroPlan, args: argparse.Namespace) -> JakiroPlan:
     return plan
 
 
-def _train_config(plan: JakiroPlan) -> HeadTrainConfig:
-    return HeadTrainConfig(epochs=plan.epochs, batch_size=plan.batch_size, steps_per_epoch=plan.steps_per_epoch,
-                           lr=plan.lr, weight_decay=plan.weight_decay, warmup_steps=plan.warmup_steps,
-                           schedule="cosine", max_len=plan.train_max_len, holdout=plan.holdout, seed=plan.seed,
-                           log_every=10, draft_vocab=plan.draft_vocab)
-
-
 def _eval_config(plan: JakiroPlan, temperature: float, questions: int, turns: int) -> EvalConfig:
     return EvalConfig(questions=plan.questions, max_questions=questions, max_turns=turns,
                       max_new_tokens=plan.max_new_tokens, temperature=temperature, warmup=plan.warmup,
                       seed=plan.seed, max_length=plan.max_length, cost_model_repeats=plan.cost_model_repeats)
 
 
-def cached_heads(plan: JakiroPlan, model: Any, data_dirs: list, progress: bool = False) -> dict[str, CachedHead]:
-    """Every method's head as a cached prerequisite (the EAGLE-2 one shared with other papers), same budget."""
-    base = _train_config(plan)
-    heads = {}
-    for method in plan.methods:
-        if method == "eagle2":
-            heads[method] = eagle2_baseline(model, data_dirs, base, progress=progress)
-            continue
-        config = method_train_config(method, base)
-        spec = {"kind": f"jakiro/{method}", "fc_bias": True}
-
-        def train(out: Any, method: str = method) -> dict:
-            return train_method(method, model, data_dirs, base, out, progress=progress, resume=True)
-
-        heads[method] = cached_head(f"jakiro-{method}", spec, config, data_dirs, train)
-    return heads
-
-
-def _target_and_data(plan: JakiroPlan) -> tuple[Any, Any, list, dict]:
-    """The target, its tokenizer and the draft-data folders (built once, then cached under EFFREPRO_CACHE)."""
-    from effrepro.data import load_target
-    from effrepro.specdec import draft_data_folders
-
-    model, tokenizer = load_target(plan.target, dtype=DTYPES[plan.dtype])
-    model = model.to(plan.device)
-    data_dirs = []
-    if plan.sharegpt_json:
-        data_dirs += build_draft_data(DataSettings(prompts=0, max_len=plan.data_max_len,
-                                                   sharegpt_json=plan.sharegpt_json,
-                                                   sharegpt_limit=plan.sharegpt_limit), plan.target, model, tokenizer)
-    if plan.prompts:
-        config = dataclasses.replace(SMOKE_DRAFT_DATA, target=plan.target, self_generated=plan.prompts,
-                                     prompts=plan.distill_prompts, self_max_new_tokens=plan.data_new_tokens,
-                                     max_len=plan.data_max_len)
-        data_dirs += draft_data_folders(model, tokenizer, config, progress=False)
-    if not data_dirs:
-        raise UsageError("no draft data selected; set prompts or sharegpt_json")
-    metas = [json.loads((d / "meta.json").read_text()) for d in data_dirs]
-    data = {k: sum(m[k] for m in metas) for k in ("samples", "tokens", "supervised_tokens")}
-    return model, tokenizer, data_dirs, {**data, "folders": [str(d) for d in data_dirs]}
-
-
 def prepare(plan: JakiroPlan, ctx: Context) -> None:
     with ctx.stage("data"):
-        model, _, data_dirs, data = _target_and_data(plan)
+        model, _, data_dirs, data = target_and_data(plan)
         print(f"[jakiro] draft data: {data}")
     with ctx.stage("training"):
         for method, head in cached_heads(plan, model, data_dirs, progress=True).items():
             print(f"[jakiro] head {method}: {head.path} ({head.steps} steps)")
 
 
-def _training(heads: dict[str, CachedHead], ctx: Context) -> dict[str, dict]:
-    training = {}
-    for method, head in heads.items():
-        final = head.entry["history"][-1] if head.entry["history"] else {}
-        training[method] = {"steps": head.steps, "final": final, "seconds": head.seconds, "budget": head.budget()}
-        ctx.log.log(stage="train", method=method, steps=head.steps, seconds=head.seconds, reused=head.reused,
-                    **{k: v for k, v in final.items() if isinstance(v, float)})
-    return training
-
-
 def run(plan: JakiroPlan, ctx: Context) -> Results:
     seed_everything(plan.seed)
     with ctx.stage("data"):
-        model, tokenizer, data_dirs, data = _target_and_data(plan)
+        model, tokenizer, data_dirs, data = target_and_data(plan)
         ctx.log.log(stage="data", **data)
     with ctx.stage("training"):
         cached = cached_heads(plan, model, data_dirs)
-        training = _training(cached, ctx)
+        training = training_summary(cached, ctx)
         heads = {m: load_head(h.path, model, plan.device, DTYPES[plan.dtype]) for m, h in cached.items()}
     target = TargetAdapter(model, max_length=plan.max_length)
     tree = TreeConfig(top_k=plan.top_k, depth=plan.depth, total_tokens=plan.total_tokens)

@@ -1,0 +1,84 @@
+"""The cached prerequisites of ``jakiro reproduce``: the target, the draft-data folders and the trained heads.
+
+The draft data and every head are built once under ``EFFREPRO_CACHE`` (``effrepro.specdec.draft_data`` and
+``effrepro.specdec.headcache``) and reused by any later run with the same settings; the EAGLE-2 head is the
+cache entry gumiho's reproduction uses too (same data, same budget).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import torch
+from effrepro.errors import UsageError
+from effrepro.reproduce import Context
+from effrepro.specdec import HeadTrainConfig
+from effrepro.specdec.headcache import SMOKE_DRAFT_DATA, CachedHead, cached_head, eagle2_baseline
+
+from jakiro.draft_sources import DataSettings, build_draft_data
+from jakiro.train import method_train_config, train_method
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def train_config(plan: Any) -> HeadTrainConfig:
+    """The budget every head of the plan trains with (its loss weights come per method)."""
+    return HeadTrainConfig(epochs=plan.epochs, batch_size=plan.batch_size, steps_per_epoch=plan.steps_per_epoch,
+                           lr=plan.lr, weight_decay=plan.weight_decay, warmup_steps=plan.warmup_steps,
+                           schedule="cosine", max_len=plan.train_max_len, holdout=plan.holdout, seed=plan.seed,
+                           log_every=10, draft_vocab=plan.draft_vocab)
+
+
+def cached_heads(plan: Any, model: Any, data_dirs: list, progress: bool = False) -> dict[str, CachedHead]:
+    """Every method's head as a cached prerequisite (the EAGLE-2 one shared with other papers), same budget."""
+    base = train_config(plan)
+    heads = {}
+    for method in plan.methods:
+        if method == "eagle2":
+            heads[method] = eagle2_baseline(model, data_dirs, base, progress=progress)
+            continue
+        config = method_train_config(method, base)
+        spec = {"kind": f"jakiro/{method}", "fc_bias": True}
+
+        def train(out: Any, method: str = method) -> dict:
+            return train_method(method, model, data_dirs, base, out, progress=progress, resume=True)
+
+        heads[method] = cached_head(f"jakiro-{method}", spec, config, data_dirs, train)
+    return heads
+
+
+def target_and_data(plan: Any) -> tuple[Any, Any, list, dict]:
+    """The target, its tokenizer and the draft-data folders (built once, then cached under EFFREPRO_CACHE)."""
+    from effrepro.data import load_target
+    from effrepro.specdec import draft_data_folders
+
+    model, tokenizer = load_target(plan.target, dtype=DTYPES[plan.dtype])
+    model = model.to(plan.device)
+    data_dirs = []
+    if plan.sharegpt_json:
+        data_dirs += build_draft_data(DataSettings(prompts=0, max_len=plan.data_max_len,
+                                                   sharegpt_json=plan.sharegpt_json,
+                                                   sharegpt_limit=plan.sharegpt_limit), plan.target, model, tokenizer)
+    if plan.prompts:
+        config = dataclasses.replace(SMOKE_DRAFT_DATA, target=plan.target, self_generated=plan.prompts,
+                                     prompts=plan.distill_prompts, self_max_new_tokens=plan.data_new_tokens,
+                                     max_len=plan.data_max_len)
+        data_dirs += draft_data_folders(model, tokenizer, config, progress=False)
+    if not data_dirs:
+        raise UsageError("no draft data selected; set prompts or sharegpt_json")
+    metas = [json.loads((d / "meta.json").read_text()) for d in data_dirs]
+    data = {k: sum(m[k] for m in metas) for k in ("samples", "tokens", "supervised_tokens")}
+    return model, tokenizer, data_dirs, {**data, "folders": [str(d) for d in data_dirs]}
+
+
+def training_summary(heads: dict[str, CachedHead], ctx: Context) -> dict[str, dict]:
+    """Steps, seconds, last held-out metrics and budget of every head (logged to the run's metrics)."""
+    training = {}
+    for method, head in heads.items():
+        final = head.entry["history"][-1] if head.entry["history"] else {}
+        training[method] = {"steps": head.steps, "final": final, "seconds": head.seconds, "budget": head.budget()}
+        ctx.log.log(stage="train", method=method, steps=head.steps, seconds=head.seconds, reused=head.reused,
+                    **{k: v for k, v in final.items() if isinstance(v, float)})
+    return training
