@@ -36,21 +36,32 @@ def lazy_exports(package: str, exports: Mapping[str, Iterable[str]]) -> tuple[Ca
     return __getattr__, __dir__
 
 
+def _initializing(package: str) -> bool:
+    """Whether a module of ``package`` is being executed right now (an import of it is in flight)."""
+    return any(getattr(getattr(module, "__spec__", None), "_initializing", False)
+               for name, module in list(sys.modules.items()) if name == package or name.startswith(package + "."))
+
+
 class _AfterImport(importlib.abc.MetaPathFinder):
-    """Imports the modules waiting on a trigger module right after the trigger first executes."""
+    """Imports the modules waiting on a trigger module right after the trigger first executes.
+
+    When the trigger is first imported by the waiting module's own package (``kerneldna.dynamic`` imports timm
+    while ``kerneldna.models`` waits on timm), importing the waiting module there would be a circular import: it is
+    deferred to the next import anywhere, once no module of that package is executing.
+    """
 
     pending: dict[str, list[str]] = {}
+    deferred: list[str] = []
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        self.run_deferred()
         waiting = self.pending.pop(fullname, None)
         if waiting is None:
             return None
-        if not self.pending:
-            sys.meta_path.remove(self)
         spec = importlib.util.find_spec(fullname)  # the real finders (this one no longer answers for it)
         if spec is None or spec.loader is None:
             return spec
-        loader = spec.loader
+        loader, hook = spec.loader, self
 
         class _Then(importlib.abc.Loader):
             def create_module(self, spec: Any) -> Any:
@@ -58,11 +69,19 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
             def exec_module(self, module: Any) -> None:
                 loader.exec_module(module)
-                for name in waiting:
-                    importlib.import_module(name)
+                hook.deferred.extend(waiting)
+                hook.run_deferred()
 
         spec.loader = _Then()
         return spec
+
+    def run_deferred(self) -> None:
+        for name in list(self.deferred):
+            if not _initializing(name.split(".")[0]):
+                self.deferred.remove(name)
+                importlib.import_module(name)
+        if not self.pending and not self.deferred and self in sys.meta_path:
+            sys.meta_path.remove(self)
 
 
 _HOOK = _AfterImport()
