@@ -4,7 +4,7 @@ import pytest
 import torch
 from effrepro.specdec import TargetAdapter
 from effrepro.testing import tiny_llama
-from jakiro.models.head import JakiroConfig, JakiroDraft
+from jakiro.jakiro import JakiroConfig, JakiroDraft
 
 VOCAB = 16  # a small vocabulary so random drafts get accepted now and then (exercises the accept paths)
 

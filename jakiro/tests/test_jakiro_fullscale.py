@@ -10,7 +10,7 @@ from effrepro.specdec import DraftModelConfig, TreeConfig
 from effrepro.train.checkpoint import config_from
 from jakiro.data import read_sharegpt
 from jakiro.draft_sources import DataSettings
-from jakiro.models.head import JakiroConfig, JakiroDraft
+from jakiro.jakiro import JakiroConfig, JakiroDraft
 from transformers import LlamaConfig
 
 
@@ -66,8 +66,7 @@ def test_sharegpt_limits_beyond_the_file_are_errors(tmp_path):
 
 
 def test_proposers_come_from_the_proposer_module_not_the_head():
-    from jakiro.proposer import JakiroProposer, make_proposer
-    from jakiro.star import StarProposer
+    from jakiro.jakiro import JakiroProposer, StarProposer, make_proposer
 
     assert not hasattr(JakiroDraft, "make_proposer")
     torch.manual_seed(0)

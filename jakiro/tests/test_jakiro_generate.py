@@ -9,7 +9,7 @@ from effrepro.specdec import (
     autoregressive_generate,
     speculative_generate,
 )
-from jakiro.proposer import make_proposer
+from jakiro.jakiro import make_proposer
 
 VOCAB = 16  # the conftest target's vocabulary
 

@@ -5,14 +5,15 @@ import torch
 import torch.nn.functional as F
 from effrepro.errors import UsageError
 from effrepro.specdec.target import TreeKVCache
-from jakiro.models.head import (
+from jakiro.jakiro import (
     JakiroConfig,
     JakiroDraft,
+    JakiroMoE,
+    JakiroStarMoE,
     causal_allowed,
     count_parameters,
     load_official_state_dict,
 )
-from jakiro.models.moe import JakiroMoE, JakiroStarMoE
 
 
 def tiny_config(**overrides) -> JakiroConfig:

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 from effrepro.specdec import DraftBatch, LossContext, eagle_loss, feature_losses
-from jakiro.loss import eagle_masked_loss, jakiro_loss, masked_feature_losses
+from jakiro.jakiro import eagle_masked_loss, jakiro_loss, masked_feature_losses
 
 
 def official_batch(feats: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor) -> DraftBatch:

@@ -5,8 +5,7 @@ import torch
 import torch.nn.functional as F
 from effrepro.errors import UsageError
 from effrepro.specdec import TreeConfig
-from jakiro.models.head import JakiroConfig, JakiroDraft, causal_allowed
-from jakiro.proposer import make_proposer
+from jakiro.jakiro import JakiroConfig, JakiroDraft, causal_allowed, make_proposer
 
 H, V = 32, 50
 

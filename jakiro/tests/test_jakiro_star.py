@@ -7,14 +7,15 @@ import pytest
 import torch
 from effrepro.specdec import tree_from_parents
 from effrepro.specdec.verify import SamplingConfig, target_probs
-from jakiro.models.head import JakiroConfig, JakiroDraft
-from jakiro.proposer import make_proposer
-from jakiro.star import (
+from jakiro.jakiro import (
     JAKIRO_STAR_TREE,
+    JakiroConfig,
+    JakiroDraft,
     StaticTree,
     corrected_proposals,
     draw_children,
     fold,
+    make_proposer,
     official_child_probs,
     star_sample_verify,
 )

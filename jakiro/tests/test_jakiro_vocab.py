@@ -10,8 +10,7 @@ from effrepro.specdec import (
     autoregressive_generate,
     speculative_generate,
 )
-from jakiro.models.head import load_official_state_dict
-from jakiro.proposer import make_proposer
+from jakiro.jakiro import load_official_state_dict, make_proposer
 
 VOCAB = 16  # the conftest target's vocabulary
 

@@ -25,8 +25,7 @@ from effrepro.specdec import EvalConfig, SamplingConfig, TargetAdapter, TreeConf
 from effrepro.specdec.eagle import EagleHead, EagleProposer
 from effrepro.specdec.protocol import ProposerBuilder, proposer_factory
 
-from jakiro.models.head import JakiroDraft
-from jakiro.proposer import make_proposer
+from jakiro.jakiro import JakiroDraft, make_proposer
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ def check_variants(names: list[str]) -> list[str]:
 
 
 def proposer_builder(head: Any) -> ProposerBuilder:
-    """How proposers are built for ``head``: EAGLE-2's class for the baseline, :func:`jakiro.proposer.make_proposer`
+    """How proposers are built for ``head``: EAGLE-2's class for the baseline, :func:`jakiro.jakiro.make_proposer`
     for Jakiro / Jakiro* drafts."""
     if isinstance(head, EagleHead):
         return EagleProposer

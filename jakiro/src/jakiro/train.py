@@ -10,7 +10,7 @@ Methods (the four arms of the paper's comparison):
 Every head goes through ``effrepro.specdec.train_head`` (AdamW (0.9, 0.95), weight decay 1e-3, cosine schedule with
 warm-up, gradient clipping by value 0.5, uniform feature noise 0.2 * 512 / L, ``v_w`` 1.0, ``p_w`` 0.1) with the
 same seed, data order and number of steps. All four compute their loss on the supervised rows only
-(:func:`jakiro.loss.masked_feature_losses`; same value as the dense formula).
+(:func:`jakiro.jakiro.masked_feature_losses`; same value as the dense formula).
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from effrepro.errors import UsageError
 from effrepro.specdec import DraftHead, HeadTrainConfig, train_head
 from effrepro.specdec.eagle import build_eagle_head, head_from_checkpoint
 
-from jakiro.loss import eagle_masked_loss
-from jakiro.models.head import JakiroConfig, JakiroDraft, load_official_state_dict
+from jakiro.jakiro import JakiroConfig, JakiroDraft, eagle_masked_loss, load_official_state_dict
 
 METHODS = ("eagle2", "jakiro", "jakiro_nocepd", "jakiro_star")
 CONST = {"jakiro": 0.5, "jakiro_nocepd": 0.0}
