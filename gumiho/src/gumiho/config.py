@@ -29,7 +29,7 @@ class StructureConfig:
 class GumihoTreeConfig:
     """Inference tree (official ``scripts/eval_*.sh``: top_k 14, total 64, 7 levels, mlptopk 35, pruning 35, FTA on).
 
-    Our default ``fta`` is ``off`` (FTA is approximate, spec D1) and both compat flags default to the corrected
+    Our default ``fta`` is ``off`` (FTA is approximate) and both compat flags default to the corrected
     behaviour; ``official_compat: true`` switches all three to the official code's behaviour.
     """
 

@@ -117,7 +117,7 @@ class GumihoConfig(DraftModelConfig):
     TARGET_KEYS: ClassVar[tuple[str, ...]] = (*DraftModelConfig.TARGET_KEYS, "pad_token_id")
 
     num_layers: int = 2  # Transformer depth (every released Gumiho config: 2; EAGLE: 1)
-    # fc_bias (engine default True): the official Model always builds fc with a bias (spec D5)
+    # fc_bias (engine default True): the official Model always builds fc with a bias
     pad_token_id: int | None = None
     serial_steps: int = 2  # draft positions produced by the Transformer (paper: 2)
     mlp_num: int = 5  # parallel MLP heads (paper: 5 -> 7 draft levels in all)
@@ -234,7 +234,7 @@ class GumihoDraft(DraftHead):
         width = max(1, min(self.config.serial_steps, 2))
         return torch.cat(fused_levels[-width:], dim=-1)
 
-    # ----- teacher-forced training pass (spec §1.4) -----
+    # ----- teacher-forced training pass (alignment: see the loss section) -----
     def train_forward(
         self, features: torch.Tensor, next_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -301,7 +301,7 @@ def head_from_checkpoint(state: dict[str, Any], embed_weight: torch.Tensor) -> G
 
 
 def count_parameters(draft: GumihoDraft) -> dict[str, int]:
-    """Trainable parameters by part, plus the frozen embedding copy (spec §2 table)."""
+    """Trainable parameters by part, plus the frozen embedding copy (the paper's parameter table)."""
     def total(module: nn.Module) -> int:
         return sum(p.numel() for p in module.parameters())
 

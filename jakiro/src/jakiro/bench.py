@@ -1,6 +1,6 @@
 """Drafting cost per cycle: Jakiro's hybrid schedule vs EAGLE-2's, paired and interleaved (``effrepro.bench``).
 
-The paper's speed argument (spec §1.5, §3.2): at the same depth Jakiro runs one fewer sequential draft forward per
+The paper's speed argument: at the same depth Jakiro runs one fewer sequential draft forward per
 cycle (the last level comes from the contrastive branch), and its MoE experts are narrower than EAGLE's dense
 FFN. This benchmark isolates the drafting part of a cycle on the target's real widths: every proposer is primed
 with the same context, then each timed call drafts one tree from 3 new positions (a typical accepted length) and

@@ -11,7 +11,7 @@ with fixed Vicuna answers): a draft trained on it learns almost nothing MT-bench
   terms", "Summarize ...", "Write a short Python example ...": the target answers them greedily and the draft
   learns the target's own answers. MT-bench stays fully held out for evaluation.
 * :func:`encode_sharegpt_file` (full scale): a user's ShareGPT json (the official 68k conversations, fixed answers,
-  spec §4.1): shuffle with seed 42, keep the first ``limit``. ``shard=(i, n)`` splits the encoding over processes
+  as officially): shuffle with seed 42, keep the first ``limit``. ``shard=(i, n)`` splits the encoding over processes
   (one GPU each); run the ``n`` shards, then once more without sharding to merge.
 """
 

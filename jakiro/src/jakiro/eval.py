@@ -4,10 +4,10 @@ Evaluated variants (``VARIANTS``): a variant is a trained head (``head``) plus p
 
 * ``eagle2``: the engine's EAGLE-2 proposer (catch-up + ``depth`` tree forwards);
 * ``jakiro``: hybrid drafting, the last level from the contrastive branch, official row alignment;
-* ``jakiro_parent``: the same head, parent-aligned last level (ablation, spec §1.5);
+* ``jakiro_parent``: the same head, parent-aligned last level (ablation: the official row alignment is a quirk);
 * ``jakiro_nocepd``: the head trained without the contrastive loss, every level by a forward (EAGLE-2 schedule);
 * ``jakiro_star``: Jakiro* on the static tree, corrected verification rule (exact);
-* ``jakiro_star_official``: the same head with the literal released rule (not exact; spec §1.7).
+* ``jakiro_star_official``: the same head with the literal released rule (not exact: wrong draft probabilities).
 
 Jakiro* at temperature 0 is our extension (the official code supports T > 0 only).
 """

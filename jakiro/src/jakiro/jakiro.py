@@ -419,7 +419,7 @@ def load_official_state_dict(draft: JakiroDraft, state_dict: dict[str, torch.Ten
 
 
 def count_parameters(draft: JakiroDraft) -> dict[str, int]:
-    """Trainable parameters by part (spec §2 breakdown) plus the frozen embedding copy."""
+    """Trainable parameters by part (as the paper breaks them down) plus the frozen embedding copy."""
     def total(module: nn.Module) -> int:
         return sum(p.numel() for p in module.parameters())
 

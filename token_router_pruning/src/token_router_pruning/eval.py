@@ -154,7 +154,7 @@ def text_windows(tokenizer: Any, length: int, split: str, count: int | None = No
 @torch.no_grad()
 def perplexity(model: nn.Module, windows: torch.Tensor, tail: int = 32, batch_size: int = 4) -> dict[str, float]:
     """Next-token NLL of one routed forward per window: over the last ``tail`` positions (``tail_nll``,
-    the reported "continuation" perplexity, as in the spec's probe) and over every position (``nll``).
+    the reported "continuation" perplexity, as in our feasibility probe) and over every position (``nll``).
 
     Every-position perplexity of a single routed prefill is a harsh diagnostic: an early token skipped
     by most blocks predicts its successor from a barely-updated state.

@@ -1,4 +1,4 @@
-"""Draft-head training data: target features over chat conversations, cached on disk (spec jakiro §4.1).
+"""Draft-head training data: target features over chat conversations, cached on disk.
 
 Each sample is one conversation rendered in the target's chat template: ``input_ids [L]``, ``hidden_state [L, H]``
 (the target's last hidden state after the final norm, one teacher-forced pass) and ``loss_mask [L]`` (1 on
@@ -507,7 +507,7 @@ class FeatureDataset(torch.utils.data.Dataset):
 
 
 class DraftCollator:
-    """Pads, shifts and noises samples into a ``DraftBatch`` (spec jakiro §1.4).
+    """Pads, shifts and noises samples into a ``DraftBatch`` (the official EAGLE pairing).
 
     ``noise="uniform"``: ``f += (U(0,1) - 0.5) * std * 512 / L`` with L the sample's length (EAGLE's
     length-dependent amplitude); ``"gaussian"``: ``f += N(0, std^2)``; noise only when ``train``.

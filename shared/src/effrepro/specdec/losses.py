@@ -1,4 +1,4 @@
-"""The EAGLE training loss pieces every head reuses (spec jakiro §1.4, gumiho §1.4).
+"""The EAGLE training loss pieces every head reuses (official EAGLE recipe).
 
 ``feature_losses(pred, batch, lm_head, shift)`` compares a prediction made at position t with the target feature
 ``T_{t+shift} = f_{t+1+shift}`` under the mask ``M_{t+shift}``, over ``t < L - shift``: ``shift=0`` is the
@@ -37,7 +37,7 @@ def feature_losses(
     """``(regression, classification)`` for ``pred [B, L, H]`` against ``f_{t+1+shift}`` (see module docstring).
 
     The teacher softmax and the log-softmax run in float32 in chunks of ``chunk`` rows, so a 128k vocabulary
-    does not need the whole ``[B, L, V]`` at once (gumiho pitfall 9).
+    does not need the whole ``[B, L, V]`` at once (it would not fit in memory at that vocabulary).
     """
     pred, target, mask = _shifted(pred, batch, shift)
     denom = mask.sum() + EPS

@@ -11,7 +11,7 @@
   max_length=..., **options)``; ``proposer_factory`` turns it into the harness's ``target -> proposer`` factory.
   Heads import nothing of their proposers, proposers import their head: no import cycle.
 
-Feature alignment (spec jakiro §1.1): ``f_t`` is the target's last hidden state *after the final norm* at
+Feature alignment (as in the official EAGLE code): ``f_t`` is the target's last hidden state *after the final norm* at
 position t; the draft input at position t is the pair ``(f_t, x_{t+1})``.
 """
 

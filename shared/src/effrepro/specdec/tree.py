@@ -1,4 +1,4 @@
-"""Draft trees: the pure tensor primitives every EAGLE-family proposer shares (spec jakiro §1.5, gumiho §1.5).
+"""Draft trees: the pure tensor primitives every EAGLE-family proposer shares.
 
 A proposer drafts *levels*: level ``l`` (1-based) is a list of candidate nodes, each with a token, a cumulative
 log-probability from the root (``score``) and the index of its parent among the entries of level ``l - 1``

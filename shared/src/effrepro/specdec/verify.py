@@ -1,4 +1,4 @@
-"""Verification of a draft tree against the target's tree logits (spec jakiro §1.6, gumiho §1.7).
+"""Verification of a draft tree against the target's tree logits.
 
 * **Greedy** (temperature 0): node i is correct when its token equals the target's argmax at its parent; the
   accepted path is the longest all-correct prefix over the root-to-leaf rows (ties: first row); the bonus token is
@@ -11,7 +11,7 @@
   target's (tests: exact enumeration on a tiny vocabulary).
   Temperature / top-k / top-p (transformers' logits warpers) are applied on **every** branch, including the bonus
   at a leaf; the official code samples that bonus from the raw softmax (``official_leaf_bonus=True`` keeps that,
-  which is exact only at T = 1 without top-p/top-k: jakiro pitfall 23).
+  which is exact only at T = 1 without top-p/top-k: elsewhere the bonus follows the wrong distribution).
 """
 
 from __future__ import annotations
