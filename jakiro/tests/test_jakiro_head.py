@@ -151,7 +151,7 @@ def test_incremental_kv_equals_full_recompute_and_first_forward_shortcut():
 
 
 def test_parameter_counts_match_spec_table_vicuna_7b():
-    """Spec §2: Vicuna-7B Jakiro 201.4 M, Jakiro* 281.0 M trainable (fc with bias); frozen embedding 131.1 M."""
+    """Paper: Vicuna-7B Jakiro 201.4 M, Jakiro* 281.0 M trainable (fc with bias); frozen embedding 131.1 M."""
     widths = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
                   vocab_size=32000)
     with torch.device("meta"):

@@ -1,4 +1,4 @@
-"""Target adapter, verification and the generate loop on a tiny random Llama (jakiro §6.4, gumiho §6.4).
+"""Target adapter, verification and the generate loop on a tiny random Llama.
 
 float64 throughout, so equalities are exact up to round-off and greedy ties never flip.
 """

@@ -1,4 +1,4 @@
-"""Metric formulas on hand-written records (jakiro §6.4 item 10), loss alignment and the collator."""
+"""Metric formulas on hand-written records, loss alignment and the collator."""
 
 import json
 import math

@@ -1,6 +1,6 @@
 """The EAGLE-2 baseline draft head and its dynamic-tree proposer (SafeAILab/EAGLE ``cnets1.py`` semantics).
 
-Head (one decoder layer, spec jakiro §1.2 without the MoE):
+Head (one decoder layer, Jakiro's head with a dense FFN instead of the MoE):
 
     z = fc([Emb(x_{t+1}) ; f_t])          fc: Linear(2H -> H, bias=True), embedding first
     g = LlamaDecoderLayer(z)              layer 0 has NO input RMSNorm; no final norm

@@ -12,7 +12,7 @@ Metrics (``summarize``):
   (accepted drafts + the bonus token), pooled over all turns;
 * ``tau_cycle`` = mean over questions of ``sum new / (sum idx + turns)`` and ``tau_script`` = mean over questions
   of ``sum new / sum idx`` (the official ``speed_accept_len.py``, biased: idx = cycles - 1) with ``new`` =
-  ``cycle_tokens`` (jakiro §6.4 item 10);
+  ``cycle_tokens``;
 * ``acceptance_by_depth[d]`` = P(draft token at depth d accepted | depth d-1 accepted and the tree reaches d);
 * ``tokens_per_s`` = mean over questions of ``sum new_tokens / sum wall_time``, and ``speedup`` = its ratio to plain
   decoding's (ratio of means of per-question speeds, the official formula);
