@@ -196,6 +196,21 @@ def test_near_ties_are_counted_on_a_constructed_tie(tied):
     assert sampled.near_ties == 0 and sampled.min_logit_gap is None  # recorded at greedy only
 
 
+def test_turn_records_and_summaries_carry_the_near_ties():
+    from effrepro.specdec.generate import GenerationResult
+    from effrepro.specdec.harness import summarize, turn_record
+
+    def record(ties: int) -> dict:
+        result = GenerationResult(tokens=[1, 2], cycles=1, accept_lengths=[1], tree_depths=[1], wall_time=1.0,
+                                  near_ties=ties, min_logit_gap=0.0 if ties else 0.5, near_tie_tolerance=1e-3)
+        return turn_record(7, 0, result)
+
+    rows = record(2)
+    assert (rows["near_ties"], rows["min_logit_gap"], rows["near_tie_tolerance"]) == (2, 0.0, 1e-3)
+    summary = summarize({"plain": [record(1)], "eagle2": [record(2)]})
+    assert (summary["plain"]["near_ties"], summary["eagle2"]["near_ties"]) == (1, 2)
+
+
 def test_mismatch_details_name_the_near_ties():
     def record(turn: int, tokens: list[int], ties: int) -> dict:
         return {"question_id": 1, "turn": turn, "tokens": tokens, "near_ties": ties}
