@@ -10,9 +10,8 @@ import torch
 from effrepro.errors import UsageError
 from effrepro.train import load_checkpoint, save_checkpoint
 from kerneldna.data import TensorBatches, clutter_digits
-from kerneldna.eval import load_trained
 from kerneldna.models import build_model
-from kerneldna.train import TrainConfig, make_optimizer, train, warmup_cosine
+from kerneldna.train import TrainConfig, load_trained, make_optimizer, train, warmup_cosine
 
 
 def _tiny_cfg(tmp_path, **kw) -> TrainConfig:
@@ -138,8 +137,8 @@ def test_torchrun_ddp_two_processes_count_every_eval_sample_once(tmp_path):
     assert len(finals) == 2 and all(f["eval_count"] == 90 for f in finals)  # sharded, not duplicated
     assert finals[0]["eval_top1"] == finals[1]["eval_top1"]
     from effrepro.train import dist_setup
-    from kerneldna.eval import evaluate, load_trained
-    from kerneldna.train import TrainConfig, make_loaders
+    from kerneldna.eval import evaluate
+    from kerneldna.train import TrainConfig, load_trained, make_loaders
 
     model, config = load_trained(tmp_path / "ddp" / "last.pt")
     cfg = TrainConfig(**{k: v for k, v in config.items() if k in TrainConfig.__dataclass_fields__ and v is not None})

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from effrepro import stats
-from effrepro.config import load_config
+from effrepro.config import find_config, load_config
 from effrepro.errors import UsageError
 from effrepro.reproduce import Context, Results
 
 from deepkd.config import TrainConfig, data_root
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cifar100" / "dkd" / "resnet32x4_resnet8x4.yaml"
+DEFAULT_CONFIG = "cifar100/dkd/resnet32x4_resnet8x4.yaml"  # a shipped config (deepkd/configs, package data)
 FULL_ARMS = {"dkd": ["solver.method=sgd"], "dkd_dot": ["solver.method=dot"], "dkd_deepkd": ["solver.method=deepkd"]}
 PAPER_DKD = {"resnet32x4->resnet8x4": 76.32, "vgg13->vgg8": 74.68, "wrn_40_2->wrn_40_1": 74.81,
              "wrn_40_2->wrn_16_2": 76.24, "resnet56->resnet20": 71.97, "resnet110->resnet32": 74.11}
@@ -45,7 +45,7 @@ def _teacher(cfg: TrainConfig, runs: Path, overrides: list[str]) -> str:
 def check_full(plan: Any) -> tuple[str, list[str], TrainConfig]:
     """The full run's config source, overrides and config, checked (config, CIFAR-100 data) before the output
     folder is made: a mistake is one error line and leaves nothing behind."""
-    source = plan.config or str(DEFAULT_CONFIG)
+    source = str(find_config(plan.config or DEFAULT_CONFIG, "deepkd"))  # a path, or one of the shipped configs
     base = [f"data.root={plan.data}"] if plan.data else []
     overrides = base + list(plan.overrides or ())
     cfg = load_config(source, TrainConfig, overrides)

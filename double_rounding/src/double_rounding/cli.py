@@ -16,27 +16,35 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from effrepro.config import load_config
+from effrepro.cliargs import add_set, overrides, rename_option
+from effrepro.config import find_config
 from effrepro.errors import UsageError, run_cli
-from effrepro.quant import load_int8, to_transitional
-from effrepro.train import dist_setup, load_checkpoint, seed_everything
+from effrepro.outputs import check_input_file, check_output_dir, check_output_file
 
-from double_rounding.config import Config
-from double_rounding.data import build_loaders, calibration_batch
-from double_rounding.eval import evaluate_int8, parse_config
-from double_rounding.hasb import BitSampler
-from double_rounding.models import build_float_model, build_quant_model
+if TYPE_CHECKING:  # the heavy modules are imported inside the commands: ``--help`` must not load torch
+    import torch
+
+    from double_rounding.config import Config
+
+DEFAULT_CONFIG = "smoke_mnist.yaml"  # the MNIST miniature (a few CPU minutes), shipped in configs/
 
 
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(args.config, Config, args.overrides)
+    from effrepro.config import load_config
+
+    from double_rounding.config import Config
+
+    source = find_config(DEFAULT_CONFIG if args.config is None else args.config, "double_rounding")
+    return load_config(source, Config, overrides(args))
 
 
 def _state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     """A model state dict from a plain state-dict file (e.g. torchvision's .pth) or a checkpoint with ``model``."""
+    import torch
+    from effrepro.train import load_checkpoint
+
     obj = load_checkpoint(path, expect=("train-state", "state-dict"))
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -45,26 +53,42 @@ def _state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, default=str))
+    from effrepro.report import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1, default=str))
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """The output folder / files and the given input files, before any work."""
+    if getattr(args, "out", None):
+        check_output_dir(args.out)
+    if getattr(args, "json", None):
+        check_output_file(args.json, "--json")
+    for option in ("init", "int8", "traces"):
+        if getattr(args, option, None):
+            check_input_file(getattr(args, option), f"--{option}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from double_rounding.train import (
-        export_model,
-        quant_model_from_fp32,
-        train_fp32,
-        train_quantized,
-    )
+    import torch
+    from effrepro.quant import to_transitional
+    from effrepro.train import dist_setup, load_state_dict_checked, seed_everything
 
+    from double_rounding.data import build_loaders, calibration_batch
+    from double_rounding.hasb import BitSampler
+    from double_rounding.models import build_float_model, build_quant_model
+    from double_rounding.train import export_model, quant_model_from_fp32, train_fp32, train_quantized
+
+    _check_paths(args)
     cfg = _config(args)
     dist = dist_setup(args.device)
     seed_everything(cfg.seed)
     train_loader, test_loader = build_loaders(cfg.data, dist, cfg.seed)
     out = Path(args.out)
     stage_dir = out / args.stage
+    resume = not args.no_resume
     if args.stage == "fp32":
-        model, result = train_fp32(cfg, train_loader, stage_dir, dist, progress=not args.quiet)
+        model, result = train_fp32(cfg, train_loader, stage_dir, dist, progress=not args.quiet, resume=resume)
         if dist.is_main:
             torch.save(model.state_dict(), stage_dir / "fp32.pt")
     elif args.stage == "multi":
@@ -73,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = quant_model_from_fp32(cfg, _state_dict(init, "FP32"), cfg.quant.bits, cfg.quant.tie_mode, calib,
                                       device=dist.device)
         result = train_quantized(cfg, model, cfg.multi, train_loader, stage_dir, dist, "multi",
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, resume=resume)
         if dist.is_main:
             export_model(model, cfg, stage_dir / "model.int8.pt", cfg.multi.train_bits or cfg.quant.bits)
     else:
@@ -82,13 +106,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         traces = _read_traces(traces_path) if cfg.mixed.sampler == "hasb" else None
         model = build_quant_model(cfg.model, cfg.quant.bits, cfg.quant.tie_mode,
                                   float_model=build_float_model(cfg.model))
-        from effrepro.train import load_state_dict_checked
-
         load_state_dict_checked(model, _state_dict(init, "multi-precision"), f"the multi-precision checkpoint {init}")
         to_transitional(model)
         sampler = BitSampler(model.quant_graph.layers, cfg.quant.bits, traces, cfg.mixed.sampler)
         result = train_quantized(cfg, model.to(dist.device), cfg.supernet, train_loader, stage_dir, dist,
-                                 "supernet", sampler=sampler, progress=not args.quiet)
+                                 "supernet", sampler=sampler, progress=not args.quiet, resume=resume)
         if dist.is_main:
             export_model(model, cfg, stage_dir / "model.int8.pt", cfg.quant.bits, {"sampler": cfg.mixed.sampler})
     if dist.is_main:
@@ -112,17 +134,20 @@ def _read_traces(path: Path) -> dict[str, float]:
 
 
 def cmd_hessian(args: argparse.Namespace) -> int:
+    from effrepro.train import dist_setup, load_state_dict_checked, seed_everything
+
+    from double_rounding.data import build_loaders
     from double_rounding.mixed import compute_traces
+    from double_rounding.models import build_float_model
     from double_rounding.train import first_batches
 
+    _check_paths(args)
     cfg = _config(args)
     dist = dist_setup(args.device)
     seed_everything(cfg.seed)
     out = Path(args.out)
     init = Path(args.init) if args.init else out / "fp32" / "fp32.pt"
     model = build_float_model(cfg.model)
-    from effrepro.train import load_state_dict_checked
-
     load_state_dict_checked(model, _state_dict(init, "FP32"), f"the FP32 checkpoint {init}")
     cfg.data.batch_size = cfg.mixed.hessian_batch
     train_loader, _ = build_loaders(cfg.data, dist, cfg.seed)
@@ -135,12 +160,26 @@ def cmd_hessian(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from effrepro.quant import load_int8
+    from effrepro.train import dist_setup
+
+    from double_rounding.data import build_loaders
     from double_rounding.mixed import area_under_curve, evaluate_subnets, pareto_by_budget, search_configs
 
+    _check_paths(args)
     cfg = _config(args)
     out = Path(args.out)
     artefact = load_int8(Path(args.int8) if args.int8 else out / "supernet" / "model.int8.pt")
     traces = _read_traces(Path(args.traces) if args.traces else out / "hessian" / "traces.json")
+    missing = sorted(set(artefact["graph"]["layers"]) - set(traces))
+    if missing:
+        more = " ..." if len(missing) > 3 else ""
+        raise UsageError(f"the traces file has no trace for {', '.join(missing[:3])}{more}; compute them for this "
+                         "model with `double_rounding hessian`")
+    bits = artefact["graph"]["bits"]
+    for budget in args.budget or []:
+        if not min(bits) <= budget <= max(bits):
+            raise UsageError(f"--budget {budget}: an average bit-width from {min(bits)} to {max(bits)}")
     rows = search_configs(artefact, traces, cfg.mixed, args.budget)
     if not args.no_eval:
         dist = dist_setup(args.device)
@@ -154,6 +193,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from effrepro.quant import load_int8
+    from effrepro.train import dist_setup
+
+    from double_rounding.data import build_loaders
+    from double_rounding.eval import evaluate_int8, parse_config
+
+    _check_paths(args)
     cfg = _config(args)
     artefact = load_int8(args.int8)
     layers = list(artefact["graph"]["layers"])
@@ -178,9 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", default=None, help="run config YAML (default: the built-in MNIST miniature)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="config override, dotted keys (e.g. --set multi.alrs=off)")
+        p.add_argument("--config", default=None,
+                       help=f"run config YAML: a path or a shipped name (default: {DEFAULT_CONFIG}, the MNIST "
+                       "miniature)")
+        add_set(p, "multi.alrs=off", positional_alias=False)
         p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when available)")
 
     p = sub.add_parser("train", help="train a stage: fp32, multi (multi-precision) or supernet (mixed)")
@@ -190,13 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, help="start weights (default: the previous stage in --out)")
     p.add_argument("--traces", default=None, help="supernet: Hessian traces JSON (default: <out>/hessian)")
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(fn=cmd_train)
+    p.add_argument("--no-resume", action="store_true", help="start the stage over even if <out>/<stage>/last.pt "
+                   "exists")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("hessian", help="per-layer Hutchinson traces of the FP32 model")
     common(p)
     p.add_argument("--out", required=True)
     p.add_argument("--init", default=None)
-    p.set_defaults(fn=cmd_hessian)
+    p.set_defaults(func=cmd_hessian)
 
     p = sub.add_parser("search", help="ILP sub-nets of the SuperNet int8 file under average-bit budgets")
     common(p)
@@ -206,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, nargs="+", default=None)
     p.add_argument("--no-eval", action="store_true")
     p.add_argument("--json", default=None)
-    p.set_defaults(fn=cmd_search)
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("eval", help="accuracy at any bit-width or mixed configuration, from the int8 file only")
     common(p)
@@ -214,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", default="all",
                    help="'all', a bit-width, a JSON {layer: bits} / list / .json file; several separated by ';'")
     p.add_argument("--json", default=None)
-    p.set_defaults(fn=cmd_eval)
+    p.set_defaults(func=cmd_eval)
 
     sub.add_parser("bench", help="switch time, file sizes, fake-quant vs FP32 throughput (see bench --help)")
     sub.add_parser("reproduce", help="the paper's claims: --scale smoke|full [--tiny] (see reproduce --help)")
@@ -224,16 +273,33 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None) -> int:
     """The command line without the error wrapper (for tests and for ``reproduce --scale full``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "bench":
-        from double_rounding.bench import main as bench_main
-
-        return bench_main(argv[1:])
-    if argv and argv[0] == "reproduce":
-        from double_rounding.reproduce import main as reproduce_main
-
-        return reproduce_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        return cmd_bench(argv[1:])
+    if argv[:1] == ["reproduce"]:
+        return cmd_reproduce(argv[1:])
     args = build_parser().parse_args(argv)
-    return int(args.fn(args) or 0)
+    return int(args.func(args) or 0)
+
+
+def cmd_bench(argv: list[str]) -> int:
+    """``bench`` parses its own options (``double_rounding bench --help``)."""
+    from double_rounding.bench import main as bench_main
+
+    return bench_main(argv)
+
+
+def cmd_reproduce(argv: list[str]) -> int:
+    """The reproduce skeleton parses its own options; ``--set`` takes plan fields and (full scale) run-config keys
+    alike (``--config-set`` is its deprecated spelling)."""
+    import dataclasses
+
+    from effrepro.cliargs import route_set
+
+    from double_rounding.reproduce import REPRODUCTION, DoubleRoundingPlan
+
+    fields = {f.name for f in dataclasses.fields(DoubleRoundingPlan)}
+    argv = rename_option(argv, "--config-set", "--set")
+    return REPRODUCTION.main(route_set(argv, fields, "--config-set"))
 
 
 def main(argv: list[str] | None = None) -> None:

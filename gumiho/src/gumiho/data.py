@@ -32,6 +32,7 @@ from effrepro.specdec.draft_data import (
     self_generate,
 )
 from effrepro.specdec.questions import mtbench_split
+from effrepro.train.checkpoint import umask_mode
 
 split_mtbench = mtbench_split  # ``(train_questions, eval_questions)``: the engine's one MT-bench split
 
@@ -64,6 +65,7 @@ def prompt_draft_data(model: Any, tokenizer: Any, config: DraftDataConfig, promp
     conversations = self_generate(model, tokenizer, formatter, pool, replace(config, self_generated=len(pool)))
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".draft-data-", dir=root))
+    os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700; the cache is readable like any new folder
     try:
         count = tokens = supervised = 0
         for conversation in conversations:

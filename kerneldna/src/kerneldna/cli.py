@@ -11,36 +11,40 @@ import os
 import sys
 from pathlib import Path
 
-from effrepro.config import load_config
+from effrepro.cliargs import add_set, overrides
 from effrepro.errors import UsageError, run_cli
+from effrepro.outputs import check_output_dir
 
 from kerneldna.recipes import COMMON, RECIPES, recipe_config  # noqa: F401  (COMMON: re-exported)
 
 
-def _train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
+    from effrepro.config import find_config, load_config
+
     from kerneldna.train import TrainConfig, train
 
-    overrides = list(args.overrides)
+    items = overrides(args)
     if args.data:
-        overrides.append(f"data={args.data}")
+        items.append(f"data={args.data}")
     if args.out:
-        overrides.append(f"out={args.out}")
+        check_output_dir(args.out)
+        items.append(f"out={args.out}")
     if args.config:
-        cfg = load_config(args.config, TrainConfig, overrides)
+        cfg = load_config(find_config(args.config, "kerneldna"), TrainConfig, items)
     else:
-        cfg = recipe_config(args.arch, overrides)
+        cfg = recipe_config(args.arch, items)
     result = train(cfg, resume=not args.no_resume)
     print(json.dumps({"final": result["final"], "out": cfg.out}, default=str))
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
+def cmd_eval(args: argparse.Namespace) -> int:
     import torch
     from effrepro.train import dist_setup
 
-    from kerneldna.eval import evaluate, load_trained
+    from kerneldna.eval import evaluate
     from kerneldna.kerneldna import fold_model
-    from kerneldna.train import TrainConfig, make_loaders
+    from kerneldna.train import TrainConfig, load_trained, make_loaders
 
     model, config = load_trained(args.checkpoint, use_ema=args.ema)
     known = set(TrainConfig.__dataclass_fields__)
@@ -58,12 +62,14 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     import torch
     from effrepro.report import results_dir
 
     from kerneldna.bench import BenchConfig, markdown_table, parse_ints, run_bench, write_bench
 
+    if args.out:
+        check_output_dir(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     elif "OMP_NUM_THREADS" not in os.environ:
@@ -95,19 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train with an official recipe (single process or torchrun DDP)")
     p.add_argument("--arch", default="resnet18", help=f"official recipe: {', '.join(RECIPES)}")
-    p.add_argument("--config", type=Path, help="a YAML TrainConfig instead of --arch's recipe")
+    p.add_argument("--config", help="a YAML TrainConfig instead of --arch's recipe: a path or a shipped name "
+                   "(resnet50_imagenet.yaml)")
     p.add_argument("--data", help="dataset root (ImageNet: train/ and val/ class folders)")
     p.add_argument("--out", help="run directory (resumes from its last.pt)")
-    p.add_argument("--no-resume", action="store_true")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. variant=baseline epochs=10")
-    p.set_defaults(fn=_train)
+    p.add_argument("--no-resume", action="store_true", help="start over even if <out>/last.pt exists")
+    add_set(p, "variant=baseline")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint (folded by default)")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--data")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights if the checkpoint has them")
     p.add_argument("--no-fold", action="store_true")
-    p.set_defaults(fn=_eval)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="throughput/latency: baseline vs KernelDNA (folded) vs CondConv vs ODConv")
     p.add_argument("--arch", default="resnet18")
@@ -120,28 +127,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-fold", action="store_true")
     p.add_argument("--out")
-    p.set_defaults(fn=_bench)
+    p.set_defaults(func=cmd_bench)
 
     sub.add_parser("reproduce", add_help=False, help="the paper's claims: --scale smoke (CPU miniature) or full "
                    "(ImageNet); `kerneldna reproduce --help` lists its options")
     return parser
 
 
-def dispatch(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["reproduce"]:  # the reproduce skeleton parses its own options
-        from kerneldna.reproduce import REPRODUCTION
+def cmd_reproduce(argv: list[str]) -> int:
+    """The reproduce skeleton parses its own options (``kerneldna reproduce --help``)."""
+    from kerneldna.reproduce import REPRODUCTION
 
-        return REPRODUCTION.main(argv[1:])
+    return REPRODUCTION.main(argv)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse and dispatch; user mistakes raise ``UsageError`` (``main`` turns them into one line + exit 2)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["reproduce"]:
+        return cmd_reproduce(argv[1:])
     args = build_parser().parse_args(argv)
     if getattr(args, "repeats", 1) < 1:
         raise UsageError("--repeats must be >= 1")
-    return args.fn(args)
+    return int(args.func(args) or 0)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry: user mistakes become one ``error: ...`` line and exit code 2 (``effrepro.errors.run_cli``)."""
-    run_cli(dispatch, argv)
+    run_cli(run, argv)
 
 
 if __name__ == "__main__":

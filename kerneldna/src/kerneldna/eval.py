@@ -1,18 +1,13 @@
-"""Evaluation (top-1 / top-5 / loss, exact under DDP) and loading trained checkpoints with sharing checks."""
+"""Evaluation: top-1 / top-5 / loss, exact under DDP (loading a trained checkpoint: ``train.load_trained``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
-from effrepro.errors import UsageError
-from effrepro.train import load_checkpoint, load_state_dict_checked
 from torch import nn
-
-from kerneldna.convert import check_sharing
 
 
 @torch.no_grad()
@@ -45,25 +40,3 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device | str = "cpu") 
     count = max(sums[3].item(), 1.0)
     return {"top1": 100.0 * sums[0].item() / count, "top5": 100.0 * sums[1].item() / count,
             "loss": sums[2].item() / count, "count": int(sums[3].item())}
-
-
-def load_trained(path: str | Path, use_ema: bool = False) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint was trained with (``last.pt`` of ``kerneldna train``) and load it.
-
-    Raises :class:`UsageError` for a missing/corrupt file, a checkpoint of another project, different sharing
-    groups (naming the layer) and missing/unexpected keys or shape mismatches.
-    """
-    from kerneldna.train import TrainConfig, model_for
-
-    state = load_checkpoint(path, required=("model", "config"), expect="train-state")
-    config = dict(state["config"])
-    sharing = config.pop("sharing", None)
-    known = set(TrainConfig.__dataclass_fields__)
-    if sharing is None or not {"arch", "variant", "dataset"} <= set(config):
-        raise UsageError(f"checkpoint {path} was not written by `kerneldna train` (no arch/variant/sharing in it)")
-    cfg = TrainConfig(**{k: v for k, v in config.items() if k in known and v is not None})
-    model = model_for(cfg)
-    check_sharing(sharing, model, source=f"checkpoint {path}")
-    weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
-    load_state_dict_checked(model, weights, source=f"checkpoint {path}")
-    return model, config

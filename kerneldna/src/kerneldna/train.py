@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from effrepro.config import config_to_dict
 from effrepro.errors import UsageError
-from effrepro.train import DistInfo, Trainer, dist_setup, seed_everything
+from effrepro.train import DistInfo, Trainer, dist_setup, load_checkpoint, load_state_dict_checked, seed_everything
 from torch import nn
 
-from kerneldna.convert import sharing_groups
+from kerneldna.convert import check_sharing, sharing_groups
 from kerneldna.data import (
     SMALL_DATASETS,
     TensorBatches,
@@ -186,3 +186,23 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
     result["steps_per_epoch"] = len(train_loader)
     result["global_step"] = trainer.global_step
     return result
+
+
+def load_trained(path: str | Path, use_ema: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint was trained with (``last.pt`` of ``kerneldna train``) and load it.
+
+    Raises :class:`UsageError` for a missing/corrupt file, a checkpoint of another project, different sharing
+    groups (naming the layer) and missing/unexpected keys or shape mismatches.
+    """
+    state = load_checkpoint(path, required=("model", "config"), expect="train-state")
+    config = dict(state["config"])
+    sharing = config.pop("sharing", None)
+    known = set(TrainConfig.__dataclass_fields__)
+    if sharing is None or not {"arch", "variant", "dataset"} <= set(config):
+        raise UsageError(f"checkpoint {path} was not written by `kerneldna train` (no arch/variant/sharing in it)")
+    cfg = TrainConfig(**{k: v for k, v in config.items() if k in known and v is not None})
+    model = model_for(cfg)
+    check_sharing(sharing, model, source=f"checkpoint {path}")
+    weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
+    load_state_dict_checked(model, weights, source=f"checkpoint {path}")
+    return model, config

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from effrepro.config import package_configs
 from effrepro.errors import UsageError
 
 from token_router_pruning.ftp import SCOPES
 from token_router_pruning.scheduler import GAConfig
 from token_router_pruning.train import RouterTrainConfig
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = package_configs("token_router_pruning")  # configs/ shipped in the package (smoke.yaml, full.yaml)
 
 
 @dataclass

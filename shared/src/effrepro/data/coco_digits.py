@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from effrepro.data.images import load_mnist
 from effrepro.errors import UsageError
+from effrepro.train.checkpoint import umask_mode
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
@@ -85,6 +86,7 @@ def write_coco_digits(root: str | os.PathLike, split: str = "train", size: int =
     rng = np.random.default_rng(zlib.crc32(f"coco-digits/{split}/{seed}".encode()))
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{split}-", dir=root))
+    os.chmod(tmp_dir, umask_mode(0o777))  # mkdtemp makes 0700; the cache is readable like any new folder
     coco: dict = {"info": {"description": "MNIST digits on canvases (effrepro)", "params": params},
                   "images": [], "annotations": [],
                   "categories": [{"id": i + 1, "name": name} for i, name in enumerate(DIGIT_CLASSES)]}

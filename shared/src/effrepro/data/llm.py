@@ -12,6 +12,7 @@ import torch
 
 from effrepro.data.assets import asset_file, cache_dir
 from effrepro.errors import UsageError
+from effrepro.train.checkpoint import umask_mode
 
 EMBEDDED_MODELS: dict[str, tuple[str, str]] = {
     # name -> (asset distribution, GGUF file inside it)
@@ -48,6 +49,7 @@ def embedded_model_dir(name: str = "smollm2-135m") -> Path:
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700; the cache is readable like any new folder
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
