@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from effrepro.config import config_to_dict, load_config
+from effrepro.config import config_to_dict, load_config, package_configs
 from effrepro.errors import UsageError
 from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results
 from effrepro.specdec import TargetAdapter
@@ -38,7 +38,7 @@ from gumiho.prereqs import cached_heads, load_head, target_and_data, training_su
 from gumiho.reporting import PAPER_TABLE, notes, plot, training_plot
 from gumiho.train import VARIANTS
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = package_configs("gumiho")  # configs/ shipped in the package (smoke.yaml, full.yaml)
 
 # The --tiny budget (same code path): a handful of samples, steps and tokens; every decoder path, end to end.
 TINY_OVERRIDES = (

@@ -240,9 +240,6 @@ def run(argv: list[str] | None = None) -> int:
     return int(args.func(args) or 0)
 
 
-dispatch = run  # the former name of run (kept for callers of jakiro.cli.dispatch)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console entry: user mistakes become one ``error: ...`` line and exit code 2 (``effrepro.errors.run_cli``)."""
     run_cli(run, argv)

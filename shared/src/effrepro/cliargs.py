@@ -34,7 +34,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
     for item in items:
         key, sep, _ = item.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"override {item!r}: use --set KEY=VALUE with a dotted config key")
+            raise UsageError(f"override {item!r} is not key=value; write --set KEY=VALUE with a dotted config key")
     return items
 
 
