@@ -226,7 +226,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "double_rounding/configs/resnet18_imagenet.yaml")
     parser.add_argument("--init", default=None, help="full scale: FP32 weights to start from (skips FP32 training)")
     parser.add_argument("--config-set", dest="config_overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="full scale: run-config override, e.g. --config-set data.root=/data/imagenet")
+                        help="full scale: run-config override; `double_rounding reproduce --set KEY=VALUE` takes "
+                             "run-config keys too (e.g. --set data.root=/data/imagenet)")
 
 
 def configure(plan: DoubleRoundingPlan, args: argparse.Namespace) -> DoubleRoundingPlan:

@@ -126,8 +126,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=None, help="local HF model dir or smollm2-135m (full scale: required)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: the plan's)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="target dtype")
-    parser.add_argument("config_overrides", nargs="*", metavar="KEY=VALUE",
-                        help="run-config overrides, e.g. eval.max_questions=8 extra_decoders=[medusa-chain]")
+    parser.add_argument("config_overrides", nargs="*", help=argparse.SUPPRESS)  # `gumiho reproduce --set` fills it
+    parser.epilog = ("`gumiho reproduce --set KEY=VALUE` also takes run-config keys, e.g. --set eval.max_questions=8 "
+                     "--set extra_decoders=[medusa-chain]")
 
 
 def load_run_config(plan: GumihoPlan) -> GumihoRunConfig:

@@ -62,7 +62,7 @@ RECALL_TASK = "ftp_mini_recall"
 
 @dataclass(frozen=True, kw_only=True)
 class FTPPlan(Plan):
-    """``config``: ``configs/<config>.yaml`` or a path; ``overrides``: dotted ``key=value`` on it (``--cfg``)."""
+    """``config``: ``configs/<config>.yaml`` or a path; ``overrides``: dotted ``key=value`` on it (``--set``)."""
 
     config: str = "smoke"
     overrides: tuple[str, ...] = ()
@@ -85,7 +85,8 @@ class FTPPlan(Plan):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config (default configs/<scale>.yaml)")
     parser.add_argument("--cfg", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, dotted (e.g. --cfg router.steps=300 --cfg ga.generations=6)")
+                        help="override a config key, dotted; `token_router_pruning reproduce --set KEY=VALUE` takes "
+                             "config keys too (e.g. --set router.steps=300 --set ga.generations=6)")
     parser.add_argument("--target", help="local HF model directory (required for --scale full)")
     parser.add_argument("--tasks-dir", help="paper tasks as local JSONL (required for --scale full)")
 
