@@ -130,10 +130,15 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def cmd_reproduce(argv: list[str]) -> int:
-    """The reproduce skeleton parses its own options (``deepkd reproduce --help``)."""
-    from deepkd.reproduce import REPRODUCTION
+    """The reproduce skeleton parses its own options (``deepkd reproduce --help``); ``--set`` takes plan fields and
+    (full scale) run-config keys alike, a plan field first."""
+    import dataclasses
 
-    return REPRODUCTION.main(argv)
+    from effrepro.cliargs import route_set
+
+    from deepkd.reproduce import REPRODUCTION, DeepKDPlan
+
+    return REPRODUCTION.main(route_set(argv, {f.name for f in dataclasses.fields(DeepKDPlan)}, None))
 
 
 def main(argv: list[str] | None = None) -> None:
