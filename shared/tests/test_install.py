@@ -66,3 +66,19 @@ def test_wheel_install_has_console_script_and_configs(package: str, config_class
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert config in proc.stdout and config_class in proc.stdout, proc.stdout
+
+
+PAPERS = tuple(line.strip() for line in (ROOT / "shared/src/effrepro/papers.txt").read_text().splitlines()
+               if line.strip())
+
+
+@pytest.mark.parametrize("package", [p for p in PAPERS if any((ROOT / p / "configs").iterdir())])
+def test_configs_are_package_data(package: str) -> None:
+    """Every project with configs ships them the same way: ``src/<pkg>/configs`` is the project's ``configs/``
+    (so the source checkout, an editable and a regular install read the same files) and is package data."""
+    from effrepro.config import package_configs
+
+    assert package_configs(package).resolve() == (ROOT / package / "configs").resolve()
+    assert f'"{package}" = ["configs/**/*.yaml", "configs/**/*.py"]' in (ROOT / package / "pyproject.toml").read_text()
+    sources = "\n".join(p.read_text() for p in (ROOT / package / "src" / package).rglob("*.py"))
+    assert "parents[2]" not in sources, "find configs with effrepro.config.package_configs / find_config"
