@@ -113,16 +113,27 @@ def test_config_files_are_the_builders_output(mm):
     from mmengine.config import Config
 
     root = Path(__file__).resolve().parents[1] / "configs" / "mm"
+    expected = {name: cfg for family in mm.config_files().values() for name, cfg in family.items()}
+    assert {p.name for p in root.glob("*.py")} == set(expected) and len(expected) == 8
+    assert {p.name for p in (root / "_base_").glob("*.py")} == set(mm.config_files())
+    for name, built in expected.items():  # every file, loaded through its _base_, is the builder's output
+        text = (root / name).read_text()
+        assert "_base_ = './_base_/" in text and len(text.splitlines()) <= 20, name
+        assert Config.fromfile(root / name).to_dict() == Config(built).to_dict(), name
     det = Config.fromfile(root / "mask-rcnn_kerneldna-r50_fpn_1x_coco.py")
     built = mm.coco_config("data/coco", "work_dirs/mask-rcnn_kerneldna-r50_fpn_1x_coco", 50, "kerneldna",
                            "checkpoints/kerneldna_resnet50_imagenet.pt", check=False)
     assert det.to_dict() == Config(built).to_dict()
     assert det.optim_wrapper.optimizer == dict(type="SGD", lr=0.02, momentum=0.9, weight_decay=1e-4)
+    assert det.optim_wrapper.get("clip_grad") is None  # mmdet's stock R50 recipe: no gradient clipping
     assert det.model.backbone.frozen_stages == 1 and det.model.backbone.norm_eval
     assert det.model.neck.in_channels == [256, 512, 1024, 2048] and det.auto_scale_lr.base_batch_size == 16
+    small = Config.fromfile(root / "mask-rcnn_baseline-r18_fpn_1x_coco.py")
+    assert small.model.backbone.depth == 18 and small.model.neck.in_channels == [64, 128, 256, 512]
     seg = Config.fromfile(root / "upernet_kerneldna-r50_4xb4-160k_ade20k-512x512.py")
     assert seg.model.decode_head.type == "UPerHead" and seg.train_cfg.max_iters == 160_000
-    assert len(list(root.glob("*.py"))) == 8
+    assert Config.fromfile(root / "upernet_baseline-r18_4xb4-160k_ade20k-512x512.py").model.auxiliary_head.in_channels \
+        == 256
 
 
 def test_full_scale_det_needs_a_coco_layout(tmp_path):

@@ -18,8 +18,9 @@ The SE gates hold a BatchNorm over ``[B, C/4, 1, 1]``: training with one image p
 
 Configs: :func:`coco_config` is the stock mmdet ``mask-rcnn_r50_fpn_1x_coco`` recipe the official repository
 ships (SGD lr 0.02 for 16 images, momentum 0.9, wd 1e-4, 500-iteration warm-up, steps at epochs 8 and 11,
-``frozen_stages=1``, ``norm_eval=True``, 1333x800, flip 0.5); :func:`ade20k_config` is mmseg's UperNet R50
-ADE20K 160k recipe. ``python -m kerneldna.mm --write-configs kerneldna/configs/mm`` writes both as files.
+``frozen_stages=1``, ``norm_eval=True``, no gradient clipping, 1333x800, flip 0.5); :func:`ade20k_config` is
+mmseg's UperNet R50 ADE20K 160k recipe. ``python -m kerneldna.mm --write-configs kerneldna/configs/mm`` writes
+both as files: one ``_base_`` per family (KernelDNA-R50) and a few-line file per backbone.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from effrepro.errors import UsageError
 from effrepro.mm import TimmBackbone, install, register_backbone, register_timm_backbone
 from effrepro.mm.backbones import pretrained_checkpoint
 from effrepro.mm.configs import mask_rcnn, upernet
+from effrepro.mm.files import write_family
 from effrepro.mm.runner import ade20k_runner, detection_config
 from torch import nn
 
@@ -143,25 +145,40 @@ def ade20k_config(ade20k: str | Path, work_dir: str | Path, depth: int = 50, var
     return cfg
 
 
-def write_config_files(directory: str | Path) -> list[Path]:
-    """mmengine config files for both depths and variants (COCO / ADE20K under ``data/``)."""
-    from mmengine.config import Config
+CONFIG_FILES = "python -m kerneldna.mm --write-configs kerneldna/configs/mm"
+BASE = (50, "kerneldna")  # the backbone the two _base_ files hold
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+
+def det_file_config(depth: int, variant: str) -> dict[str, Any]:
+    ckpt = f"checkpoints/{variant}_resnet{depth}_imagenet.pt"  # placeholder: --cfg-options model.backbone...
+    return coco_config("data/coco", f"work_dirs/mask-rcnn_{variant}-r{depth}_fpn_1x_coco", depth, variant, ckpt,
+                       check=False)
+
+
+def seg_file_config(depth: int, variant: str) -> dict[str, Any]:
+    ckpt = f"checkpoints/{variant}_resnet{depth}_imagenet.pt"
+    return ade20k_config("data/ade/ADEChallengeData2016", f"work_dirs/upernet_{variant}-r{depth}_160k_ade20k", depth,
+                         variant, ckpt)
+
+
+def config_files() -> dict[str, dict[str, dict[str, Any]]]:
+    """Per base file, the variant files it serves (file name -> the full config the file must load as)."""
+    pairs = [(depth, variant) for depth in DEPTHS for variant in BACKBONE_VARIANTS]
+    return {
+        "mask-rcnn_fpn_1x_coco.py": {f"mask-rcnn_{v}-r{d}_fpn_1x_coco.py": det_file_config(d, v) for d, v in pairs},
+        "upernet_4xb4-160k_ade20k-512x512.py": {f"upernet_{v}-r{d}_4xb4-160k_ade20k-512x512.py": seg_file_config(d, v)
+                                                for d, v in pairs},
+    }
+
+
+def write_config_files(directory: str | Path) -> list[Path]:
+    """mmengine config files (COCO / ADE20K under ``data/``): ``_base_/`` holds each family with KernelDNA-R50, every
+    other file inherits it and sets only its backbone, widths and paths. Regenerate after changing a builder."""
+    bases = {"mask-rcnn_fpn_1x_coco.py": det_file_config(*BASE),
+             "upernet_4xb4-160k_ade20k-512x512.py": seg_file_config(*BASE)}
     written = []
-    for depth in DEPTHS:
-        for variant in BACKBONE_VARIANTS:
-            name = f"{variant}-r{depth}"
-            ckpt = f"checkpoints/{variant}_resnet{depth}_imagenet.pt"  # placeholder: --cfg-options ...
-            det = coco_config("data/coco", f"work_dirs/mask-rcnn_{name}_fpn_1x_coco", depth, variant, ckpt,
-                              check=False)
-            written.append(directory / f"mask-rcnn_{name}_fpn_1x_coco.py")
-            Config(det).dump(written[-1])
-            seg = ade20k_config("data/ade/ADEChallengeData2016", f"work_dirs/upernet_{name}_160k_ade20k", depth,
-                                variant, ckpt)
-            written.append(directory / f"upernet_{name}_4xb4-160k_ade20k-512x512.py")
-            Config(seg).dump(written[-1])
+    for base_name, variants in config_files().items():
+        written += write_family(directory, base_name, bases[base_name], variants, CONFIG_FILES)
     return written
 
 

@@ -13,9 +13,10 @@ C2..C5 feature maps (strides 4..32, widths ``embed_dim * 2**i``), mm-style froze
 ImageNet checkpoints (EMA weights when present; a checkpoint of another model is an error).
 
 Configs (the papers' recipe, FasterNet's detection protocol): :func:`coco_config` is Mask R-CNN + FPN 1x on
-COCO 2017 (AdamW lr 2e-4 for 16 images, wd 1e-4, 500-iteration warm-up, steps at epochs 8 and 11, 12 epochs,
-1333x800, flip 0.5); :func:`ade20k_config` is Semantic FPN on ADE20K (the PVT / PoolFormer protocol).
-``python -m partialnet.mm --write-configs partialnet/configs/mm`` writes them as mmengine config files.
+COCO 2017 (AdamW lr 2e-4 for 16 images, wd 1e-4, no gradient clipping, 500-iteration warm-up, steps at epochs 8
+and 11, 12 epochs, 1333x800, flip 0.5); :func:`ade20k_config` is Semantic FPN on ADE20K (the PVT / PoolFormer
+protocol). ``python -m partialnet.mm --write-configs partialnet/configs/mm`` writes them as mmengine config files:
+one ``_base_`` per family (PartialNet-T2) and a few-line file per backbone.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from effrepro.errors import UsageError
 from effrepro.mm import TimmBackbone, install, register_backbone, register_timm_backbone
 from effrepro.mm.configs import mask_rcnn, semantic_fpn
+from effrepro.mm.files import write_family
 from effrepro.mm.runner import ade20k_runner, detection_config
 
 import partialnet  # noqa: F401  (registers the partialnet_* timm models)
@@ -99,11 +101,12 @@ def coco_config(coco: str | Path, work_dir: str | Path, arch: str = "t2", family
                 checkpoint: str | None = None, epochs: int = 12, batch_size: int = 2, workers: int = 2,
                 check: bool = True) -> dict[str, Any]:
     """The paper's COCO recipe: Mask R-CNN 1x, AdamW lr 2e-4 at 16 images (scaled to the real total batch by
-    ``auto_scale_lr``), wd 1e-4, 500-iteration linear warm-up, x0.1 at epochs 8 and 11, 1333x800, flip 0.5."""
+    ``auto_scale_lr``: run under ``torchrun`` for the paper's 8 x 2), wd 1e-4, no gradient clipping, 500-iteration
+    linear warm-up, x0.1 at epochs 8 and 11, 1333x800, flip 0.5."""
     cfg = detection_config(mask_rcnn_model(arch, family, checkpoint), coco, work_dir, epochs=epochs, lr=2e-4,
                            batch_size=batch_size, train_split="train2017", val_split="val2017",
                            weight_decay=1e-4, milestones=(8, 11), warmup_iters=500, num_workers=workers,
-                           image_scale=(1333, 800), check=check)
+                           image_scale=(1333, 800), check=check, clip_grad=None)
     pipeline = cfg["train_dataloader"]["dataset"]["pipeline"]
     pipeline.insert(len(pipeline) - 1, dict(type="RandomFlip", prob=0.5))
     cfg["auto_scale_lr"] = dict(enable=True, base_batch_size=16)
@@ -123,24 +126,41 @@ def ade20k_config(ade20k: str | Path, work_dir: str | Path, arch: str = "t2", fa
     return cfg
 
 
-def write_config_files(directory: str | Path) -> list[Path]:
-    """mmengine config files for every variant (COCO and ADE20K under ``data/``); regenerate after changes."""
-    from mmengine.config import Config
+CONFIG_FILES = "python -m partialnet.mm --write-configs partialnet/configs/mm"
+BASE_ARCH = "t2"  # the variant the two _base_ files hold
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+
+def _paths(family: str, arch: str) -> tuple[str, str]:
+    """(work_dir stem, ImageNet checkpoint placeholder: set it with --cfg-options model.backbone.init_cfg...)."""
+    return f"work_dirs/{family}_{arch}", f"checkpoints/{family}_{arch}_imagenet.pt"
+
+
+def det_file_config(family: str, arch: str) -> dict[str, Any]:
+    work, ckpt = _paths(family, arch)
+    return coco_config("data/coco", f"{work}_mask-rcnn_1x_coco", arch, family, ckpt, check=False)
+
+
+def seg_file_config(arch: str) -> dict[str, Any]:
+    work, ckpt = _paths("partialnet", arch)
+    return ade20k_config("data/ade/ADEChallengeData2016", f"{work}_fpn_ade20k", arch, "partialnet", ckpt)
+
+
+def config_files() -> dict[str, dict[str, dict[str, Any]]]:
+    """Per base file, the variant files it serves (file name -> the full config the file must load as)."""
+    det = {f"mask-rcnn_{family}-{arch}_fpn_1x_coco.py": det_file_config(family, arch)
+           for family, archs in (("partialnet", tuple(VARIANTS)), ("fasternet", ("t0", "t1", "t2"))) for arch in archs}
+    seg = {f"fpn_partialnet-{arch}_40k_ade20k-512x512.py": seg_file_config(arch) for arch in VARIANTS}
+    return {"mask-rcnn_fpn_1x_coco.py": det, "fpn_40k_ade20k-512x512.py": seg}
+
+
+def write_config_files(directory: str | Path) -> list[Path]:
+    """mmengine config files (COCO and ADE20K under ``data/``): ``_base_/`` holds each family at PartialNet-T2, every
+    other file inherits it and sets only its backbone, widths and paths. Regenerate after changing a builder."""
+    bases = {"mask-rcnn_fpn_1x_coco.py": det_file_config("partialnet", BASE_ARCH),
+             "fpn_40k_ade20k-512x512.py": seg_file_config(BASE_ARCH)}
     written = []
-    for family, archs in (("partialnet", tuple(VARIANTS)), ("fasternet", ("t0", "t1", "t2"))):
-        for arch in archs:
-            work = f"work_dirs/{family}_{arch}"
-            ckpt = f"checkpoints/{family}_{arch}_imagenet.pt"  # placeholder: --cfg-options model.backbone.init_cfg...
-            det = coco_config("data/coco", f"{work}_mask-rcnn_1x_coco", arch, family, ckpt, check=False)
-            written.append(directory / f"mask-rcnn_{family}-{arch}_fpn_1x_coco.py")
-            Config(det).dump(written[-1])
-            if family == "partialnet":
-                seg = ade20k_config("data/ade/ADEChallengeData2016", f"{work}_fpn_ade20k", arch, family, ckpt)
-                written.append(directory / f"fpn_{family}-{arch}_40k_ade20k-512x512.py")
-                Config(seg).dump(written[-1])
+    for base_name, variants in config_files().items():
+        written += write_family(directory, base_name, bases[base_name], variants, CONFIG_FILES)
     return written
 
 
