@@ -75,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from effrepro.train import dist_setup, load_state_dict_checked, seed_everything
 
     from double_rounding.data import build_loaders, calibration_batch
-    from double_rounding.hasb import BitSampler
+    from double_rounding.double_rounding import BitSampler
     from double_rounding.models import build_float_model, build_quant_model
     from double_rounding.train import export_model, quant_model_from_fp32, train_fp32, train_quantized
 
