@@ -85,5 +85,15 @@ class ReproduceConfig:
             raise UsageError(f"allocations {unknown} unknown; use uniform and/or bi")
 
 
+def window_needs(cfg: ReproduceConfig) -> list[tuple[str, int, int, str]]:
+    """Every set of text windows a run cuts from the corpus: (split, tokens, count, the config key that asks)."""
+    data, bench = cfg.data, cfg.bench
+    return [("calib", data.text_len, data.redundancy_windows, "data.redundancy_windows"),
+            ("calib", data.blockpruner_len, data.blockpruner_windows, "data.blockpruner_windows"),
+            ("eval", data.text_len, data.ppl_windows, "data.ppl_windows"),
+            ("eval", bench.seq_len, bench.batch_size, "bench.batch_size"),
+            ("train", data.router_text_len, data.train_windows, "data.train_windows")]
+
+
 def config_path(scale: str) -> Path:
     return CONFIG_DIR / f"{scale}.yaml"

@@ -121,29 +121,40 @@ def mc_metrics(items: Sequence[EncodedItem], logliks: Sequence[Sequence[float]])
     return {"acc": sum(correct) / len(correct), "gold_nll": sum(nll) / len(nll), "n": len(items)}
 
 
+TEXT_SPLITS = {"eval": (0,), "calib": (1,), "train": tuple(range(2, 10))}
+
+
 @lru_cache(maxsize=4)
-def _corpus_ids(tokenizer_key: str, tokenizer: Any) -> tuple[int, ...]:
+def _corpus_ids(tokenizer_key: str, tokenizer: Any, corpus: tuple[str, ...] | None = None) -> tuple[int, ...]:
     from effrepro.data import text_corpus
 
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     ids: list[int] = []
-    for doc in text_corpus():
+    for doc in corpus if corpus is not None else text_corpus():
         ids.extend(tokenizer(doc, add_special_tokens=False).input_ids + [eos])
     return tuple(ids)
 
 
-def text_windows(tokenizer: Any, length: int, split: str, count: int | None = None) -> torch.Tensor:
-    """Non-overlapping ``length``-token windows of the embedded corpus (documents joined by EOS): window
-    ``j`` belongs to ``eval`` when ``j % 10 == 0``, ``calib`` when ``== 1``, else ``train``, so the three
-    splits never overlap."""
-    splits = {"eval": (0,), "calib": (1,), "train": tuple(range(2, 10))}
-    if split not in splits:
-        raise UsageError(f"unknown text split {split!r}; use one of {', '.join(splits)}")
+def _window_ids(tokenizer: Any, length: int, split: str, corpus: tuple[str, ...] | None) -> tuple[tuple, list]:
+    if split not in TEXT_SPLITS:
+        raise UsageError(f"unknown text split {split!r}; use one of {', '.join(TEXT_SPLITS)}")
     if length < 2:
         raise UsageError(f"text windows need at least 2 tokens, got {length}")
-    ids = _corpus_ids(getattr(tokenizer, "name_or_path", "") + f":{len(tokenizer)}", tokenizer)
-    total = len(ids) // length
-    chosen = [j for j in range(total) if j % 10 in splits[split]]
+    ids = _corpus_ids(getattr(tokenizer, "name_or_path", "") + f":{len(tokenizer)}", tokenizer, corpus)
+    return ids, [j for j in range(len(ids) // length) if j % 10 in TEXT_SPLITS[split]]
+
+
+def available_windows(tokenizer: Any, length: int, split: str, corpus: tuple[str, ...] | None = None) -> int:
+    """How many ``split`` windows of ``length`` tokens the corpus holds."""
+    return len(_window_ids(tokenizer, length, split, corpus)[1])
+
+
+def text_windows(tokenizer: Any, length: int, split: str, count: int | None = None,
+                 corpus: tuple[str, ...] | None = None) -> torch.Tensor:
+    """Non-overlapping ``length``-token windows of a corpus (the embedded one unless ``corpus`` gives the
+    documents), documents joined by EOS: window ``j`` belongs to ``eval`` when ``j % 10 == 0``, ``calib`` when
+    ``== 1``, else ``train``, so the three splits never overlap."""
+    ids, chosen = _window_ids(tokenizer, length, split, corpus)
     if count is not None:
         if len(chosen) < count:
             raise UsageError(f"the text corpus has only {len(chosen)} {split} windows of {length} tokens")
@@ -154,7 +165,7 @@ def text_windows(tokenizer: Any, length: int, split: str, count: int | None = No
 @torch.no_grad()
 def perplexity(model: nn.Module, windows: torch.Tensor, tail: int = 32, batch_size: int = 4) -> dict[str, float]:
     """Next-token NLL of one routed forward per window: over the last ``tail`` positions (``tail_nll``,
-    the reported "continuation" perplexity, as in our feasibility probe) and over every position (``nll``).
+    the reported "continuation" perplexity, as in the spec's probe) and over every position (``nll``).
 
     Every-position perplexity of a single routed prefill is a harsh diagnostic: an early token skipped
     by most blocks predicts its successor from a barely-updated state.
@@ -180,6 +191,18 @@ def retention(method: dict[str, float], dense: dict[str, float]) -> float:
     if not ratios:
         raise UsageError("dense accuracy is zero on every task; retention is undefined")
     return 100.0 * sum(ratios) / len(ratios)
+
+
+def _gold_index(task: Any, sample: dict[str, Any]) -> int:
+    """The correct option of a logged lm-eval sample: WinoGrande-style tasks (several contexts, one continuation)
+    name it by ``doc_to_text``; others by the target, an index or the option text."""
+    if getattr(task, "multiple_input", False):
+        return int(task.doc_to_text(sample["doc"]))
+    target = sample["target"]
+    target = target[0] if isinstance(target, list) else target
+    if isinstance(target, str) and not target.strip().isdigit():
+        return list(task.doc_to_choice(sample["doc"])).index(target)
+    return int(target)
 
 
 class LmEval:
@@ -224,11 +247,8 @@ class LmEval:
             metric = self.metric.get(task, "acc")
             value = metrics.get(f"{metric},none", metrics.get("acc,none"))
             samples = out["samples"][task]
-            gold_ll = []
-            for sample in samples:
-                target = sample["target"]
-                gold = int(target) if not isinstance(target, list) else int(target[0])
-                gold_ll.append(float(sample["filtered_resps"][gold][0]))
+            gold_ll = [float(sample["filtered_resps"][_gold_index(self.task_dict["tasks"][task], sample)][0])
+                       for sample in samples]
             correct = [float(s["acc"]) for s in samples] if samples and "acc" in samples[0] else []
             rows[task] = {"acc": float(value), "n": len(samples), "gold_loglik": gold_ll, "correct": correct}
         return rows

@@ -34,6 +34,7 @@ from token_router_pruning.ftp import DynamicRouter, SkipPlan, StaticRouter, Toke
 from token_router_pruning.redundancy import RedundancyReport, block_cosines
 from token_router_pruning.scheduler import GAConfig, genetic_search, uniform_allocation
 from token_router_pruning.tasks import (
+    PAPER_TASKS,
     load_mini_items,
     mini_task_name,
     paper_task_configs,
@@ -68,29 +69,43 @@ def describe(plan: SkipPlan | None) -> Any:
 class Experiment:
     """The model, tasks and text windows shared by the stages of one reproduce run."""
 
-    def __init__(self, cfg: ReproduceConfig, ctx: Context, tasks_dir: str | None, lm_eval_check: int = 4) -> None:
+    def __init__(self, cfg: ReproduceConfig, ctx: Context, tasks_dir: str | None, lm_eval_check: int = 4,
+                 data: dict[str, Path] | None = None, device: str = "cpu", dtype: str = "float32",
+                 device_map: str | None = None, hf_tasks: bool = False) -> None:
+        """``data``: the user's files (``alpaca``, ``corpus``; see :mod:`token_router_pruning.datafiles`);
+        ``hf_tasks``: the paper's tasks from the local HF datasets cache instead of the generated families."""
         from effrepro.data import load_target
 
+        from token_router_pruning.datafiles import alpaca_examples, load_alpaca, load_corpus
+
         self.cfg, self.ctx, self.runs, self.tasks_dir = cfg, ctx, ctx.runs, tasks_dir
-        self.lm_eval_check = lm_eval_check
+        self.lm_eval_check, self.hf_tasks = lm_eval_check, hf_tasks
+        data = data or {}
+        self.corpus = load_corpus(data["corpus"]) if "corpus" in data else None
+        self.corpus_key = _key(list(self.corpus)) if self.corpus else "embedded"  # part of every text cache key
         seed_everything(cfg.seed)
-        self.model, self.tokenizer = load_target(cfg.target)
+        self.model, self.tokenizer = load_target(cfg.target, dtype=getattr(torch, dtype),
+                                                 **({"device_map": device_map} if device_map else {}))
+        if not device_map:
+            self.model.to(device)
         self.model.eval()
         self.skipper: TokenSkipper = attach(self.model)
         self.dims = ModelDims.from_config(self.model.config)
         self.n = self.dims.layers
         self._setup_tasks()
         self.windows = {
-            "calib": text_windows(self.tokenizer, cfg.data.text_len, "calib", cfg.data.redundancy_windows),
-            "eval": text_windows(self.tokenizer, cfg.data.text_len, "eval", cfg.data.ppl_windows),
-            "train": text_windows(self.tokenizer, cfg.data.router_text_len, "train", cfg.data.train_windows),
+            "calib": self.text("calib", cfg.data.text_len, cfg.data.redundancy_windows),
+            "eval": self.text("eval", cfg.data.text_len, cfg.data.ppl_windows),
+            "train": self.text("train", cfg.data.router_text_len, cfg.data.train_windows),
         }
-        self._setup_router_data()
+        alpaca = alpaca_examples(self.tokenizer, load_alpaca(data["alpaca"]), cfg.data.router_text_len) \
+            if "alpaca" in data else None
+        self._setup_router_data(alpaca)
         self.rows: dict[str, dict[str, Any]] = {}
 
     def _setup_tasks(self) -> None:
         cfg = self.cfg
-        if self.tasks_dir is None:
+        if self.tasks_dir is None and not self.hf_tasks:
             task_dir = self.runs / "lm_eval_tasks"
             names = write_mini_task_yamls(task_dir)
             # lm-eval scores a few items per family only, to check the batched scorer against it (parity fact)
@@ -103,17 +118,24 @@ class Experiment:
             self.ref_len = int(round(statistics.mean(self.prompt_lengths)))
             return
         self.test_items = []
-        configs = paper_task_configs(self.tasks_dir)
-        include = [Path(self.tasks_dir)] if list(Path(self.tasks_dir).glob("*.yaml")) else []
+        if self.hf_tasks:  # lm-eval's own task configs over the local HF datasets cache (checked up front)
+            from token_router_pruning.datafiles import hf_task_configs
+
+            configs, include = hf_task_configs(PAPER_TASKS), []
+            calib = [dict(c) for c in hf_task_configs((cfg.data.calib_task,))]
+        else:
+            configs = paper_task_configs(self.tasks_dir)
+            include = [Path(self.tasks_dir)] if list(Path(self.tasks_dir).glob("*.yaml")) else []
+            calib = [dict(c) for c in paper_task_configs(self.tasks_dir, (cfg.data.calib_task,))]
+            for c in calib:
+                if "train" not in c["dataset_kwargs"]["data_files"]:
+                    raise UsageError(f"GA fitness needs {self.tasks_dir}/{cfg.data.calib_task}/train.jsonl "
+                                     "(a split disjoint from the reported one)")
         metric = {c["task"]: ("acc_norm" if c["metadata"]["paper_task"] in ("arc_challenge", "arc_easy", "hellaswag")
                               else "acc") for c in configs}
         self.lm_eval = LmEval(self.model, self.tokenizer, configs, include_path=include,
                               limit=cfg.data.test_per_family or None, metric=metric)
-        calib = [dict(c) for c in paper_task_configs(self.tasks_dir, (cfg.data.calib_task,))]
         for c in calib:
-            if "train" not in c["dataset_kwargs"]["data_files"]:
-                raise UsageError(f"GA fitness needs {self.tasks_dir}/{cfg.data.calib_task}/train.jsonl "
-                                 "(a split disjoint from the reported one)")
             c.update(task=c["task"] + "_calib", test_split="train")
             c.pop("validation_split", None)
         self.calib_lm_eval = LmEval(self.model, self.tokenizer, calib, limit=cfg.data.calib_limit)
@@ -121,14 +143,24 @@ class Experiment:
         self.prompt_lengths = []
         self.ref_len = cfg.data.text_len
 
-    def _setup_router_data(self) -> None:
+    def text(self, split: str, length: int, count: int) -> torch.Tensor:
+        """``count`` windows of ``length`` tokens of the run's corpus (the user's ``--data corpus`` or the
+        embedded one)."""
+        return text_windows(self.tokenizer, length, split, count, corpus=self.corpus)
+
+    def _setup_router_data(self, alpaca: list[TrainExample] | None = None) -> None:
         """The router's training set: generated train-split prompts of every family (scored at their last
-        token, where the answer is read) and corpus windows (scored on their tail), shuffled by the loader; and
-        held-out prompts of the same split for the per-epoch KL."""
+        token, where the answer is read) or the user's Alpaca examples (scored on the response), and corpus
+        windows (scored on their tail), shuffled by the loader; held-out prompts for the per-epoch KL."""
         data = self.cfg.data
         windows = self.windows["train"]
         tail = min(self.cfg.router.text_scored, windows.shape[1])
         examples = [TrainExample(row, tail) for row in windows]
+        if alpaca:
+            held = min(data.router_heldout or 8, len(alpaca) - 1)
+            self.router_examples = examples + alpaca[:len(alpaca) - held]
+            self.router_heldout = alpaca[len(alpaca) - held:] or examples[:4]
+            return
         prompts = train_items(data.router_prompts + data.router_heldout) if data.router_prompts else []
         self.router_examples, self.router_heldout = list(examples), []
         for index, item in enumerate(encode_items(self.tokenizer, prompts)):
@@ -212,7 +244,8 @@ class Experiment:
         inputs = {"v": 3, "plan": describe(plan), "tasks": self.task_names,
                   "limit": self.cfg.data.test_per_family if self.test_items else self.lm_eval.limit,
                   "per_family": per_family,
-                  "ppl": list(self.windows["eval"].shape), "target": self.cfg.target}
+                  "ppl": list(self.windows["eval"].shape), "target": self.cfg.target,
+                  **({"corpus": self.corpus_key} if self.corpus else {})}
         row = self.ctx.cached(f"eval_{key}", compute, inputs)
         row.update(method=family, budget=budget, key=key,
                    flops=self.flops(plan, self.ref_len), flops_bench=self.flops(plan, self.cfg.bench.seq_len))
@@ -232,12 +265,13 @@ def stage_redundancy(exp: Experiment) -> dict:
         report = RedundancyReport(block_cosines(exp.model, exp.windows["calib"]), 0.8, 3, True)
         flags = (report.cosines[:, :, 1:] > report.threshold).float()  # (blocks, windows, tokens)
         middle = [i for i in range(exp.n) if i not in report.edge_blocks]
+        gap = flags[middle].mean(dim=(0, 2)) - flags[report.edge_blocks].mean(dim=(0, 2)) if middle else None
         return {**report.as_dict(), "per_window_share": flags.mean(dim=(0, 2)).tolist(),
-                "per_window_gap": (flags[middle].mean(dim=(0, 2)) - flags[report.edge_blocks].mean(dim=(0, 2)))
-                .tolist()}
+                "per_window_gap": gap.tolist() if gap is not None else []}
 
     result = exp.ctx.cached("redundancy", compute, {"v": 2, "windows": list(exp.windows["calib"].shape),
-                                                    "target": exp.cfg.target})
+                                                    "target": exp.cfg.target,
+                                                    **({"corpus": exp.corpus_key} if exp.corpus else {})})
     exp.ctx.log.log(stage="redundancy", overall=result["overall_share"], edge=result["edge_share"],
                     middle=result["middle_share"])
     return result
@@ -308,7 +342,7 @@ def stage_determinism(exp: Experiment, schedule: list[float], best_fitness: floa
 
 
 def stage_blockpruner(exp: Experiment, min_ratio: float) -> BlockPrunerResult:
-    windows = text_windows(exp.tokenizer, exp.cfg.data.blockpruner_len, "calib", exp.cfg.data.blockpruner_windows)
+    windows = exp.text("calib", exp.cfg.data.blockpruner_len, exp.cfg.data.blockpruner_windows)
 
     def compute() -> dict:
         start = time.perf_counter()
@@ -318,7 +352,7 @@ def stage_blockpruner(exp: Experiment, min_ratio: float) -> BlockPrunerResult:
         return {**result.as_dict(), "seconds": time.perf_counter() - start}
 
     inputs = {"min_ratio": round(min_ratio, 6), "windows": list(windows.shape), "lazy": exp.cfg.blockpruner_lazy_top,
-              "ref_len": exp.ref_len, "target": exp.cfg.target}
+              "ref_len": exp.ref_len, "target": exp.cfg.target, **({"corpus": exp.corpus_key} if exp.corpus else {})}
     data = exp.ctx.cached("blockpruner", compute, inputs)
     print(f"[blockpruner] {len(data['order'])} sub-blocks ordered with {data['evaluations']} evaluations", flush=True)
     return BlockPrunerResult.from_dict(data)
@@ -353,7 +387,7 @@ def stage_latency(exp: Experiment, plans: dict[str, SkipPlan | None]) -> dict[st
     the plans interleaved round-robin with rotating order so machine drift hits them alike. Not cached: a
     timing belongs to the machine state of this run."""
     bench = exp.cfg.bench
-    ids = text_windows(exp.tokenizer, bench.seq_len, "eval", bench.batch_size).to(next(exp.model.parameters()).device)
+    ids = exp.text("eval", bench.seq_len, bench.batch_size).to(next(exp.model.parameters()).device)
 
     def runner(plan: SkipPlan | None):
         def call() -> None:

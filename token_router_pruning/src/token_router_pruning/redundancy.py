@@ -35,12 +35,14 @@ class RedundancyReport:
         return float((self._cos() > self.threshold).float().mean())
 
     def _group_share(self, blocks: list[int]) -> float:
+        if not blocks:  # a model too shallow to have both edge and middle blocks
+            return float("nan")
         return float((self._cos()[blocks] > self.threshold).float().mean())
 
     @property
     def edge_blocks(self) -> list[int]:
         n = self.cosines.shape[0]
-        return sorted(set(range(self.edge)) | set(range(n - self.edge, n)))
+        return sorted(set(range(min(self.edge, n))) | set(range(max(n - self.edge, 0), n)))
 
     @property
     def edge_share(self) -> float:

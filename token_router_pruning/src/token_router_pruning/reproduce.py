@@ -13,7 +13,6 @@ import dataclasses
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from effrepro import stats
@@ -21,13 +20,14 @@ from effrepro.config import load_config
 from effrepro.errors import UsageError
 from effrepro.reproduce import Context, Plan, Reproduction, Results
 
-from token_router_pruning import figures
+from token_router_pruning import datafiles, figures
 from token_router_pruning.baselines import matched_shortgpt
-from token_router_pruning.config import ReproduceConfig, config_path
+from token_router_pruning.config import ReproduceConfig, config_path, window_needs
 from token_router_pruning.ftp import RandomRouter, StaticRouter
 from token_router_pruning.measures import (
     accuracy_gap,
     common_per_family,
+    facts,
     per_item,
     retention_estimate,
     speedup_estimate,
@@ -46,6 +46,7 @@ from token_router_pruning.pipeline import (
 from token_router_pruning.planfile import save_plan
 from token_router_pruning.scheduler import GAConfig, bi_proportional_allocation, uniform_allocation
 from token_router_pruning.tables import BUDGET_PCTS, CLAIMS, FACTS, PAPER_TABLE
+from token_router_pruning.tasks import PAPER_TASKS
 
 TINY_OVERRIDES = (
     "data.calib_per_family=1", "data.test_per_family=2", "data.text_len=32", "data.redundancy_windows=2",
@@ -69,6 +70,10 @@ class FTPPlan(Plan):
     target: str | None = None
     tasks_dir: str | None = None
     lm_eval_check: int = 4  # test items per family that lm-eval itself also scores (parity with our scorer)
+    data: tuple[str, ...] = ()  # KIND=PATH: alpaca (router training json), corpus (text windows)
+    device: str | None = None
+    dtype: str | None = None
+    device_map: str | None = None
 
     def load(self) -> ReproduceConfig:
         path = Path(self.config) if self.config.endswith((".yaml", ".yml")) else config_path(self.config)
@@ -88,22 +93,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config key, dotted; `token_router_pruning reproduce --set KEY=VALUE` takes "
                              "config keys too (e.g. --set router.steps=300 --set ga.generations=6)")
     parser.add_argument("--target", help="local HF model directory (required for --scale full)")
-    parser.add_argument("--tasks-dir", help="paper tasks as local JSONL (required for --scale full)")
+    parser.add_argument("--tasks-dir", help="paper tasks as local JSONL (--scale full; default: lm-eval's tasks "
+                        "from the local HF datasets cache)")
+    parser.add_argument("--data", action="append", default=[], metavar="KIND=PATH",
+                        help="alpaca=FILE.json (router training, Alpaca format) or corpus=FILE_OR_DIR (.txt / .jsonl "
+                        "text for the calibration, evaluation and training windows)")
+    parser.add_argument("--device", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--dtype", help="float32, bfloat16 or float16 (default bfloat16 on a GPU, float32 on the CPU)")
+    parser.add_argument("--device-map", help="HF device_map (e.g. auto) for a model that does not fit one GPU")
 
 
 def configure(plan: FTPPlan, args: argparse.Namespace) -> FTPPlan:
     """Command-line paths and overrides into the plan; the config is loaded once here so a bad key, value or path
     is one ``error:`` line before any work."""
     if plan.name == "full":
-        if not args.target or not args.tasks_dir:
-            raise UsageError("--scale full needs --target /path/to/hf-model (e.g. LLaMA-2-7B or Qwen1.5-7B) and "
-                             "--tasks-dir /path/to/tasks (arc_challenge/, arc_easy/, hellaswag/, winogrande/, mmlu/)")
+        if not args.target:
+            raise UsageError("--scale full needs --target /path/to/hf-model (e.g. LLaMA-2-7B or Qwen1.5-7B); the "
+                             "tasks come from --tasks-dir or lm-eval's datasets in the local HF cache")
         if not Path(args.target).expanduser().is_dir():
             raise UsageError(f"--target {args.target}: no such directory")
+    datafiles.parse_data_args(args.data)
+    device, dtype = datafiles.resolve_device(args.device, args.dtype, args.device_map)
     plan = dataclasses.replace(plan, config=args.config or plan.config, overrides=plan.overrides + tuple(args.cfg),
-                               target=args.target or plan.target, tasks_dir=args.tasks_dir or plan.tasks_dir)
-    plan.load()
+                               target=args.target or plan.target, tasks_dir=args.tasks_dir or plan.tasks_dir,
+                               data=plan.data + tuple(args.data), device=device, dtype=dtype,
+                               device_map=args.device_map or plan.device_map)
+    check_inputs(plan, plan.load())
     return plan
+
+
+def check_inputs(plan: FTPPlan, cfg: ReproduceConfig) -> None:
+    """Before any model work: the corpus holds every window the plan cuts, and at full scale without
+    ``--tasks-dir`` every task's dataset is in the local HF datasets cache."""
+    from effrepro.data.llm import resolve_model_dir
+    from transformers import AutoTokenizer
+
+    data = datafiles.parse_data_args(plan.data)
+    corpus = datafiles.load_corpus(data["corpus"]) if "corpus" in data else None
+    if "alpaca" in data:
+        datafiles.load_alpaca(data["alpaca"])
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(cfg.target))
+    datafiles.check_windows(window_needs(cfg), tokenizer, corpus,
+                            str(data["corpus"]) if corpus else "the embedded corpus; --data corpus=PATH for yours")
+    if not (cfg.data.train_windows or cfg.data.router_prompts or "alpaca" in data):
+        raise UsageError("the router has no training data: give --data alpaca=FILE.json or set data.train_windows")
+    if plan.name == "full" and not plan.tasks_dir:
+        datafiles.check_hf_datasets(datafiles.hf_task_configs(PAPER_TASKS + (cfg.data.calib_task,)))
 
 
 # ---- the run -----------------------------------------------------------------------------------------------
@@ -111,7 +146,9 @@ def run(plan: FTPPlan, ctx: Context) -> Results:
     os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's per-run progress bars
     cfg = plan.load()
     with ctx.stage("setup"):
-        exp = Experiment(cfg, ctx, plan.tasks_dir, plan.lm_eval_check)
+        exp = Experiment(cfg, ctx, plan.tasks_dir, plan.lm_eval_check, datafiles.parse_data_args(plan.data),
+                         plan.device or "cpu", plan.dtype or "float32", plan.device_map,
+                         hf_tasks=plan.name == "full" and not plan.tasks_dir)
     print(f"[setup] {cfg.target}: {exp.n} blocks; reference length {exp.ref_len} tokens; "
           f"{len(exp.calib_items)} calibration items; tasks {exp.lm_eval.task_names}", flush=True)
     with ctx.stage("redundancy"):
@@ -186,8 +223,9 @@ def run(plan: FTPPlan, ctx: Context) -> Results:
 
 def estimates(exp: Experiment, red: dict, latency: dict[str, list[float]]) -> dict[str, stats.Estimate]:
     rows, dense = exp.rows, exp.rows["dense"]
-    out = {"redundancy_overall": stats.mean_ci(red["per_window_share"]),
-           "redundancy_depth_gap": stats.mean_ci(100 * np.asarray(red["per_window_gap"]))}
+    out = {"redundancy_overall": stats.mean_ci(red["per_window_share"])}
+    if red["per_window_gap"]:  # a model deep enough to have middle blocks besides the first/last 3
+        out["redundancy_depth_gap"] = stats.mean_ci(100 * np.asarray(red["per_window_gap"]))
     for b in exp.cfg.budgets:
         p = pct(b)
         ftp = rows[f"ftp_{p}"]
@@ -209,62 +247,6 @@ def estimates(exp: Experiment, red: dict, latency: dict[str, list[float]]) -> di
         if f"ftp_{p}" in latency:
             out[f"prefill_speedup_{p}"] = speedup_estimate(latency["dense"], latency[f"ftp_{p}"],
                                                            seq_len=exp.cfg.bench.seq_len)
-    return out
-
-
-def _router_facts(summary: dict, steps: int) -> dict[str, Any]:
-    """Held-out KL of the hard-routed model at the scored positions, last epoch, with the static router's KL on
-    the same prompts and the relative change of the KL over the last quarter of training (the plateau)."""
-    kl = [h["eval_kl"] for h in summary["history"] if "eval_kl" in h]
-    quarter = max(1, len(kl) // 4)
-    change = (kl[-1] - kl[-1 - quarter]) / kl[-1 - quarter] if len(kl) > quarter and kl[-1 - quarter] else None
-    return {"history": summary["history"], "steps": steps, "static_router_kl": summary["static_heldout_kl"],
-            "relative_change_last_quarter": change, "examples": summary.get("examples"),
-            "heldout_prompts": summary.get("heldout"), "warm_start_bce": summary.get("warm_start_bce"),
-            "kl_after_warm_start": summary.get("start_heldout_kl"), "best_epoch": summary.get("best_epoch")}
-
-
-def facts(exp: Experiment, matched, searched, tuned, latency, determinism, router, router_summary,
-          ablation=None) -> dict[str, Any]:
-    rows, dense = exp.rows, exp.rows["dense"]
-    per_task = {t: v["acc"] for t, v in dense["tasks"].items()}
-    lengths = exp.prompt_lengths or [exp.ref_len]
-    final = router_summary["final"]
-    out: dict[str, Any] = {
-        "dense_accuracy": (float(per_item(dense).mean()), {"per_task": per_task}),
-        "test_items": (int(per_item(dense).size), {"per_task": {t: v["n"] for t, v in dense["tasks"].items()},
-                                                 "prompt_tokens": {"mean": float(np.mean(lengths)),
-                                                                   **{f"q{q}": float(np.percentile(lengths, q))
-                                                                      for q in (0, 10, 50, 90, 100)}},
-                                                 "secondary_arms_per_family": exp.cfg.data.secondary_per_family}),
-        "router_parameters": sum(p.numel() for p in router.parameters()),
-        "router_final_distill": (float(final.get("train_distill", float("nan"))),
-                                 {"distill_positions": exp.cfg.router.distill_positions}),
-        "router_heldout_kl": (float(final.get("eval_kl", float("nan"))),
-                              _router_facts(router_summary, exp.cfg.router.steps)),
-        "router_training_seconds": round(router_summary["seconds"], 1),
-        "determinism_router_max_abs_diff": determinism["router_max_abs_diff"],
-        "determinism_fitness_abs_diff": determinism["fitness_abs_diff"],
-    }
-    if ablation is not None:
-        out["router_all_positions_heldout_kl"] = (float(ablation[1]["final"].get("eval_kl", float("nan"))),
-                                                  _router_facts(ablation[1], exp.cfg.router.steps))
-    for b in exp.cfg.budgets:
-        p, m = pct(b), matched[b]
-        gap = max(abs(m["shortgpt"] / m["ftp"] - 1), abs(m["blockpruner"] / m["ftp"] - 1))
-        out[f"flops_ratio_{p}"] = (m["ftp"], {"matched": m, "largest_relative_gap": gap, "ref_len": exp.ref_len})
-        out[f"schedule_sparsity_{p}"] = (float(np.mean(tuned[b]["best"])), {
-            "ga_static": searched[b]["best"], "ga_finetune": tuned[b]["best"],
-            "fitness_static": searched[b]["history"], "fitness_finetune": tuned[b]["history"]})
-        out[f"ga_calibration_gain_{p}"] = (searched[b]["best_fitness"] - searched[b]["uniform_fitness"], {
-            "best": searched[b]["best_fitness"], "uniform": searched[b]["uniform_fitness"],
-            "evaluations": searched[b]["evaluations"], "calibration_items": len(exp.calib_items)})
-        ppl = {k: rows[k]["ppl"] / dense["ppl"] for k in rows if rows[k]["budget"] == b}
-        out[f"ppl_ratio_{p}"] = (ppl[f"ftp_{p}"], {"all_methods": ppl})
-        speed = {k: float(np.mean(latency["dense"]) / np.mean(v)) for k, v in latency.items() if k.endswith(f"_{p}")}
-        if f"ftp_{p}" in speed:
-            out[f"prefill_speedups_{p}"] = (speed[f"ftp_{p}"], {
-                "all_methods": speed, "median_seconds": {k: float(np.median(v)) for k, v in latency.items()}})
     return out
 
 
