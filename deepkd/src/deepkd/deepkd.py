@@ -28,15 +28,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from effrepro.errors import UsageError
 from effrepro.optim import MultiMomentumSGD
 from torch import Tensor, nn
 
-from deepkd.config import SolverConfig, TrainConfig
 from deepkd.distillers import COMPONENT_OF
+
+if TYPE_CHECKING:  # annotations only: config.validate calls topk_schedule, so a runtime import would be a cycle
+    from deepkd.config import SolverConfig, TrainConfig
 
 
 # ---- the decoupled momenta -------------------------------------------------------------------------------
