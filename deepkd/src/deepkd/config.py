@@ -124,6 +124,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError("solver.epochs and data.batch_size must be >= 1")
     if cfg.distiller.name.lower() != "none" and not cfg.teacher:
         raise UsageError(f"distiller {cfg.distiller.name!r} needs a teacher: set teacher=<model name>")
+    if cfg.mask.mode != "off":
+        from deepkd.deepkd import topk_schedule
+
+        topk_schedule(cfg)  # the mask's K (and schedule) checked now, not at the first distillation step
     return cfg
 
 

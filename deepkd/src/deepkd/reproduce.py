@@ -233,7 +233,9 @@ def configure(plan: DeepKDPlan, args: argparse.Namespace) -> DeepKDPlan:
     full_only = {"config": args.config, "data": args.data, "overrides": tuple(args.config_overrides) or None}
     given = {k: v for k, v in full_only.items() if v is not None}
     if given and plan.name != "full":
-        raise UsageError(f"{', '.join(given)}: only for --scale full (the miniature uses MNIST-100)")
+        named = "; ".join(f"{k} {' '.join(v) if isinstance(v, tuple) else v}" for k, v in given.items())
+        raise UsageError(f"{named}: only for --scale full (the miniature uses MNIST-100; its plan fields are set "
+                         "with --set FIELD=VALUE)")
     plan = dataclasses.replace(plan, **changes, **given)
     if plan.name == "full":
         from deepkd.full import check_full

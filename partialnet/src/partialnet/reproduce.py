@@ -247,8 +247,9 @@ def configure(plan: PartialNetPlan, args: argparse.Namespace) -> PartialNetPlan:
     ckpts = tuple(c for c in (args.backbone_checkpoints or "").split(",") if c)
     if plan.name != "full":
         if args.data or args.coco or args.recipe or ckpts or args.variant:
+            named = f" (given: {' '.join(args.recipe)})" if args.recipe else ""
             raise UsageError("--data, --coco, --variant, --backbone-checkpoints and recipe overrides are for "
-                             "--scale full")
+                             f"--scale full{named}; the miniature's plan fields are set with --set FIELD=VALUE")
         return plan
     if "ablation" in plan.stages and args.stages:
         raise UsageError("the ablation ladder is a miniature: run it with --scale smoke --stages ablation")

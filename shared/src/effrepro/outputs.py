@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from effrepro.errors import UsageError
 
@@ -122,3 +123,31 @@ def remove_stale(parent: str | os.PathLike, name: str) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def check_input_folder(path: str | os.PathLike, option: str, hint: str = "") -> Path:
+    """``path`` is an existing folder."""
+    path = Path(path)
+    tail = f"; {hint}" if hint else ""
+    if not path.is_dir():
+        raise UsageError(f"{option} {path}: {'is a file, not a folder' if path.exists() else 'no such folder'}{tail}")
+    return path
+
+
+def check_args(args: Any, dirs: Iterable[str] = (), files: Iterable[str] = (), inputs: Iterable[str] = (),
+               folders: Iterable[str] = (), positive: Iterable[str] = ()) -> None:
+    """A command's paths and counts, named by their ``argparse`` attributes, checked before any work: output
+    folders (``dirs``) and files (``files``), input files (``inputs``) and folders (``folders``), and integers
+    that must be >= 1 (``positive``). Attributes that are unset (``None`` / empty) are skipped."""
+    def option(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    for name in positive:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UsageError(f"{option(name)} must be >= 1, got {value}")
+    for names, check in ((dirs, check_output_dir), (files, check_output_file), (inputs, check_input_file),
+                         (folders, check_input_folder)):
+        for name in names:
+            if getattr(args, name, None):
+                check(getattr(args, name), option(name))

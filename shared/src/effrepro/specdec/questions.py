@@ -38,8 +38,12 @@ def load_questions(source: str) -> list[dict]:
     path = Path(source).expanduser()
     if not path.is_file():
         raise UsageError(f"question file {path} not found; give 'mtbench' or a question.jsonl path")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"question file {path} cannot be read as a question.jsonl ({exc})") from None
     questions = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
