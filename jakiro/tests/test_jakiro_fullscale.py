@@ -81,10 +81,30 @@ def test_cli_refuses_bad_full_scale_settings_before_loading_the_target(tmp_path)
 
     with pytest.raises(UsageError, match="500"):
         run(["data", "--sharegpt", "68000"])
-    with pytest.raises(UsageError, match="not found"):
+    with pytest.raises(UsageError, match="not found|no such file"):
         run(["train", "--method", "jakiro", "--out", str(tmp_path), "--sharegpt-json", str(tmp_path / "no.json")])
     with pytest.raises(UsageError, match="unknown chat template"):
         run(["data", "--prompts", "1", "--chat-template", "vicuna-7b"])
     with pytest.raises(UsageError, match="unknown chat template"):
         run(["eval", "--heads", str(tmp_path), "--chat-template", "vicuna-7b"])
     assert not any(tmp_path.iterdir())
+
+
+def test_a_released_eagle_head_can_stand_in_for_the_baseline(tmp_path):
+    """``--heads DIR`` with ``DIR/eagle2/pytorch_model.bin`` (a released EAGLE-2 head) instead of ``head.pt``."""
+    from effrepro.specdec import EagleHead, build_eagle_head
+    from effrepro.testing import tiny_llama
+    from jakiro.train import load_head
+
+    target = tiny_llama(vocab=50, hidden=32, dtype=torch.float32)
+    embed = target.get_input_embeddings().weight
+    head = build_eagle_head(target.config, embed)
+    released = {k: v.half() for k, v in head.trainable_state_dict().items() if "rotary" not in k}
+    released["embed_tokens.weight"] = embed.detach().half()
+    (tmp_path / "eagle2").mkdir()
+    torch.save(released, tmp_path / "eagle2" / "pytorch_model.bin")
+    loaded = load_head(tmp_path / "eagle2" / "head.pt", target)
+    assert isinstance(loaded, EagleHead)
+    torch.testing.assert_close(loaded.fc.weight, head.fc.weight.half().float(), rtol=0, atol=0)
+    with pytest.raises(UsageError, match="not found"):
+        load_head(tmp_path / "jakiro" / "head.pt", target)

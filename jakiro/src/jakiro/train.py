@@ -71,10 +71,21 @@ def train_method(method: str, target_model: Any, data_dir: str | Path | list[Pat
 
 def load_head(path: str | Path, target_model: Any, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32) -> DraftHead:
-    """Rebuild a trained head (``head.pt`` from ``train_method``) for ``target_model``; clear errors on mismatch."""
+    """Rebuild a trained head (``head.pt`` from ``train_method``) for ``target_model``; clear errors on mismatch.
+
+    The EAGLE-2 baseline may also be a released EAGLE-2 head (SafeAILab ``yuhuili/EAGLE-*``): its folder or weights
+    file, or a method folder holding its ``pytorch_model.bin`` / ``model.safetensors`` where ``head.pt`` would be
+    (the engine maps its keys and checks it against the target), so the baseline need not be retrained."""
+    from effrepro.specdec.eagle import RELEASED_FILES, is_released_checkpoint, read_eagle_head
     from effrepro.train import load_checkpoint
     from effrepro.train.checkpoint import config_from
 
+    path = Path(path)
+    if not path.exists() and any((path.parent / name).is_file() for name in RELEASED_FILES):
+        path = path.parent  # a released EAGLE-2 head in place of head.pt
+    if is_released_checkpoint(path):
+        embed = target_model.get_input_embeddings().weight.detach().float()
+        return read_eagle_head(path, embed, target_model.config).to(device, dtype).eval()
     state = load_checkpoint(path, required=("config", "state_dict"), expect="draft-head")
     embed = target_model.get_input_embeddings().weight.detach().float()
     method = state.get("method")
