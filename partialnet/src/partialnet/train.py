@@ -5,6 +5,7 @@ resumable from ``<out_dir>/last.pt``). Works for ``partialnet_*`` and timm's ``f
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from torch import nn
 import partialnet.models  # noqa: F401  (registers the timm models)
 from partialnet.data import AugmentConfig, imagenet_loaders, mnist100_loaders, random_shift
 from partialnet.models import budget_multiplier, dpconv_layers, split_summary
+from partialnet.splits import load_splits, save_splits
 
 DATASETS = ("imagenet", "mnist100")
 
@@ -67,6 +69,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     dpconv_budget_div: float = 4.0
     dpconv_alpha: float = 0.01
+    splits: str | None = None  # a DPConv search's splits.json: every block's learnt n_div (fixed-split PATConv model)
     seed: int = 42
     log_every: int = 50
     mnist100_train_size: int = 50000
@@ -100,7 +103,7 @@ def recipe(model: str) -> dict[str, Any]:
     variant = model.split("_", 1)[-1]
     if variant not in RECIPES:
         raise UsageError(f"no recipe for {model!r}; use partialnet_<v> or fasternet_<v> with v in {', '.join(RECIPES)}")
-    return {"model": model, "out_dir": f"runs/{model}", **RECIPES[variant]}
+    return {"model": model, "out_dir": f"runs/{model}", **copy.deepcopy(RECIPES[variant])}  # overrides edit in place
 
 
 def known_models() -> list[str]:
@@ -200,8 +203,21 @@ def _loaders(cfg: TrainConfig, dist: DistInfo) -> tuple[Any, Any, int]:
     return train, test, 100
 
 
+def resolve_splits(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its splits file read into ``model_kwargs.layer_n_div`` (stored with the checkpoint's config, so
+    the model rebuilds without the file)."""
+    if cfg.splits is None:
+        return cfg
+    if cfg.model_kwargs.get("dynamic_split"):
+        raise UsageError("splits= retrains fixed splits; drop model_kwargs.dynamic_split (that is the search)")
+    return dataclasses.replace(cfg, model_kwargs={**cfg.model_kwargs,
+                                                  "layer_n_div": load_splits(cfg.splits, cfg.model)})
+
+
 def train(cfg: TrainConfig, dist: DistInfo | None = None, resume: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) one training; returns the Trainer history and the final evaluation."""
+    """Run (or resume) one training; returns the Trainer history and the final evaluation. A DPConv search
+    (``model_kwargs.dynamic_split``) also writes its learnt per-layer splits to ``<out_dir>/splits.json``."""
+    cfg = resolve_splits(cfg)
     dist = dist or dist_setup()
     seed_everything(cfg.seed + dist.rank)
     train_loader, val_loader, num_classes = _loaders(cfg, dist)
@@ -236,6 +252,8 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None, resume: bool = True, p
     result["num_classes"] = num_classes
     if dpconv_layers(model):
         result["final"]["dpconv_splits"] = split_summary(model)  # the learnt C / G per layer
+        if dist.rank == 0:
+            result["splits_file"] = str(save_splits(model, cfg.model, Path(cfg.out_dir) / "splits.json"))
     result["out_dir"] = str(Path(cfg.out_dir))
     return result
 
