@@ -156,3 +156,70 @@ def test_a_damaged_stage_cache_is_detected_and_rebuilt(tmp_path, monkeypatch, ca
     assert _counts(tmp_path) == ["a", "b", "a"]
     assert _claims(document) == _claims(first)
     assert json.loads(cache.read_text())["value"] == json.loads(text)["value"]  # rebuilt in place
+
+
+# ---- temporary cache folders and torn metrics lines ------------------------------------------------------------
+HOLDER = textwrap.dedent('''
+    import sys, time
+    from pathlib import Path
+
+    from effrepro.errors import run_cli
+    from effrepro.outputs import temporary_folder
+
+    def main(argv):
+        with temporary_folder(argv[0], "draft-data") as tmp:
+            (tmp / "0000000.pt").write_bytes(b"x" * 1000)
+            Path(argv[1]).write_text(str(tmp))
+            time.sleep(600)
+        return 0
+
+    run_cli(main, sys.argv[1:])
+''')
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_temporary_cache_folders_never_outlive_their_run(tmp_path, sig):
+    """Ctrl-C and SIGTERM remove the folder at once; after SIGKILL the next run's folder removes the stale one."""
+    from effrepro.outputs import make_temporary_folder
+
+    cache, started = tmp_path / "cache", tmp_path / "started"
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    proc = subprocess.Popen([sys.executable, str(script), str(cache), str(started)], stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    held = Path(started.read_text())
+    assert held.is_dir() and held.name.startswith(f".draft-data-{proc.pid}-")
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert "Traceback" not in stderr
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -9}[sig]
+    assert held.exists() == (sig == signal.SIGKILL)
+    fresh = make_temporary_folder(cache, "draft-data")
+    assert not held.exists() and [p.name for p in cache.iterdir()] == [fresh.name]
+
+
+def test_stale_folders_of_live_processes_and_other_names_are_kept(tmp_path):
+    from effrepro.outputs import remove_stale
+
+    live = tmp_path / f".draft-data-{os.getpid()}-abc"
+    legacy, other = tmp_path / ".draft-data-k2j3h4", tmp_path / ".mnist-123-abc"
+    dead = tmp_path / ".draft-data-999999999-abc"  # above any pid_max
+    for folder in (live, legacy, other, dead):
+        folder.mkdir()
+    assert sorted(p.name for p in remove_stale(tmp_path, "draft-data")) == sorted([legacy.name, dead.name])
+    assert live.is_dir() and other.is_dir()
+
+
+def test_a_torn_metrics_line_is_skipped_and_the_next_row_starts_its_own_line(tmp_path):
+    from effrepro.train import MetricsLogger
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, "lo')  # killed mid-write
+    log = MetricsLogger(path)
+    log.log(step=3)
+    assert [row["step"] for row in log.read()] == [1, 3]

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from effrepro.data import cache_dir
 from effrepro.errors import UsageError
+from effrepro.outputs import make_temporary_folder
 from effrepro.specdec.draft_data import (
     ChatFormatter,
     DraftDataConfig,
@@ -32,7 +32,6 @@ from effrepro.specdec.draft_data import (
     self_generate,
 )
 from effrepro.specdec.questions import mtbench_split
-from effrepro.train.checkpoint import umask_mode
 
 split_mtbench = mtbench_split  # ``(train_questions, eval_questions)``: the engine's one MT-bench split
 
@@ -64,8 +63,7 @@ def prompt_draft_data(model: Any, tokenizer: Any, config: DraftDataConfig, promp
     pool = [[{"role": "user", "content": text}] for text in prompts]
     conversations = self_generate(model, tokenizer, formatter, pool, replace(config, self_generated=len(pool)))
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".draft-data-", dir=root))
-    os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700; the cache is readable like any new folder
+    tmp = make_temporary_folder(root, "draft-data")  # removed below; a killed run's is removed by the next
     try:
         count = tokens = supervised = 0
         for conversation in conversations:

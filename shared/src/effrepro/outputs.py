@@ -67,7 +67,7 @@ def check_input_file(path: str | os.PathLike, option: str, hint: str = "") -> Pa
     path = Path(path)
     tail = f"; {hint}" if hint else ""
     if not path.exists():
-        raise UsageError(f"{option} {path}: no such file{tail}")
+        raise UsageError(f"{option} {path}: not found{tail}")
     if path.is_dir():
         raise UsageError(f"{option} {path}: is a folder, not a file{tail}")
     try:
@@ -84,14 +84,24 @@ def _prefix(name: str) -> str:
     return f".{name}-{os.getpid()}-"
 
 
-@contextmanager
-def temporary_folder(parent: str | os.PathLike, name: str) -> Iterator[Path]:
-    """A fresh ``parent/.<name>-<pid>-XXXX`` folder, removed when the block ends however it ends (move its
-    content into place inside the block). Stale ones of dead processes are removed first."""
+def make_temporary_folder(parent: str | os.PathLike, name: str) -> Path:
+    """A fresh ``parent/.<name>-<pid>-XXXX`` folder (mode as a new folder under the umask, not mkdtemp's 0700),
+    after removing the stale ones of processes that are gone. The caller removes it (``finally``)."""
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
     remove_stale(parent, name)
     tmp = Path(tempfile.mkdtemp(prefix=_prefix(name), dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
+@contextmanager
+def temporary_folder(parent: str | os.PathLike, name: str) -> Iterator[Path]:
+    """:func:`make_temporary_folder`, removed when the block ends however it ends (move its content into place
+    inside the block)."""
+    tmp = make_temporary_folder(parent, name)
     try:
         yield tmp
     finally:
@@ -130,7 +140,7 @@ def check_input_folder(path: str | os.PathLike, option: str, hint: str = "") -> 
     path = Path(path)
     tail = f"; {hint}" if hint else ""
     if not path.is_dir():
-        raise UsageError(f"{option} {path}: {'is a file, not a folder' if path.exists() else 'no such folder'}{tail}")
+        raise UsageError(f"{option} {path}: {'is a file, not a folder' if path.exists() else 'folder not found'}{tail}")
     return path
 
 

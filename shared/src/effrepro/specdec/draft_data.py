@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 import torch
 
 from effrepro.errors import UsageError
+from effrepro.outputs import make_temporary_folder
 from effrepro.specdec.batch import DraftBatch
 from effrepro.specdec.questions import mtbench_split
 
@@ -428,7 +428,7 @@ def generate_draft_data(model: Any, tokenizer: Any, config: DraftDataConfig, cac
     conversations = _conversations(model, tokenizer, formatter, config, prompts)
     dtype = getattr(torch, config.feature_dtype)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".draft-data-", dir=root))
+    tmp = make_temporary_folder(root, "draft-data")  # removed below; a killed run's is removed by the next
     iterator: Any = conversations
     if progress:
         from tqdm.auto import tqdm

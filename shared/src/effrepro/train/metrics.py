@@ -26,6 +26,16 @@ class MetricsLogger:
         self.enabled = enabled
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._end_torn_line()
+
+    def _end_torn_line(self) -> None:
+        """A run killed mid-write can leave a last line without its newline: end it, so the next row starts
+        its own line (``read`` skips the torn one)."""
+        if self.path.is_file() and self.path.stat().st_size:
+            with self.path.open("rb+") as handle:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    handle.write(b"\n")
 
     def log(self, **metrics: Any) -> None:
         if not self.enabled:
@@ -37,4 +47,12 @@ class MetricsLogger:
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        rows = []
+        for line in self.path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line torn by a killed run
+                continue
+        return rows
