@@ -42,6 +42,21 @@ def test_smoke_budget_is_the_shared_one():
     assert REPRODUCTION.plans["full"].draft_vocab == 0  # the paper-faithful full vocabulary
 
 
+def test_extra_heldout_turns_are_not_in_the_draft_data(tmp_path):
+    from effrepro.specdec.draft_data import distillation_prompts
+    from effrepro.specdec.harness import load_questions
+    from jakiro.prereqs import heldout_questions
+
+    smoke = REPRODUCTION.plans["smoke"]
+    questions = load_questions(heldout_questions(smoke, tmp_path))
+    assert [q["question_id"] for q in questions[:8]] == [q["question_id"] for q in load_questions("mtbench-heldout")]
+    extra = [q["turns"][0] for q in questions[8:]]
+    assert len(extra) == smoke.extra_heldout == len(set(extra))
+    trained_on = distillation_prompts([], smoke.distill_prompts)[: smoke.prompts]
+    assert not set(extra) & set(trained_on)
+    assert heldout_questions(REPRODUCTION.plans["full"], tmp_path) == "mtbench"
+
+
 def test_full_scale_without_paths_is_a_clear_error(tmp_path):
     with pytest.raises(UsageError, match="--target"):
         run(["reproduce", "--scale", "full", "--out", str(tmp_path)])
@@ -91,10 +106,10 @@ def test_tiny_reproduce_end_to_end(tmp_path):
     assert {f["id"] for f in document["facts"]} == {spec.id for spec in FACTS}
     headline = {i for i, c in claims.items() if c["headline"]}
     assert headline == {"tau_ratio_jakiro_eagle2_greedy", "speedup_ratio_jakiro_eagle2_greedy"}
-    assert claims["tau_ratio_jakiro_eagle2_greedy"]["n"] == 2  # turns
+    assert claims["tau_ratio_jakiro_eagle2_greedy"]["n"] == 3  # turns: 2 MT-bench + 1 extra held-out
     assert "paired over turns" in claims["speedup_ratio_jakiro_eagle2_greedy"]["details"]["interval"]
     lossless = claims["lossless_greedy"]
-    assert lossless["measured"] == 0 and lossless["verdict"] == "holds" and lossless["n"] == 10
+    assert lossless["measured"] == 0 and lossless["verdict"] == "holds" and lossless["n"] == 15
     facts = {f["id"]: f for f in document["facts"]}
     assert facts["draft_forwards_saved_per_cycle"]["value"] == 1
     env = json.loads((tmp_path / "env.json").read_text())

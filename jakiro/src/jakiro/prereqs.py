@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,6 +72,25 @@ def target_and_data(plan: Any) -> tuple[Any, Any, list, dict]:
     metas = [json.loads((d / "meta.json").read_text()) for d in data_dirs]
     data = {k: sum(m[k] for m in metas) for k in ("samples", "tokens", "supervised_tokens")}
     return model, tokenizer, data_dirs, {**data, "folders": [str(d) for d in data_dirs]}
+
+
+def heldout_questions(plan: Any, out: Path) -> str:
+    """The evaluation's question source: ``plan.questions`` (its first ``max_questions``), then, with
+    ``plan.extra_heldout``, that many corpus instructions the draft data did not answer (one turn each), written
+    to ``out/eval_questions.jsonl``. The draft data answered the first ``plan.prompts`` prompts of
+    ``distill_prompts``; the extra ones come after them in the corpus order, so the heads never saw them."""
+    if not plan.extra_heldout:
+        return plan.questions
+    from effrepro.specdec.draft_data import distillation_prompts
+    from effrepro.specdec.harness import load_questions
+
+    questions = load_questions(plan.questions)[: plan.max_questions or None]
+    used = set(distillation_prompts([], plan.distill_prompts)[: plan.prompts])
+    fresh = [p for p in distillation_prompts([], "corpus") if p not in used][: plan.extra_heldout]
+    questions += [{"question_id": f"corpus-{i}", "category": "corpus", "turns": [p]} for i, p in enumerate(fresh)]
+    path = out / "eval_questions.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    return str(path)
 
 
 def training_summary(heads: dict[str, CachedHead], ctx: Context) -> dict[str, dict]:

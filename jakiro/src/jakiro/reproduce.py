@@ -26,7 +26,7 @@ from effrepro.specdec.turns import mismatch_rate, ratio_of_sums
 from effrepro.train import seed_everything
 
 from jakiro.eval import VARIANTS, check_variants, evaluate_variants
-from jakiro.prereqs import DTYPES, cached_heads, target_and_data, training_summary
+from jakiro.prereqs import DTYPES, cached_heads, heldout_questions, target_and_data, training_summary
 from jakiro.reporting import PAPER_TABLE, notes, plot, training_plot
 from jakiro.train import METHODS, check_method, load_head
 
@@ -59,6 +59,9 @@ class JakiroPlan(Plan):
     questions: str = "mtbench-heldout"
     max_questions: int = 8
     max_turns: int = 0  # greedy: both turns
+    # plus this many corpus instructions the draft data did not answer (one turn each): more turns for the
+    # intervals from a held-out split of the training distribution; greedy only (T = 1 keeps the MT-bench turns)
+    extra_heldout: int = 16
     t1_max_questions: int = 8
     t1_max_turns: int = 1
     max_new_tokens: int = 48
@@ -79,11 +82,13 @@ ALL_GREEDY = ("eagle2", "jakiro", "jakiro_parent", "jakiro_nocepd", "jakiro_star
 ALL_SAMPLING = ("eagle2", "jakiro", "jakiro_star", "jakiro_star_official")
 TINY = JakiroPlan(name="tiny", prompts=4, data_new_tokens=16, data_max_len=256, epochs=1, steps_per_epoch=2,
                   batch_size=2, warmup_steps=1, train_max_len=256, holdout=0.25, draft_vocab=512, max_questions=2,
+                  extra_heldout=1,
                   max_turns=1, t1_max_questions=2, max_new_tokens=8, warmup=0, cost_model_repeats=2, bench_repeats=2,
                   methods=METHODS, greedy_variants=ALL_GREEDY, sampling_variants=ALL_SAMPLING)
 FULL = JakiroPlan(name="full", dtype="float16", device="cuda", prompts=0, data_max_len=2048, methods=METHODS,
                   epochs=20, steps_per_epoch=0, lr=9e-5, weight_decay=1e-3, warmup_steps=2000, train_max_len=2048,
-                  draft_vocab=0, questions="mtbench", max_questions=0, t1_max_questions=0, t1_max_turns=0,
+                  draft_vocab=0, questions="mtbench", max_questions=0, extra_heldout=0, t1_max_questions=0,
+                  t1_max_turns=0,
                   max_new_tokens=512, warmup=3, top_k=10, total_tokens=60, cost_model_repeats=21, bench_repeats=51,
                   greedy_variants=ALL_GREEDY, sampling_variants=ALL_SAMPLING)
 
@@ -161,14 +166,17 @@ def configure(plan: JakiroPlan, args: argparse.Namespace) -> JakiroPlan:
     missing = {VARIANTS[v].head for v in plan.greedy_variants + plan.sampling_variants} - set(plan.methods)
     if missing:
         raise UsageError(f"variants need heads {sorted(missing)} that methods does not train; add them to methods")
+    if plan.extra_heldout and "sharegpt" in plan.distill_prompts.split(","):
+        raise UsageError("extra_heldout takes corpus instructions the draft data did not use; with ShareGPT "
+                         "prompts in distill_prompts set extra_heldout=0")
     for needed in ("eagle2", "jakiro"):
         if needed not in plan.greedy_variants:
             raise UsageError(f"greedy_variants must include {needed} (the headline comparison)")
     return plan
 
 
-def _eval_config(plan: JakiroPlan, temperature: float, questions: int, turns: int) -> EvalConfig:
-    return EvalConfig(questions=plan.questions, max_questions=questions, max_turns=turns,
+def _eval_config(plan: JakiroPlan, source: str, temperature: float, questions: int, turns: int) -> EvalConfig:
+    return EvalConfig(questions=source, max_questions=questions, max_turns=turns,
                       max_new_tokens=plan.max_new_tokens, temperature=temperature, warmup=plan.warmup,
                       seed=plan.seed, max_length=plan.max_length, cost_model_repeats=plan.cost_model_repeats)
 
@@ -196,8 +204,9 @@ def run(plan: JakiroPlan, ctx: Context) -> Results:
     key = {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("name", "stages", "threads")}
     key["heads"] = {m: h.entry["sha256"] for m, h in cached.items()}
     evals = {}
+    source = heldout_questions(plan, ctx.out)  # greedy: every question of it (MT-bench first, then the extra)
     for label, temperature, variants, questions, turns in (
-            ("greedy", 0.0, plan.greedy_variants, plan.max_questions, plan.max_turns),
+            ("greedy", 0.0, plan.greedy_variants, 0 if plan.extra_heldout else plan.max_questions, plan.max_turns),
             ("t1", plan.temperature, plan.sampling_variants, plan.t1_max_questions, plan.t1_max_turns)):
         if not variants:
             continue
@@ -205,11 +214,14 @@ def run(plan: JakiroPlan, ctx: Context) -> Results:
             def evaluate(variants=variants, temperature=temperature, questions=questions, turns=turns,
                          label=label) -> dict:
                 result = evaluate_variants(target, tokenizer, heads, list(variants), tree,
-                                           _eval_config(plan, temperature, questions, turns), ctx.out / f"eval_{label}",
+                                           _eval_config(plan, source, temperature, questions, turns),
+                                           ctx.out / f"eval_{label}",
                                            progress=False)
                 return {k: result[k] for k in ("summary", "records", "costs")}
 
-            evals[label] = ctx.cached(f"eval_{label}", evaluate, key={**key, "label": label})
+            # the T = 1 run answers the MT-bench turns only: the extra held-out turns do not key it
+            label_key = {k: v for k, v in key.items() if label == "greedy" or k != "extra_heldout"}
+            evals[label] = ctx.cached(f"eval_{label}", evaluate, key={**label_key, "label": label})
     with ctx.stage("bench"):
         from jakiro.bench import draft_cost_benchmark
 
