@@ -11,6 +11,7 @@ from pathlib import Path
 from effrepro.cliargs import add_set, overrides, route_set
 from effrepro.config import find_config, package_configs
 from effrepro.errors import UsageError, run_cli
+from effrepro.outputs import check_args
 
 CONFIGS = package_configs("gumiho")  # configs/ shipped in the package (smoke.yaml, full.yaml)
 
@@ -94,6 +95,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.eagle_head and not Path(args.eagle_head).exists():
         raise UsageError(f"EAGLE head not found: {args.eagle_head}; give a head.pt of `python -m effrepro.specdec "
                          "train-eagle` or a released EAGLE-2 head (folder or weights file)")
+    check_args(args, inputs=("head",) if not args.eagle_head or Path(args.eagle_head).is_dir()
+               else ("head", "eagle_head"))  # an empty file is one clear error too
     _threads(args)
     model, tokenizer = load_target_on(config.target, _device(args), args.dtype)
     draft = load_draft(args.head, model)
@@ -176,6 +179,7 @@ def run(argv: list[str] | None = None) -> int:
     if argv[:1] == ["reproduce"]:
         return cmd_reproduce(argv[1:])
     args = build_parser().parse_args(argv)
+    check_args(args, dirs=("out",), positive=("repeats", "context", "new_tokens"))
     return int(args.func(args) or 0)
 
 

@@ -237,7 +237,22 @@ def run(argv: list[str] | None = None) -> int:
     if argv[:1] == ["reproduce"]:
         return cmd_reproduce(argv[1:])
     args = build_parser().parse_args(argv)
+    _check_paths(args)
     return int(args.func(args) or 0)
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Paths and counts before the target is loaded: one error line, nothing created."""
+    from effrepro.outputs import check_args, check_input_file
+
+    check_args(args, dirs=("out",), inputs=("sharegpt_json",), folders=("heads",),
+               positive=("top_k", "depth", "epochs", "batch_size", "max_len", "repeats", "context",
+                         "max_new_tokens", "max_length"))
+    if getattr(args, "questions", "mtbench") not in ("mtbench", "mtbench-heldout"):
+        from effrepro.specdec.questions import load_questions
+
+        check_input_file(args.questions, "--questions", "give mtbench, mtbench-heldout or a question.jsonl")
+        load_questions(args.questions)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,7 +35,7 @@ def _schedule_arg(args: argparse.Namespace, n_blocks: int) -> list[float]:
             raise UsageError(f"--schedule {path}: no such file (a JSON list of per-block sparsities)")
         try:
             values = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UsageError(f"--schedule {path} is not JSON: {exc}") from None
         if not isinstance(values, list) or len(values) != n_blocks:
             raise UsageError(f"--schedule {path} must be a JSON list of {n_blocks} numbers")
@@ -195,6 +195,12 @@ def run(argv: list[str] | None = None) -> int:
         from token_router_pruning.ftp import check_sparsity
 
         check_sparsity(args.sparsity, "--sparsity")
+    from effrepro.outputs import check_args
+
+    check_args(args, dirs=("out",), inputs=("plan", "schedule"), folders=("tasks_dir",),
+               positive=("seq_len", "windows", "batch_size", "repeats", "limit", "flops_len"))
+    if getattr(args, "plan", None) and getattr(args, "schedule", None):
+        raise UsageError("--plan already holds its schedule; give --plan or --schedule, not both")
     _threads()
     return int(args.func(args) or 0)
 

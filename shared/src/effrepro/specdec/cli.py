@@ -169,8 +169,48 @@ def _tune(args: argparse.Namespace, target: Any, tokenizer: Any, head: Any, cach
     return choice
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Paths and ranges, before any model is loaded: one error line, nothing created."""
+    from effrepro.outputs import check_input_file, check_output_dir, check_output_file
+
+    positive = ("epochs", "batch_size", "max_len", "top_k", "depth", "max_new_tokens", "max_length",
+                "tune_prompts", "tune_tokens")
+    for name in positive:
+        if getattr(args, name, 1) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0 <= getattr(args, "holdout", 0) < 1:
+        raise UsageError("--holdout is a share of the draft data in [0, 1)")
+    if args.command in ("eval", "generate", "tune"):
+        check_input_file(args.head, "--head", "train one with `python -m effrepro.specdec train-eagle`")
+    if getattr(args, "out", None):
+        (check_output_file if args.command == "tune" else check_output_dir)(args.out, "--out")
+    questions = getattr(args, "questions", "mtbench")
+    if questions not in ("mtbench", "mtbench-heldout"):
+        from effrepro.specdec.questions import load_questions
+
+        check_input_file(questions, "--questions", "give mtbench, mtbench-heldout or a question.jsonl")
+        load_questions(questions)
+    if getattr(args, "sharegpt_path", ""):
+        check_input_file(args.sharegpt_path, "--sharegpt-path")
+    if getattr(args, "prompts", ""):
+        from effrepro.specdec.draft_data import PROMPT_SOURCES, _prompt_items, load_prompt_file
+
+        for item in _prompt_items(args.prompts):
+            if item in PROMPT_SOURCES:
+                continue
+            check_input_file(item, "--prompts", f"a prompt file, or one of {', '.join(PROMPT_SOURCES)}")
+            try:
+                found = load_prompt_file(item)
+            except UnicodeDecodeError:
+                raise UsageError(f"--prompts {item}: not a text prompt file (.txt, .jsonl or ShareGPT .json)"
+                                 ) from None
+            if not any(str(p).strip() for p in found):
+                raise UsageError(f"--prompts {item}: the file holds no prompt")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _check_args(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     if args.command == "data":
