@@ -53,8 +53,15 @@ def method_table(summary: dict[str, dict[str, Any]], trained: dict[str, dict[str
     return "\n".join(rows)
 
 
+def _extra(count: int) -> str:
+    if not count:
+        return ""
+    return (f", plus {count} corpus instructions the draft data did not answer (one turn each, a second interleaved "
+            "run; pooled with the MT-bench turns in the claims, not in the per-method table below)")
+
+
 def notes(config: Any, trained: dict[str, dict[str, Any]], data_meta: dict[str, Any],
-          summary: dict[str, dict[str, Any]]) -> str:
+          summary: dict[str, dict[str, Any]], extra_heldout: int = 0) -> str:
     budget = (f"Target `{config.target}`. Data: {data_meta.get('samples')} conversations, {data_meta.get('tokens')} "
               f"tokens ({data_meta.get('supervised_tokens')} supervised). Trainer (same for every head): "
               f"{config.train.epochs} epochs, batch {config.train.batch_size}, steps/epoch "
@@ -65,7 +72,8 @@ def notes(config: Any, trained: dict[str, dict[str, Any]], data_meta: dict[str, 
               f"{config.tree.total_tokens}, {config.tree.depth} levels, mlptopk {config.tree.mlptopk}, pruning "
               f"{config.tree.pruning}. Eval: {config.eval.max_questions or 'all'} held-out MT-bench questions, "
               f"{config.eval.max_turns or 'all'} turn(s), {config.eval.max_new_tokens} new tokens, "
-              f"T = {config.eval.temperature}. Intervals: percentile bootstrap over turns, the methods of a turn "
+              f"T = {config.eval.temperature}{_extra(extra_heldout)}. Intervals: percentile bootstrap over turns, the "
+              "methods of a turn "
               "resampled together; tau and tokens/s of a set of turns are ratios of sums over its turns.")
     heads = ["| head | steps | train s | held-out top-1 (first draft position) | cache entry |",
              "|---|---|---|---|---|"]

@@ -28,7 +28,7 @@ from effrepro.config import config_to_dict, load_config, package_configs
 from effrepro.errors import UsageError
 from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results
 from effrepro.specdec import TargetAdapter
-from effrepro.specdec.headcache import CachedHead
+from effrepro.specdec.headcache import CachedHead, unseen_corpus_prompts
 from effrepro.specdec.turns import acceptance_difference, mismatch_rate, ratio_of_sums
 
 from gumiho.config import GumihoRunConfig
@@ -57,11 +57,15 @@ class GumihoPlan(Plan):
     device: str = "cpu"
     dtype: str = "float32"
     variants: tuple[str, ...] = ("gumiho",)  # Gumiho drafts trained and evaluated (gumiho.train.VARIANTS)
+    # more turns for the intervals: this many corpus instructions the draft data did not answer (one turn each),
+    # evaluated like the MT-bench questions in a second interleaved run and pooled with them in the claims
+    extra_heldout: int = 16
 
 
 SMOKE = GumihoPlan()
-TINY = GumihoPlan(name="tiny", config_set=TINY_OVERRIDES, variants=tuple(VARIANTS))
-FULL = GumihoPlan(name="full", config="full.yaml", device="cuda", dtype="float16", variants=tuple(VARIANTS))
+TINY = GumihoPlan(name="tiny", config_set=TINY_OVERRIDES, variants=tuple(VARIANTS), extra_heldout=1)
+FULL = GumihoPlan(name="full", config="full.yaml", device="cuda", dtype="float16", variants=tuple(VARIANTS),
+                  extra_heldout=0)
 
 CLAIMS = [
     ClaimSpec(id="tau_ratio_vs_eagle2", description="tau(Gumiho) / tau(EAGLE-2), same data, trainer settings and "
@@ -194,18 +198,29 @@ def run(plan: GumihoPlan, ctx: Context) -> Results:
     with ctx.stage("training"):
         heads = cached_heads(config, plan, model, data_dir)
         trained = training_summary(heads, model, ctx)
+    target = TargetAdapter(model, max_length=config.eval.max_length)
+    key = json.loads(json.dumps({"config": config_to_dict(config), "device": plan.device, "dtype": plan.dtype,
+                                 "heads": {n: h.entry["sha256"] for n, h in heads.items()}}, default=str))
     with ctx.stage("evaluation"):
-        def evaluate() -> dict[str, Any]:
-            target = TargetAdapter(model, max_length=config.eval.max_length)
-            result = run_eval(target, tokenizer, _methods(config, model, heads), config.eval, ctx.out / "eval",
+        def evaluate(eval_config: Any = config.eval, folder: str = "eval") -> dict[str, Any]:
+            result = run_eval(target, tokenizer, _methods(config, model, heads), eval_config, ctx.out / folder,
                               progress=False)
             return {k: result[k] for k in ("summary", "records", "costs")}
 
-        key = {"config": config_to_dict(config), "device": plan.device, "dtype": plan.dtype,
-               "heads": {n: h.entry["sha256"] for n, h in heads.items()}}
-        result = ctx.cached("eval", evaluate, key=json.loads(json.dumps(key, default=str)))
-    estimates, facts = measure(config, result["records"], result["summary"], trained)
-    return Results(estimates=estimates, facts=facts, notes_md=notes(config, trained, data_meta, result["summary"]),
+        result = ctx.cached("eval", evaluate, key=key)
+    records = result["records"]
+    if plan.extra_heldout:
+        with ctx.stage("evaluation_extra"):
+            fresh = unseen_corpus_prompts(config.data, plan.extra_heldout)
+            path = write_questions([{"question_id": f"corpus-{i}", "category": "corpus", "turns": [p]}
+                                    for i, p in enumerate(fresh)], ctx.out / "extra_questions.jsonl")
+            extra_config = replace(config.eval, questions=str(path), max_questions=0, max_turns=1)
+            extra = ctx.cached("eval_extra", lambda: evaluate(extra_config, "eval_extra"),
+                               key={**key, "extra_heldout": plan.extra_heldout})
+        records = {name: rows + extra["records"][name] for name, rows in records.items()}
+    estimates, facts = measure(config, records, result["summary"], trained)
+    return Results(estimates=estimates, facts=facts, notes_md=notes(config, trained, data_meta, result["summary"],
+                                                                    plan.extra_heldout),
                    plots=plot(result["summary"], ctx.out) + training_plot(heads, ctx.out))
 
 

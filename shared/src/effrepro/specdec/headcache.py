@@ -45,6 +45,16 @@ SMOKE_HEAD_TRAIN = HeadTrainConfig(epochs=8, batch_size=4, steps_per_epoch=25, l
 EAGLE_WEIGHTS = {"v_w": 1.0, "p_w": 0.1}
 
 
+def unseen_corpus_prompts(data: DraftDataConfig, count: int) -> list[str]:
+    """``count`` corpus instructions (``distillation_prompts``' corpus order) that draft data built with ``data``
+    did not answer: extra evaluation turns from a held-out split of the training distribution. For prompt specs
+    without ShareGPT items (their prompts depend on the conversation pool)."""
+    from effrepro.specdec.draft_data import distillation_prompts
+
+    used = set(distillation_prompts([], data.prompts)[: data.self_generated]) if data.self_generated else set()
+    return [p for p in distillation_prompts([], "corpus") if p not in used][:count]
+
+
 @dataclass
 class CachedHead:
     """A built entry: ``path`` is its ``head.pt``; ``entry`` the contents of its ``entry.json``."""
