@@ -1,4 +1,4 @@
-"""``kerneldna`` console script: ``train``, ``eval``, ``bench``, ``reproduce``.
+"""``kerneldna`` console script: ``train``, ``convert``, ``eval``, ``bench``, ``reproduce``.
 
 Multi-GPU: ``torchrun --nproc_per_node=8 -m kerneldna.cli train --arch resnet18 --data /imagenet``.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from effrepro.cliargs import add_set, overrides
 from effrepro.errors import UsageError, run_cli
-from effrepro.outputs import check_output_dir
+from effrepro.outputs import check_output_dir, check_output_file
 
 from kerneldna.recipes import COMMON, RECIPES, recipe_config  # noqa: F401  (COMMON: re-exported)
 
@@ -95,6 +95,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from effrepro.train import load_checkpoint, save_checkpoint
+
+    from kerneldna.convert import from_resnet
+
+    depth = {"resnet18": 18, "resnet50": 50}.get(args.arch)
+    if depth is None:
+        raise UsageError(f"--arch must be resnet18 or resnet50, not {args.arch!r}")
+    if args.num_classes is not None and args.num_classes < 1:
+        raise UsageError("--num-classes must be >= 1")
+    check_output_file(args.out, "--out")
+    state = load_checkpoint(args.source, expect="state-dict")
+    model = from_resnet(state, depth, args.num_classes)
+    save_checkpoint(args.out, model.state_dict())
+    print(json.dumps({"out": str(args.out), "arch": args.arch, "variant": "kerneldna",
+                      "classes": model.fc.out_features,
+                      "fine_tune": f"kerneldna train --arch {args.arch} --set init={args.out} --data ..."}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kerneldna", description="KernelDNA: dynamic kernel sharing.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="start over even if <out>/last.pt exists")
     add_set(p, "variant=baseline")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("convert", help="a torchvision/timm ResNet state dict -> KernelDNA ResNet weights (the official "
+                       "deeper sharing stages) to fine-tune with `train --set init=OUT`")
+    p.add_argument("--source", required=True, help="ResNet-18/50 state dict (.pth of torchvision or timm)")
+    p.add_argument("--arch", default="resnet18", help="resnet18 or resnet50")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the source's)")
+    p.add_argument("--out", required=True, help="where to write the KernelDNA state dict")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint (folded by default)")
     p.add_argument("checkpoint", type=Path)

@@ -7,11 +7,14 @@ official rule stage by stage: among the stride-1 convs of one stage, those of id
 whose parent is the *last* one (the official code always shares the kernel of the stage's last block).
 
 Unlike the official ResNet-18 build this is a 1:1 replacement (same depth, same MACs, fewer parameters).
+:func:`from_resnet` (``kerneldna convert``) builds the official structure instead -- deeper ``layer3`` / ``layer4``
+whose extra blocks share kernels -- from a pretrained torchvision / timm ResNet's weights, to fine-tune.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from effrepro.errors import UsageError
 from torch import nn
@@ -128,3 +131,92 @@ def check_sharing(expected: Mapping[str, Sequence[str]], model: nn.Module, sourc
                 f"{source} was trained with different sharing groups at layer {parent!r}: it has children "
                 f"{want or 'none'}, the model {have or 'none'}; build the model with the same convert()/arch settings"
             )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A pretrained ResNet -> KernelDNA ResNet with the official added-depth structure
+# ----------------------------------------------------------------------------------------------------------
+_CONV_BN = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
+
+
+def _basic_stage_map(stage: str) -> dict[str, str]:
+    """ResNet-18 ``layerN`` (2 blocks) -> ``SharedBasicStage`` (3 blocks): W1 = block 0's conv1, P2 = block 0's conv2
+    (its first child replaces block 0's second conv), P3 = block 1's conv2 (its child replaces block 1's conv1, whose
+    kernel is dropped: that is the sharing). The middle block (child of P2, then P2 again) is the added depth."""
+    return {f"{stage}.conv1": f"{stage}.0.conv1", f"{stage}.bn1": f"{stage}.0.bn1",
+            f"{stage}.downsample.0": f"{stage}.0.downsample.0", f"{stage}.downsample.1": f"{stage}.0.downsample.1",
+            f"{stage}.bns.0": f"{stage}.0.bn2", f"{stage}.conv2": f"{stage}.0.conv2",
+            f"{stage}.bns.2": f"{stage}.1.bn1", f"{stage}.conv3": f"{stage}.1.conv2", f"{stage}.bn3": f"{stage}.1.bn2"}
+
+
+def _plain(ours: str, theirs: str) -> dict[str, str]:
+    out = {f"{ours}.layers.{n}": f"{theirs}.{n}" for n in _CONV_BN}
+    out.update({f"{ours}.downsample.conv": f"{theirs}.downsample.0", f"{ours}.downsample.bn": f"{theirs}.downsample.1"})
+    return out
+
+
+def _child(ours: str, theirs: str) -> dict[str, str]:
+    """A child bottleneck keeps its own 1x1 convs and BNs; its 3x3 is the parent's (the source's is dropped)."""
+    return {f"{ours}.half1.conv1": f"{theirs}.conv1", f"{ours}.half1.bn1": f"{theirs}.bn1",
+            f"{ours}.half2.bn2": f"{theirs}.bn2", f"{ours}.half2.conv3": f"{theirs}.conv3",
+            f"{ours}.half2.bn3": f"{theirs}.bn3"}
+
+
+def resnet_module_map(depth: int) -> dict[str, str]:
+    """Our module -> the torchvision / timm ResNet module whose weights it takes (stem, layer1-2 and fc keep names).
+
+    ResNet-50: ``layer3``'s 6 blocks become block0, (child 0, parent 0), (child 1, parent 1), (child 2, parent 2) in
+    order; the 7th block (parent 2) is the added depth. ``layer4``'s 3 blocks become block0, child, last block."""
+    if depth == 18:
+        return {**_basic_stage_map("layer3"), **_basic_stage_map("layer4")}
+    out = {**_plain("layer3.block0", "layer3.0"), **_plain("layer4.block0", "layer4.0"),
+           **_child("layer4.blocks.0", "layer4.1"), **_plain("layer4.last_block", "layer4.2")}
+    for i in range(3):
+        out.update(_child(f"layer3.kids.{i}", f"layer3.{2 * i + 1}"))
+        if 2 * i + 2 < 6:
+            out.update(_plain(f"layer3.parents.{i}", f"layer3.{2 * i + 2}"))
+    return out
+
+
+ADDED_BLOCK_NORMS = {18: ("layer3.bn2", "layer4.bn2"), 50: ("layer3.parents.2.layers.bn3",)}
+
+
+def from_resnet(source: Mapping[str, Any], depth: int = 18, num_classes: int | None = None) -> nn.Module:
+    """A KernelDNA ResNet-``depth`` (the official structure: deeper ``layer3`` / ``layer4`` sharing kernels)
+    initialised from a torchvision or timm ResNet state dict, ready to fine-tune.
+
+    Every source weight goes to the layer that plays its role (:func:`resnet_module_map`); the added blocks start as
+    identities (their last BatchNorm's scale and shift are zero, so ``relu(0 + x) = x`` on the post-ReLU input);
+    the static attentions and SE gates keep their initialisation, so the converted network is a starting point for
+    fine-tuning, not the source function. Raises :class:`UsageError` when ``source`` is not a ResNet-``depth``."""
+    import torch
+
+    from kerneldna.models.resnet import KernelDNAResNet
+
+    classes = num_classes or (source["fc.weight"].shape[0] if "fc.weight" in source else 1000)
+    stem = source.get("conv1.weight")
+    model = KernelDNAResNet(depth, num_classes=classes, in_chans=stem.shape[1] if stem is not None else 3)
+    mapping = resnet_module_map(depth)
+    target = model.state_dict()
+    state, used = {}, set()
+    for key in target:
+        module, _, leaf = key.rpartition(".")
+        src = next((f"{theirs}.{leaf}" for ours, theirs in mapping.items() if module == ours), key)
+        if src in source:
+            if tuple(source[src].shape) != tuple(target[key].shape):
+                raise UsageError(f"source weight {src} has shape {tuple(source[src].shape)}, KernelDNA ResNet-{depth}"
+                                 f" needs {tuple(target[key].shape)} at {key}: is the source a ResNet-{depth}?")
+            state[key] = source[src]
+            used.add(src)
+    needed = [k for k in source if k.startswith(("conv1.", "bn1.", "layer"))]
+    if not needed or not used:
+        raise UsageError(f"the source is not a torchvision/timm ResNet-{depth} state dict (no conv1/layer* weights)")
+    if classes != target["fc.weight"].shape[0] or "fc.weight" not in source:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    model.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        for name in ADDED_BLOCK_NORMS[depth]:
+            norm = model.get_submodule(name)
+            norm.weight.zero_()
+            norm.bias.zero_()
+    return model

@@ -128,7 +128,8 @@ def run_arm(plan: KernelDNAPlan, ctx: Context, task: str, arm: str, seed: int) -
             row["cka"] = parts.cka_summary(result["model"], task, plan.cka_images)
         return row
 
-    row = ctx.cached(f"{task}_{arm}_seed{seed}", compute, key=dataclasses.asdict(cfg) | {"cka": plan.cka_images})
+    key = {k: v for k, v in dataclasses.asdict(cfg).items() if not (k == "init" and v is None)}  # pre-init caches
+    row = ctx.cached(f"{task}_{arm}_seed{seed}", compute, key=key | {"cka": plan.cka_images})
     ctx.log.log(kind="mini_run", task=task, arm=arm, seed=seed, top1=row["top1"])
     print(f"  {task:8s} {arm:12s} seed {seed}: top-1 {row['top1']:.2f} %", flush=True)
     return row

@@ -60,6 +60,7 @@ class TrainConfig:
     mini_widths: list[int] = field(default_factory=lambda: [16, 32, 64])
     mini_stem_stride: int = 1
     out: str = "runs/kerneldna"
+    init: str | None = None  # weights to fine-tune from, e.g. `kerneldna convert`'s output (a state dict)
     log_every: int = 50
     progress: bool = True
 
@@ -159,7 +160,10 @@ def cross_entropy_loss(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
 
 def run_config(cfg: TrainConfig) -> dict[str, Any]:
     """The checkpoint/resume identity of a run: the config plus the model's sharing groups."""
-    return {**config_to_dict(cfg), "progress": None, "log_every": None}
+    config = {**config_to_dict(cfg), "progress": None, "log_every": None}
+    if config.get("init") is None:  # runs without init keep the identity they had before the field existed
+        config.pop("init", None)
+    return config
 
 
 def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
@@ -167,6 +171,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
     dist = dist_setup()
     seed_everything(cfg.seed + dist.rank)
     model = model_for(cfg)
+    if cfg.init:
+        load_init(model, cfg.init)
     train_loader, eval_loader = make_loaders(cfg, dist)
     optimizer = make_optimizer(model, cfg)
     # the official schedule counts epochs; the miniature (a few epochs) may count iterations instead, so that
@@ -186,6 +192,19 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
     result["steps_per_epoch"] = len(train_loader)
     result["global_step"] = trainer.global_step
     return result
+
+
+def load_init(model: nn.Module, path: str | Path) -> None:
+    """Start from the weights in ``path`` (a state dict: ``kerneldna convert``'s output); a classifier of another size
+    is left at its initialisation (fine-tuning on another dataset), any other mismatch is an error."""
+    state = load_checkpoint(path, expect="state-dict")
+    own = model.state_dict()
+    state = {k: v for k, v in state.items()
+             if not (k.startswith("fc.") and k in own and tuple(v.shape) != tuple(own[k].shape))}
+    for key in ("fc.weight", "fc.bias"):
+        if key not in state and key in own:
+            state[key] = own[key]
+    load_state_dict_checked(model, state, source=f"init weights {path}")
 
 
 def load_trained(path: str | Path, use_ema: bool = False) -> tuple[nn.Module, dict[str, Any]]:
