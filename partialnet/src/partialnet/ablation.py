@@ -56,7 +56,7 @@ def ablation_stage(plan: Any, ctx: Context, res: Results) -> None:
                 start = time.perf_counter()
                 history = ctx.cached(f"ablation_{rung}_seed{seed}",
                                      lambda cfg=cfg: train(cfg, resume=ctx.resume, progress=False)["history"],
-                                     key=dataclasses.asdict(cfg))
+                                     key=parts.cache_key(cfg))
                 top1[rung].append(history[-1]["eval_top1"])
                 ctx.log.log(kind="ablation_run", rung=rung, seed=seed, top1=top1[rung][-1],
                             seconds=time.perf_counter() - start)

@@ -110,7 +110,7 @@ def train_arms(plan: PartialNetPlan, ctx: Context) -> dict[str, dict[int, list[d
             start = time.perf_counter()
             history = ctx.cached(f"{family}_mini_seed{seed}",
                                  lambda cfg=cfg: train(cfg, resume=ctx.resume, progress=False)["history"],
-                                 key=dataclasses.asdict(cfg))
+                                 key=parts.cache_key(cfg))
             histories[family][seed] = history
             ctx.log.log(kind="mini_run", family=family, seed=seed, top1=history[-1]["eval_top1"],
                         seconds=time.perf_counter() - start)

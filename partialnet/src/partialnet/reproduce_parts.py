@@ -3,6 +3,7 @@ recipe, the paired latency benchmark with per-round ratios, counts against the o
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,11 @@ def mini_train_config(family: str, seed: int, plan: Any, out_dir: Path) -> Train
                        weight_decay=0.005, warmup_epochs=0.3, min_lr=1e-5, sched_unit="step", amp=False,
                        mixup=0.0, cutmix=0.0, smoothing=0.1, drop_path_rate=0.0, seed=seed, workers=0,
                        mnist100_train_size=plan.train_size, mnist100_test_size=plan.test_size, log_every=10_000)
+
+
+def cache_key(cfg: TrainConfig) -> dict[str, Any]:
+    """A mini run's cache key: its config, less fields at their "off" value that were added after runs were cached."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if not (k == "splits" and v is None)}
 
 
 def mini_complexity() -> dict[str, dict[str, int]]:
