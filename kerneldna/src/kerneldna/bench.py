@@ -118,13 +118,14 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 
 def write_bench(result: dict[str, Any], out_dir: str | Path, name: str = "bench") -> Path:
+    from effrepro.report import atomic_write_text
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    atomic_write_text(out / f"{name}.json", json.dumps(result, indent=2, default=str) + "\n")
     path = out / f"{name}.md"
-    path.write_text(f"# kerneldna bench ({result['config']['arch']}, {result['device']}, "
-                    f"{result['threads']} threads, load average {result['load_average_1min']:.1f})\n\n"
-                    + markdown_table(result) + "\n")
+    atomic_write_text(path, f"# kerneldna bench ({result['config']['arch']}, {result['device']}, "
+                      f"{result['threads']} threads, load average {result['load_average_1min']:.1f})\n\n"
+                      + markdown_table(result) + "\n")
     return path
 
 

@@ -130,8 +130,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     summary = {"plan": plan.name, "dense": acc_dense, "routed": acc_routed,
                "retention_percent": retention(acc_routed, acc_dense), "flops_ratio": flops.ratio,
                "flops_len": args.flops_len}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(summary, indent=1))
+    from effrepro.report import atomic_write_text
+
+    atomic_write_text(out / "eval.json", json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
     return 0
 
