@@ -90,9 +90,9 @@ def test_cli_refuses_bad_full_scale_settings_before_loading_the_target(tmp_path)
     with pytest.raises(UsageError, match="not found"):
         run(["train", "--config", "full.yaml", "--out", str(tmp_path / "r"), "--sharegpt-path",
              str(tmp_path / "missing.json")])
+    (tmp_path / "head.pt").write_bytes(b"not read before the template is checked")
     with pytest.raises(UsageError, match="unknown chat template"):
         run(["eval", "--head", str(tmp_path / "head.pt"), "--chat-template", "vicuna-7b"])
-    with pytest.raises(UsageError, match="EAGLE head not found"):
-        (tmp_path / "head.pt").write_bytes(b"")
+    with pytest.raises(UsageError, match="not found|no such file"):
         run(["eval", "--head", str(tmp_path / "head.pt"), "--eagle-head", str(tmp_path / "eagle")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["head.pt"]
