@@ -189,6 +189,18 @@ def test_skeleton_writes_claims_report_env_and_resumes(tmp_path, capsys):
     assert read_claims(out / "claims.json")["claims"][0]["verdict"] == "fails"
 
 
+def test_env_records_cpu_time_and_stages_announce_the_reference_time(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    reference = tmp_path / "results" / "reference" / "toy" / "smoke"
+    reference.mkdir(parents=True)
+    (reference / "env.json").write_text(json.dumps({"stage_seconds": {"train": 1234.0}}))
+    out = tmp_path / "run"
+    assert TOY.main(["--out", str(out), "--threads", "1"]) == 0
+    assert "the reference run took 1234 s" in capsys.readouterr().out
+    env = json.loads((out / "env.json").read_text())
+    assert 0 <= env["cpu_seconds"] <= env["wall_seconds"] * 2 + 1
+
+
 def test_skeleton_rejects_bad_arguments_before_any_work(tmp_path):
     (tmp_path / "file").write_text("x")
     cases = [["--scale", "huge"], ["--set", "nope=1"], ["--set", "effect=abc"], ["--out", str(tmp_path / "file" / "o")],

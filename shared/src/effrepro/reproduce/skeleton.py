@@ -123,11 +123,17 @@ class Context:
         self.log = MetricsLogger(out / "metrics.jsonl")
         self.timings: dict[str, float] = {}
         self.reused: dict[str, float] = {}  # cache name -> compute seconds recorded when it was made
+        self.expected = _reference_stage_seconds(paper, plan.name)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Time a stage (seconds accumulate under ``name`` in env.json) and say when it starts and ends."""
-        print(f"[{self.paper}] {name} ...", flush=True)
+        """Time a stage (seconds accumulate under ``name`` in env.json) and say when it starts and ends, with the
+        committed reference run's time for the stage as the estimate of when it will end."""
+        eta = ""
+        if name in self.expected and name not in self.timings:
+            done = time.strftime("%H:%M", time.localtime(time.time() + self.expected[name]))
+            eta = f" (the reference run took {self.expected[name]:.0f} s at 1 thread: expect it done ~{done})"
+        print(f"[{self.paper}] {name} ...{eta}", flush=True)
         start = time.perf_counter()
         try:
             yield
@@ -158,6 +164,25 @@ class Context:
         seconds = round(time.perf_counter() - start, 1)
         atomic_write_text(path, json.dumps({"key": key, "value": value, "seconds": seconds}, default=_json_plain))
         return json.loads(json.dumps(value, default=_json_plain))
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds used by this process and its finished children: on a shared machine the budget is checked in
+    CPU time, since wall time grows with the load (env.json records both, and the load average)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _reference_stage_seconds(paper: str, plan: str) -> dict[str, float]:
+    """Stage seconds of the committed reference run of ``paper`` at this plan (empty when there is none)."""
+    scale = "full" if plan == "full" else plan
+    path = Path("results") / "reference" / paper / scale / "env.json"
+    try:
+        return {k: float(v) for k, v in json.loads(path.read_text()).get("stage_seconds", {}).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def _json_plain(value: Any) -> Any:
@@ -314,7 +339,7 @@ class Reproduction:
         torch.set_num_threads(threads)
         out.mkdir(parents=True, exist_ok=True)
         ctx = Context(self.paper, plan, out, resume)
-        load_start, started = os.getloadavg()[0], time.time()
+        load_start, started, cpu_start = os.getloadavg()[0], time.time(), _cpu_seconds()
         print(f"[{self.paper}] plan {plan.name}, stages {','.join(plan.stages)}, {threads} thread(s) -> {out}",
               flush=True)
         results = self.run(plan, ctx)
@@ -325,6 +350,7 @@ class Reproduction:
         document = claims_document(claims, facts)
         env = {"paper": self.paper, "plan": plan.name, "stages": list(plan.stages), **environment(),
                "torch_threads": threads, "wall_seconds": round(time.time() - started, 1),
+               "cpu_seconds": round(_cpu_seconds() - cpu_start, 1),
                "stage_seconds": {k: round(v, 1) for k, v in ctx.timings.items()},
                "reused_cache_seconds": {k: round(v, 1) for k, v in ctx.reused.items()},
                "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
