@@ -409,3 +409,21 @@ def test_bad_input_is_one_error_line_and_leaves_nothing(command, case, option, f
     _assert_one_error(code, err, mentions)
     assert not marker.exists(), "the crafted file's payload ran"
     assert _tree(tmp_path) == before, f"left behind: {sorted(_tree(tmp_path) - before)}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["generate", "eval", "tune"])
+def test_a_head_of_another_target_is_one_error_line(command, tmp_path, capsys):
+    """A well-formed EAGLE head trained for another target (hidden 8 / vocab 10, not SmolLM2's 576 / 49152)."""
+    from effrepro.specdec.eagle import DraftModelConfig, EagleHead
+
+    config = DraftModelConfig(hidden_size=8, intermediate_size=16, num_attention_heads=2, num_key_value_heads=2,
+                              vocab_size=10)
+    head = save_checkpoint(tmp_path / "head.pt", {"method": "EagleHead", "config": dataclasses.asdict(config),
+                                                  "state_dict": EagleHead(config).state_dict()})
+    extra = ["--prompt", "hi"] if command == "generate" else []
+    spec = Command(f"specdec {command}", "effrepro.specdec.cli:main", [], wrapped=False)
+    before = _tree(tmp_path)
+    code, err = _run(spec, [command, *LLM, "--head", str(head), "--device", "cpu", *extra], capsys)
+    _assert_one_error(code, err, "built for hidden 8 / vocab 10")
+    assert _tree(tmp_path) == before
