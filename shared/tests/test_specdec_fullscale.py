@@ -118,6 +118,18 @@ def test_released_head_for_another_target_is_refused(model, tmp_path):
     assert not (tmp_path / "pwned").exists()  # a released head is read as data only
 
 
+def test_cli_takes_a_released_head_folder(tmp_path):
+    from effrepro.specdec.cli import _check_args, build_parser
+
+    folder = tmp_path / "eagle"
+    folder.mkdir()
+    args = build_parser().parse_args(["generate", "--head", str(folder), "--prompt", "hi"])
+    with pytest.raises(UsageError, match="pytorch_model.bin: (no such file|not found)"):
+        _check_args(args)
+    torch.save({"fc.weight": torch.zeros(1)}, folder / "pytorch_model.bin")
+    _check_args(args)  # the weights file is there; the loader checks its keys against the target
+
+
 def _sharegpt_file(path: Path, count: int) -> Path:
     rows = [{"conversations": [{"from": "human", "value": f"question {i}"}, {"from": "gpt", "value": f"answer {i}"}]}
             for i in range(count)]

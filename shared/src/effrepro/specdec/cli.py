@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -181,11 +182,17 @@ def _check_args(args: argparse.Namespace) -> None:
     if not 0 <= getattr(args, "holdout", 0) < 1:
         raise UsageError("--holdout is a share of the draft data in [0, 1)")
     if args.command in ("eval", "generate", "tune"):
-        check_input_file(args.head, "--head", "train one with `python -m effrepro.specdec train-eagle`")
+        head = Path(args.head)
+        if head.is_dir():  # a released EAGLE-2 head's folder: its weights file is what must be there
+            from effrepro.specdec.eagle import RELEASED_FILES
+
+            head = next((head / name for name in RELEASED_FILES if (head / name).exists()), head / RELEASED_FILES[1])
+        check_input_file(head, "--head", "train one with `python -m effrepro.specdec train-eagle`, or give a "
+                                         "released EAGLE-2 head (folder, pytorch_model.bin or model.safetensors)")
     if getattr(args, "out", None):
         (check_output_file if args.command == "tune" else check_output_dir)(args.out, "--out")
     questions = getattr(args, "questions", "mtbench")
-    if questions not in ("mtbench", "mtbench-heldout"):
+    if questions not in ("mtbench", "mtbench-heldout", "mtbench-train"):
         from effrepro.specdec.questions import load_questions
 
         check_input_file(questions, "--questions", "give mtbench, mtbench-heldout or a question.jsonl")
