@@ -132,13 +132,9 @@ def run(argv: list[str] | None = None) -> int:
 def cmd_reproduce(argv: list[str]) -> int:
     """The reproduce skeleton parses its own options (``deepkd reproduce --help``); ``--set`` takes plan fields and
     (full scale) run-config keys alike, a plan field first."""
-    import dataclasses
+    from effrepro.cliargs import reproduce_command
 
-    from effrepro.cliargs import route_set
-
-    from deepkd.reproduce import REPRODUCTION, DeepKDPlan
-
-    return REPRODUCTION.main(route_set(argv, {f.name for f in dataclasses.fields(DeepKDPlan)}, None))
+    return reproduce_command("deepkd.reproduce", argv)
 
 
 def main(argv: list[str] | None = None) -> None:

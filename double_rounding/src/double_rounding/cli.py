@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from effrepro.cliargs import add_set, overrides, rename_option
+from effrepro.cliargs import add_set, overrides
 from effrepro.config import find_config
 from effrepro.errors import UsageError, run_cli
 from effrepro.outputs import check_input_file, check_output_dir, check_output_file
@@ -291,15 +291,9 @@ def cmd_bench(argv: list[str]) -> int:
 def cmd_reproduce(argv: list[str]) -> int:
     """The reproduce skeleton parses its own options; ``--set`` takes plan fields and (full scale) run-config keys
     alike (``--config-set`` is its deprecated spelling)."""
-    import dataclasses
+    from effrepro.cliargs import reproduce_command
 
-    from effrepro.cliargs import route_set
-
-    from double_rounding.reproduce import REPRODUCTION, DoubleRoundingPlan
-
-    fields = {f.name for f in dataclasses.fields(DoubleRoundingPlan)}
-    argv = rename_option(argv, "--config-set", "--set")
-    return REPRODUCTION.main(route_set(argv, fields, "--config-set"))
+    return reproduce_command("double_rounding.reproduce", argv, "--config-set")
 
 
 def main(argv: list[str] | None = None) -> None:

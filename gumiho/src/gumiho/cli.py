@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from effrepro.cliargs import add_set, overrides, route_set
+from effrepro.cliargs import add_set, overrides, reproduce_command
 from effrepro.config import find_config, package_configs
 from effrepro.errors import UsageError, run_cli
 from effrepro.outputs import check_args
@@ -165,12 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_reproduce(argv: list[str]) -> int:
     """The reproduce skeleton parses its own options; ``--set`` takes plan fields and run-config keys alike."""
-    import dataclasses
-
-    from gumiho.reproduce import REPRODUCTION, GumihoPlan
-
-    fields = {f.name for f in dataclasses.fields(GumihoPlan)}
-    return REPRODUCTION.main(route_set(argv, fields, None))
+    return reproduce_command("gumiho.reproduce", argv)
 
 
 def run(argv: list[str] | None = None) -> int:

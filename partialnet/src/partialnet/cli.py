@@ -118,13 +118,9 @@ def run(argv: list[str] | None = None) -> int:
 def cmd_reproduce(argv: list[str]) -> int:
     """The reproduce skeleton parses its own options (``partialnet reproduce --help``); ``--set`` takes plan fields and
     (full scale) run-config keys alike, a plan field first."""
-    import dataclasses
+    from effrepro.cliargs import reproduce_command
 
-    from effrepro.cliargs import route_set
-
-    from partialnet.reproduce import REPRODUCTION, PartialNetPlan
-
-    return REPRODUCTION.main(route_set(argv, {f.name for f in dataclasses.fields(PartialNetPlan)}, None))
+    return reproduce_command("partialnet.reproduce", argv)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -79,3 +79,17 @@ def route_set(argv: list[str], plan_fields: set[str], config_option: str | None)
         moved.extend([config_option, value] if config_option else [value])
         i += step
     return keep + moved if "--" not in keep else keep[:keep.index("--")] + moved + keep[keep.index("--"):]
+
+
+def reproduce_command(module: str, argv: list[str], config_option: str | None = None) -> int:
+    """``<paper> reproduce ...``: ``module.REPRODUCTION`` (the paper's reproduce skeleton) with each ``--set`` routed
+    to a plan field or, for the keys no plan declares, to the paper's run config (``config_option``, see
+    :func:`route_set`); ``config_option`` is also accepted as a deprecated spelling of ``--set``."""
+    import dataclasses
+    import importlib
+
+    reproduction = importlib.import_module(module).REPRODUCTION
+    fields = {f.name for plan in reproduction.plans.values() for f in dataclasses.fields(plan)}
+    if config_option:
+        argv = rename_option(argv, config_option, "--set")
+    return reproduction.main(route_set(argv, fields, config_option))

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from effrepro.cliargs import add_set, overrides, rename_option, route_set
+from effrepro.cliargs import add_set, overrides, reproduce_command
 from effrepro.errors import UsageError, run_cli
 
 from token_router_pruning.planfile import load_plan, save_plan
@@ -68,13 +68,8 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
 def cmd_reproduce(argv: list[str]) -> int:
     """The paper's experiments on the effrepro reproduce skeleton (its own arguments: ``reproduce --help``);
     ``--set`` takes plan fields and run-config keys alike (``--cfg`` is its deprecated spelling)."""
-    import dataclasses
-
-    from token_router_pruning.reproduce import REPRODUCTION, FTPPlan
-
     os.environ.setdefault("TQDM_DISABLE", "1")
-    fields = {f.name for f in dataclasses.fields(FTPPlan)}
-    return REPRODUCTION.main(route_set(rename_option(argv, "--cfg", "--set"), fields, "--cfg"))
+    return reproduce_command("token_router_pruning.reproduce", argv, "--cfg")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
