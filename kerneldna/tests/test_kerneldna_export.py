@@ -3,7 +3,8 @@ program computes what the eager folded model computes."""
 
 import pytest
 import torch
-from effrepro.export import export_onnx, export_program, onnx_missing
+from effrepro.export import onnx_missing
+from effrepro.testing import assert_export_matches, assert_onnx_matches
 from kerneldna.kerneldna import fold_model
 from kerneldna.models import build_model
 
@@ -20,20 +21,10 @@ def folded():
 
 
 def test_torch_export_equals_the_folded_model(folded, tmp_path):
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        expected = folded(x)
-    program = export_program(folded, x, tmp_path / "kerneldna_r18.pt2")
-    torch.testing.assert_close(program.module()(x), expected, rtol=0, atol=1e-6)
-    loaded = torch.export.load(str(tmp_path / "kerneldna_r18.pt2"))
-    torch.testing.assert_close(loaded.module()(x), expected, rtol=0, atol=1e-6)
+    assert_export_matches(folded, torch.randn(2, 3, 64, 64), tmp_path / "kerneldna_r18.pt2")
 
 
 @pytest.mark.skipif(onnx_missing() is not None, reason=onnx_missing() or "")
 def test_onnx_export_equals_the_folded_model(folded, tmp_path):  # pragma: no cover - needs onnx + onnxruntime
-    onnxruntime = pytest.importorskip("onnxruntime")
-    x = torch.randn(1, 3, 64, 64)
-    path = export_onnx(folded, x, tmp_path / "kerneldna_r18.onnx")
-    session = onnxruntime.InferenceSession(str(path))
-    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    torch.testing.assert_close(torch.from_numpy(out), folded(x), rtol=1e-4, atol=1e-4)
+    pytest.importorskip("onnxruntime")
+    assert_onnx_matches(folded, torch.randn(1, 3, 64, 64), tmp_path / "kerneldna_r18.onnx")

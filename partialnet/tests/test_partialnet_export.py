@@ -4,7 +4,8 @@ exported program computes what the eager deploy form computes."""
 import pytest
 import timm
 import torch
-from effrepro.export import export_onnx, export_program, onnx_missing
+from effrepro.export import onnx_missing
+from effrepro.testing import assert_export_matches, assert_onnx_matches
 from partialnet.deploy import deploy_copy, randomize_bn_statistics
 
 
@@ -20,20 +21,10 @@ def deployed():
 
 
 def test_torch_export_equals_the_deploy_form(deployed, tmp_path):
-    x = torch.randn(2, 3, 64, 96)
-    with torch.no_grad():
-        expected = deployed(x)
-    program = export_program(deployed, x, tmp_path / "partialnet_t1.pt2")
-    torch.testing.assert_close(program.module()(x), expected, rtol=0, atol=1e-6)
-    loaded = torch.export.load(str(tmp_path / "partialnet_t1.pt2"))
-    torch.testing.assert_close(loaded.module()(x), expected, rtol=0, atol=1e-6)
+    assert_export_matches(deployed, torch.randn(2, 3, 64, 96), tmp_path / "partialnet_t1.pt2")
 
 
 @pytest.mark.skipif(onnx_missing() is not None, reason=onnx_missing() or "")
 def test_onnx_export_equals_the_deploy_form(deployed, tmp_path):  # pragma: no cover - needs onnx + onnxruntime
-    onnxruntime = pytest.importorskip("onnxruntime")
-    x = torch.randn(1, 3, 64, 64)
-    path = export_onnx(deployed, x, tmp_path / "partialnet_t1.onnx")
-    session = onnxruntime.InferenceSession(str(path))
-    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    torch.testing.assert_close(torch.from_numpy(out), deployed(x), rtol=1e-4, atol=1e-4)
+    pytest.importorskip("onnxruntime")
+    assert_onnx_matches(deployed, torch.randn(1, 3, 64, 64), tmp_path / "partialnet_t1.onnx")

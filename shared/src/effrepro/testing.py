@@ -3,7 +3,9 @@
 * security: a crafted checkpoint whose unpickling would create a marker file, and the check that a command refused
   it the way every command refuses bad input (exit 2, one ``error:`` line);
 * a tiny random Llama (the speculative-decoding tests of effrepro.specdec, jakiro, gumiho);
-* a toy MLP with three losses of one forward pass (the multi-buffer momentum tests of effrepro.optim and deepkd).
+* a toy MLP with three losses of one forward pass (the multi-buffer momentum tests of effrepro.optim and deepkd);
+* export checks: an exported program (and its saved copy) or an ONNX session computes what the eager model computes
+  (the deployed PartialNet and the folded KernelDNA).
 """
 
 from __future__ import annotations
@@ -114,3 +116,26 @@ def three_losses(model: torch.nn.Module, step: int, dtype: torch.dtype = torch.f
 def max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
     """The largest absolute difference between corresponding parameters of two models."""
     return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+
+
+def assert_export_matches(model: torch.nn.Module, x: torch.Tensor, path: Path, atol: float = 1e-6) -> None:
+    """``effrepro.export.export_program`` of ``model`` computes ``model(x)``, before and after a save/load."""
+    from effrepro.export import export_program
+
+    with torch.no_grad():
+        expected = model(x)
+    program = export_program(model, x, path)
+    torch.testing.assert_close(program.module()(x), expected, rtol=0, atol=atol)
+    torch.testing.assert_close(torch.export.load(str(path)).module()(x), expected, rtol=0, atol=atol)
+
+
+def assert_onnx_matches(model: torch.nn.Module, x: torch.Tensor, path: Path) -> None:  # pragma: no cover - onnx
+    """The ONNX export of ``model`` run by onnxruntime computes ``model(x)`` (needs onnx, onnxscript, onnxruntime)."""
+    import onnxruntime
+
+    from effrepro.export import export_onnx
+
+    session = onnxruntime.InferenceSession(str(export_onnx(model, x, path)))
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), model(x), rtol=1e-4, atol=1e-4)
