@@ -60,6 +60,12 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
+def _ctrl_c_as_a_terminal_gives_it() -> None:
+    """A shell's background job (``make test &``, nohup, some CI runners) starts with SIGINT ignored, and Python
+    then keeps it ignored: restore the default so the child gets Ctrl-C as it would in a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(tmp_path: Path, out: Path, block: Path | None) -> subprocess.Popen:
     script = tmp_path / "faulty.py"
     script.write_text(SCRIPT)
@@ -68,7 +74,7 @@ def _start(tmp_path: Path, out: Path, block: Path | None) -> subprocess.Popen:
     if block is not None:
         env["BLOCK"] = str(block)
     return subprocess.Popen([sys.executable, str(script), "--out", str(out)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_a_terminal_gives_it)
 
 
 def _finish(tmp_path: Path, out: Path) -> tuple[str, dict]:
@@ -186,7 +192,7 @@ def test_temporary_cache_folders_never_outlive_their_run(tmp_path, sig):
     script = tmp_path / "holder.py"
     script.write_text(HOLDER)
     proc = subprocess.Popen([sys.executable, str(script), str(cache), str(started)], stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_ctrl_c_as_a_terminal_gives_it)
     deadline = time.monotonic() + 60
     while not started.exists():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
