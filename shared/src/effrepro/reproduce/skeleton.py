@@ -177,8 +177,9 @@ def _cpu_seconds() -> float:
 
 def _reference_stage_seconds(paper: str, plan: str) -> dict[str, float]:
     """Stage seconds of the committed reference run of ``paper`` at this plan (empty when there is none)."""
-    scale = "full" if plan == "full" else plan
-    path = Path("results") / "reference" / paper / scale / "env.json"
+    from effrepro.reproduce.summary import reference_dir
+
+    path = reference_dir(paper, plan) / "env.json"
     try:
         return {k: float(v) for k, v in json.loads(path.read_text()).get("stage_seconds", {}).items()}
     except (OSError, ValueError, AttributeError):
