@@ -8,7 +8,6 @@ from effrepro.specdec import (
     DraftBatch,
     DraftLevel,
     GenerationConfig,
-    LevelProposer,
     TargetAdapter,
     TreeConfig,
     autoregressive_generate,
@@ -18,6 +17,7 @@ from effrepro.specdec import (
     speculative_generate,
     tree_from_levels,
 )
+from effrepro.specdec.oracle import OracleProposer
 from effrepro.specdec.tree import tree_from_parents
 from effrepro.specdec.verify import greedy_verify_features
 from effrepro.specdec.vocab import check_d2t, frequent_tokens, scatter_full, target_to_draft, vocab_digest
@@ -113,34 +113,17 @@ def test_reduced_soft_ce_equals_the_full_one_when_k_is_v_and_renormalises_below(
     assert not torch.allclose(cls_small, cls_full)
 
 
-class VocabOracle(LevelProposer):
+class VocabOracle(OracleProposer):
     """The best a K-token draft can do: the true greedy token when it is in the vocabulary, else a vocabulary
     token (never accepted), plus a distractor per level."""
 
     def __init__(self, future: list[int], prompt_len: int, d2t: torch.Tensor, depth: int = 4) -> None:
-        self.future, self.prompt_len, self.d2t, self.depth = future, prompt_len, d2t, depth
-        self.total_tokens = 2 * depth + 1
-        self.reset()
+        self.d2t, self.inside = d2t, set(d2t.tolist())
+        super().__init__(future, prompt_len, depth, vocab=0)
 
-    def reset(self) -> None:
-        self.seen = 0
-
-    @property
-    def context_length(self) -> int:
-        return self.seen
-
-    def propose_levels(self, new_features, next_ids):
-        self.seen += next_ids.numel()
-        emitted = self.seen - self.prompt_len + 1
-        inside = set(self.d2t.tolist())
-        levels = []
-        for d in range(self.depth):
-            true = self.future[min(emitted + d, len(self.future) - 1)]
-            best = true if true in inside else int(self.d2t[0])
-            other = int(self.d2t[1]) if best != int(self.d2t[1]) else int(self.d2t[2])
-            parents = torch.tensor([-1, -1]) if d == 0 else torch.tensor([0, 0])
-            levels.append(DraftLevel(torch.tensor([best, other]), torch.tensor([-0.1, -5.0]) * (d + 1), parents))
-        return levels
+    def pair(self, true: int) -> tuple[int, int]:
+        best = true if true in self.inside else int(self.d2t[0])
+        return best, (int(self.d2t[1]) if best != int(self.d2t[1]) else int(self.d2t[2]))
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -31,7 +31,10 @@ class OracleProposer(LevelProposer):
         levels = []
         for d in range(self.depth):
             true = self.future[min(emitted + d, len(self.future) - 1)]
-            tokens = torch.tensor([true, (true + 1) % self.vocab])
             parents = torch.tensor([-1, -1]) if d == 0 else torch.tensor([0, 0])
-            levels.append(DraftLevel(tokens, torch.tensor([-0.1, -5.0]) * (d + 1), parents))
+            levels.append(DraftLevel(torch.tensor(self.pair(true)), torch.tensor([-0.1, -5.0]) * (d + 1), parents))
         return levels
+
+    def pair(self, true: int) -> tuple[int, int]:
+        """The level's two drafts: the target's greedy token first, then a distractor."""
+        return true, (true + 1) % self.vocab
