@@ -26,10 +26,28 @@ REPO = Path(__file__).resolve().parents[2]
     [((1.1, 1.3), ">= 1.0", "holds"), ((0.8, 0.95), ">= 1.0", "fails"), ((0.9, 1.2), ">= 1.0", "inconclusive"),
      ((-3, -1), "< 0", "holds"), ((0.1, 0.2), "<= 0", "fails"), ((0.95, 1.05), "between 0.9 1.1", "holds"),
      ((1.2, 1.3), "between 0.9 1.1", "fails"), ((1.0, 1.2), "between 0.9 1.1", "inconclusive"),
-     ((math.nan, math.nan), ">= 0", "inconclusive"), ((1.0, 1.0), "> 1.0", "fails")],
+     ((math.nan, math.nan), ">= 0", "inconclusive"), ((1.0, 1.0), "> 1.0", "fails"),
+     # a smallest effect of interest: the claim also fails when an effect that large is excluded
+     ((-4.8, 2.6), "> 0, fails below 9.5", "fails"), ((-4.8, 12.0), "> 0, fails below 9.5", "inconclusive"),
+     ((0.1, 3.0), "> 0, fails below 9.5", "holds"), ((0.98, 1.01), "> 1.0, fails below 1.02", "fails"),
+     ((0.985, 1.03), "< 1.0, fails above 0.98", "fails"), ((0.9, 0.99), "< 1.0, fails above 0.98", "holds")],
 )
 def test_verdict_of_an_interval(ci, expect, verdict):
     assert stats.verdict(ci, expect) == verdict
+
+
+@pytest.mark.parametrize("expect", ["> 1, fails above 2", "> 1, fails below 0.5", "< 1, fails above 2",
+                                    "between 1 2, fails below 3", "== 1, fails below 2"])
+def test_smallest_effect_must_lie_on_the_claimed_side(expect):
+    with pytest.raises(ValueError, match="fails below|one-sided"):
+        stats.Expectation.parse(expect)
+
+
+def test_n_to_decide_with_a_smallest_effect_uses_the_farther_boundary():
+    # 0.5 above the direction threshold, 1.0 below the smallest effect: deciding needs a half-width under 1.0
+    est = stats.Estimate(value=0.5, n=16, ci=(-1.5, 2.5), method="t")
+    assert stats.n_to_decide(est, "> 0, fails below 1.5") == 16 * (2 / 1) ** 2
+    assert stats.n_to_decide(est, "> 0") == 16 * (2 / 0.5) ** 2
 
 
 def test_exact_comparisons_are_not_claims():

@@ -26,31 +26,50 @@ BOOTSTRAP_DRAWS = 10_000
 VERDICTS = ("holds", "fails", "inconclusive")
 _EXPECT = re.compile(
     r"^\s*(?:(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>[-+0-9.eE]+|inf|-inf)|between\s+(?P<lo>[-+0-9.eE]+)\s+"
-    r"(?P<hi>[-+0-9.eE]+))\s*$"
+    r"(?P<hi>[-+0-9.eE]+))\s*(?:,\s*fails\s+(?P<side>below|above)\s+(?P<smallest>[-+0-9.eE]+)\s*)?$"
 )
 
 
 @dataclass(frozen=True)
 class Expectation:
     """A parsed ``expect`` string: ``">= 1.0"``, ``"< 0.5"``, ``"between 0.9 1.1"`` (``==``/``!=`` only for checks
-    of exact values, never for claims with an interval)."""
+    of exact values, never for claims with an interval).
+
+    A one-sided expectation may name a smallest effect of interest: ``"> 0, fails below 9.5"``. A claim that a
+    method is better (``> 0``) cannot be decided at any ``n`` when the true effect is 0; the paper, however, claims
+    an effect of a stated size. The claim then also fails when the whole interval lies on the wrong side of that
+    smallest effect (here: below 9.5, i.e. an effect as large as 9.5 is excluded), and still holds whenever the
+    whole interval meets the direction (``> 0``).
+    """
 
     op: str
     lo: float
     hi: float
+    smallest: float | None = None
 
     @classmethod
     def parse(cls, text: str) -> Expectation:
         match = _EXPECT.match(text)
         if match is None:
-            raise ValueError(f"cannot parse expect {text!r}; use e.g. '>= 1.0', '< 0.5' or 'between 0.9 1.1'")
+            raise ValueError(f"cannot parse expect {text!r}; use e.g. '>= 1.0', '< 0.5', 'between 0.9 1.1' or "
+                             "'> 0, fails below 5'")
         if match["op"] is None:
             lo, hi = float(match["lo"]), float(match["hi"])
             if lo > hi:
                 raise ValueError(f"expect {text!r}: the lower bound exceeds the upper one")
+            if match["side"] is not None:
+                raise ValueError(f"expect {text!r}: a smallest effect needs a one-sided expectation (>, >=, <, <=)")
             return cls("between", lo, hi)
         value = float(match["value"])
-        return cls(match["op"], value, value)
+        if match["side"] is None:
+            return cls(match["op"], value, value)
+        smallest = float(match["smallest"])
+        upward = match["op"] in (">", ">=")
+        if match["op"] in ("==", "!=") or (match["side"] == "below") != upward or \
+                (smallest < value if upward else smallest > value):
+            raise ValueError(f"expect {text!r}: use '> x, fails below y' with y >= x or '< x, fails above y' with "
+                             "y <= x")
+        return cls(match["op"], value, value, smallest)
 
     def met_by(self, value: float) -> bool:
         """Whether one number meets the expectation (NaN never does)."""
@@ -77,13 +96,21 @@ class Expectation:
             return "holds"
         if not self.met_by(lo) and not self.met_by(hi):
             return "fails"
+        if self.smallest is not None and (hi < self.smallest if self.op in (">", ">=") else lo > self.smallest):
+            return "fails"
         return "inconclusive"
 
     def threshold_distance(self, value: float) -> float:
-        """Distance from ``value`` to the nearest boundary of the expectation (for the n that would decide)."""
+        """How far ``value`` is from the boundary an interval around it must clear to decide (for the n that would
+        decide): the nearest boundary, or with a smallest effect the farther of the two it can be decided by."""
         if self.op == "between":
             return min(abs(value - self.lo), abs(value - self.hi))
-        return abs(value - self.lo)
+        if self.smallest is None:
+            return abs(value - self.lo)
+        upward = self.op in (">", ">=")
+        to_direction = max(0.0, value - self.lo if upward else self.lo - value)
+        to_smallest = max(0.0, self.smallest - value if upward else value - self.smallest)
+        return max(to_direction, to_smallest)
 
 
 def check_expect(measured: float, expect: str) -> bool:
