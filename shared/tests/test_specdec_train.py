@@ -24,43 +24,7 @@ from effrepro.specdec import (
     speculative_generate,
     train_head,
 )
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-TEMPLATE = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-WORDS = ("hello there how are you i am fine thanks what is the answer to life it is forty two and more words "
-         "the quick brown fox jumps over lazy dog please tell me a story once upon a time").split()
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {"[UNK]": 0, "<|im_start|>": 1, "<|im_end|>": 2, "user": 3, "assistant": 4, "system": 5, "\n": 6, " ": 7}
-    for word in WORDS:
-        vocab.setdefault(word, len(vocab))
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[ \n]"), behavior="isolated")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="<|im_end|>",
-                                        bos_token="<|im_start|>", pad_token="<|im_end|>")
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
-    tokenizer.chat_template = TEMPLATE
-    return tokenizer
-
-
-@pytest.fixture(scope="module")
-def target(tmp_path_factory):
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256,
-                         eos_token_id=2, bos_token_id=1, pad_token_id=2)
-    model = LlamaForCausalLM(config).eval()
-    folder = tmp_path_factory.mktemp("tiny_target")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return model, tokenizer, folder
-
+from transformers import LlamaConfig, LlamaForCausalLM
 
 CONVERSATION = [{"role": "user", "content": "hello how are you"}, {"role": "assistant", "content": "i am fine"},
                 {"role": "user", "content": "what is the answer"}, {"role": "assistant", "content": "forty two"}]
@@ -78,11 +42,11 @@ def test_chat_example_masks_exactly_the_assistant_tokens(target):
     assert short_ids.numel() == 10 and torch.equal(short_ids, ids[:10])
 
 
-def test_unknown_or_missing_chat_template_is_a_clear_error(target):
+def test_unknown_or_missing_chat_template_is_a_clear_error(target, tiny_tokenizer_factory):
     _, tokenizer, _ = target
     with pytest.raises(UsageError, match="unknown chat template"):
         ChatFormatter(tokenizer, "no-such-template")
-    bare = tiny_tokenizer()
+    bare = tiny_tokenizer_factory()
     bare.chat_template = None
     with pytest.raises(UsageError, match="no chat template"):
         ChatFormatter(bare)
@@ -124,7 +88,7 @@ def test_draft_data_train_reload_and_lossless_with_a_trained_head(target, tmp_pa
         load_eagle_head(out / "head.pt", TargetAdapter(LlamaForCausalLM(other)))
 
 
-def test_eval_harness_and_cli(target, tmp_path, monkeypatch, capsys):
+def test_eval_harness_and_cli(target, tiny_tokenizer_factory, tmp_path, monkeypatch, capsys):
     from effrepro.specdec.cli import main
 
     _, _, folder = target
@@ -136,7 +100,7 @@ def test_eval_harness_and_cli(target, tmp_path, monkeypatch, capsys):
     assert main(["train-eagle", "--target", str(folder), "--out", str(out), "--sharegpt", "16", "--max-len", "64",
                  "--epochs", "1", "--batch-size", "4", "--lr", "1e-3", "--warmup-steps", "1"]) == 0
     assert (out / "head.pt").is_file()
-    model, tokenizer = LlamaForCausalLM.from_pretrained(folder).eval(), tiny_tokenizer()
+    model, tokenizer = LlamaForCausalLM.from_pretrained(folder).eval(), tiny_tokenizer_factory()
     adapter = TargetAdapter(model, max_length=256)
     config = EvalConfig(questions=str(questions), max_new_tokens=12, warmup=1, cost_model_repeats=3)
     result = eval_eagle(adapter, tokenizer, out / "head.pt", TreeConfig(3, 2, 8), config, tmp_path / "eval",

@@ -5,6 +5,7 @@
     python -m effrepro.specdec eval        --target smollm2-135m --head runs/eagle/head.pt [--questions mtbench]
     python -m effrepro.specdec generate    --target smollm2-135m --head runs/eagle/head.pt --prompt "Hi"
     python -m effrepro.specdec tune        --target smollm2-135m --head runs/eagle/head.pt
+    python -m effrepro.specdec race        --methods eagle2,jakiro,gumiho --out results/specdec_race
 
 ``train-eagle`` drafts over the 8192 most frequent target tokens of the data (``--draft-vocab``; 0 = the full
 vocabulary, the paper's setting). ``--total-tokens -1`` (the default of ``generate`` and ``tune``) sizes the tree
@@ -119,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     _tree_args(tune, total_tokens=-1)
     tune.add_argument("--out", default=None, help="also write the choice and table to this JSON file")
     tune.add_argument("--no-cache", action="store_true", help="measure again even if a choice is cached")
+    race = sub.add_parser("race", help="plain greedy and every installed method (the miniature heads) in one "
+                                       "interleaved run: tokens/s, speed-up, tree and break-even tau per method")
+    _target_args(race)
+    race.add_argument("--methods", default="all",
+                      help="comma-separated: eagle2 and the methods installed projects register (default all)")
+    race.add_argument("--questions", default="mtbench-heldout")
+    race.add_argument("--max-questions", type=int, default=8)
+    race.add_argument("--max-turns", type=int, default=0)
+    race.add_argument("--max-new-tokens", type=int, default=48)
+    race.add_argument("--warmup", type=int, default=1)
+    race.add_argument("--max-length", type=int, default=2048)
+    race.add_argument("--out", default=None, help="write race.json, race.md and the turn records here")
     return parser
 
 
@@ -242,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         path = train_eagle(model, tokenizer, args.out, data, train)
         print(path)
         return 0
+    if args.command == "race":
+        return _race(args)
     from effrepro.specdec.eagle import eagle_factory, eval_eagle, load_eagle_head
     from effrepro.specdec.target import TargetAdapter
 
@@ -276,6 +291,26 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_text(args.out, json.dumps(choice.as_dict(), indent=1, default=str))
         return 0
     return _generate(args, model, tokenizer, target)
+
+
+def _race(args: argparse.Namespace) -> int:
+    from effrepro.specdec.harness import EvalConfig
+    from effrepro.specdec.race import available_methods, race, race_markdown
+
+    known = list(available_methods())
+    names = known if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise UsageError(f"--methods {args.methods!r}: unknown {unknown}; installed: {', '.join(known)}")
+    if args.target != "smollm2-135m":
+        raise UsageError("race compares the miniature heads, trained for the embedded smollm2-135m; at full scale "
+                         "run each paper's own evaluation on your target")
+    config = EvalConfig(questions=args.questions, max_questions=args.max_questions, max_turns=args.max_turns,
+                        max_new_tokens=args.max_new_tokens, warmup=args.warmup, max_length=args.max_length,
+                        chat_template=args.chat_template)
+    model, tokenizer = _load(args, args.max_length)
+    print(race_markdown(race(model, tokenizer, names, config, args.out)))
+    return 0
 
 
 def _generate(args: argparse.Namespace, model: Any, tokenizer: Any, target: Any) -> int:
