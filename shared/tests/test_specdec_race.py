@@ -55,7 +55,9 @@ def test_race_end_to_end_is_lossless_and_writes_its_files(target, tmp_path, monk
         assert methods[name]["break_even_tau"] > 1.0
     assert methods["large"]["tree"]["total_tokens"] == 10
     assert json.loads((tmp_path / "race" / "race.json").read_text())["methods"]["small"]["tau"] >= 1.0
-    assert "| large | 3, 3, 10 |" in (tmp_path / "race" / "race.md").read_text()
+    written = (tmp_path / "race" / "race.md").read_text()
+    assert "| large | 3, 3, 10 |" in written and "thread(s), load average" in written
+    assert document["env"]["eval_wall_seconds"] > 0
     with pytest.raises(Exception, match="unknown method"):
         race(model, tokenizer, ["nope"], config)
 

@@ -19,7 +19,9 @@ a method would need to match plain decoding here, whatever its head.
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import entry_points
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from effrepro.errors import UsageError
+from effrepro.report import atomic_write_text, environment
 from effrepro.specdec.harness import BASELINE, EvalConfig, evaluate
 from effrepro.specdec.protocol import TreeConfig
 from effrepro.specdec.target import TargetAdapter
@@ -83,15 +86,19 @@ def race(model: Any, tokenizer: Any, names: list[str], config: EvalConfig,
                          f"under the entry-point group {ENTRY_GROUP!r})")
     contestants = {name: known[name]()(model, tokenizer) for name in names}
     target = TargetAdapter(model, max_length=config.max_length)
+    load_start, started = os.getloadavg()[0], time.time()
     result = evaluate(target, tokenizer, {n: m.factory for n, m in contestants.items()}, config,
                       out_dir=Path(out_dir) / "turns" if out_dir else None, progress=progress)
     table = summarize_race(result["records"], result["summary"], result["costs"], contestants)
-    document = {"methods": table, "costs_s": result["costs"], "config": asdict(config)}
+    env = {**environment(), "eval_wall_seconds": round(time.time() - started, 1),
+           "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))}
+    document = {"methods": table, "costs_s": result["costs"], "config": asdict(config), "env": env}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "race.json").write_text(json.dumps(document, indent=1) + "\n")
-        (out / "race.md").write_text(race_markdown(document) + "\n")
+        atomic_write_text(out / "race.json", json.dumps(document, indent=1) + "\n")
+        atomic_write_text(out / "race.md", race_markdown(document) + "\n")
     return document
 
 
@@ -144,4 +151,9 @@ def race_markdown(document: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"{turns:.0f} turns, interleaved per question; intervals are bootstrap over turns (paired for "
                  "the speed-up). Break-even tau = (draft + verify time per cycle) / plain step time, measured here.")
+    env = document.get("env")
+    if env:
+        lines.append(f"Commit {env.get('git_commit')}, {env.get('cpu_model')}, {env.get('torch_threads')} thread(s), "
+                     f"load average {env.get('load_average')}, evaluation {env.get('eval_wall_seconds')} s, "
+                     f"started {env.get('started')}.")
     return "\n".join(lines)
