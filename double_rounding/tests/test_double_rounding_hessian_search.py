@@ -3,6 +3,7 @@ import itertools
 import pytest
 import torch
 from double_rounding.hessian import hutchinson_traces
+from double_rounding.mixed import equal_bit_configs
 from double_rounding.search import (
     average_bits,
     brute_force,
@@ -108,3 +109,19 @@ def test_infeasible_budget_is_a_clear_error():
         solve_ilp(costs, 1.5, weights)
     with pytest.raises(UsageError, match="infeasible"):
         solve_ilp(costs, 9.0, weights, equality=True)
+
+
+def test_random_configs_at_equal_average_bits():
+    layers = [f"l{i}" for i in range(5)]
+    found = equal_bit_configs(layers, [4, 3, 2], 2.6, 8, torch.Generator().manual_seed(0))
+    assert len(found) == 8 and len({tuple(c.values()) for c in found}) == 8
+    assert all(set(c) == set(layers) and sum(c.values()) == 13 and set(c.values()) <= {2, 3, 4} for c in found)
+    # all 51 configurations averaging 3 bits exist, so asking for more returns each once
+    everything = equal_bit_configs(layers, [4, 3, 2], 3.0, 100, torch.Generator().manual_seed(1))
+    assert len(everything) == len({tuple(c.values()) for c in everything}) == 51
+    assert equal_bit_configs(layers, [4, 3, 2], 3.0, 4, torch.Generator().manual_seed(2)) != \
+        equal_bit_configs(layers, [4, 3, 2], 3.0, 4, torch.Generator().manual_seed(3))
+    with pytest.raises(UsageError, match="not reachable"):
+        equal_bit_configs(layers, [4, 3, 2], 2.5, 4, torch.Generator())
+    with pytest.raises(UsageError, match="no configuration"):
+        equal_bit_configs(layers, [4, 3, 2], 4.4, 4, torch.Generator())

@@ -10,7 +10,8 @@ from effrepro.errors import UsageError
 from effrepro.report import read_claims
 
 SMOKE_CLAIMS = {"ratio_vs_separate_w8", "ratio_vs_separate_w4", "ratio_vs_separate_w2", "alrs_gain_w2",
-                "alrs_gain_w4", "per_precision_minus_accumulate_w2", "ours_minus_floor_w2", "ours_minus_posthoc_w2"}
+                "alrs_gain_w4", "per_precision_minus_accumulate_w2", "ours_minus_floor_w2", "ours_minus_posthoc_w2",
+                "mixed_minus_uniform_3bit", "searched_minus_random", "mixed_auc_minus_uniform"}
 SMOKE_FACTS = {"optimizer_steps_joint", "optimizer_steps_separate", "fp32_top1", "storage_int8_over_four_fp32",
                "resnet18_storage_int8_over_fp32", "traintime_joint_over_separate"}
 
@@ -23,13 +24,28 @@ def test_reproduce_tiny_writes_claims_and_facts_and_resumes(tmp_path, capsys):
     claims = {c["id"]: c for c in document["claims"]}
     facts = {f["id"]: f for f in document["facts"]}
     assert set(claims) == SMOKE_CLAIMS and set(facts) == SMOKE_FACTS
-    assert {c for c in claims if claims[c]["headline"]} == {"ratio_vs_separate_w8", "ratio_vs_separate_w4",
-                                                            "ratio_vs_separate_w2", "alrs_gain_w2"}
+    assert {c for c in claims if claims[c]["headline"]} == {
+        "ratio_vs_separate_w8", "ratio_vs_separate_w4", "ratio_vs_separate_w2", "alrs_gain_w2",
+        "per_precision_minus_accumulate_w2", "mixed_minus_uniform_3bit"}
     # the ALRS ablation runs on every seed, the separate and accumulate arms on sep_seeds, the floor / post-hoc
     # arms on ablation_seeds: each comparison is paired over the seeds both of its arms ran
     assert claims["alrs_gain_w2"]["n"] == 3 and claims["ours_minus_floor_w2"]["n"] == 1
     assert claims["ratio_vs_separate_w2"]["n"] == claims["per_precision_minus_accumulate_w2"]["n"] == 2
     assert claims["ratio_vs_separate_w2"]["details"]["seeds"] == [0, 1]
+    # the mixed stage: one {4,3,2} SuperNet per mixed seed, its sub-nets paired by seed
+    mixed = claims["mixed_minus_uniform_3bit"]
+    assert mixed["n"] == claims["searched_minus_random"]["n"] == 2 and mixed["details"]["seeds"] == [0, 1]
+    assert mixed["expect"] == "> 0, fails below 0.11"
+    runs = out / "runs"
+    rows = json.loads((runs / "seed1_mixed.json").read_text())["value"]["rows"]
+    assert [r["config"] for r in rows if r["kind"] == "uniform"] == [4, 3, 2]
+    searched = [r for r in rows if r["kind"] == "searched"]
+    assert [r["budget"] for r in searched] == [2.6, 3.0, 3.4]
+    for row in rows[3:]:  # searched and random sub-nets average exactly their budget over the five layers
+        assert sum(row["config"].values()) == round(row["budget"] * 5) and set(row["config"].values()) <= {2, 3, 4}
+    assert sum(r["kind"] == "random" for r in rows) == 3 * 2
+    assert not (runs / "seed2_mixed.json").exists() and (runs / "seed1" / "mixed" / "model.int8.pt").is_file()
+    assert "Mixed precision {4,3,2} SuperNet" in (out / "report.md").read_text()
     assert facts["traintime_joint_over_separate"]["exact"] is False
     assert facts["traintime_joint_over_separate"]["details"]["n"] == 2
     # the separate models get as many optimizer steps as the joint one: the comparison is not confounded
@@ -38,11 +54,12 @@ def test_reproduce_tiny_writes_claims_and_facts_and_resumes(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "Headline claims" in report and "separate LSQ, 2 bits" in report
     assert (out / "accuracy_and_training_loss.png").is_file()
-    assert "train" in json.loads((out / "env.json").read_text())["stage_seconds"]
+    assert {"train", "mixed"} <= set(json.loads((out / "env.json").read_text())["stage_seconds"])
     capsys.readouterr()
     assert run(["reproduce", "--tiny", "--out", str(out), "--threads", "1"]) == 0
-    # 3 arms x 3 seeds, 4 arms x 2 sep_seeds, 2 ablation arms x 1 seed, the ResNet-18 storage
-    assert capsys.readouterr().out.count("reusing") == 3 * 3 + 4 * 2 + 2 + 1
+    # 3 arms x 3 seeds, 4 arms x 2 sep_seeds, 2 ablation arms x 1 seed, 2 mixed seeds, the ResNet-18 storage
+    assert capsys.readouterr().out.count("reusing") == 3 * 3 + 4 * 2 + 2 + 2 + 1
+    assert read_claims(out / "claims.json") == document
 
 
 @pytest.mark.slow

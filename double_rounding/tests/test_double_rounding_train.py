@@ -1,6 +1,7 @@
 import dataclasses
 import json
 
+import double_rounding.train as train_module
 import pytest
 import torch
 from double_rounding.cli import run
@@ -153,3 +154,28 @@ def test_cli_errors_are_one_line(setup, tmp_path, capsys):
     with pytest.raises(UsageError, match="multi.alrs"):
         run(["train", "--stage", "fp32", "--out", str(tmp_path), "--set", "multi.alrs=sometimes"])
     assert parse_config('{"a": 2}', ["a"]) == {"a": 2}
+
+
+@pytest.mark.parametrize("sandwich", [True, False])
+def test_sandwich_keeps_highest_and_lowest_uniform(setup, monkeypatch, sandwich):
+    cfg, dist, train, *_ = setup
+    model = to_transitional(_model(setup, bits=(4, 3, 2)))
+    layers = model.quant_graph.layers
+    sampler = BitSampler(layers, [4, 3, 2], None, "uniform")
+    tc = dataclasses.replace(cfg.supernet, epochs=1)  # sigma = 1: every layer of a sampled config is drawn
+    opt_w, opt_s = make_optimizers(model, tc)
+    step = PrecisionStep(model, opt_s, tc, [4, 3, 2], dist, sampler, sigma0=1.0, steps_per_epoch=100,
+                         sandwich=sandwich)
+    seen = []
+    original = train_module.set_bits
+    monkeypatch.setattr(train_module, "set_bits", lambda m, c: seen.append(c) or original(m, c))
+    batches = iter(train)
+    for _ in range(3):
+        step(model, next(batches), opt_w)
+    assert len(seen) == 9
+    uniform = [c for c in seen if isinstance(c, int)]
+    if sandwich:  # per batch: 4 uniform, a per-layer sample around 3, 2 uniform
+        assert uniform == [4, 2] * 3 and all(isinstance(c, dict) and set(c) == set(layers) for c in seen[1::3])
+    else:
+        assert not uniform
+    assert len({tuple(sorted(c.items())) for c in seen if isinstance(c, dict)}) > 1

@@ -52,6 +52,7 @@ class TrainConfig:
 class MixedConfig:
     sampler: str = "hasb"  # hasb | uniform
     sigma0: float = 1.0
+    sandwich: bool = True  # the highest and lowest bit-widths stay uniform every step ("{8, random, 2}")
     hessian_images: int = 1000
     hessian_probes: int = 100
     hessian_batch: int = 250

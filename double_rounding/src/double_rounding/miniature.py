@@ -10,23 +10,36 @@ Arms (``name: what``):
 * ``sep{b}``: a separate LSQ model at b bits with as many optimizer steps as the joint run takes in all
   (its epochs x the number of precisions: the joint run steps once per precision per batch);
 * ``floor``: joint training with a floor shift; ``posthoc``: an 8-bit-only model (same step count as ``sep8``)
-  switched down by double rounding after training, activation scales and BN statistics re-estimated.
+  switched down by double rounding after training, activation scales and BN statistics re-estimated;
+* ``mixed``: the mixed-precision pipeline on ``plan.mixed_bits``: a joint model (ALRS) from the FP32 start,
+  Hessian traces of the FP32 model, the SuperNet (transitional BN, HASB with the sigma ramp, sandwich: the
+  highest and lowest precisions uniform every step) trained from the joint model, then from its one int8 file the
+  uniform configurations, the ILP sub-net at each average-bit budget and random sub-nets at the same averages.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import multiprocessing as mp
 import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import torch
 from effrepro.config import load_config
-from effrepro.quant import load_int8, payload_bytes
-from effrepro.train import dist_setup, seed_everything
+from effrepro.quant import graph_of, load_int8, payload_bytes, to_transitional
+from effrepro.reproduce import Context
+from effrepro.train import dist_setup, load_state_dict_checked, seed_everything
 
 from double_rounding.config import Config
 from double_rounding.data import build_loaders
+from double_rounding.double_rounding import BitSampler
 from double_rounding.eval import evaluate_int8
+from double_rounding.mixed import compute_traces, searched_and_random
+from double_rounding.models import build_float_model
 from double_rounding.train import (
     calib_inputs,
     evaluate,
@@ -86,6 +99,8 @@ class SeedRun:
         if arm.startswith("sep"):
             b = int(arm[3:])
             return self.quantized(out, [b], "off", "half_up", "per_precision", len(self.plan.bits))
+        if arm == "mixed":
+            return self.mixed(out)
         if arm == "posthoc":
             return self.quantized(out, list(self.plan.bits), "simple", "half_up", "per_precision",
                                   len(self.plan.bits), train_bits=[max(self.plan.bits)])
@@ -125,3 +140,95 @@ class SeedRun:
                 "cpu_seconds": result["cpu_seconds"], "epochs": cfg.multi.epochs, "optimizer_steps": steps,
                 "payload": payload_bytes(load_int8(path)), "clamped_scales": result["clamped_scales"],
                 "losses": _losses(result["history"])}
+
+    def mixed(self, out: Path) -> dict[str, Any]:
+        plan, bits = self.plan, list(self.plan.mixed_bits)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        cfg = task_config(plan, self.seed)
+        cfg.quant.bits = bits
+        cfg.supernet.epochs, cfg.supernet.lr, cfg.supernet.log_every = plan.mixed_epochs, plan.q_lr, 10**6
+        cfg.mixed.hessian_probes = plan.hessian_probes
+        state = torch.load(self.root / "fp32" / "fp32.pt", weights_only=True)
+        float_model = build_float_model(cfg.model)
+        load_state_dict_checked(float_model, state, "the FP32 checkpoint")
+        traces = compute_traces(cfg, float_model, first_batches(self.train_loader, plan.hessian_batches)).traces
+        model = quant_model_from_fp32(cfg, state, bits, "half_up", self.calib)
+        train_quantized(cfg, model, cfg.multi, self.train_loader, out / "multi", self.dist, "multi", progress=False)
+        to_transitional(model)
+        sampler = BitSampler(graph_of(model).layers, bits, traces, "hasb")
+        supernet = train_quantized(cfg, model, cfg.supernet, self.train_loader, out / "supernet", self.dist,
+                                   "supernet", sampler=sampler, progress=False)
+        artefact = load_int8(export_model(model, cfg, out / "model.int8.pt", bits, {"sampler": "hasb"}))
+        rows = [{"kind": "uniform", "budget": float(b), "config": b} for b in bits]
+        rows += searched_and_random(artefact, traces, plan.mixed_budgets, plan.mixed_random, self.seed)
+        metrics = evaluate_int8(artefact, self.test_loader, [r["config"] for r in rows])
+        return {"rows": [{**r, "top1": m["top1"]} for r, m in zip(rows, metrics)], "traces": traces,
+                "supernet_losses": _losses(supernet["history"]), "seconds": time.perf_counter() - start,
+                "cpu_seconds": time.process_time() - cpu_start}
+
+
+def run_arms(plan: Any, seed: int, arms: tuple[str, ...], root: str) -> dict[str, dict[str, Any]]:
+    """The arms of one seed in order (a worker process's job); the FP32 model is rebuilt first when a quantised
+    arm needs it and its checkpoint is missing."""
+    runner = SeedRun(plan, seed, Path(root))
+    results = {}
+    for arm in arms:
+        if arm != "fp32" and not (runner.root / "fp32" / "fp32.pt").is_file():
+            runner.run("fp32")
+        results[arm] = runner.run(arm)
+        print(f"[double_rounding] seed {seed} {arm}: {results[arm]['cpu_seconds']:.0f} CPU s", flush=True)
+    return results
+
+
+def arm_key(plan: Any, seed: int, arm: str) -> dict[str, Any]:
+    """The settings an arm's result depends on (the mixed-precision fields only for the ``mixed`` arm): the key of
+    its cache entry."""
+    skip = {"name", "stages", "threads", "seeds", "sep_seeds", "ablation_seeds", "mixed_seeds", "workers", "config",
+            "init", "config_overrides"}
+    mixed = {f.name for f in dataclasses.fields(plan) if f.name.startswith(("mixed_", "hessian_"))}
+    return {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)
+            if f.name not in skip and (arm == "mixed" or f.name not in mixed)} | {"seed": seed, "arm": arm}
+
+
+def _is_cached(ctx: Context, name: str, key: Any) -> bool:
+    """Whether ``ctx.cached(name, ..., key)`` would reuse a stored value (decided before the workers start)."""
+    path = ctx.runs / f"{name}.json"
+    if not ctx.resume or not path.is_file():
+        return False
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return "value" in stored and stored.get("key") == json.loads(json.dumps(key, default=str))
+
+
+def run_seeds(plan: Any, ctx: Context, jobs: dict[int, tuple[str, ...]],
+              results: dict[str, list[dict[str, Any]]]) -> None:
+    """Each arm of each seed cached in ``runs/seed<k>_<arm>.json`` as soon as its seed finishes (an interrupted run
+    resumes by arm); the seeds with arms left to compute run in ``plan.workers`` processes (one thread each), a
+    seed's arms in order in one of them (its FP32 model first when a checkpoint is missing)."""
+    missing = {seed: tuple(a for a in arms if not _is_cached(ctx, f"seed{seed}_{a}", arm_key(plan, seed, a)))
+               for seed, arms in jobs.items()}
+    todo = {seed: (plan, seed, arms, str(ctx.runs / f"seed{seed}")) for seed, arms in missing.items() if arms}
+    computed: dict[tuple[int, str], Any] = {}
+
+    def store(seed: int, values: dict[str, dict[str, Any]]) -> None:
+        for arm, value in values.items():
+            computed[seed, arm] = ctx.cached(f"seed{seed}_{arm}", lambda v=value: v, key=arm_key(plan, seed, arm))
+
+    if plan.workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=plan.workers, mp_context=mp.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            futures = {pool.submit(run_arms, *args): seed for seed, args in todo.items()}
+            for future in as_completed(futures):
+                store(futures[future], future.result())
+    else:
+        for seed, args in todo.items():
+            store(seed, run_arms(*args))
+    for seed, arms in jobs.items():
+        for arm in arms:
+            value = computed.get((seed, arm))
+            if value is None:  # cached before this run (recomputed here only if the entry vanished meanwhile)
+                value = ctx.cached(f"seed{seed}_{arm}", lambda s=seed, a=arm: run_arms(
+                    plan, s, (a,), str(ctx.runs / f"seed{s}"))[a], key=arm_key(plan, seed, arm))
+            results.setdefault(arm, []).append({"seed": seed, **value})

@@ -4,11 +4,13 @@ and the area under the accuracy-vs-average-bits curve."""
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from effrepro.errors import UsageError
 from effrepro.quant import dequantize_codes, graph_of, shift_codes
 from torch import nn
 
@@ -101,3 +103,37 @@ def area_under_curve(points: Mapping[float, float]) -> float:
         return points[xs[0]]
     area = sum((xs[i + 1] - xs[i]) * (points[xs[i]] + points[xs[i + 1]]) / 2 for i in range(len(xs) - 1))
     return area / (xs[-1] - xs[0])
+
+
+def equal_bit_configs(layers: Sequence[str], bits: Sequence[int], budget: float, count: int,
+                      generator: torch.Generator) -> list[dict[str, int]]:
+    """``count`` configurations drawn uniformly (without replacement) from all those whose unweighted average
+    bit-width is exactly ``budget``: the random baseline at equal average bits (enumerates ``len(bits) **
+    len(layers)`` configurations, so for small models only)."""
+    total = round(budget * len(layers))
+    if abs(total - budget * len(layers)) > 1e-9:
+        raise UsageError(f"average bit-width {budget:g} is not reachable with {len(layers)} layers")
+    pool = [choice for choice in itertools.product(sorted(bits), repeat=len(layers)) if sum(choice) == total]
+    if not pool:
+        raise UsageError(f"no configuration of {list(bits)} over {len(layers)} layers averages {budget:g} bits")
+    order = torch.randperm(len(pool), generator=generator)[:count].tolist()
+    return [dict(zip(layers, pool[i])) for i in order]
+
+
+def searched_and_random(artefact: Mapping[str, Any], traces: Mapping[str, float], budgets: Sequence[float],
+                        random_count: int, seed: int) -> list[dict[str, Any]]:
+    """Per budget: the ILP sub-net (perturbation objective, average bits ``== budget`` over layers) and
+    ``random_count`` random sub-nets at the same average, as rows ``{kind, budget, config}``."""
+    graph = artefact["graph"]
+    layers, bits = list(graph["layers"]), list(graph["bits"])
+    costs, weights = artefact_costs(artefact, traces), layer_weights(layers, None, "layers")
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for budget in budgets:
+        config = solve_ilp(costs, budget, weights, equality=True)
+        if config is None:
+            raise UsageError(f"the ILP found no sub-net at an average of {budget:g} bits")
+        rows.append({"kind": "searched", "budget": budget, "config": config})
+        rows += [{"kind": "random", "budget": budget, "config": c}
+                 for c in equal_bit_configs(layers, bits, budget, random_count, generator)]
+    return rows

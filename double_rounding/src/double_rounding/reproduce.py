@@ -7,7 +7,9 @@ The ALRS ablation (joint with and without ALRS) runs on every seed, the separate
 ``sep_seeds``, the floor-shift and post-hoc arms (effects of tens of points) on ``ablation_seeds``. The joint
 model steps the optimizer once per precision per batch, so each separate LSQ model gets as many optimizer steps
 in all (the joint run's epochs x the number of precisions): the joint-vs-separate comparisons are at equal
-optimizer steps. Every comparison is paired by seed.
+optimizer steps. Every comparison is paired by seed. The mixed-precision stage (``mixed_seeds``) trains a {4,3,2}
+SuperNet per seed and compares the ILP sub-nets with uniform and random ones at equal average bits
+(:mod:`double_rounding.reproduce_mixed`). Seeds run in ``workers`` processes, one thread each.
 
 The training-time ratio (paper Table 5: the joint run costs less than the separate models) is reported as a
 timing fact, not a claim: at equal optimizer steps on in-memory data the two do the same work, so the ratio sits
@@ -27,7 +29,8 @@ from typing import Any
 from effrepro import stats
 from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results
 
-from double_rounding.miniature import SeedRun
+from double_rounding.miniature import run_seeds
+from double_rounding.reproduce_mixed import MIXED_CLAIMS, mixed_estimates, mixed_notes, mixed_table
 from double_rounding.reproduce_report import PAPER_TABLE, arm_table, notes, plots, resnet18_storage
 
 # ResNet-18 on ImageNet: the joint model / separate LSQ (Table 6) and ALRS gains (Table 4 vs Table 1)
@@ -53,6 +56,14 @@ class DoubleRoundingPlan(Plan):
     seeds: tuple[int, ...] = tuple(range(24))      # FP32 + joint with / without ALRS (16 left the w2 gain undecided)
     sep_seeds: tuple[int, ...] = tuple(range(16))  # separate LSQ and accumulate arms (a subset of seeds)
     ablation_seeds: tuple[int, ...] = tuple(range(8))  # floor shift and post-hoc switching (a subset of seeds)
+    mixed_seeds: tuple[int, ...] = tuple(range(16))   # the mixed-precision SuperNet and its sub-nets
+    mixed_bits: tuple[int, ...] = (4, 3, 2)
+    mixed_epochs: int = 3                # SuperNet epochs (the sigma ramp reaches sigma0 in the last one)
+    mixed_budgets: tuple[float, ...] = (2.6, 3.0, 3.4)  # average bits over the 5 layers (sums 13, 15, 17)
+    mixed_random: int = 8                # random sub-nets per budget
+    hessian_probes: int = 32
+    hessian_batches: int = 4             # training batches for the Hessian traces (512 images)
+    workers: int = 2                     # seeds run in parallel processes (one thread each)
     # full scale
     config: str | None = None
     init: str | None = None
@@ -61,7 +72,8 @@ class DoubleRoundingPlan(Plan):
 
 SMOKE = DoubleRoundingPlan()
 TINY = DoubleRoundingPlan(name="tiny", train_size=512, test_size=300, width=4, batch_size=64, fp_epochs=1,
-                          q_epochs=1, seeds=(0, 1, 2), sep_seeds=(0, 1), ablation_seeds=(0,))
+                          q_epochs=1, seeds=(0, 1, 2), sep_seeds=(0, 1), ablation_seeds=(0,), mixed_seeds=(0, 1),
+                          mixed_epochs=2, mixed_random=2, hessian_probes=4, hessian_batches=1)
 FULL = DoubleRoundingPlan(name="full", stages=("main",))
 MAIN_ARMS = ("fp32", "ours", "ours_noalrs")
 ABLATION_ARMS = ("floor", "posthoc")
@@ -85,7 +97,7 @@ CLAIMS = [
               expect="> 0"),
     ClaimSpec(id="per_precision_minus_accumulate_w2", description="one step per precision (Algorithm A.2) minus "
               "gradients accumulated into one step (A.1) at w2a2, paired by seed", paper=None, unit="top-1 points",
-              baseline="Algorithm A.1", expect=">= 0"),
+              baseline="Algorithm A.1", expect=">= 0", headline=True),
     ClaimSpec(id="ours_minus_floor_w2", description="joint training with the rounding shift minus the same with a "
               "floor shift at w2a2, paired by seed", paper=None, unit="top-1 points", baseline="floor shift",
               expect="> 0"),
@@ -97,6 +109,7 @@ CLAIMS = [
                 "model, paired over test images", paper=round(p - 69.76, 2), unit="top-1 points",
                 baseline="FP32 model", expect=">= -1.0" if b > 2 else ">= -4.0")
       for b, p in ((8, 70.74), (6, 70.71), (4, 70.43), (2, 66.35))],
+    *MIXED_CLAIMS,
 ]
 FACTS = [
     FactSpec(id="optimizer_steps_joint", description="optimizer steps of one joint run (one per precision per "
@@ -124,39 +137,22 @@ def run(plan: DoubleRoundingPlan, ctx: Context) -> Results:
         return run_full(plan, ctx)
     results: dict[str, list[dict[str, Any]]] = {}
     with ctx.stage("train"):
+        jobs = {}
         for seed in plan.seeds:
             arms = MAIN_ARMS
             arms += ("ours_accum", *(f"sep{b}" for b in plan.sep_bits)) if seed in plan.sep_seeds else ()
-            arms += ABLATION_ARMS if seed in plan.ablation_seeds else ()
-            _seed_arms(plan, ctx, seed, arms, results)
+            jobs[seed] = arms + (ABLATION_ARMS if seed in plan.ablation_seeds else ())
+        run_seeds(plan, ctx, jobs, results)
+    with ctx.stage("mixed"):
+        run_seeds(plan, ctx, {seed: ("mixed",) for seed in plan.mixed_seeds}, results)
     with ctx.stage("resnet18_storage"):
         storage = ctx.cached("resnet18_storage", lambda: resnet18_storage(ctx.runs), key={"bits": plan.bits})
-    return Results(estimates=_estimates(plan, results), facts=_facts(plan, results, storage),
-                   tables_md=arm_table(plan, results), notes_md=notes(plan),
+    mixed = results.pop("mixed", [])
+    return Results(estimates={**_estimates(plan, results), **(mixed_estimates(mixed) if mixed else {})},
+                   facts=_facts(plan, results, storage),
+                   tables_md=arm_table(plan, results) + ("\n\n" + mixed_table(mixed) if mixed else ""),
+                   notes_md=notes(plan) + ("\n\n" + mixed_notes(plan) if mixed else ""),
                    plots=plots(plan, results, ctx.out))
-
-
-def _seed_arms(plan: DoubleRoundingPlan, ctx: Context, seed: int, arms: tuple[str, ...],
-               results: dict[str, list[dict[str, Any]]]) -> None:
-    """Each arm of ``seed`` cached in ``runs/seed<k>_<arm>.json`` (an interrupted run resumes by arm). The FP32
-    model is rebuilt first when a quantised arm must be recomputed without its checkpoint."""
-    key = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)
-           if f.name not in ("name", "stages", "threads", "seeds", "sep_seeds", "ablation_seeds", "config",
-                             "init", "config_overrides")}
-    runner: SeedRun | None = None
-    for arm in arms:
-        def compute(arm: str = arm) -> dict[str, Any]:
-            nonlocal runner
-            runner = runner or SeedRun(plan, seed, ctx.runs / f"seed{seed}")
-            if arm != "fp32" and not (runner.root / "fp32" / "fp32.pt").is_file():
-                runner.run("fp32")
-            result = runner.run(arm)
-            print(f"[double_rounding] seed {seed} {arm}: top-1 {result['acc']} ({result['cpu_seconds']:.0f} CPU s)",
-                  flush=True)
-            return result
-
-        result = ctx.cached(f"seed{seed}_{arm}", compute, key={**key, "seed": seed, "arm": arm})
-        results.setdefault(arm, []).append({"seed": seed, **result})
 
 
 def _acc(results: dict[str, list[dict[str, Any]]], arm: str, bits: int | str) -> list[float]:

@@ -152,8 +152,9 @@ class PrecisionStep:
 
     def __init__(self, model: nn.Module, opt_scales: torch.optim.Optimizer, tc: TrainConfig, bits: list[int],
                  dist: DistInfo, sampler: BitSampler | None = None, sigma0: float = 1.0,
-                 steps_per_epoch: int = 1, seed: int = 0) -> None:
+                 steps_per_epoch: int = 1, seed: int = 0, sandwich: bool = False) -> None:
         self.model, self.opt_scales, self.tc, self.dist, self.seed = model, opt_scales, tc, dist, seed
+        self.sandwich = sandwich
         self.bits = sorted(bits, reverse=True)
         self.alrs = ALRS(tc.alrs, graph_of(model).bits[0])
         self.sampler, self.sigma0, self.steps_per_epoch = sampler, sigma0, max(steps_per_epoch, 1)
@@ -171,9 +172,10 @@ class PrecisionStep:
         self.clamped_scales = int(state.get("clamped_scales", 0))
 
     def _config(self, bits: int) -> int | dict[str, int]:
-        """Uniform ``bits``, or a HASB sample around it. The sampler's generator is seeded by (seed, step, bits):
+        """Uniform ``bits``, or a HASB sample around it (with ``sandwich``, only for the bit-widths between the
+        highest and the lowest, which stay uniform). The sampler's generator is seeded by (seed, step, bits):
         identical on every DDP rank and after a resume."""
-        if self.sampler is None:
+        if self.sampler is None or (self.sandwich and bits in (self.bits[0], self.bits[-1])):
             return bits
         epoch = self.step_count // self.steps_per_epoch
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step_count * 16 + bits)
@@ -279,7 +281,8 @@ def train_quantized(cfg: Config, model: nn.Module, tc: TrainConfig, train_loader
     model.to(dist.device)
     opt_w, opt_s = make_optimizers(model, tc)
     broadcast_model(model, dist)  # calibration saw rank-local batches: start every rank from rank 0's state
-    step = PrecisionStep(model, opt_s, tc, bits, dist, sampler, cfg.mixed.sigma0, len(train_loader), cfg.seed)
+    step = PrecisionStep(model, opt_s, tc, bits, dist, sampler, cfg.mixed.sigma0, len(train_loader), cfg.seed,
+                         cfg.mixed.sandwich)
     trainer = _trainer(model, opt_w, train_loader, tc, out_dir, no_ddp(dist),
                        {"stage": stage, **config_to_dict(cfg)}, progress, tc.epochs * len(train_loader),
                        step_fn=step, extra_state={"precision_step": step}, resume=resume)
