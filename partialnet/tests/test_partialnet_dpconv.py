@@ -5,7 +5,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from partialnet.deploy import fusion_max_abs_diff
-from partialnet.models import DPConv, PartialConv, budget_multiplier, split_summary
+from partialnet.models import DPConv, PartialConv, budget_multiplier, dpconv_layers, freeze_gates, split_summary
 from partialnet.models.dpconv import power_of_two_factor
 
 
@@ -38,6 +38,19 @@ def test_gates_receive_gradient_from_the_task_loss():
     x = _x(4, 16, 6, 6)
     F.mse_loss(conv(x), torch.zeros_like(x)).backward()
     assert conv.gate.grad is not None and conv.gate.grad.abs().sum() > 0
+
+
+def test_frozen_gates_get_a_zero_gradient_and_keep_the_split():
+    model = torch.nn.Sequential(DPConv(16, init_div=4), DPConv(32, init_div=2))
+    x = _x(4, 16, 6, 6)
+    freeze_gates(model, True)  # the search's warm-up
+    F.mse_loss(model[0](x), torch.zeros_like(x)).backward()
+    assert model[0].gate.grad is not None and model[0].gate.grad.abs().sum() == 0
+    assert model[1].gates_frozen and model[0].dim_conv == 4
+    freeze_gates(model, False)
+    model[0].gate.grad = None
+    F.mse_loss(model[0](x), torch.zeros_like(x)).backward()
+    assert model[0].gate.grad.abs().sum() > 0
 
 
 def _fit(conv: DPConv, target_fn, steps: int, budget_div: float | None) -> None:
@@ -81,3 +94,22 @@ def test_dynamic_model_builds_fuses_and_reports_its_splits():
     model = timm.create_model("partialnet_t0", dynamic_split=True, num_classes=10)
     assert {row["divisor"] for row in split_summary(model)} == {4} and len(split_summary(model)) == 13
     assert fusion_max_abs_diff(model, (1, 3, 64, 64)) < 1e-10
+
+
+def test_max_div_bounds_the_split_and_the_last_stage_stays_retrainable_as_pat_sf():
+    conv = DPConv(64, init_div=4, max_div=8)
+    with torch.no_grad():
+        conv.gate.fill_(-0.5)  # every gate closed: 64 / 64 without the bound
+    assert conv.dim_conv == 8 and conv.channel_mask().sum() == 8
+    x = _x(2, 64, 5, 5).double()
+    torch.testing.assert_close(conv.double()(x), conv.to_partial_conv()(x), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="init_div"):
+        DPConv(64, init_div=16, max_div=8)
+    model = timm.create_model("partialnet_t0", dynamic_split=True, num_classes=10)
+    with torch.no_grad():
+        for layer in dpconv_layers(model):
+            layer.gate.fill_(-0.5)
+    divs = [row["divisor"] for row in split_summary(model)]
+    assert divs[-2:] == [64, 64] and divs[0] == 32  # stage 4 (256 wide, 4 heads) stops at 256 / 64 = 4 channels
+    retrained = timm.create_model("partialnet_t0", layer_n_div=tuple(divs), num_classes=10).eval()
+    assert retrained(torch.randn(1, 3, 64, 64)).shape == (1, 10)

@@ -11,6 +11,7 @@ from partialnet.cli import main
 from partialnet.reproduce import CLAIMS, FACTS, PLANS, REPRODUCTION
 
 SMOKE_CLAIMS = ["top1_gain", "cpu_latency_ratio_t2", "cpu_latency_ratio_t1", "cpu_latency_ratio_t0"]
+DPCONV_CLAIMS = ["dpconv_learnt_split_gain"]
 ABLATION_CLAIMS = ["ablation_pat_ch_gain", "ablation_pat_sp_gain", "ablation_pat_sf_gain"]
 ABLATION_FACTS = {f"ablation_top1_{r}" for r in ("pconv", "pat_ch", "pat_ch_sp", "pat_ch_sp_sf")}
 MAIN_FACTS = {"top1_partialnet", "top1_fasternet", "params_ratio_t2", "flops_ratio_t2", "mini_params_ratio",
@@ -25,14 +26,14 @@ def test_reproduce_tiny_end_to_end(tmp_path):
     document = read_claims(tmp_path / "claims.json")  # validates the schema
     claims = {c["id"]: c for c in document["claims"]}
     facts = {f["id"]: f for f in document["facts"]}
-    assert list(claims) == SMOKE_CLAIMS + ABLATION_CLAIMS  # the tiny plan runs the ablation ladder too
+    assert list(claims) == SMOKE_CLAIMS + DPCONV_CLAIMS + ABLATION_CLAIMS  # the tiny plan runs every stage
     assert [c["id"] for c in document["claims"] if c["headline"]] == ["top1_gain", "cpu_latency_ratio_t2"]
     gain = claims["top1_gain"]
     assert gain["n"] == 2 and "paired" in gain["details"]["interval"] and gain["details"]["seeds"] == [0, 1]
     assert gain["measured"] == pytest.approx(facts["top1_partialnet"]["value"] - facts["top1_fasternet"]["value"])
     assert claims["cpu_latency_ratio_t2"]["n"] == 3 and "bootstrap" in claims["cpu_latency_ratio_t2"]["details"][
         "interval"]
-    main_facts = {f for f in facts if not f.startswith(("det_", "ablation_"))}
+    main_facts = {f for f in facts if not f.startswith(("det_", "ablation_", "dpconv_"))}
     assert main_facts == MAIN_FACTS
     assert {f for f in facts if f.startswith("ablation_")} == ABLATION_FACTS
     sizes = [facts[f"ablation_top1_{r}"]["details"]["params"] for r in ("pconv", "pat_ch", "pat_ch_sp", "pat_ch_sp_sf")]
@@ -40,6 +41,14 @@ def test_reproduce_tiny_end_to_end(tmp_path):
     sp_gain = claims["ablation_pat_sp_gain"]
     assert sp_gain["n"] == 2 and sp_gain["measured"] == pytest.approx(
         facts["ablation_top1_pat_ch_sp"]["value"] - facts["ablation_top1_pat_ch"]["value"])
+    dpconv = claims["dpconv_learnt_split_gain"]
+    assert dpconv["n"] == 2 and dpconv["details"]["seeds"] == [0, 1]
+    assert dpconv["measured"] == pytest.approx(facts["dpconv_top1_learnt"]["value"] - facts["top1_partialnet"]["value"])
+    for row in facts["dpconv_flops_ratio"]["details"]["per_seed"]:  # the retrained model is built from the file
+        splits = json.loads((tmp_path / "runs" / f"dpconv_splits_seed{row['seed']}.json").read_text())
+        assert [layer["n_div"] for layer in splits["layers"]] == row["layer_n_div"]
+        retrain = json.loads((tmp_path / "runs" / f"dpconv_retrain_seed{row['seed']}.json").read_text())
+        assert retrain["key"]["model_kwargs"].get("dynamic_split") is None and retrain["key"]["splits"]
     assert facts["official_counts_match"]["value"] == 12 and facts["fused_max_abs_diff"]["value"] < 1e-9
     assert facts["params_ratio_t2"]["value"] == pytest.approx(0.8189, abs=1e-3)
     assert not facts["top1_partialnet"]["exact"] and facts["params_ratio_t2"]["exact"]
@@ -53,7 +62,7 @@ def test_reproduce_tiny_end_to_end(tmp_path):
     assert "PATNet" in report and "Facts" in report
     assert (tmp_path / "mnist100_top1.png").is_file() and (tmp_path / "speed_size.png").is_file()
     env = json.loads((tmp_path / "env.json").read_text())
-    assert {"counts", "train", "latency", "ablation"} <= set(env["stage_seconds"]) and env["plan"] == "tiny"
+    assert {"counts", "train", "latency", "dpconv", "ablation"} <= set(env["stage_seconds"]) and env["plan"] == "tiny"
     assert (tmp_path / "runs" / "partialnet_mini_seed1.json").is_file()  # the resumable per-run cache
 
 
@@ -64,8 +73,13 @@ def test_tables_declare_every_id_once_and_headlines():
     assert not any(c.id.endswith("_ap") or c.id.startswith("top1_partialnet") for c in CLAIMS)
 
 
+def test_accuracy_claim_is_non_inferiority_at_half_the_paper_gain():
+    gain = next(c for c in CLAIMS if c.id == "top1_gain")
+    assert gain.expect == "> -0.65" and gain.paper == 1.3 and "half the paper" in gain.description
+
+
 def test_ablation_ladder_is_opt_in_at_smoke_scale():
-    assert "ablation" not in PLANS["smoke"].stages and "ablation" in PLANS["tiny"].stages
+    assert PLANS["smoke"].stages == ("main", "dpconv") and "ablation" in PLANS["tiny"].stages
     assert [c.id for c in CLAIMS if c.id.startswith("ablation_")] == ABLATION_CLAIMS
     assert not any(c.headline for c in CLAIMS if c.id.startswith("ablation_"))
 

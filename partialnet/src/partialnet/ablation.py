@@ -1,5 +1,5 @@
 """The ``ablation`` stage of ``partialnet reproduce``: the per-component ladder PConv (= FasterNet at PartialNet's
-width) -> +PAT_ch -> +PAT_sp -> +PAT_sf, each rung the main stage's PartialNet-T0-mini with the switches of
+width) -> +PAT_ch -> +PAT_sp -> +PAT_sf, each rung the main stage's PartialNet-T2-mini with the switches of
 ``partialnet.models.ABLATION_LADDER``, trained with the same recipe, data and seeds, and each rung compared with
 the one below it, paired by seed. Opt-in at smoke scale (``--stages main,ablation``): 4 models per seed roughly
 doubles the main stage's training time."""
@@ -18,14 +18,14 @@ from effrepro.reproduce import ClaimSpec, Context, FactSpec, Results
 
 from partialnet import reproduce_parts as parts
 from partialnet.models import ABLATION_LADDER
-from partialnet.train import TrainConfig, train
+from partialnet.train import TrainConfig
 
 RUNGS = tuple(ABLATION_LADDER)  # pconv, pat_ch, pat_ch_sp, pat_ch_sp_sf
 COMPONENTS = {"pat_ch": "PAT_ch", "pat_ch_sp": "PAT_sp", "pat_ch_sp_sf": "PAT_sf"}  # the component a rung adds
 
 ABLATION_CLAIMS = [
     ClaimSpec(id=f"ablation_{label.lower()}_gain", description=f"top-1 gain of adding {label} (rung {rung} minus "
-              f"rung {RUNGS[i]}; T0-mini on MNIST-100, paired by seed)", paper=None, unit="points",
+              f"rung {RUNGS[i]}; T2-mini on MNIST-100, paired by seed)", paper=None, unit="points",
               baseline=f"rung {RUNGS[i]}", expect="> 0")
     for i, (rung, label) in enumerate(COMPONENTS.items())
 ]
@@ -37,7 +37,7 @@ ABLATION_FACTS = [
 
 
 def rung_config(rung: str, seed: int, plan: Any, ctx: Context) -> TrainConfig:
-    """The main stage's PartialNet-T0-mini recipe with the rung's switches."""
+    """The main stage's PartialNet-T2-mini recipe with the rung's switches."""
     cfg = parts.mini_train_config("partialnet", seed, plan, ctx.runs / f"ablation_{rung}_seed{seed}")
     return dataclasses.replace(cfg, model_kwargs={**cfg.model_kwargs, **ABLATION_LADDER[rung]})
 
@@ -54,9 +54,7 @@ def ablation_stage(plan: Any, ctx: Context, res: Results) -> None:
             for rung in RUNGS:
                 cfg = rung_config(rung, seed, plan, ctx)
                 start = time.perf_counter()
-                history = ctx.cached(f"ablation_{rung}_seed{seed}",
-                                     lambda cfg=cfg: train(cfg, resume=ctx.resume, progress=False)["history"],
-                                     key=parts.cache_key(cfg))
+                history = parts.train_mini(ctx, f"ablation_{rung}_seed{seed}", cfg)
                 top1[rung].append(history[-1]["eval_top1"])
                 ctx.log.log(kind="ablation_run", rung=rung, seed=seed, top1=top1[rung][-1],
                             seconds=time.perf_counter() - start)
@@ -74,5 +72,5 @@ def ablation_stage(plan: Any, ctx: Context, res: Results) -> None:
 def ablation_notes(plan: Any) -> str:
     return ("- Ablation ladder: PConv (every attention off, exactly FasterNet's blocks at PartialNet's width) -> "
             "+PAT_ch (stages 1-3) -> +PAT_sp (every MLP) -> +PAT_sf (stage 4, with its own residual); each rung "
-            f"the T0-mini trained as the main arms ({len(plan.seeds)} seeds, {plan.epochs} epochs x "
+            f"the T2-mini trained as the main arms ({len(plan.seeds)} seeds, {plan.epochs} epochs x "
             f"{plan.train_size} images), each gain paired by seed with the rung below.")

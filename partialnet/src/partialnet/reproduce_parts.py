@@ -18,21 +18,24 @@ from effrepro.report import save_figure
 from partialnet.bench import deploy_pair
 from partialnet.deploy import fusion_max_abs_diff
 from partialnet.figures import FASTERNET_TOP1, OFFICIAL_COMMIT, OFFICIAL_COUNTS
-from partialnet.train import TrainConfig
+from partialnet.train import TrainConfig, train
 
-# PartialNet-T0 and FasterNet-T0 at half width and half depth in the deep stages, for 32x64 MNIST-100 images
-# (2x2/2 embedding instead of 4x4/4, 1 input channel, 100 classes, a 256-wide head instead of 1280).
-MINI_COMMON = {"depths": (1, 1, 4, 1), "in_chans": 1, "patch_size": 2, "merge_size": 2, "feature_dim": 256}
+# The T2 pair in miniature, for 32x64 MNIST-100 images: PartialNet-T2 (width 64, depths 2-2-6-4) vs FasterNet-T2
+# (width 96, depths 1-2-8-2) at a quarter width and about half depth, keeping T2's relation -- PartialNet 2/3 of
+# FasterNet's width, a deeper stage 4 (2 blocks vs 1) and a shallower stage 3 (3 vs 4); ReLU as both T2s. 2x2/2
+# embedding instead of 4x4/4, 1 input channel, 100 classes, a 256-wide head instead of 1280.
+MINI_COMMON = {"in_chans": 1, "patch_size": 2, "merge_size": 2, "feature_dim": 256}
 MINI_MODELS = {
-    "partialnet": ("partialnet_t0", {**MINI_COMMON, "embed_dim": 16}),  # T0: 32
-    "fasternet": ("fasternet_t0", {**MINI_COMMON, "embed_dim": 20}),  # T0: 40
+    "partialnet": ("partialnet_t2", {**MINI_COMMON, "embed_dim": 16, "depths": (1, 1, 3, 2)}),  # T2: 64, 2-2-6-4
+    "fasternet": ("fasternet_t2", {**MINI_COMMON, "embed_dim": 24, "depths": (1, 1, 4, 1)}),  # T2: 96, 1-2-8-2
 }
 MINI_INPUT = (1, 1, 32, 64)
 
 
 def mini_train_config(family: str, seed: int, plan: Any, out_dir: Path) -> TrainConfig:
     """The official T0 recipe (AdamW, warm-up + cosine, label smoothing 0.1, no RandAugment, random erasing or drop
-    path) compressed to a few epochs with a per-step schedule. No mixup / cutmix: MNIST-100 labels are composite
+    path: the lightest of the official recipes, suited to a model this small) compressed to a few epochs with a
+    per-step schedule. No mixup / cutmix: MNIST-100 labels are composite
     (10 x left digit + right digit), so a mixed image has no meaningful mixed label."""
     name, kwargs = MINI_MODELS[family]
     return TrainConfig(model=name, model_kwargs=dict(kwargs), dataset="mnist100", out_dir=str(out_dir),
@@ -47,12 +50,37 @@ def cache_key(cfg: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if not (k == "splits" and v is None)}
 
 
+def train_mini(ctx: Any, name: str, cfg: TrainConfig, **key: Any) -> list[dict[str, Any]]:
+    """One miniature run's per-epoch history, cached in the run's folder as ``runs/<name>.json`` (keyed by its
+    config and ``key``); the same name and config from another stage reuses it."""
+    return ctx.cached(name, lambda: train(cfg, resume=ctx.resume, progress=False)["history"],
+                      key={**cache_key(cfg), **key})
+
+
 def mini_complexity() -> dict[str, dict[str, int]]:
     rows = {}
     for family, (name, kwargs) in MINI_MODELS.items():
         model = timm.create_model(name, num_classes=100, **kwargs).eval()
         rows[family] = {"params": count_params(model), "flops": count_flops(model, torch.zeros(MINI_INPUT))}
     return rows
+
+
+def mini_notes(plan: Any, sizes: dict[str, Any]) -> str:
+    """The report's notes on the miniature pair, its budget and the latency intervals."""
+    (pn_name, pn), (fn_name, fn) = (MINI_MODELS[f] for f in ("partialnet", "fasternet"))
+    size = {f: f"{sizes[f]['params'] / 1e3:.0f} k params, {sizes[f]['flops'] / 2e6:.2f} MMACs" for f in sizes}
+    return "\n".join([
+        "- Miniature: MNIST-100 (28x56 real digit pairs, 100 classes) padded to 32x64; 2x2/2 embedding (ImageNet: "
+        f"4x4/4). PartialNet-T2-mini: width {pn['embed_dim']}, depths {pn['depths']}, {size['partialnet']}; "
+        f"FasterNet-T2-mini: width {fn['embed_dim']}, depths {fn['depths']}, {size['fasternet']} (T2's relation: "
+        "2/3 of the width, a deeper stage 4).",
+        f"- Budget: {len(plan.seeds)} seeds x 2 models, {plan.epochs} epochs x {plan.train_size} training images, "
+        f"batch {plan.batch_size}, test on {plan.test_size} MNIST-100 test pairs; the official T0 recipe compressed "
+        f"(AdamW wd 0.005, lr {plan.lr} with a 0.3-epoch warm-up and per-step cosine, label smoothing 0.1, +-2 px "
+        "shifts), no mixup / cutmix (composite labels). The data order per seed is the same for both models.",
+        "- Latency intervals: percentile bootstrap of the median over the interleaved rounds (each round times both "
+        "models back to back). The host is shared: absolute times are noisy, per-round ratios much less so.",
+    ])
 
 
 def official_parity(table: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
@@ -70,7 +98,7 @@ def fusion_checks(variants: tuple[str, ...]) -> dict[str, float]:
     out = {f"partialnet_{v}": fusion_max_abs_diff(timm.create_model(f"partialnet_{v}"), (1, 3, 224, 224))
            for v in variants}
     name, kwargs = MINI_MODELS["partialnet"]
-    out["partialnet_t0_mini"] = fusion_max_abs_diff(timm.create_model(name, num_classes=100, **kwargs), MINI_INPUT)
+    out["partialnet_t2_mini"] = fusion_max_abs_diff(timm.create_model(name, num_classes=100, **kwargs), MINI_INPUT)
     return out
 
 
@@ -108,7 +136,8 @@ def ratio_estimate(round_ratios: list[float], invert: bool = False, **details: A
     return stats.bootstrap(values, np.median, estimator="median of per-round ratios", **details)
 
 
-def plot_accuracy(histories: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> Path:
+def plot_accuracy(histories: dict[str, dict[int, list[dict[str, Any]]]], path: Path) -> Path:
+    """Test top-1 per epoch of each arm (keys are the legend labels): the mean over seeds and the min-max band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,7 +148,7 @@ def plot_accuracy(histories: dict[str, dict[str, list[dict[str, Any]]]], path: P
         curves = list(runs.values())
         epochs = [row["epoch"] for row in curves[0]]
         values = [[run[i]["eval_top1"] for run in curves] for i in range(len(epochs))]
-        ax.plot(epochs, [statistics.fmean(v) for v in values], marker="o", label=f"{family}-T0-mini")
+        ax.plot(epochs, [statistics.fmean(v) for v in values], marker="o", label=family)
         ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
     ax.set(xlabel="epoch", ylabel="MNIST-100 test top-1 (%)", title=f"{len(curves)} seeds, mean and min-max")
     ax.legend()

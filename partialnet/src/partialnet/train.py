@@ -26,7 +26,7 @@ from torch import nn
 
 import partialnet.models  # noqa: F401  (registers the timm models)
 from partialnet.data import AugmentConfig, imagenet_loaders, mnist100_loaders, random_shift
-from partialnet.models import budget_multiplier, dpconv_layers, split_summary
+from partialnet.models import budget_multiplier, dpconv_layers, freeze_gates, split_summary
 from partialnet.splits import load_splits, save_splits
 
 DATASETS = ("imagenet", "mnist100")
@@ -69,6 +69,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     dpconv_budget_div: float = 4.0
     dpconv_alpha: float = 0.01
+    dpconv_warmup_epochs: float = 1.0  # a DPConv search holds every split at n_div for this long (official pre_epoch)
     splits: str | None = None  # a DPConv search's splits.json: every block's learnt n_div (fixed-split PATConv model)
     seed: int = 42
     log_every: int = 50
@@ -229,6 +230,7 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None, resume: bool = True, p
     scheduler = WarmupCosine(optimizer, cfg, len(train_loader))
     mixup, criterion = build_mixup(cfg, num_classes), build_criterion(cfg)
     shift = cfg.mnist100_shift if cfg.dataset == "mnist100" else 0
+    per_epoch = len(train_loader) if cfg.sched_unit == "step" else 1  # scheduler.count: steps or epochs done
 
     def loss_fn(net: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         images, targets = batch
@@ -236,6 +238,7 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None, resume: bool = True, p
             images = random_shift(images, shift)
         if mixup is not None:
             images, targets = mixup(images, targets)
+        freeze_gates(net, scheduler.count < cfg.dpconv_warmup_epochs * per_epoch)  # resumes with the schedule
         loss = criterion(net(images), targets)
         multiplier = budget_multiplier(dpconv_layers(net), cfg.dpconv_budget_div, cfg.dpconv_alpha)
         if multiplier is not None:

@@ -50,25 +50,32 @@ def power_of_two_factor(dim: int) -> int:
 
 
 class DPConv(nn.Module):
-    """Dynamic partial ``k x k`` convolution on ``dim`` channels; starts at ``dim / init_div`` convolved."""
+    """Dynamic partial ``k x k`` convolution on ``dim`` channels; starts at ``dim / init_div`` convolved and never
+    goes below ``dim / max_div`` (a power of two; default: as far as the gates allow)."""
 
-    def __init__(self, dim: int, init_div: int = 4, kernel_size: int = 3, gate_init: float = 1e-3) -> None:
+    def __init__(self, dim: int, init_div: int = 4, kernel_size: int = 3, gate_init: float = 1e-3,
+                 max_div: int | None = None) -> None:
         super().__init__()
         self.dim = dim
         self.num_gates = power_of_two_factor(dim)
+        self.max_closed = self.num_gates if max_div is None else min(self.num_gates, max(0, max_div.bit_length() - 1))
         self.block = dim >> self.num_gates
         closed = int(math.log2(init_div)) if init_div > 0 and init_div & (init_div - 1) == 0 else -1
-        if not 0 <= closed <= self.num_gates:
-            raise ValueError(f"init_div must be a power of two dividing {dim}, at most 2**{self.num_gates}; "
-                             f"got {init_div}")
+        if not 0 <= closed <= self.max_closed:
+            raise ValueError(f"init_div must be a power of two dividing {dim}, at most 2**{self.max_closed}; "
+                             f"got {init_div} (max_div {max_div})")
         self.conv = nn.Conv2d(dim, dim, kernel_size, 1, kernel_size // 2, bias=False)
         init = torch.full((self.num_gates,), abs(gate_init))
         init[:closed] = -abs(gate_init)
         self.gate = nn.Parameter(init)
+        self.gates_frozen = False  # the search's warm-up: the split stays at init_div while the weights train
 
     def channel_mask(self) -> Tensor:
-        """``m`` (length ``dim``): 1 on the convolved channels, differentiable in the gates (STE)."""
-        open_gates = torch.sort(_BinaryGate.apply(self.gate)).values  # closed (0) first: leading channels
+        """``m`` (length ``dim``): 1 on the convolved channels, differentiable in the gates (STE) unless frozen."""
+        gate = self.gate.detach() + 0 * self.gate if self.gates_frozen else self.gate  # zero gradient, same graph
+        open_gates = torch.sort(_BinaryGate.apply(gate)).values  # closed (0) first: leading channels
+        if self.max_closed < self.num_gates:  # gates closed beyond max_div do not act
+            open_gates = torch.cat((open_gates[:self.max_closed], torch.ones_like(open_gates[self.max_closed:])))
         mask = torch.ones(1, dtype=self.gate.dtype, device=self.gate.device)
         for value in open_gates:
             mask = torch.kron(mask, torch.stack((torch.ones_like(value), value)))
@@ -77,7 +84,7 @@ class DPConv(nn.Module):
     @property
     def dim_conv(self) -> int:
         """Channels convolved now: ``dim / 2 ** #closed gates``."""
-        return self.dim >> int((self.gate.detach() < 0).sum())
+        return self.dim >> min(int((self.gate.detach() < 0).sum()), self.max_closed)
 
     @property
     def split_divisor(self) -> int:
@@ -116,6 +123,14 @@ def budget_multiplier(layers: Iterable[DPConv], budget_div: float = 4.0, alpha: 
     if float(complexity.detach()) <= budget:
         return torch.ones((), dtype=complexity.dtype, device=complexity.device)
     return (complexity / budget) ** alpha
+
+
+def freeze_gates(model: nn.Module, frozen: bool) -> None:
+    """Hold every DPConv's split (its gates get a zero gradient) or release it. The official search keeps a fixed
+    mask for its first ``pre_epoch`` epochs: with random weights the task loss favours convolving nothing, and
+    gates released at step 0 close within a few dozen steps."""
+    for layer in dpconv_layers(model):
+        layer.gates_frozen = frozen
 
 
 def split_summary(model: nn.Module) -> list[dict[str, int]]:

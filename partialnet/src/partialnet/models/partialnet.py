@@ -9,7 +9,8 @@ stage widths ``embed_dim * 2**i`` -- whose blocks are
 
 ``MLP = 1x1 conv (dim -> 2 dim) -> BN -> act -> 1x1 conv (2 dim -> dim) [-> PartialSpatialAttention]``
 (the PAT_sp tail, only in T1's config), head ``avgpool -> 1x1 conv (-> 1280) -> act -> linear``.
-With ``dynamic_split=True`` every mixer is a DPConv instead (as the official ``auto_div``).
+With ``dynamic_split=True`` every mixer is a DPConv instead (as the official ``auto_div``); in stage 4 its split
+stops at ``dim / num_heads`` convolved channels, so the PAT_sf retrained from it has a width its heads divide.
 
 Per-component switches (the ablation ladder ``ABLATION_LADDER``): ``use_channel_attn`` (PAT_ch in stages 1-3,
 else PConv), ``use_self_attn`` (PAT_sf in stage 4, else PConv; by default follows ``use_channel_attn``, the
@@ -112,14 +113,14 @@ class PartialNetBlock(nn.Module):
     def __init__(self, dim: int, mixer: str, mixer_residual: bool, n_div: int = 4, mlp_ratio: float = 2.0,
                  drop_path: float = 0.0, act_layer: Any = nn.GELU, use_spatial_attn: bool = False,
                  num_heads: int = 4, attn_drop: float = 0.1, proj_drop: float = 0.1, rpe_ratio: float = 20.0,
-                 layer_scale_init_value: float = 0.0) -> None:
+                 layer_scale_init_value: float = 0.0, dpconv_max_div: int | None = None) -> None:
         super().__init__()
         if mixer == "channel":
             self.spatial_mixing: nn.Module = PATConvChannel(dim, n_div)
         elif mixer == "self":
             self.spatial_mixing = PATConvSelf(dim, n_div, num_heads, attn_drop, proj_drop, rpe_ratio)
         elif mixer == "dynamic":
-            self.spatial_mixing = DPConv(dim, init_div=n_div)
+            self.spatial_mixing = DPConv(dim, init_div=n_div, max_div=dpconv_max_div)
         elif mixer == "pconv":
             self.spatial_mixing = PartialConv(dim, n_div)
         else:
@@ -236,7 +237,8 @@ class PartialNet(nn.Module):
             blocks = [
                 PartialNetBlock(dim, mixer, mixer_residual, int(divs[sum(depths[:i]) + j]), mlp_ratio,
                                 rates[sum(depths[:i]) + j], act, use_spatial_attn, num_heads, attn_drop, proj_drop,
-                                rpe_ratio, layer_scale_init_value)
+                                rpe_ratio, layer_scale_init_value,
+                                dpconv_max_div=dim // num_heads if last else None)
                 for j in range(depth)
             ]
             stages.append(PartialNetStage(dim, blocks, downsample=i > 0, merge_size=merge_size))
