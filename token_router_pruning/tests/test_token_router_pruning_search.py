@@ -223,3 +223,60 @@ def test_warm_start_fits_the_static_mask_and_keep_best_ends_on_the_best_epoch(ti
     _, summary = train_router(model, skipper, [schedule], examples, cfg, heldout=examples[:3])
     kls = [h["eval_kl"] for h in summary["history"]]
     assert summary["best_epoch"] == 1 + kls.index(min(kls)) and summary["start_heldout_kl"] is not None
+
+
+def test_ste_all_gate_is_the_hard_skip_forward_with_a_gradient_for_skipped_tokens(tiny_llama):
+    """``gate="ste_all"``: the forward is exactly the hard top-k skip (as ``"ste"``, with the model's KV cache on);
+    the router probability of a kept token gets the same gradient as under ``"ste"``, and that of a skipped token,
+    zero under ``"ste"``, gets ``<F_dense(x) - x, dL/dy>`` (the block's dense update on that row)."""
+    from token_router_pruning.ftp import DynamicRouter, SkipPlan, attach
+
+    model = tiny_llama(layers=3, attn="eager")
+    skipper = attach(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 96, (2, 12), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0  # right padding
+    weights = torch.randn(2, 12, 96, generator=gen, dtype=torch.float64) * mask[..., None]
+    plan = SkipPlan(name="t", sparsity=(0.0, 0.5, 0.5), router=DynamicRouter().double())
+    with torch.no_grad(), skipper.use(plan):
+        hard = model(input_ids=ids, attention_mask=mask).logits
+    block, seen = 1, {}
+
+    def pre(module, args, kwargs):
+        seen["x"], seen["kwargs"] = args[0].detach(), kwargs
+
+    def post(module, args, kwargs, out):
+        out.register_hook(lambda grad: seen.__setitem__("dy", grad))
+
+    hooks = [skipper.wrappers[block].register_forward_pre_hook(pre, with_kwargs=True),
+             skipper.wrappers[block].register_forward_hook(post, with_kwargs=True)]
+    grads = {}
+    try:
+        for gate in ("ste", "ste_all"):
+            with skipper.use(plan), skipper.training(gate):
+                logits = model(input_ids=ids, attention_mask=mask).logits
+            assert torch.allclose(logits, hard, atol=1e-10, rtol=0), gate  # the value is the hard skip
+            record = skipper.last_state.records[block]
+            record.probs.retain_grad()
+            (logits * weights).sum().backward()
+            grads[gate] = record.probs.grad.clone()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    kept = torch.zeros_like(mask, dtype=torch.bool).scatter(1, record.kept, True) & mask.bool()
+    skipped = mask.bool() & ~kept
+    assert skipped.sum() >= 8 and kept.sum() >= 8
+    assert torch.equal(grads["ste"][skipped], torch.zeros_like(grads["ste"][skipped]))
+    assert torch.allclose(grads["ste_all"][kept], grads["ste"][kept], atol=1e-10)
+    kwargs = dict(seen["kwargs"], past_key_values=None, use_cache=False)
+    with torch.no_grad(), skipper.use(None):
+        update = skipper.wrappers[block](seen["x"], **kwargs) - seen["x"]
+    expected = (update * seen["dy"]).sum(-1)
+    assert expected[skipped].abs().min() > 1e-6
+    assert torch.allclose(grads["ste_all"][skipped], expected[skipped], atol=1e-9, rtol=1e-6)
+    with pytest.raises(UsageError, match="ste_all needs scope block"):
+        from token_router_pruning.train import RouterTrainConfig
+        RouterTrainConfig(gate="ste_all", scope="mlp_only")

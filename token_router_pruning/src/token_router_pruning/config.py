@@ -27,6 +27,8 @@ class DataConfig:
     router_prompts: int = 0  # generated train-split prompts per family in the router's training set
     router_heldout: int = 0  # further train-split prompts per family: the per-epoch held-out KL
     secondary_per_family: int | None = None  # test items per family for the non-headline arms (None: all)
+    # test items per family for every arm at the budgets after the first (the first budget is the headline one)
+    other_budget_per_family: int | None = None
     blockpruner_windows: int = 2
     blockpruner_len: int = 96
     fitness_batch_size: int = 8
@@ -72,6 +74,8 @@ class ReproduceConfig:
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
             raise UsageError(f"scope {self.scope!r} unknown; use one of {', '.join(SCOPES)}")
+        if self.router.gate == "ste_all" and self.scope != "block":
+            raise UsageError("router.gate=ste_all needs scope block (its dense pass replaces whole blocks)")
         if not self.budgets:
             raise UsageError("give at least one target sparsity in budgets")
         for budget in self.budgets:

@@ -38,7 +38,13 @@ and ``mlp`` sub-modules. What happens in a forward pass is set by a :class:`Skip
   dynamic router skip the new token in block ``i`` when ``p < threshold`` (no K/V written there).
 
 In training the router's gate ``g`` blends the kept rows, ``x + g * (F(x) - x)`` (``gate="soft"``: g = p;
-``"ste"``: forward 1, gradient of p), so gradients reach the router; evaluation is a pure hard skip.
+``"ste"``: forward 1, gradient of p), so gradients reach the router; evaluation is a pure hard skip. With
+``"ste"`` a skipped token gets no gradient (its row never passes the block), so a router can only reorder the
+tokens it already keeps. ``gate="ste_all"`` also computes the block for every token (a second, gradient-free
+dense pass, training only) and adds ``(p - sg(p)) * (F_dense(x) - x)`` on the skipped rows: the layer output is
+``x + (m + p - sg(p)) * (F(x) - x)`` with ``m`` the hard top-k mask, ``F`` the routed block on kept rows and the
+dense block on skipped ones. The forward is exactly the hard routing (``p - sg(p) = 0``); the backward gives
+``d/dp = F(x) - x`` for every token, skipped ones included.
 """
 
 from __future__ import annotations
@@ -338,7 +344,7 @@ class FixedRouter(Router):
 SCOPES = ("block", "mlp_only")
 KV_MODES = ("strict", "threshold")
 ROUTER_MODES = ("per_block", "one_pass")
-GATES = ("soft", "ste")
+GATES = ("soft", "ste", "ste_all")
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
 
@@ -517,7 +523,29 @@ class RoutedDecoderLayer(nn.Module):
             out = self.layer(hidden_states, attention_mask=attention_mask, **call)
             self._update_table(selection.kept, state.lengths)
             return self._blend(hidden_states, out, selection.gate)
-        return self._gathered(hidden_states, selection, call)
+        dense = self._dense_update(hidden_states, attention_mask, call, selection)
+        out = self._gathered(hidden_states, selection, call)
+        return out if dense is None else out + dense
+
+    def _dense_update(self, hidden: torch.Tensor, mask: Any, call: dict[str, Any], selection: Selection
+                      ) -> torch.Tensor | None:
+        """``gate="ste_all"`` in training: ``(p - sg(p)) * (F_dense(x) - x)`` on the skipped rows, zero in value
+        (the forward stays the hard skip) but with gradient ``F_dense(x) - x`` for the skipped tokens' p. The
+        dense pass runs without gradient, without a KV cache (the routed pass's keys must not see it) and
+        without touching the attention statistics."""
+        if self._skipper.gate_mode != "ste_all" or selection.gate is None or selection.probs is None:
+            return None
+        gate = self.attn_gate
+        capture, gate.capture = gate.capture, False
+        try:
+            with torch.no_grad():
+                dense_call = dict(call, past_key_values=None, use_cache=False)
+                update = self.layer(hidden, attention_mask=mask, **dense_call) - hidden
+        finally:
+            gate.capture = capture
+        skipped = torch.ones_like(selection.probs).scatter(1, selection.kept, 0.0)
+        probs = selection.probs
+        return ((probs - probs.detach()) * skipped)[..., None].to(update.dtype) * update
 
     # ---- prefill -----------------------------------------------------------------------------------
     def _gathered(self, hidden: torch.Tensor, selection: Selection, call: dict[str, Any]) -> torch.Tensor:
@@ -550,7 +578,7 @@ class RoutedDecoderLayer(nn.Module):
     def _blend(self, before: torch.Tensor, after: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
         if gate is None:
             return after
-        if self._skipper.gate_mode == "ste":
+        if self._skipper.gate_mode in ("ste", "ste_all"):
             gate = 1.0 + gate - gate.detach()
         return before + gate[..., None].to(after.dtype) * (after - before)
 

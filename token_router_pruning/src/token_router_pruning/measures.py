@@ -12,6 +12,8 @@ from effrepro import stats
 
 from token_router_pruning.pipeline import pct
 
+RECALL_TASK = "ftp_mini_recall"  # a fact stated early in the prompt: reported with and without it
+
 
 def per_item(row: dict, field: str = "correct", exclude: tuple[str, ...] = (), per_family: int | None = None
            ) -> np.ndarray:
@@ -24,9 +26,9 @@ def common_per_family(*rows: dict) -> int:
     return min(len(v) for row in rows for v in row["correct"].values())
 
 
-def _family_ids(row: dict, exclude: tuple[str, ...] = ()) -> np.ndarray:
+def _family_ids(row: dict, exclude: tuple[str, ...] = (), per_family: int | None = None) -> np.ndarray:
     tasks = [t for t in sorted(row["correct"]) if t not in exclude]
-    return np.array([i for i, t in enumerate(tasks) for _ in row["correct"][t]], dtype=float)
+    return np.array([i for i, t in enumerate(tasks) for _ in row["correct"][t][:per_family]], dtype=float)
 
 
 def _retention(data: np.ndarray) -> float:
@@ -40,9 +42,36 @@ def _retention(data: np.ndarray) -> float:
 
 
 def retention_estimate(row: dict, dense: dict, exclude: tuple[str, ...] = ()) -> stats.Estimate:
-    units = np.stack([per_item(row, exclude=exclude), per_item(dense, exclude=exclude), _family_ids(dense, exclude)], 1)
+    """Retention on the items the method scored (the first ``n`` of each family), paired with the dense model's
+    correctness of the same items, bootstrap over items."""
+    n = common_per_family(row, dense)
+    units = np.stack([per_item(row, exclude=exclude, per_family=n), per_item(dense, exclude=exclude, per_family=n),
+                      _family_ids(dense, exclude, per_family=n)], 1)
     return stats.bootstrap(units, _retention, method_accuracy=float(units[:, 0].mean()),
-                           dense_accuracy=float(units[:, 1].mean()), excluded=list(exclude))
+                           dense_accuracy=float(units[:, 1].mean()), excluded=list(exclude), per_family=n)
+
+
+def _retention_gap(data: np.ndarray) -> float:
+    """Retention points: the paper's Avg. % of arm a minus that of arm b (rows: a, b, dense, family), i.e. per
+    family the accuracy gap divided by the dense accuracy on the same items, averaged over families."""
+    return _retention(data[:, [0, 2, 3]]) - _retention(data[:, [1, 2, 3]])
+
+
+def retention_gap(a: dict, b: dict, dense: dict) -> stats.Estimate:
+    """Arm ``a`` minus arm ``b`` in retention points (the unit of the paper's comparisons) on the items both
+    arms scored, with a paired percentile bootstrap over items: each draw resamples items and takes a's, b's and
+    the dense model's correctness of the same items together."""
+    n = common_per_family(a, b, dense)
+    units = np.stack([per_item(a, per_family=n), per_item(b, per_family=n), per_item(dense, per_family=n),
+                      _family_ids(dense, per_family=n)], 1)
+    est = stats.bootstrap(units, _retention_gap)
+    return dataclasses.replace(est, method=est.method + ", paired over items, retention points (per family "
+                               "(a - b) / dense accuracy on the same items, mean over families, x100)",
+                               details={**est.details, "per_family": n,
+                                        "accuracy_gap_points": float(100 * (units[:, 0] - units[:, 1]).mean()),
+                                        "a_accuracy": float(units[:, 0].mean()),
+                                        "b_accuracy": float(units[:, 1].mean()),
+                                        "dense_accuracy": float(units[:, 2].mean())})
 
 
 def accuracy_gap(a: dict, b: dict) -> stats.Estimate:
@@ -58,6 +87,36 @@ def speedup_estimate(dense: list[float], method: list[float], **details: Any) ->
     return dataclasses.replace(est, method=est.method + ", median of per-round ratios",
                                details={**est.details, **details,
                                         "ratio_of_medians": float(np.median(pairs[:, 0]) / np.median(pairs[:, 1]))})
+
+
+def estimates(exp: Any, red: dict, latency: dict[str, list[float]]) -> dict[str, stats.Estimate]:
+    """Every claim's estimate over its unit of replication (items, windows or latency rounds)."""
+    rows, dense = exp.rows, exp.rows["dense"]
+    out = {"redundancy_overall": stats.mean_ci(red["per_window_share"])}
+    if red["per_window_gap"]:  # a model deep enough to have middle blocks besides the first/last 3
+        out["redundancy_depth_gap"] = stats.mean_ci(100 * np.asarray(red["per_window_gap"]))
+    for b in exp.cfg.budgets:
+        p = pct(b)
+        ftp = rows[f"ftp_{p}"]
+        out[f"ftp_retention_{p}"] = retention_estimate(ftp, dense)
+        if RECALL_TASK in dense["correct"]:
+            out[f"ftp_retention_no_recall_{p}"] = retention_estimate(ftp, dense, exclude=(RECALL_TASK,))
+        out[f"ftp_vs_shortgpt_{p}"] = retention_gap(ftp, rows[f"shortgpt_{p}"], dense)
+        out[f"ftp_vs_blockpruner_{p}"] = retention_gap(ftp, rows[f"blockpruner_{p}"], dense)
+        out[f"trained_vs_static_{p}"] = retention_gap(ftp, rows[f"ftp_static_{p}"], dense)
+        out[f"static_vs_random_{p}"] = accuracy_gap(rows[f"ftp_static_{p}"], rows[f"random_{p}"])
+        if f"ftp_all_positions_stage1_{p}" in rows:
+            out[f"distill_scored_vs_all_{p}"] = accuracy_gap(rows[f"ftp_dynamic_stage1_{p}"],
+                                                             rows[f"ftp_all_positions_stage1_{p}"])
+        if f"uniform_{p}" in rows:
+            n = common_per_family(rows[f"uniform_{p}"], rows[f"ftp_static_{p}"])
+            out[f"ga_vs_uniform_loss_{p}"] = stats.paired_diff(
+                -per_item(rows[f"uniform_{p}"], "gold_loglik", per_family=n),
+                -per_item(rows[f"ftp_static_{p}"], "gold_loglik", per_family=n))
+        if f"ftp_{p}" in latency:
+            out[f"prefill_speedup_{p}"] = speedup_estimate(latency["dense"], latency[f"ftp_{p}"],
+                                                           seq_len=exp.cfg.bench.seq_len)
+    return out
 
 
 def _router_facts(summary: dict, steps: int) -> dict[str, Any]:

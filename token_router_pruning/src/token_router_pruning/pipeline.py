@@ -245,8 +245,12 @@ class Experiment:
                   "limit": self.cfg.data.test_per_family if self.test_items else self.lm_eval.limit,
                   "per_family": per_family,
                   "ppl": list(self.windows["eval"].shape), "target": self.cfg.target,
+                  "dtype": str(next(self.model.parameters()).dtype),
                   **({"corpus": self.corpus_key} if self.corpus else {})}
-        row = self.ctx.cached(f"eval_{key}", compute, inputs)
+        if plan is None:  # the dense model's evaluation: a shared prerequisite, reused across runs
+            row = shared_cached(self.ctx, f"eval_{key}", compute, inputs)
+        else:
+            row = self.ctx.cached(f"eval_{key}", compute, inputs)
         row.update(method=family, budget=budget, key=key,
                    flops=self.flops(plan, self.ref_len), flops_bench=self.flops(plan, self.cfg.bench.seq_len))
         self.rows[key] = row
@@ -256,6 +260,49 @@ class Experiment:
         print(f"[eval] {key:>22}: acc {acc:.3f}  ppl {row['ppl']:.2f}  flops {row['flops']['flops_ratio']:.3f}",
               flush=True)
         return row
+
+
+# ---- the shared cache --------------------------------------------------------------------------------------
+def code_version() -> str:
+    """Hash of what a dense evaluation depends on besides its settings: the scorer, the shipped task items and
+    the torch / transformers versions (a change to any of them makes a new shared entry)."""
+    import transformers
+
+    from token_router_pruning import eval as eval_module
+    from token_router_pruning import tasks
+
+    digest = hashlib.sha256(f"{torch.__version__} {transformers.__version__}".encode())
+    for path in [Path(eval_module.__file__), Path(tasks.__file__), *sorted(tasks.MINI_DIR.glob("*.jsonl"))]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def shared_dir() -> Path:
+    from effrepro.data import cache_dir
+
+    return cache_dir() / "token_router_pruning"
+
+
+def shared_cached(ctx: Context, name: str, compute: Any, key: dict) -> Any:
+    """``ctx.cached`` with a copy in the shared effrepro cache (``$EFFREPRO_CACHE/token_router_pruning``, keyed
+    by the settings and :func:`code_version`): a fresh run reuses it (env.json then lists it under
+    ``reused_cache_seconds``, with the seconds it took to make); ``reproduce --prepare`` builds it. A damaged or
+    mismatched entry is recomputed by ``ctx.cached`` and the shared copy replaced."""
+    import shutil
+
+    from effrepro.report import atomic_write_text
+
+    key = {**key, "code": code_version()}
+    shared = shared_dir() / f"{name}_{_key(key)}.json"
+    local = ctx.runs / f"{name}.json"
+    if ctx.resume and shared.is_file() and not local.is_file():
+        shutil.copyfile(shared, local)
+    value = ctx.cached(name, compute, key)
+    text = local.read_text() if local.is_file() else None
+    if text is not None and (not shared.is_file() or shared.read_text() != text):
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(shared, text)
+    return value
 
 
 # ---- stages ------------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """``token_router_pruning reproduce``: FTP's experiments in one run, on the effrepro reproduce skeleton.
 
 The stages live in :mod:`token_router_pruning.pipeline`; this module declares the plans (a YAML config in
-``configs/`` plus dotted overrides), the claims and facts tables, and turns the stage results into estimates over
-the unit of replication: test items for accuracies (both arms' per-item correctness resampled together), text
-windows for redundancy, interleaved latency rounds for the prefill speed-up.
+``configs/`` plus dotted overrides) and runs the stages; :mod:`token_router_pruning.measures` turns their results
+into estimates over the unit of replication (test items for accuracies, both arms' per-item correctness resampled
+together; text windows for redundancy; interleaved latency rounds for the prefill speed-up) and facts, and
+:mod:`token_router_pruning.tables` holds the claims and facts tables.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-from effrepro import stats
 from effrepro.config import load_config
 from effrepro.errors import UsageError
 from effrepro.reproduce import Context, Plan, Reproduction, Results
@@ -24,14 +23,7 @@ from token_router_pruning import datafiles, figures
 from token_router_pruning.baselines import matched_shortgpt
 from token_router_pruning.config import ReproduceConfig, config_path, window_needs
 from token_router_pruning.ftp import RandomRouter, StaticRouter
-from token_router_pruning.measures import (
-    accuracy_gap,
-    common_per_family,
-    facts,
-    per_item,
-    retention_estimate,
-    speedup_estimate,
-)
+from token_router_pruning.measures import estimates, facts
 from token_router_pruning.pipeline import (
     Experiment,
     pct,
@@ -56,9 +48,8 @@ TINY_OVERRIDES = (
     "router.steps=2", "router.steps_per_epoch=1", "router.warm_start=2", "router.keep_best=true",
     "bench.seq_len=64", "bench.repeats=2", "bench.warmup=0",
     "blockpruner_lazy_top=2", "allocations=[uniform]", "latency_methods=[ftp]", "budgets=[0.25]",
-    "dynamic_stage1=true",  # the optional arm's code path, end to end
+    "dynamic_stage1=true", "distill_ablation=true",  # the optional arms' code path, end to end
 )
-RECALL_TASK = "ftp_mini_recall"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,14 +132,35 @@ def check_inputs(plan: FTPPlan, cfg: ReproduceConfig) -> None:
         datafiles.check_hf_datasets(datafiles.hf_task_configs(PAPER_TASKS + (cfg.data.calib_task,)))
 
 
+def arm_items(cfg: ReproduceConfig, budget: float) -> tuple[int | None, int | None]:
+    """Test items per family (None: all) of the main arms and of the secondary arms at ``budget``: the first
+    budget is the headline one; the others score ``data.other_budget_per_family`` items per family."""
+    sub = cfg.data.secondary_per_family
+    if budget == cfg.budgets[0] or cfg.data.other_budget_per_family is None:
+        return None, sub
+    main = cfg.data.other_budget_per_family
+    return main, main if sub is None else min(sub, main)
+
+
 # ---- the run -----------------------------------------------------------------------------------------------
-def run(plan: FTPPlan, ctx: Context) -> Results:
+def setup(plan: FTPPlan, ctx: Context) -> Experiment:
     os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's per-run progress bars
-    cfg = plan.load()
     with ctx.stage("setup"):
-        exp = Experiment(cfg, ctx, plan.tasks_dir, plan.lm_eval_check, datafiles.parse_data_args(plan.data),
-                         plan.device or "cpu", plan.dtype or "float32", plan.device_map,
-                         hf_tasks=plan.name == "full" and not plan.tasks_dir)
+        return Experiment(plan.load(), ctx, plan.tasks_dir, plan.lm_eval_check, datafiles.parse_data_args(plan.data),
+                          plan.device or "cpu", plan.dtype or "float32", plan.device_map,
+                          hf_tasks=plan.name == "full" and not plan.tasks_dir)
+
+
+def prepare(plan: FTPPlan, ctx: Context) -> None:
+    """The shared prerequisite (``make prepare``): the dense model's evaluation, kept in the effrepro cache."""
+    exp = setup(plan, ctx)
+    with ctx.stage("eval"):
+        exp.evaluate("dense", None, None, "dense")
+
+
+def run(plan: FTPPlan, ctx: Context) -> Results:
+    exp = setup(plan, ctx)
+    cfg = exp.cfg
     print(f"[setup] {cfg.target}: {exp.n} blocks; reference length {exp.ref_len} tokens; "
           f"{len(exp.calib_items)} calibration items; tasks {exp.lm_eval.task_names}", flush=True)
     with ctx.stage("redundancy"):
@@ -173,29 +185,30 @@ def run(plan: FTPPlan, ctx: Context) -> Results:
     with ctx.stage("blockpruner"):
         pruner = stage_blockpruner(exp, min(exp.flops(p, exp.ref_len)["flops_ratio"] for p in ftp_plans.values())
                                    - 0.02)
-    plans, matched, sub = {}, {}, cfg.data.secondary_per_family
+    plans, matched = {}, {}
     for b in cfg.budgets:
         p, target = pct(b), exp.flops(ftp_plans[b], exp.ref_len)["flops_ratio"]
+        main, sub = arm_items(cfg, b)
         short_plan, short_ratio = matched_shortgpt(red["block_influence"], exp.dims, exp.ref_len, target)
         bp_plan, bp_ratio, bp_count = pruner.matched(exp.dims, exp.ref_len, target)
         matched[b] = {"ftp": target, "shortgpt": short_ratio, "blockpruner": bp_ratio,
                       "shortgpt_layers": sorted({i for i, _ in short_plan.removed}), "blockpruner_removed": bp_count}
-        plans[f"ftp_{p}"] = ("ftp", b, ftp_plans[b], None)
-        if cfg.dynamic_stage1 or ablation:
+        plans[f"ftp_{p}"] = ("ftp", b, ftp_plans[b], main)
+        if (cfg.dynamic_stage1 or ablation) and b == cfg.budgets[0]:  # the distillation ablation: headline budget
             plans[f"ftp_dynamic_stage1_{p}"] = ("ftp_dynamic_stage1", b,
                                                 exp.plan("dyn", searched[b]["best"], router), sub)
-        if ablation:
+        if ablation and b == cfg.budgets[0]:
             plans[f"ftp_all_positions_stage1_{p}"] = ("ftp_all_positions_stage1", b,
                                                       exp.plan("dyn_all", searched[b]["best"], ablation[0]), sub)
-        plans[f"ftp_static_{p}"] = ("ftp_static", b, exp.plan("static", searched[b]["best"], static), None)
+        plans[f"ftp_static_{p}"] = ("ftp_static", b, exp.plan("static", searched[b]["best"], static), main)
         plans[f"random_{p}"] = ("random", b, exp.plan("random", searched[b]["best"], RandomRouter(cfg.seed)), sub)
         if "uniform" in cfg.allocations:
             plans[f"uniform_{p}"] = ("uniform", b, exp.plan("uniform", uniform_allocation(exp.n, b), static), sub)
         if "bi" in cfg.allocations:
             plans[f"bi_alloc_{p}"] = ("bi_alloc", b, exp.plan("bi", bi_proportional_allocation(
                 red["block_influence"], b, cfg.ga.s_max), static), sub)
-        plans[f"shortgpt_{p}"] = ("shortgpt", b, short_plan.with_name("shortgpt"), None)
-        plans[f"blockpruner_{p}"] = ("blockpruner", b, bp_plan.with_name("blockpruner"), None)
+        plans[f"shortgpt_{p}"] = ("shortgpt", b, short_plan.with_name("shortgpt"), main)
+        plans[f"blockpruner_{p}"] = ("blockpruner", b, bp_plan.with_name("blockpruner"), main)
     with ctx.stage("eval"):
         for key, (family, b, skip_plan, per_family) in plans.items():
             exp.evaluate(key, skip_plan, b, family, per_family)
@@ -221,38 +234,9 @@ def run(plan: FTPPlan, ctx: Context) -> Results:
     return results
 
 
-def estimates(exp: Experiment, red: dict, latency: dict[str, list[float]]) -> dict[str, stats.Estimate]:
-    rows, dense = exp.rows, exp.rows["dense"]
-    out = {"redundancy_overall": stats.mean_ci(red["per_window_share"])}
-    if red["per_window_gap"]:  # a model deep enough to have middle blocks besides the first/last 3
-        out["redundancy_depth_gap"] = stats.mean_ci(100 * np.asarray(red["per_window_gap"]))
-    for b in exp.cfg.budgets:
-        p = pct(b)
-        ftp = rows[f"ftp_{p}"]
-        out[f"ftp_retention_{p}"] = retention_estimate(ftp, dense)
-        if RECALL_TASK in dense["correct"]:
-            out[f"ftp_retention_no_recall_{p}"] = retention_estimate(ftp, dense, exclude=(RECALL_TASK,))
-        out[f"ftp_vs_shortgpt_{p}"] = accuracy_gap(ftp, rows[f"shortgpt_{p}"])
-        out[f"ftp_vs_blockpruner_{p}"] = accuracy_gap(ftp, rows[f"blockpruner_{p}"])
-        out[f"trained_vs_static_{p}"] = accuracy_gap(ftp, rows[f"ftp_static_{p}"])
-        out[f"static_vs_random_{p}"] = accuracy_gap(rows[f"ftp_static_{p}"], rows[f"random_{p}"])
-        if f"ftp_all_positions_stage1_{p}" in rows:
-            out[f"distill_scored_vs_all_{p}"] = accuracy_gap(rows[f"ftp_dynamic_stage1_{p}"],
-                                                             rows[f"ftp_all_positions_stage1_{p}"])
-        if f"uniform_{p}" in rows:
-            n = common_per_family(rows[f"uniform_{p}"], rows[f"ftp_static_{p}"])
-            out[f"ga_vs_uniform_loss_{p}"] = stats.paired_diff(
-                -per_item(rows[f"uniform_{p}"], "gold_loglik", per_family=n),
-                -per_item(rows[f"ftp_static_{p}"], "gold_loglik", per_family=n))
-        if f"ftp_{p}" in latency:
-            out[f"prefill_speedup_{p}"] = speedup_estimate(latency["dense"], latency[f"ftp_{p}"],
-                                                           seq_len=exp.cfg.bench.seq_len)
-    return out
-
-
 REPRODUCTION = Reproduction(
     paper="token_router_pruning", title="FTP token-router pruning: reproduction", paper_table=PAPER_TABLE,
     plans={"smoke": FTPPlan(), "tiny": FTPPlan(name="tiny", overrides=TINY_OVERRIDES),
            "full": FTPPlan(name="full", config="full")},
-    claims=CLAIMS, facts=FACTS, run=run, add_arguments=add_arguments, configure=configure,
+    claims=CLAIMS, facts=FACTS, run=run, add_arguments=add_arguments, configure=configure, prepare=prepare,
 )

@@ -26,7 +26,7 @@ from effrepro.errors import UsageError
 from effrepro.train import Trainer, seed_everything
 from torch import nn
 
-from token_router_pruning.ftp import DynamicRouter, SkipPlan, TokenSkipper, static_guide_mask
+from token_router_pruning.ftp import GATES, DynamicRouter, SkipPlan, TokenSkipper, static_guide_mask
 from token_router_pruning.losses import (
     distill_hidden_mse,
     distill_kl,
@@ -85,7 +85,9 @@ class RouterTrainConfig:
     distill_on: str = "logits_kl"
     distill_positions: str = "scored"  # KL where the evaluation reads the model; "all" = every position (ablation)
     text_scored: int = 16  # scored tail of a text window
-    gate: str = "ste"  # hard top-k forward (the evaluation's), gradient of p backward; "soft" = MoD blend
+    # hard top-k forward (the evaluation's), gradient of p backward on the kept tokens ("ste") or on every token
+    # ("ste_all": a gradient-free dense pass gives the skipped tokens' block update; see ftp.py); "soft" = MoD blend
+    gate: str = "ste"
     steps_per_epoch: int = 50  # checkpoint interval (and held-out KL interval)
     warm_start: int = 0  # examples whose router features fit the static keep mask before training (0: none)
     warm_start_steps: int = 300
@@ -102,6 +104,10 @@ class RouterTrainConfig:
         if self.distill_positions not in DISTILL_POSITIONS:
             raise UsageError(f"distill_positions {self.distill_positions!r} unknown; use one of "
                              f"{', '.join(DISTILL_POSITIONS)}")
+        if self.gate not in GATES:
+            raise UsageError(f"router gate {self.gate!r} unknown; use one of {', '.join(GATES)}")
+        if self.gate == "ste_all" and self.scope != "block":
+            raise UsageError("router gate ste_all needs scope block (its dense pass replaces whole blocks)")
         if self.steps < 1 or self.batch_size < 1 or self.steps_per_epoch < 1:
             raise UsageError("router training needs steps, batch_size and steps_per_epoch >= 1")
 
