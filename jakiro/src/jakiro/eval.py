@@ -14,6 +14,7 @@ Jakiro* at temperature 0 is our extension (the official code supports T > 0 only
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from effrepro.specdec import EvalConfig, SamplingConfig, TargetAdapter, TreeConf
 from effrepro.specdec.eagle import EagleHead, EagleProposer
 from effrepro.specdec.protocol import ProposerBuilder, proposer_factory
 
-from jakiro.jakiro import JakiroDraft, make_proposer
+from jakiro.jakiro import JAKIRO_STAR_TREE, JakiroDraft, StaticTree, make_proposer
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,28 @@ def evaluate_variants(target: TargetAdapter, tokenizer: Any, heads: dict[str, An
     methods = {name: variant_factory(name, heads[VARIANTS[name].head], tree, sampling) for name in variants}
     with torch.no_grad():
         return evaluate(target, tokenizer, methods, config, out_dir, progress=progress)
+
+
+def tree_size(variant: str, tree: TreeConfig) -> int:
+    """Tokens a variant verifies per cycle: the tree budget, or the static Jakiro* tree's size."""
+    if VARIANTS[variant].head == "jakiro_star":
+        return StaticTree.from_choices(JAKIRO_STAR_TREE).size
+    return tree.total_tokens
+
+
+def pool_blocks(blocks: list[dict[str, Any]], tree: TreeConfig, greedy: bool = True) -> dict[str, Any]:
+    """One evaluation from several interleaved runs over disjoint turns: the turn records of every method
+    concatenated, the target costs as the median of each run's, and the summary recomputed over all turns."""
+    from effrepro.specdec.harness import summarize
+
+    if len(blocks) == 1:
+        return blocks[0]
+    records = {name: [row for block in blocks for row in block["records"][name]] for name in blocks[0]["records"]}
+    measured = [block["costs"] for block in blocks if block.get("costs")]
+    costs = {k: statistics.median(c[k] for c in measured) for k in measured[0]} if measured else None
+    sizes = {name: tree_size(name, tree) for name in records if name in VARIANTS}
+    return {"summary": summarize(records, costs, sizes, greedy=greedy), "records": records, "costs": costs,
+            "blocks": len(blocks)}
 
 
 def tuned_tree(target: TargetAdapter, tokenizer: Any, heads: dict[str, Any], variants: list[str],

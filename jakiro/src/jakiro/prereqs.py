@@ -74,23 +74,50 @@ def target_and_data(plan: Any) -> tuple[Any, Any, list, dict]:
     return model, tokenizer, data_dirs, {**data, "folders": [str(d) for d in data_dirs]}
 
 
-def heldout_questions(plan: Any, out: Path) -> str:
-    """The evaluation's question source: ``plan.questions`` (its first ``max_questions``), then, with
-    ``plan.extra_heldout``, that many corpus instructions the draft data did not answer (one turn each), written
-    to ``out/eval_questions.jsonl``. The draft data answered the first ``plan.prompts`` prompts of
-    ``distill_prompts``; the extra ones come after them in the corpus order, so the heads never saw them."""
-    if not plan.extra_heldout:
-        return plan.questions
-    from effrepro.specdec.draft_data import distillation_prompts
-    from effrepro.specdec.harness import load_questions
+# The extra held-out turns are evaluated in blocks of this many instructions, each its own interleaved run and
+# cache entry: a run with more extra turns reuses the blocks an earlier run with the same settings measured.
+EXTRA_BLOCK = 16
 
-    questions = load_questions(plan.questions)[: plan.max_questions or None]
+
+def extra_prompts(plan: Any) -> list[str]:
+    """The plan's ``extra_heldout`` corpus instructions the draft data did not answer (an error when the corpus
+    holds fewer)."""
+    from effrepro.specdec.draft_data import distillation_prompts
+
     used = set(distillation_prompts([], plan.distill_prompts)[: plan.prompts])
     fresh = [p for p in distillation_prompts([], "corpus") if p not in used][: plan.extra_heldout]
-    questions += [{"question_id": f"corpus-{i}", "category": "corpus", "turns": [p]} for i, p in enumerate(fresh)]
-    path = out / "eval_questions.jsonl"
-    path.write_text("".join(json.dumps(q) + "\n" for q in questions))
-    return str(path)
+    if len(fresh) < plan.extra_heldout:
+        raise UsageError(f"extra_heldout={plan.extra_heldout}, but the corpus holds only {len(fresh)} instructions "
+                         "the draft data did not answer")
+    return fresh
+
+
+def greedy_blocks(plan: Any, out: Path) -> list[tuple[str, str, int, dict[str, int]]]:
+    """The greedy evaluation as ``(cache name, question source, max questions, key fields)`` blocks.
+
+    Without ``plan.extra_heldout``: one block, ``plan.questions``. With it: block 0 holds the first
+    ``max_questions`` of ``plan.questions`` and the first :data:`EXTRA_BLOCK` corpus instructions the draft data
+    did not answer (one turn each); each further block the next :data:`EXTRA_BLOCK` of them. The draft data
+    answered the first ``plan.prompts`` prompts of ``distill_prompts``; the extra ones come after them in the
+    corpus order, so the heads never saw them. The question files are written to ``out``."""
+    if not plan.extra_heldout:
+        return [("eval_greedy", plan.questions, plan.max_questions, {})]
+    from effrepro.specdec.harness import load_questions
+
+    fresh = extra_prompts(plan)
+    blocks = []
+    for offset in range(0, len(fresh), EXTRA_BLOCK):
+        chunk = fresh[offset: offset + EXTRA_BLOCK]
+        questions = load_questions(plan.questions)[: plan.max_questions or None] if offset == 0 else []
+        questions += [{"question_id": f"corpus-{offset + i}", "category": "corpus", "turns": [p]}
+                      for i, p in enumerate(chunk)]
+        name = "eval_greedy" if offset == 0 else f"eval_greedy_{offset // EXTRA_BLOCK}"
+        path = out / f"{name}_questions.jsonl"
+        path.write_text("".join(json.dumps(q) + "\n" for q in questions))
+        # block 0 keeps the key of a single-block run with extra_heldout = EXTRA_BLOCK (its cache stays valid)
+        fields = {"extra_heldout": len(chunk)} | ({"extra_offset": offset} if offset else {})
+        blocks.append((name, str(path), 0, fields))
+    return blocks
 
 
 def training_summary(heads: dict[str, CachedHead], ctx: Context) -> dict[str, dict]:

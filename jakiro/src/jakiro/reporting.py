@@ -37,22 +37,38 @@ def _num(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def method_table(summary: dict[str, dict[str, Any]]) -> str:
+def method_table(summary: dict[str, dict[str, Any]], tree: str, costs: dict[str, float] | None) -> str:
+    """One row per method: tau, acceptance, measured costs, tokens/s (absolute and vs plain), the tree and the
+    break-even tau ``(t_draft + t_verify) / t_step`` from the measured costs (plain: the step alone)."""
     rows = ["| method | turns | tau | tau (script) | acc. by depth | draft fwd/cycle | draft ms/cycle | "
-            "verify ms/cycle | cost-model speedup | tokens/s vs plain | greedy mismatches |", "|---" * 11 + "|"]
+            "verify ms/cycle | cost-model speedup | break-even tau | tokens/s | tokens/s vs plain | tree | "
+            "greedy mismatches |", "|---" * 14 + "|"]
+    step_ms = f"{1000 * costs['step']:.1f} ms/step" if costs and costs.get("step") else "–"
     for name, s in summary.items():
         if name == "plain":
-            rows.append(f"| plain | {s['turns']} | 1 | – | – | – | – | – | 1 | 1 ({s['tokens_per_s']:.1f} tok/s) | – |")
+            rows.append(f"| plain | {s['turns']} | 1 | – | – | – | – | – | 1 | 1 | {s['tokens_per_s']:.2f} | 1 | "
+                        f"none ({step_ms}) | – |")
             continue
         depths = ", ".join(_num(r, 2) for r in s.get("acceptance_by_depth", [])[:6])
+        speedup = s.get("cost_model_speedup")
+        break_even = s["tau"] / speedup if speedup else None
         rows.append(f"| {name} | {s['turns']} | {_num(s['tau'])} | {_num(s['tau_script'])} | {depths} | "
                     f"{_num(s['draft_forwards_per_cycle'], 2)} | {_num(s['draft_ms_per_cycle'], 1)} | "
-                    f"{_num(s['verify_ms_per_cycle'], 1)} | {_num(s.get('cost_model_speedup'))} | "
-                    f"{_num(s.get('speedup'))} | {s.get('greedy_mismatches', '–')} |")
+                    f"{_num(s['verify_ms_per_cycle'], 1)} | {_num(speedup)} | {_num(break_even, 2)} | "
+                    f"{_num(s.get('tokens_per_s'), 2)} | {_num(s.get('speedup'))} | "
+                    f"{'official static 26 nodes' if name.startswith('jakiro_star') else tree} | "
+                    f"{s.get('greedy_mismatches', '–')} |")
     return "\n".join(rows)
 
 
-def notes(plan: Any, data: dict, training: dict, evals: dict, bench: dict) -> str:
+def notes(plan: Any, data: dict, training: dict, evals: dict, bench: dict, tree: Any) -> str:
+    from jakiro.prereqs import EXTRA_BLOCK
+
+    runs = evals.get("greedy", {}).get("blocks", 1)
+    extra = (f" plus {plan.extra_heldout} corpus instructions the draft data did not answer (one turn each; "
+             f"{runs} interleaved run(s) of up to {EXTRA_BLOCK} of them, the first with the MT-bench turns; turns "
+             "pooled, target costs the median of the runs')" if plan.extra_heldout else "")
+    tree_text = f"top_k {tree.top_k} / depth {tree.depth} / {tree.total_tokens} tokens"
     parts = [
         f"Target `{plan.target}` ({plan.dtype}, {plan.device}). Draft data: {data['samples']} conversations "
         f"({plan.prompts} prompts `{plan.distill_prompts}` answered by the target, up to {plan.data_new_tokens} "
@@ -63,7 +79,7 @@ def notes(plan: Any, data: dict, training: dict, evals: dict, bench: dict) -> st
         "is a cached prerequisite (`make prepare PAPER=jakiro`), the EAGLE-2 one shared with gumiho.",
         f"Tree: top_k {plan.top_k}, depth {plan.depth}, total_tokens {plan.total_tokens} for every method (Jakiro*: "
         f"the official static 26-node tree). MT-bench `{plan.questions}`: {plan.max_questions or 'all'} questions "
-        f"at T = 0 ({plan.max_turns or 'all'} turn(s)) and {plan.t1_max_questions or 'all'} at T = "
+        f"at T = 0 ({plan.max_turns or 'all'} turn(s)){extra} and {plan.t1_max_questions or 'all'} at T = "
         f"{plan.temperature} ({plan.t1_max_turns or 'all'} turn(s)), {plan.max_new_tokens} new tokens. Intervals: "
         "percentile bootstrap over turns, both methods of a turn resampled together; tau and tokens/s of a set of "
         "turns are ratios of sums over its turns.",
@@ -78,7 +94,10 @@ def notes(plan: Any, data: dict, training: dict, evals: dict, bench: dict) -> st
                      f"{_num(final.get('eval_acc1'))} | `{t['budget']['cache']}` |")
     for label, title in (("greedy", "Greedy (T = 0)"), ("t1", f"Sampling (T = {plan.temperature})")):
         if label in evals:
-            parts += ["", f"{title}, pooled over turns:", "", method_table(evals[label]["summary"])]
+            parts += ["", f"{title}, pooled over turns (tokens/s: each method's own, in the same interleaved runs; "
+                      "break-even tau: the tau at which the method would match plain decoding given its measured "
+                      "draft and verify times per cycle and the target's step time):", "",
+                      method_table(evals[label]["summary"], tree_text, evals[label].get("costs"))]
     parts += ["", "Drafting cost per tree (paired micro-benchmark, median):", "",
               "| schedule | ms | ratio to EAGLE-2 | sequential forwards | trainable params |", "|---|---|---|---|---|"]
     for name, ms in bench["ms_per_tree"].items():

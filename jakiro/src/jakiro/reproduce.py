@@ -25,8 +25,8 @@ from effrepro.specdec.headcache import SMOKE_DRAFT_DATA, SMOKE_HEAD_TRAIN
 from effrepro.specdec.turns import mismatch_rate, ratio_of_sums
 from effrepro.train import seed_everything
 
-from jakiro.eval import VARIANTS, check_variants, evaluate_variants
-from jakiro.prereqs import DTYPES, cached_heads, heldout_questions, target_and_data, training_summary
+from jakiro.eval import VARIANTS, check_variants, evaluate_variants, pool_blocks
+from jakiro.prereqs import DTYPES, cached_heads, extra_prompts, greedy_blocks, target_and_data, training_summary
 from jakiro.reporting import PAPER_TABLE, notes, plot, training_plot
 from jakiro.train import METHODS, check_method, load_head
 
@@ -59,9 +59,11 @@ class JakiroPlan(Plan):
     questions: str = "mtbench-heldout"
     max_questions: int = 8
     max_turns: int = 0  # greedy: both turns
-    # plus this many corpus instructions the draft data did not answer (one turn each): more turns for the
-    # intervals from a held-out split of the training distribution; greedy only (T = 1 keeps the MT-bench turns)
-    extra_heldout: int = 16
+    # plus this many corpus instructions the draft data did not answer (one turn each, in cached blocks of 16):
+    # more turns for the intervals from a held-out split of the training distribution; greedy only (T = 1 keeps
+    # the MT-bench turns). 64: 80 greedy turns, the most the 30-minute budget allows on 2 cores when the first
+    # block (16 MT-bench + 16 corpus turns) is reused; the corpus has ~590 such instructions
+    extra_heldout: int = 64
     t1_max_questions: int = 8
     t1_max_turns: int = 1
     max_new_tokens: int = 48
@@ -93,13 +95,17 @@ FULL = JakiroPlan(name="full", dtype="float16", device="cuda", prompts=0, data_m
                   greedy_variants=ALL_GREEDY, sampling_variants=ALL_SAMPLING)
 
 ON_PAR = "between 0.95 1.05"
+PAPER_SPEEDUP_RATIO = round(2.99 / 2.89, 3)  # official logs, vicuna-7b, T = 0: Jakiro 2.99x, EAGLE-2 2.89x
+HALF_PAPER_GAIN = round(1 + (PAPER_SPEEDUP_RATIO - 1) / 2, 4)
 CLAIMS = [
     ClaimSpec(id="tau_ratio_jakiro_eagle2_greedy", description="tau(Jakiro) / tau(EAGLE-2) at T = 0, same data, "
               "steps and tree budget (tokens per target forward, pooled over the resampled turns)", paper=1.00,
               unit="ratio", baseline="EAGLE-2 head trained here", expect=ON_PAR, headline=True),
     ClaimSpec(id="speedup_ratio_jakiro_eagle2_greedy", description="tokens/s of Jakiro / of EAGLE-2 at T = 0 "
-              "(paired per-turn wall times)", paper=round(2.99 / 2.89, 3), unit="ratio",
-              baseline="EAGLE-2 head trained here", expect="> 1.0", headline=True, timing=True),
+              "(paired per-turn wall times). Holds when the whole interval is above 1; fails when it lies below "
+              f"{HALF_PAPER_GAIN}, half the paper's gain (an effect of the paper's size is then excluded)",
+              paper=PAPER_SPEEDUP_RATIO, unit="ratio", baseline="EAGLE-2 head trained here",
+              expect=f"> 1, fails below {HALF_PAPER_GAIN}", headline=True, timing=True),
     ClaimSpec(id="draft_time_ratio_jakiro_eagle2", description="drafting seconds per cycle, Jakiro / EAGLE-2, T = 0 "
               "(one sequential draft forward fewer, narrower experts)", paper=None, unit="ratio",
               baseline="EAGLE-2 drafting", expect="< 1.0", timing=True),
@@ -169,6 +175,8 @@ def configure(plan: JakiroPlan, args: argparse.Namespace) -> JakiroPlan:
     if plan.extra_heldout and "sharegpt" in plan.distill_prompts.split(","):
         raise UsageError("extra_heldout takes corpus instructions the draft data did not use; with ShareGPT "
                          "prompts in distill_prompts set extra_heldout=0")
+    if plan.extra_heldout:
+        extra_prompts(plan)  # enough of them
     for needed in ("eagle2", "jakiro"):
         if needed not in plan.greedy_variants:
             raise UsageError(f"greedy_variants must include {needed} (the headline comparison)")
@@ -203,31 +211,31 @@ def run(plan: JakiroPlan, ctx: Context) -> Results:
     tree = TreeConfig(top_k=plan.top_k, depth=plan.depth, total_tokens=plan.total_tokens)
     key = {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("name", "stages", "threads")}
     key["heads"] = {m: h.entry["sha256"] for m, h in cached.items()}
-    evals = {}
-    source = heldout_questions(plan, ctx.out)  # greedy: every question of it (MT-bench first, then the extra)
-    for label, temperature, variants, questions, turns in (
-            ("greedy", 0.0, plan.greedy_variants, 0 if plan.extra_heldout else plan.max_questions, plan.max_turns),
-            ("t1", plan.temperature, plan.sampling_variants, plan.t1_max_questions, plan.t1_max_turns)):
+    runs = [("greedy", 0.0, plan.greedy_variants, name, source, questions, plan.max_turns, fields)
+            for name, source, questions, fields in greedy_blocks(plan, ctx.out)]
+    # T = 1 answers the first turns of the MT-bench questions only: the extra held-out turns do not key it
+    runs.append(("t1", plan.temperature, plan.sampling_variants, "eval_t1", plan.questions, plan.t1_max_questions,
+                 plan.t1_max_turns, {}))
+    blocks: dict[str, list[dict]] = {}
+    for label, temperature, variants, name, source, questions, turns, fields in runs:
         if not variants:
             continue
+        config = _eval_config(plan, source, temperature, questions, turns)
         with ctx.stage(f"evaluation_{label}"):
-            def evaluate(variants=variants, temperature=temperature, questions=questions, turns=turns,
-                         label=label) -> dict:
-                result = evaluate_variants(target, tokenizer, heads, list(variants), tree,
-                                           _eval_config(plan, source, temperature, questions, turns),
-                                           ctx.out / f"eval_{label}",
+            def evaluate(variants=variants, config=config, name=name) -> dict:
+                result = evaluate_variants(target, tokenizer, heads, list(variants), tree, config, ctx.out / name,
                                            progress=False)
                 return {k: result[k] for k in ("summary", "records", "costs")}
 
-            # the T = 1 run answers the MT-bench turns only: the extra held-out turns do not key it
-            label_key = {k: v for k, v in key.items() if label == "greedy" or k != "extra_heldout"}
-            evals[label] = ctx.cached(f"eval_{label}", evaluate, key={**label_key, "label": label})
+            run_key = {**key, **fields} if label == "greedy" else {k: v for k, v in key.items() if k != "extra_heldout"}
+            blocks.setdefault(label, []).append(ctx.cached(name, evaluate, key={**run_key, "label": label}))
+    evals = {label: pool_blocks(runs_of, tree, greedy=label == "greedy") for label, runs_of in blocks.items()}
     with ctx.stage("bench"):
         from jakiro.bench import draft_cost_benchmark
 
         bench = draft_cost_benchmark(model, tree, context=256, repeats=plan.bench_repeats, heads=heads)
     estimates, facts = measure(plan, evals, bench, training)
-    return Results(estimates=estimates, facts=facts, notes_md=notes(plan, data, training, evals, bench),
+    return Results(estimates=estimates, facts=facts, notes_md=notes(plan, data, training, evals, bench, tree),
                    plots=plot(evals, ctx.out) + training_plot(cached, ctx.out))
 
 
