@@ -35,3 +35,11 @@ def tokens():
         return torch.randint(0, vocab, (batch, length), generator=gen)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _private_shared_cache(tmp_path, monkeypatch):
+    """Tests keep the shared dense-evaluation cache in their own folder, never the user's effrepro cache."""
+    from token_router_pruning import pipeline
+
+    monkeypatch.setattr(pipeline, "shared_dir", lambda: tmp_path / "shared-cache")
