@@ -44,3 +44,20 @@ def test_dynamic_layers_are_batch_independent_in_eval(layer):
         batch = layer(x)
         single = torch.cat([layer(x[i:i + 1]) for i in range(5)])
     assert torch.allclose(batch, single, atol=1e-5)
+
+
+def test_condconv_expertwise_form_is_the_same_function_and_gradient():
+    torch.manual_seed(2)
+    grouped = CondConv(6, 5, 3, stride=2, bias=True, num_experts=3).double()
+    expertwise = CondConv(6, 5, 3, stride=2, bias=True, num_experts=3, expertwise=True).double()
+    expertwise.load_state_dict(grouped.state_dict())
+    x = torch.randn(4, 6, 9, 9, dtype=torch.float64)
+    a, b = grouped(x), expertwise(x)
+    assert (a - b).abs().max() < 1e-12
+    a.square().sum().backward()
+    b.square().sum().backward()
+    assert (grouped.conv.weight.grad - expertwise.conv.weight.grad).abs().max() < 1e-10
+    expertwise.eval()  # evaluation runs the per-sample kernels (the deployment form): same outputs
+    assert (expertwise(x) - grouped(x)).abs().max() < 1e-12
+    with pytest.raises(ValueError, match="groups=1"):
+        CondConv(4, 4, 3, groups=2, expertwise=True)

@@ -9,9 +9,10 @@ import json
 import pytest
 from effrepro.errors import UsageError
 from effrepro.report import read_claims
-from kerneldna.reproduce import CLAIMS, FACTS, REPRODUCTION
+from kerneldna.reproduce import CLAIMS, FACTS, PLANS, REPRODUCTION
 
-HEADLINES = ["top1_gain", "mnist100_top1_gain", "resnet18_throughput_vs_samedepth"]
+HEADLINES = ["top1_gain", "top1_vs_samedepth", "top1_vs_condconv", "resnet18_throughput_vs_samedepth"]
+ACCURACY = ["top1_gain", "top1_vs_samedepth", "top1_vs_parammatched", "dynamic_gate_gain", "top1_vs_condconv"]
 
 
 @pytest.mark.slow
@@ -26,13 +27,17 @@ def test_tiny_smoke_reproduce_end_to_end(tmp_path):
     facts = {f["id"]: f for f in document["facts"]}
     assert list(claims) == [c.id for c in CLAIMS]  # every claim is measured at smoke scale, in table order
     assert [c["id"] for c in document["claims"] if c["headline"]] == HEADLINES
-    gain = claims["top1_gain"]
-    assert gain["n"] == 2 and "paired" in gain["details"]["interval"] and gain["details"]["task"] == "clutter"
+    for claim_id in ACCURACY:  # every accuracy claim pairs KernelDNA with another arm over the same seeds
+        gain = claims[claim_id]
+        assert gain["n"] == 2 and "paired" in gain["details"]["interval"] and gain["details"]["task"] == "clutter16"
+        assert gain["details"]["seeds"] == [0, 1] and gain["details"]["a_mean"] != gain["details"]["b_mean"]
     assert claims["resnet18_throughput_vs_samedepth"]["n"] == 2
     assert claims["cka_adjacent_within_minus_across"]["n"] == 2
     assert facts["zoo_official_counts_match"]["value"] == 16
     assert facts["resnet18_params_ratio"]["value"] == pytest.approx(9_240_798 / 11_689_512)
     assert facts["mini_params_ratio"]["value"] < 1 and facts["mini_macs_ratio_vs_samedepth"]["value"] < 1.01
+    assert 0.9 < facts["mini_params_ratio_vs_parammatched"]["value"] < 1.1
+    assert set(facts["curve_last_epoch_change"]["details"]["per_arm"]) == set(PLANS["tiny"].arms)
     if importlib.util.find_spec("mmdet") is not None:  # the tiny plan runs the det stage too
         assert {"det_kerneldna_resnet18_bbox_ap", "det_baseline_resnet18_mask_ap",
                 "det_kerneldna_resnet18_bbox_ap_delta", "det_kerneldna_resnet18_backbone_latency_ratio"} <= set(facts)
@@ -42,8 +47,12 @@ def test_tiny_smoke_reproduce_end_to_end(tmp_path):
         assert "Mask R-CNN" in (tmp_path / "report.md").read_text()
     report = (tmp_path / "report.md").read_text()
     assert "## The paper's table" in report and "## Environment" in report and "Throughput" in report
-    for name in ("accuracy.png", "cka_baseline.png", "metrics.jsonl", "env.json", "runs/clutter_kerneldna_seed1.json"):
+    for name in ("accuracy.png", "accuracy_curve.png", "cka_baseline.png", "metrics.jsonl", "env.json",
+                 "runs/clutter16_kerneldna_seed1.json"):
         assert (tmp_path / name).is_file(), name
+    first, second = (json.loads((tmp_path / f"runs/clutter16_condconv_seed{s}.json").read_text())["value"]
+                     for s in (0, 1))
+    assert len(first["curve"]) == 2 and "curve" not in second  # the first seed is evaluated after every epoch
     env = json.loads((tmp_path / "env.json").read_text())
     assert {"counts", "train", "throughput"} <= set(env["stage_seconds"])
 

@@ -56,6 +56,30 @@ def test_clutter_marks_the_target_channel_and_is_deterministic():
     assert torch.all((floor > 0.29).sum(1) == 1)
 
 
+def test_clutter16_is_the_same_task_at_half_resolution():
+    images, labels = clutter_digits("val", 64, seed=3, scale=2)
+    assert images.shape == (64, 3, 16, 16) and torch.equal(images, clutter_digits("val", 64, seed=3, scale=2)[0])
+    assert torch.all((images.amin(dim=(2, 3)) > 0.29).sum(1) == 1) and images.max() <= 1.3 + 1e-6
+    assert not torch.equal(labels, clutter_digits("val", 64, seed=3)[1])  # its own random stream
+
+
+def test_parammatched_mini_has_kerneldna_depth_and_parameter_count():
+    def params(model):
+        return sum(p.numel() for p in model.parameters())
+
+    kdna, same = build_model("mini", "kerneldna", 10, 3), build_model("mini", "samedepth", 10, 3)
+    matched = build_model("mini", "parammatched", 10, 3)
+    assert abs(params(matched) / params(kdna) - 1) < 0.05 < 1 - params(kdna) / params(same)
+    assert len(matched.layer2) == len(same.layer2) == 3 and matched.layer3[0].conv1.out_channels < 64
+    with pytest.raises(UsageError, match="mini net only"):
+        build_model("resnet18", "parammatched")
+
+
+def test_eval_every_skips_the_middle_evaluations(tmp_path):
+    result = train(_tiny_cfg(tmp_path, epochs=3, train_size=64, eval_every=2))
+    assert ["eval_top1" in row for row in result["history"]] == [False, True, True]
+
+
 def test_whole_epoch_is_trained_loss_falls_and_static_attentions_move(tmp_path):
     torch.manual_seed(0)
     cfg = _tiny_cfg(tmp_path, epochs=10, train_size=96, lr=0.1)

@@ -1,10 +1,11 @@
 """``kerneldna reproduce``: KernelDNA's claims in miniature on the CPU (``smoke``) or with the official ImageNet
 recipe (``full``), on the :mod:`effrepro.reproduce` skeleton.
 
-smoke (real digits): the mini baseline, KernelDNA, static-only, dynamic-only and CondConv nets trained with one
-recipe and the same seeds on MNIST-100 and on digits-in-clutter (accuracy paired by seed), the interleaved
-throughput of the folded nets (mini nets and the official ResNet-18 family, intervals over rounds), the official
-zoo's parameter / MAC counts, and the CKA premise. Stages: ``main`` and ``det`` (Mask R-CNN).
+smoke (real digits): the mini baseline, the static net of KernelDNA's depth, a static net of its depth and
+parameter count, KernelDNA, static-only and CondConv trained with one recipe and the same 8 seeds on
+digits-in-clutter at 16 px (accuracy paired by seed; the first seed's per-epoch curve), the interleaved throughput
+of the folded nets (mini nets and the official ResNet-18 family, intervals over rounds), the official zoo's
+parameter / MAC counts, and the CKA premise. Stages: ``main`` and ``det`` (Mask R-CNN).
 """
 
 from __future__ import annotations
@@ -33,16 +34,17 @@ DET_ARMS = [f"kerneldna_resnet{DET_DEPTH}", f"baseline_resnet{DET_DEPTH}"]
 @dataclass(frozen=True, kw_only=True)
 class KernelDNAPlan(Plan):
     seeds: tuple[int, ...] = tuple(range(8))
-    arms: tuple[str, ...] = ("baseline", "kerneldna", "static_only", "condconv")  # also: dynamic_only
-    tasks: tuple[str, ...] = ("clutter", "mnist100")  # the first carries the headline claim
-    clutter: tuple[int, int, int] = (4000, 2000, 3)  # train images, test images, epochs
-    mnist100: tuple[int, int, int] = (5000, 2000, 2)
+    arms: tuple[str, ...] = ("baseline", "samedepth", "parammatched", "kerneldna", "static_only", "condconv")
+    tasks: tuple[str, ...] = ("clutter16",)  # the first carries the accuracy claims; also: clutter, mnist100
+    clutter16: tuple[int, int, int] = (4000, 2000, 12)  # train images, test images, epochs (750 steps)
+    clutter: tuple[int, int, int] = (4000, 2000, 10)
+    mnist100: tuple[int, int, int] = (5000, 2000, 10)
     stem_stride: int = 2
     batch_size: int = 64
     lr: float = 0.1
     weight_decay: float = 1e-4
     widths: tuple[int, ...] = (16, 32, 64)
-    mini_bench: tuple[int, int] = (64, 21)  # batch, interleaved rounds
+    mini_bench: tuple[int, int] = (64, 101)  # batch, interleaved rounds
     zoo_bench: tuple[int, int, int] = (8, 15, 224)  # batch, rounds, image size
     cka_images: int = 512
     # det: train images, val images, epochs (batch 4). ResNet-18 arms cost 1.8 s per training iteration on 2 cores
@@ -60,26 +62,31 @@ class KernelDNAPlan(Plan):
 PLANS = {
     "smoke": KernelDNAPlan(),  # det is opt-in at this scale (--stages main,det): it would exceed 30 min
     "tiny": KernelDNAPlan(name="tiny", stages=STAGES if importlib.util.find_spec("mmdet") else ("main",),
-                          seeds=(0, 1), clutter=(384, 256, 1), mnist100=(384, 256, 1), widths=(8, 16, 16),
-                          mini_bench=(8, 3), zoo_bench=(2, 2, 64), cka_images=128, det_images=(8, 4, 1)),
+                          seeds=(0, 1), clutter16=(256, 128, 2), widths=(8, 16, 16), mini_bench=(8, 3),
+                          zoo_bench=(2, 2, 64), cka_images=64, det_images=(8, 4, 1)),
     "full": KernelDNAPlan(name="full", seeds=(0,)),
 }
 
 _SAMEDEPTH = "the static net of KernelDNA's depth"
+_PAIRED = "test top-1 difference, paired by seed"
 CLAIMS = [
-    ClaimSpec(id="top1_gain", description="top-1 KernelDNA minus the static baseline, same recipe and seeds, paired "
-              "by seed (smoke: digits-in-clutter miniature; full: ImageNet)", paper=None, unit="points",
+    ClaimSpec(id="top1_gain", description=f"KernelDNA minus the static baseline ({_PAIRED}; smoke: digits-in-clutter "
+              "miniature, fewer parameters, more depth; full: ImageNet)", paper=None, unit="points",
               baseline="baseline", expect="> 0", headline=True),
-    ClaimSpec(id="mnist100_top1_gain", description="MNIST-100: top-1 KernelDNA minus the baseline (paired by seed)",
-              paper=None, unit="points", baseline="baseline", expect="> 0", headline=True),
+    ClaimSpec(id="top1_vs_samedepth", description=f"KernelDNA minus {_SAMEDEPTH} (1.9x its parameters, same MACs "
+              f"but the gates): on par, i.e. at most 0.5 points worse ({_PAIRED})", paper=None, unit="points",
+              baseline="samedepth", expect="> -0.5", headline=True),
+    ClaimSpec(id="top1_vs_parammatched", description=f"KernelDNA minus a static net of its depth and parameter count "
+              f"(stages 2-3 narrowed): sharing spends parameters better ({_PAIRED})", paper=None, unit="points",
+              baseline="parammatched", expect="> 0"),
+    ClaimSpec(id="dynamic_gate_gain", description=f"KernelDNA minus static-only (the input-dependent gates off, "
+              f"{_PAIRED})", paper=None, unit="points", baseline="static_only", expect="> 0"),
+    ClaimSpec(id="top1_vs_condconv", description="KernelDNA minus CondConv (4 experts at the same positions; see "
+              f"mini_throughput_vs_condconv for its cost): on par, at most 0.5 points worse ({_PAIRED})", paper=None,
+              unit="points", baseline="condconv", expect="> -0.5", headline=True),
     ClaimSpec(id="resnet18_throughput_vs_samedepth", description="throughput of folded KernelDNA ResNet-18 / "
               f"{_SAMEDEPTH} (CPU, interleaved; paper: > 90 %)", paper=None, unit="x", baseline=_SAMEDEPTH,
               expect=">= 0.9", headline=True, timing=True),
-    ClaimSpec(id="clutter_dynamic_gate_gain", description="digits-in-clutter: the input-dependent gate adds accuracy "
-              "(KernelDNA minus static-only children, paired by seed)", paper=None, unit="points",
-              baseline="static_only", expect="> 0"),
-    ClaimSpec(id="mnist100_dynamic_gate_gain", description="MNIST-100: KernelDNA minus static-only (paired by seed)",
-              paper=None, unit="points", baseline="static_only", expect="> 0"),
     ClaimSpec(id="resnet18_throughput_vs_baseline", description="throughput folded KernelDNA ResNet-18 / ResNet-18 "
               "(shallower: KernelDNA adds a block per shared stage)", paper=None, unit="x", baseline="ResNet-18",
               expect=">= 0.9", timing=True),
@@ -90,10 +97,12 @@ CLAIMS = [
               paper=None, unit="x", baseline=_SAMEDEPTH, expect=">= 0.9", timing=True),
     ClaimSpec(id="mini_throughput_vs_condconv", description="throughput folded mini KernelDNA / mini CondConv",
               paper=None, unit="x", baseline="CondConv", expect="> 1.0", timing=True),
-    ClaimSpec(id="cka_adjacent_within_minus_across", description="trained baseline (MNIST-100): CKA of adjacent 3x3 "
-              "convs inside a stage minus across a stage boundary (equal layer distance), per seed", paper=None,
-              unit="CKA", baseline="adjacent pairs across stages", expect="> 0"),
+    ClaimSpec(id="cka_adjacent_within_minus_across", description="trained baseline: CKA of adjacent 3x3 convs inside "
+              "a stage minus across a stage boundary (equal layer distance), per seed", paper=None, unit="CKA",
+              baseline="adjacent pairs across stages", expect="> 0"),
 ]
+ACCURACY_CLAIMS = {"top1_gain": "baseline", "top1_vs_samedepth": "samedepth", "top1_vs_parammatched": "parammatched",
+                   "dynamic_gate_gain": "static_only", "top1_vs_condconv": "condconv"}
 FACTS = [
     FactSpec(id="zoo_official_counts_match", description="params and MACs of our 8 zoo builds equal to the official "
              "code's (of 16 integers)", unit="integers"),
@@ -102,8 +111,13 @@ FACTS = [
     *[FactSpec(id=f"{arch}_macs_ratio", description=f"MACs (224²) KernelDNA {arch} / baseline", unit="x")
       for arch in parts.ZOO_ARCHS],
     FactSpec(id="mini_params_ratio", description="parameters mini KernelDNA / mini baseline", unit="x"),
+    FactSpec(id="mini_params_ratio_vs_parammatched", description="parameters mini KernelDNA / the parameter-matched "
+             "static net", unit="x"),
     FactSpec(id="mini_macs_ratio_vs_samedepth", description=f"MACs mini KernelDNA / {_SAMEDEPTH} (the gates' cost)",
              unit="x"),
+    FactSpec(id="curve_last_epoch_change", description="largest change of test top-1 over the last epoch among the "
+             "arms (the per-epoch curve of the first seed): how close training is to its plateau", unit="points",
+             exact=False),
     *det_fact_specs(DET_ARMS, DET_ARMS[1]),
     FactSpec(id="det_coco_bbox_ap_delta", description="COCO val2017 Mask R-CNN 1x bbox AP KernelDNA minus baseline "
              "(one run each)", unit="AP", exact=False),
@@ -113,29 +127,37 @@ FACTS = [
 
 
 def run_arm(plan: KernelDNAPlan, ctx: Context, task: str, arm: str, seed: int) -> dict[str, Any]:
-    """One mini training (cached under runs/): test top-1, and for a MNIST-100 baseline its CKA summary."""
+    """One mini training (cached under runs/): test top-1, the per-epoch curve for the first seed, and for a
+    baseline of the first task its CKA summary."""
     train_size, test_size, epochs = getattr(plan, task)
+    curve = seed == plan.seeds[0]
     cfg = TrainConfig(arch="mini", variant=arm, dataset=task, epochs=epochs, batch_size=plan.batch_size, lr=plan.lr,
                       weight_decay=plan.weight_decay, schedule_per="step", seed=seed, train_size=train_size,
                       test_size=test_size, mini_widths=list(plan.widths), mini_stem_stride=plan.stem_stride,
-                      out=str(ctx.runs / task / arm / f"seed{seed}"), progress=False, log_every=10_000)
+                      out=str(ctx.runs / task / arm / f"seed{seed}"), progress=False, log_every=10_000,
+                      eval_every=1 if curve else epochs)
+    cka = arm == "baseline" and task == plan.tasks[0]
 
     def compute() -> dict[str, Any]:
         start = time.perf_counter()
         result = train(cfg, resume=ctx.resume)
-        row = {"top1": result["final"]["eval_top1"], "seconds": time.perf_counter() - start}
-        if arm == "baseline" and task == "mnist100":
+        row: dict[str, Any] = {"top1": result["final"]["eval_top1"], "seconds": time.perf_counter() - start,
+                               "steps": result["global_step"]}
+        if curve:
+            row["curve"] = [h["eval_top1"] for h in result["history"]]
+        if cka:
             row["cka"] = parts.cka_summary(result["model"], task, plan.cka_images)
         return row
 
     key = {k: v for k, v in dataclasses.asdict(cfg).items() if not (k == "init" and v is None)}  # pre-init caches
-    row = ctx.cached(f"{task}_{arm}_seed{seed}", compute, key=key | {"cka": plan.cka_images})
+    row = ctx.cached(f"{task}_{arm}_seed{seed}", compute, key=key | ({"cka": plan.cka_images} if cka else {}))
     ctx.log.log(kind="mini_run", task=task, arm=arm, seed=seed, top1=row["top1"])
-    print(f"  {task:8s} {arm:12s} seed {seed}: top-1 {row['top1']:.2f} %", flush=True)
+    print(f"  {task:9s} {arm:12s} seed {seed}: top-1 {row['top1']:.2f} %", flush=True)
     return row
 
 
 def main_smoke(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
+    task = plan.tasks[0]
     with ctx.stage("counts"):
         counts = parts.zoo_counts()
         sizes = {t: parts.mini_sizes(plan.widths, plan.stem_stride, t, (*plan.arms, "samedepth")) for t in plan.tasks}
@@ -146,30 +168,34 @@ def main_smoke(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
         res.facts[f"{arch}_params_ratio"] = (k["params"] / b["params"], {"kerneldna": k["params"],
                                                                          "baseline": b["params"]})
         res.facts[f"{arch}_macs_ratio"] = (k["macs"] / b["macs"], {"kerneldna": k["macs"], "baseline": b["macs"]})
-    mini = sizes[plan.tasks[0]]
+    mini = sizes[task]
     res.facts["mini_params_ratio"] = (mini["kerneldna"]["params"] / mini["baseline"]["params"], mini)
+    if "parammatched" in mini:
+        res.facts["mini_params_ratio_vs_parammatched"] = mini["kerneldna"]["params"] / mini["parammatched"]["params"]
     res.facts["mini_macs_ratio_vs_samedepth"] = mini["kerneldna"]["macs"] / mini["samedepth"]["macs"]
     with ctx.stage("train"):
         rows = {t: {a: [run_arm(plan, ctx, t, a, s) for s in plan.seeds] for a in plan.arms} for t in plan.tasks}
     top1 = {t: {a: [r["top1"] for r in rows[t][a]] for a in plan.arms} for t in plan.tasks}
-    seeds = {"seeds": list(plan.seeds)}
-    for task in plan.tasks:
-        gain_id = "top1_gain" if task == plan.tasks[0] else f"{task}_top1_gain"
-        res.estimates[gain_id] = stats.paired_diff(top1[task]["kerneldna"], top1[task]["baseline"], task=task,
-                                                   **seeds)
-        if "static_only" in plan.arms:
-            res.estimates[f"{task}_dynamic_gate_gain"] = stats.paired_diff(
-                top1[task]["kerneldna"], top1[task]["static_only"], **seeds)
+    seeds = {"seeds": list(plan.seeds), "task": task}
+    for claim_id, other in ACCURACY_CLAIMS.items():
+        if {"kerneldna", other} <= set(plan.arms):
+            res.estimates[claim_id] = stats.paired_diff(top1[task]["kerneldna"], top1[task][other], **seeds)
+    curves = {a: rows[task][a][0]["curve"] for a in plan.arms}
+    if all(len(c) > 1 for c in curves.values()):
+        changes = {a: c[-1] - c[-2] for a, c in curves.items()}
+        res.facts["curve_last_epoch_change"] = (max(changes.values(), key=abs), {"per_arm": changes})
     res.plots.append(parts.plot_accuracy(top1, ctx.out / "accuracy.png"))
-    cka = [r["cka"] for r in rows.get("mnist100", {}).get("baseline", [])]
+    res.plots.append(parts.plot_curves(curves, task, ctx.out / "accuracy_curve.png"))
+    cka = [r["cka"] for r in rows[task].get("baseline", [])]
     if cka:
         res.estimates["cka_adjacent_within_minus_across"] = stats.mean_ci(
             [c["adjacent_within"] - c["adjacent_across"] for c in cka], pairs=cka[0]["pairs"], **seeds)
-        res.plots.append(parts.plot_cka_matrix(cka[0], "mnist100", ctx.out / "cka_baseline.png"))
+        res.plots.append(parts.plot_cka_matrix(cka[0], task, ctx.out / "cka_baseline.png"))
     with ctx.stage("throughput"):
         batch, repeats = plan.mini_bench
-        mini_bench = parts.throughput_rounds("mini", batch, repeats, 3, 32, num_classes=10, widths=plan.widths,
-                                             stem_stride=plan.stem_stride)
+        shape = parts.INPUT_SHAPES[task]
+        mini_bench = parts.throughput_rounds("mini", batch, repeats, 3, shape[1], in_chans=shape[0], num_classes=10,
+                                             widths=plan.widths, stem_stride=plan.stem_stride)
         batch, repeats, size = plan.zoo_bench
         zoo_bench = parts.throughput_rounds("resnet18", batch, repeats, 1, size)
     ctx.log.log(kind="throughput", mini=mini_bench, resnet18=zoo_bench)
@@ -180,13 +206,15 @@ def main_smoke(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
                 res.estimates[f"{label}_throughput_vs_{ref}"] = parts.throughput_ratio(bench, "kerneldna", ref)
     res.tables_md = "\n\n".join([
         "### Accuracy (test split; every arm with the same recipe and seeds)\n\n" + parts.accuracy_table(top1, sizes),
-        "### Throughput: mini nets (3x32x32)\n\n" + parts.bench_table(mini_bench),
+        f"### Throughput: mini nets ({'x'.join(map(str, shape))})\n\n" + parts.bench_table(mini_bench),
         "### Throughput: ResNet-18 family\n\n" + parts.bench_table(zoo_bench)])
+    steps = rows[task]["kerneldna"][0]["steps"]
     res.notes_md = (f"{len(plan.seeds)} seeds; " + "; ".join(
         f"{t}: {getattr(plan, t)[0]} train / {getattr(plan, t)[1]} test images, {getattr(plan, t)[2]} epochs"
-        for t in plan.tasks) + f"; batch {plan.batch_size}; SGD lr {plan.lr}, cosine per iteration, wd "
-        f"{plan.weight_decay} on all parameters; widths {list(plan.widths)}. Accuracy intervals: t over the paired "
-        "per-seed differences; throughput intervals: percentile bootstrap of the median per-round ratio.")
+        for t in plan.tasks) + f" ({steps} steps); batch {plan.batch_size}; SGD lr {plan.lr} (the official "
+        f"ResNet-18 recipe's), cosine per iteration, wd {plan.weight_decay} on all parameters; widths "
+        f"{list(plan.widths)}, stem stride {plan.stem_stride}. Accuracy intervals: t over the paired per-seed "
+        "differences; throughput intervals: percentile bootstrap of the median per-round ratio.")
 
 
 def main_full(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:

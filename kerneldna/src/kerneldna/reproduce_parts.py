@@ -19,7 +19,7 @@ from kerneldna.data import small_dataset
 from kerneldna.models import OFFICIAL_COUNTS, build_model
 
 ZOO_ARCHS = ("resnet18", "resnet50", "mobilenetv2_100", "mobilenetv2_050")
-INPUT_SHAPES = {"mnist100": (1, 28, 56), "clutter": (3, 32, 32)}
+INPUT_SHAPES = {"mnist100": (1, 28, 56), "clutter": (3, 32, 32), "clutter16": (3, 16, 16)}
 
 PAPER_TABLE = """\
 The paper's accuracy tables (arXiv 2503.23379) could not be read offline; its README claims *"state-of-the-art
@@ -60,7 +60,7 @@ def mini_sizes(widths: tuple[int, ...], stem_stride: int, task: str, arms: tuple
     for arm in arms:
         with torch.device("meta"):
             model = build_model("mini", arm, num_classes=classes, in_chans=shape[0], widths=tuple(widths),
-                                stem_stride=stem_stride)
+                                stem_stride=stem_stride).eval()  # eval: the deployment form's MACs
             sizes[arm] = {"params": count_params(model), "macs": count_flops(model, torch.empty(1, *shape)) // 2}
     return sizes
 
@@ -152,6 +152,23 @@ def plot_accuracy(top1: dict[str, dict[str, list[float]]], path: Path) -> Path:
             ax.plot([i - 0.3, i + 0.3], [statistics.fmean(arms[name])] * 2, color="k")
         ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
         ax.set_title(f"{task}: test top-1 % per seed (line: mean)", fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_curves(curves: dict[str, list[float]], task: str, path: Path) -> Path:
+    """Test top-1 after every epoch, one line per arm (the first seed): where each arm's training levels off."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for arm, curve in curves.items():
+        ax.plot(range(1, len(curve) + 1), curve, marker="o", markersize=3, label=arm)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 %")
+    ax.set_title(f"{task}: test top-1 per epoch (first seed; cosine to 0)", fontsize=9)
+    ax.legend(fontsize=7)
     return save_figure(fig, path)
 
 

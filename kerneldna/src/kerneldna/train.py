@@ -63,6 +63,7 @@ class TrainConfig:
     init: str | None = None  # weights to fine-tune from, e.g. `kerneldna convert`'s output (a state dict)
     log_every: int = 50
     progress: bool = True
+    eval_every: int = 1  # evaluate after every n-th epoch and after the last (the miniature's curve: n = 1)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or not 0 <= self.warmup_epochs < self.epochs:
@@ -70,6 +71,8 @@ class TrainConfig:
                              f"{self.warmup_epochs}")
         if self.schedule_per not in ("epoch", "step"):
             raise ValueError(f"schedule_per must be 'epoch' or 'step', got {self.schedule_per!r}")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
         if self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("batch_size and lr must be positive, weight_decay non-negative")
 
@@ -163,6 +166,8 @@ def run_config(cfg: TrainConfig) -> dict[str, Any]:
     config = {**config_to_dict(cfg), "progress": None, "log_every": None}
     if config.get("init") is None:  # runs without init keep the identity they had before the field existed
         config.pop("init", None)
+    if config.get("eval_every") == 1:  # likewise for the evaluation interval (it does not change the training)
+        config.pop("eval_every", None)
     return config
 
 
@@ -181,9 +186,15 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.warmup_epochs * units, cfg.epochs * units, cfg.lr, cfg.eta_min))
     config = {**run_config(cfg), "sharing": sharing_groups(model)}
+
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        epoch = len(trainer.history) + 1  # the epoch that just ended (the row is appended after the evaluation)
+        due = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+        return evaluate(m, eval_loader, dist.device) if due else {}
+
     trainer = Trainer(
         model, optimizer, train_loader, loss_fn=cross_entropy_loss, epochs=cfg.epochs, out_dir=Path(cfg.out),
-        scheduler=scheduler, amp=cfg.amp, eval_fn=lambda m: evaluate(m, eval_loader, dist.device),
+        scheduler=scheduler, amp=cfg.amp, eval_fn=eval_fn,
         config=config, log_every=cfg.log_every, scheduler_step=cfg.schedule_per, dist=dist, progress=cfg.progress,
         resume=resume,
     )

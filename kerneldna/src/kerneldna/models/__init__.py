@@ -2,7 +2,8 @@
 
 Architectures: ``resnet18``, ``resnet50``, ``mobilenetv2_100``, ``mobilenetv2_050`` (the official zoo) and
 ``mini`` (the CPU miniature). Variants: ``baseline`` (torchvision), ``samedepth`` (ResNet-18 / mini only: a
-static net as deep as KernelDNA's), ``kerneldna``, ``static_only``, ``dynamic_only``, ``condconv``, ``odconv``
+static net as deep as KernelDNA's), ``parammatched`` (mini only: ``samedepth`` narrowed to KernelDNA's parameter
+count), ``kerneldna``, ``static_only``, ``dynamic_only``, ``condconv``, ``odconv``
 (the dynamic convs replace the dense convs at the positions KernelDNA shares).
 """
 
@@ -55,6 +56,8 @@ def build_model(arch: str = "resnet18", variant: str = "kerneldna", num_classes:
         return MiniResNet(variant, in_chans=in_chans, num_classes=num_classes, **kwargs)
     if kwargs:
         raise UsageError(f"unknown model options {sorted(kwargs)} for {arch}")
+    if variant == "parammatched":
+        raise UsageError("variant 'parammatched' exists for the mini net only")
     if variant == "samedepth" and arch != "resnet18":
         raise UsageError("variant 'samedepth' exists for resnet18 and mini only (the other KernelDNA builds keep "
                          "the baseline's depth, except ResNet-50's one extra bottleneck)")
