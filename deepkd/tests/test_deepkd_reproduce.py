@@ -11,7 +11,9 @@ from effrepro.report import read_claims
 
 SMOKE_CLAIMS = {"gain_dkd_deepkd_over_dkd", "gain_kd_deepkd_over_kd", "gain_kd_deepkd_over_kd_dot",
                 "gain_dtm_over_dkd_deepkd", "gain_dkd_over_kd", "gain_kd_over_ce", "step_time_deepkd_over_dkd",
-                "gsnr_ncg_over_tcg", "gsnr_tog_over_tcg", "gsnr_total_deepkd_over_dkd"}
+                "gsnr_ncg_over_tcg", "gsnr_tog_over_tcg", "gsnr_total_deepkd_over_dkd",
+                "gsnr_total_deepkd_over_dkd_end", "flat_dkd_deepkd_vs_dkd", "flat_kd_deepkd_vs_kd",
+                "flat_kd_deepkd_vs_kd_dot"}
 
 
 @pytest.mark.slow
@@ -26,6 +28,9 @@ def test_tiny_reproduction_writes_claims_facts_and_resumes(tmp_path, capsys):
     gain = claims["gain_dkd_deepkd_over_dkd"]
     assert gain["n"] == 3 and "paired" in gain["details"]["interval"] and len(gain["details"]["values"]) == 3
     assert claims["step_time_deepkd_over_dkd"]["n"] == 5 and claims["step_time_deepkd_over_dkd"]["ci"][0] > 0
+    flat = claims["flat_dkd_deepkd_vs_dkd"]
+    assert flat["n"] == 3 and flat["details"]["radius"] == "0.25" and set(flat["details"]["diff_by_radius"]) == {
+        "rise_0.1", "rise_0.25", "rise_0.5"}
     assert {f["id"] for f in document["facts"]} == {"teacher_top1", "teacher_params", "step_time_dkd"}
     report = (tmp_path / "report.md").read_text()
     assert "Headline claims" in report and "DKD + DeepKD" in report

@@ -1,5 +1,6 @@
-"""The pieces of DeepKD's CPU miniature: teacher and cached logits, one student run, the GSNR probe and the
-paired step-time measurement. ``deepkd.reproduce`` holds the experiment that combines them.
+"""The pieces of DeepKD's CPU miniature: teacher and cached logits, one student run, the GSNR probe, the
+flatness probe of the final student and the paired step-time measurement. ``deepkd.reproduce`` holds the
+experiment that combines them.
 
 The teacher is frozen and the student inputs are not augmented, so its logits on the training pairs are
 computed once and cached with the images (``data.pt``).
@@ -162,9 +163,72 @@ def run_student(job: dict[str, Any]) -> dict[str, Any]:
     result = train(cfg, job["out"], progress=False, datasets=(train_set, test_set), probe=probe)
     gsnr = {str(row["epoch"]): {k[len("eval_gsnr_"):]: v for k, v in row.items() if k.startswith("eval_gsnr_")}
             for row in result["history"] if any(k.startswith("eval_gsnr_") for k in row)}
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     return {"arm": job["arm"], "seed": job["seed"], "top1": result["top1"], "best_top1": result["best_top1"],
             "curve": [row["eval_top1"] for row in result["history"]], "gsnr": gsnr,
-            "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start}
+            "flatness": student_flatness(plan, job), "seconds": seconds, "cpu_seconds": cpu_seconds}
+
+
+# ---- flatness ---------------------------------------------------------------------------------------------
+def filter_normalised_directions(model: torch.nn.Module, seed: int, count: int) -> list[list[Tensor]]:
+    """``count`` random directions in weight space (Li et al., 2018): a Gaussian tensor per weight, each
+    filter / output neuron (row) rescaled to the norm of that row of the weights; 1-d tensors (biases, BN)
+    get zero. The raw Gaussians depend on ``seed`` only, so every arm of a seed is probed along the same
+    draws (the rescaling follows each model's own weights)."""
+    generator = torch.Generator().manual_seed(seed)
+    directions = []
+    for _ in range(count):
+        direction = []
+        for p in model.parameters():
+            raw = torch.randn(p.shape, generator=generator)
+            if p.dim() < 2:
+                direction.append(torch.zeros_like(p))
+                continue
+            rows, weight = raw.reshape(p.shape[0], -1), p.detach().reshape(p.shape[0], -1)
+            scale = weight.norm(dim=1, keepdim=True) / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            direction.append((rows * scale).reshape(p.shape))
+        directions.append(direction)
+    return directions
+
+
+@torch.no_grad()
+def flatness(model: torch.nn.Module, images: Tensor, labels: Tensor, seed: int, radii: tuple[float, ...],
+             directions: int) -> dict[str, float]:
+    """Mean increase of the CE loss on ``(images, labels)`` when the weights move by ``+-r`` along each
+    filter-normalised direction, per radius ``r`` (eval mode: BN uses its running statistics)."""
+    model.eval()
+    params = list(model.parameters())
+    base = [p.detach().clone() for p in params]
+    loss0 = float(F.cross_entropy(model(images), labels))
+    result = {"loss": loss0}
+    draws = filter_normalised_directions(model, seed, directions)
+    try:
+        for radius in radii:
+            rises = []
+            for direction in draws:
+                for sign in (1.0, -1.0):
+                    for p, p0, d in zip(params, base, direction):
+                        p.copy_(p0).add_(d, alpha=sign * radius)
+                    rises.append(float(F.cross_entropy(model(images), labels)) - loss0)
+            result[f"rise_{radius:g}"] = sum(rises) / len(rises)
+    finally:
+        for p, p0 in zip(params, base):
+            p.copy_(p0)
+    return result
+
+
+def student_flatness(plan: Any, job: dict[str, Any]) -> dict[str, float]:
+    """:func:`flatness` of one trained student (``<out>/student.pt``, the last epoch) on the first
+    ``plan.flat_samples`` of its training pairs, along directions drawn from the job's seed."""
+    from deepkd.models import build_model
+
+    data = torch.load(job["data"], weights_only=True)
+    images = data["train_images"][:plan.flat_samples].unsqueeze(1).float().div_(255.0)
+    labels = data["train_labels"][:plan.flat_samples]
+    model = build_model(plan.student_arch, 100, "mnist")
+    state = torch.load(Path(job["out"]) / "student.pt", weights_only=True)
+    model.load_state_dict(state["model"])
+    return flatness(model, images, labels, 1000 + job["seed"], plan.flat_radii, plan.flat_directions)
 
 
 # ---- step time ----------------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ Smoke (CPU, real images): a teacher MLP is trained on MNIST-100 pairs; students 
 on a subset of those pairs with every arm of :data:`deepkd.miniature.ARMS` (CE; KD, KD + DOT, KD + DeepKD; DKD,
 DKD + DeepKD, + dynamic top-k mask), with the same seeds, initialisations, data order and budget, so every
 comparison is paired by seed. GSNR of the three gradient components of the DKD loss is measured during the DKD and
-DKD + DeepKD runs; the step time DeepKD / DKD is measured with interleaved, paired rounds.
+DKD + DeepKD runs; the flatness of each final student is the rise of its training CE loss under filter-normalised
+random weight perturbations (the same random draws for every arm of a seed); the step time DeepKD / DKD is measured
+with interleaved, paired rounds.
 
 DOT is compared on the KD base it was designed for: on DKD (beta 8) at this learning rate its 0.975 buffer
 diverged, which made a DeepKD-over-DOT gain hold for the wrong reason.
@@ -24,6 +26,7 @@ from effrepro import stats
 from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results
 
 from deepkd import miniature as mini
+from deepkd import reproduce_estimates as est
 from deepkd.reproduce_report import PAPER_TABLE, arm_table, notes, plots
 
 
@@ -46,6 +49,9 @@ class DeepKDPlan(Plan):
     arms: tuple[str, ...] = tuple(mini.ARMS)
     gsnr_batches: int = 16                   # mini-batches of `batch` per GSNR measurement
     gsnr_fractions: tuple[float, ...] = (0.125, 0.5, 1.0)  # end of warm-up, mid, end of training
+    flat_samples: int = 2000                 # training pairs the perturbed loss is measured on
+    flat_radii: tuple[float, ...] = (0.1, 0.25, 0.5)  # perturbation size / filter norm; claims use the middle one
+    flat_directions: int = 5                 # random directions per student (each probed at +r and -r)
     bench_rounds: int = 100
     bench_block: int = 10                    # training steps per timed block
     workers: int = 1                         # student runs in parallel (each one thread)
@@ -57,7 +63,8 @@ class DeepKDPlan(Plan):
 
 SMOKE = DeepKDPlan()
 TINY = DeepKDPlan(name="tiny", teacher_train=2000, teacher_epochs=1, student_train=384, test_size=500, epochs=3,
-                  seeds=(0, 1, 2), gsnr_batches=3, gsnr_fractions=(0.5, 1.0), bench_rounds=5, bench_block=2)
+                  seeds=(0, 1, 2), gsnr_batches=3, gsnr_fractions=(0.5, 1.0), bench_rounds=5, bench_block=2,
+                  flat_samples=256, flat_directions=2)
 FULL = DeepKDPlan(name="full", seeds=(0, 1, 2))
 
 
@@ -73,6 +80,17 @@ GAINS = [("gain_dkd_deepkd_over_dkd", "dkd_deepkd", "dkd", "DeepKD improves the 
          ("gain_dtm_over_dkd_deepkd", "dkd_deepkd_dtm", "dkd_deepkd", "the dynamic top-k mask adds to DeepKD"),
          ("gain_dkd_over_kd", "dkd", "kd", "the base method: DKD beats KD"),
          ("gain_kd_over_ce", "kd", "ce", "distillation helps in the miniature: KD beats CE only")]
+FLATS = [("flat_dkd_deepkd_vs_dkd", "dkd_deepkd", "dkd"), ("flat_kd_deepkd_vs_kd", "kd_deepkd", "kd"),
+         ("flat_kd_deepkd_vs_kd_dot", "kd_deepkd", "kd_dot")]
+
+
+def _flat(cid: str, arm: str, base: str) -> ClaimSpec:
+    return ClaimSpec(id=cid, description=f"flatter minimum: training-loss rise of the final {mini.ARM_LABEL[arm]} "
+                     f"student minus that of {mini.ARM_LABEL[base]} under filter-normalised random perturbations "
+                     "(middle radius, mean over directions and signs), paired by seed (the paper: DeepKD finds "
+                     "flatter minima)", paper=None, unit="CE loss", baseline=base, expect="< 0")
+
+
 CLAIMS = [_gain(*row) for row in GAINS] + [
     ClaimSpec(id="step_time_deepkd_over_dkd", description="training-step time of DKD + DeepKD (three buffers, one "
               "reverse pass per component) / DKD (one SGD buffer), paired interleaved rounds, ratio of means",
@@ -86,6 +104,9 @@ CLAIMS = [_gain(*row) for row in GAINS] + [
     ClaimSpec(id="gsnr_total_deepkd_over_dkd", description="GSNR of the total DKD gradient at mid-training, "
               "DKD + DeepKD run / DKD run, paired by seed (the paper: DeepKD raises GSNR)", paper=None, unit="x",
               baseline="DKD run at the same epoch", expect="> 1"),
+    ClaimSpec(id="gsnr_total_deepkd_over_dkd_end", description="as gsnr_total_deepkd_over_dkd, at the end of "
+              "training", paper=None, unit="x", baseline="DKD run at the same epoch", expect="> 1"),
+] + [_flat(*row) for row in FLATS] + [
     # full scale (CIFAR-100)
     ClaimSpec(id="gain_dkd_deepkd_over_dkd_best", description="DeepKD improves the DKD base: top-1 at the best "
               "epoch (as the papers report), paired by seed", paper=None, unit="top-1 points", baseline="dkd",
@@ -119,11 +140,12 @@ def run(plan: DeepKDPlan, ctx: Context) -> Results:
         times = ctx.cached("step_time", lambda: mini.step_times(plan),
                            key={f: getattr(plan, f) for f in ("student_arch", "batch", "bench_rounds", "bench_block")})
     by_arm = {arm: [runs[(arm, s)] for s in plan.seeds] for arm in plan.arms}
-    estimates = _gain_estimates(plan, by_arm)
+    estimates = est.gain_estimates(plan, GAINS, by_arm)
     deepkd, dkd = times["dkd_deepkd"], times["dkd"]
     estimates["step_time_deepkd_over_dkd"] = stats.paired_ratio(deepkd, dkd, rounds=len(dkd),
                                                                 steps_per_round=plan.bench_block)
-    estimates.update(_gsnr_estimates(plan, by_arm))
+    estimates.update(est.gsnr_estimates(plan, by_arm))
+    estimates.update(est.flat_estimates(plan, FLATS, by_arm))
     median_ms = sorted(dkd)[len(dkd) // 2] / plan.bench_block * 1000
     facts = {"teacher_top1": prep["teacher_top1"], "teacher_params": prep["teacher_params"],
              "step_time_dkd": (round(median_ms, 3), {"rounds": len(dkd), "steps_per_round": plan.bench_block})}
@@ -174,38 +196,6 @@ def _cached_value(ctx: Context, name: str, key: Any) -> Any:
     except (OSError, ValueError):
         return None
     return stored.get("value") if stored.get("key") == json.loads(json.dumps(key, default=str)) else None
-
-
-def _gain_estimates(plan: DeepKDPlan, by_arm: dict[str, list[dict[str, Any]]]) -> dict[str, stats.Estimate]:
-    estimates = {}
-    for cid, arm, base, *_ in GAINS:
-        if arm in by_arm and base in by_arm:
-            a, b = [r["top1"] for r in by_arm[arm]], [r["top1"] for r in by_arm[base]]
-            estimates[cid] = stats.paired_diff(a, b, seeds=list(plan.seeds), **{arm: a, base: b},
-                                               best_epoch_gain=stats.paired_diff(
-                                                   [r["best_top1"] for r in by_arm[arm]],
-                                                   [r["best_top1"] for r in by_arm[base]]).value)
-    return estimates
-
-
-def _gsnr_at(run: dict[str, Any], epoch: int) -> dict[str, float]:
-    return run["gsnr"][str(epoch)]
-
-
-def _gsnr_estimates(plan: DeepKDPlan, by_arm: dict[str, list[dict[str, Any]]]) -> dict[str, stats.Estimate]:
-    if "dkd" not in by_arm:
-        return {}
-    epochs = mini.gsnr_epochs(plan)
-    mid = epochs[len(epochs) // 2]
-    dkd = [_gsnr_at(r, mid) for r in by_arm["dkd"]]
-    estimates = {
-        "gsnr_ncg_over_tcg": stats.mean_ci([g["ncg"] / g["tcg"] for g in dkd], epoch=mid),
-        "gsnr_tog_over_tcg": stats.mean_ci([g["tog"] / g["tcg"] for g in dkd], epoch=mid),
-    }
-    if "dkd_deepkd" in by_arm:
-        deep = [_gsnr_at(r, mid)["total"] for r in by_arm["dkd_deepkd"]]
-        estimates["gsnr_total_deepkd_over_dkd"] = stats.paired_ratio(deep, [g["total"] for g in dkd], epoch=mid)
-    return estimates
 
 
 # ---- command line (full scale) ------------------------------------------------------------------------------

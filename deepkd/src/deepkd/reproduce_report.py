@@ -37,13 +37,19 @@ def _mean_sd(values: list[float]) -> str:
 
 def arm_table(by_arm: dict[str, list[dict[str, Any]]], prep: dict[str, Any]) -> str:
     """Per-arm top-1 (last and best epoch), spread over seeds and CPU time."""
-    rows = [f"Student top-1 (%) on the test pairs, mean ± sd over seeds (teacher {prep['teacher_top1']:.2f} %):", "",
-            "| arm | top-1 last | top-1 best epoch | last − best | CPU s per run |", "|---|---|---|---|---|"]
+    rises = sorted(k for k in next(iter(by_arm.values()))[0]["flatness"] if k.startswith("rise_"))
+    rows = [f"Student top-1 (%) on the test pairs, mean ± sd over seeds (teacher {prep['teacher_top1']:.2f} %); "
+            "training CE loss of the final student and its mean rise under filter-normalised random "
+            "perturbations of relative radius r:", "",
+            "| arm | top-1 last | top-1 best epoch | last − best | train CE | "
+            + " | ".join(f"rise r={k[5:]}" for k in rises) + " | CPU s per run |",
+            "|---|---|---|---|---|" + "---|" * len(rises) + "---|"]
     for arm, runs in by_arm.items():
         last, best = [r["top1"] for r in runs], [r["best_top1"] for r in runs]
         gap = statistics.fmean(a - b for a, b in zip(last, best))
         cpu = statistics.fmean(r["cpu_seconds"] for r in runs)
-        rows.append(f"| {ARM_LABEL[arm]} | {_mean_sd(last)} | {_mean_sd(best)} | {gap:+.2f} | {cpu:.1f} |")
+        flat = " | ".join(f"{statistics.fmean(r['flatness'][k] for r in runs):.4f}" for k in ["loss", *rises])
+        rows.append(f"| {ARM_LABEL[arm]} | {_mean_sd(last)} | {_mean_sd(best)} | {gap:+.2f} | {flat} | {cpu:.1f} |")
     return "\n".join(rows)
 
 

@@ -1,0 +1,64 @@
+"""The estimates behind DeepKD's miniature claims (``deepkd.reproduce`` declares the claims): paired top-1 gains,
+GSNR ratios and flatness differences, each over seeds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from effrepro import stats
+
+from deepkd.miniature import gsnr_epochs
+
+Runs = dict[str, list[dict[str, Any]]]  # arm -> one result per seed, in seed order
+Estimates = dict[str, stats.Estimate]
+
+
+def gain_estimates(plan: Any, gains: list[tuple[Any, ...]], by_arm: Runs) -> Estimates:
+    estimates = {}
+    for cid, arm, base, *_ in gains:
+        if arm in by_arm and base in by_arm:
+            a, b = [r["top1"] for r in by_arm[arm]], [r["top1"] for r in by_arm[base]]
+            estimates[cid] = stats.paired_diff(a, b, seeds=list(plan.seeds), **{arm: a, base: b},
+                                               best_epoch_gain=stats.paired_diff(
+                                                   [r["best_top1"] for r in by_arm[arm]],
+                                                   [r["best_top1"] for r in by_arm[base]]).value)
+    return estimates
+
+
+def _gsnr_at(run: dict[str, Any], epoch: int) -> dict[str, float]:
+    return run["gsnr"][str(epoch)]
+
+
+def gsnr_estimates(plan: Any, by_arm: Runs) -> Estimates:
+    if "dkd" not in by_arm:
+        return {}
+    epochs = gsnr_epochs(plan)
+    mid = epochs[len(epochs) // 2]
+    dkd = [_gsnr_at(r, mid) for r in by_arm["dkd"]]
+    estimates = {
+        "gsnr_ncg_over_tcg": stats.mean_ci([g["ncg"] / g["tcg"] for g in dkd], epoch=mid),
+        "gsnr_tog_over_tcg": stats.mean_ci([g["tog"] / g["tcg"] for g in dkd], epoch=mid),
+    }
+    if "dkd_deepkd" in by_arm:
+        for cid, epoch in (("gsnr_total_deepkd_over_dkd", mid), ("gsnr_total_deepkd_over_dkd_end", epochs[-1])):
+            deep = [_gsnr_at(r, epoch)["total"] for r in by_arm["dkd_deepkd"]]
+            base = [_gsnr_at(r, epoch)["total"] for r in by_arm["dkd"]]
+            estimates[cid] = stats.paired_ratio(deep, base, epoch=epoch)
+    return estimates
+
+
+def flat_estimates(plan: Any, flats: list[tuple[str, str, str]], by_arm: Runs) -> Estimates:
+    """Loss rise of ``arm`` minus ``base`` at the middle radius (negative: flatter), with the difference at every
+    radius and in the unperturbed training loss in the details."""
+    key = f"rise_{plan.flat_radii[len(plan.flat_radii) // 2]:g}"
+    estimates = {}
+    for cid, arm, base in flats:
+        if arm in by_arm and base in by_arm:
+            a, b = ([r["flatness"][key] for r in by_arm[x]] for x in (arm, base))
+            by_radius = {k: stats.paired_diff(*([r["flatness"][k] for r in by_arm[x]] for x in (arm, base))).value
+                         for k in by_arm[arm][0]["flatness"] if k.startswith("rise_")}
+            estimates[cid] = stats.paired_diff(a, b, radius=key[5:], diff_by_radius=by_radius,
+                                               loss_at_minimum=stats.paired_diff(
+                                                   [r["flatness"]["loss"] for r in by_arm[arm]],
+                                                   [r["flatness"]["loss"] for r in by_arm[base]]).value)
+    return estimates
