@@ -1,11 +1,13 @@
 """End-to-end: ``double_rounding reproduce --tiny`` (the smoke code path) and ``--scale full`` on a tiny MNIST run
 write valid claims files with the declared claims and facts, and the smoke run resumes from its per-arm caches."""
 
+import dataclasses
 import json
 
 import pytest
 from double_rounding.cli import run
-from double_rounding.reproduce import CLAIMS, FACTS
+from double_rounding.miniature import SeedRun
+from double_rounding.reproduce import CLAIMS, FACTS, TINY
 from effrepro.errors import UsageError
 from effrepro.report import read_claims
 
@@ -85,3 +87,15 @@ def test_reproduce_arguments_are_checked(tmp_path):
         run(["reproduce", "--scale", "full", "--out", str(tmp_path)])
     ids = [c.id for c in CLAIMS] + [f.id for f in FACTS]
     assert len(ids) == len(set(ids)) and SMOKE_CLAIMS | SMOKE_FACTS <= set(ids)
+
+
+def test_mixed_arm_does_not_depend_on_the_arms_run_before_it(tmp_path):
+    """A resumed run computes the mixed arm in a fresh process or after the FP32 arm: the same result."""
+    plan = dataclasses.replace(TINY, fp_epochs=2, mixed_random=1, mixed_budgets=(3.0,))  # FP32 ends at epoch 1
+    after_fp32 = SeedRun(plan, 0, tmp_path)
+    after_fp32.run("fp32")
+    first = after_fp32.run("mixed")
+    again = SeedRun(plan, 0, tmp_path).run("mixed")
+    assert [r["config"] for r in first["rows"]] == [r["config"] for r in again["rows"]]
+    assert [r["top1"] for r in first["rows"]] == [r["top1"] for r in again["rows"]]
+    assert first["traces"] == again["traces"]

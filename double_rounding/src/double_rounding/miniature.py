@@ -144,6 +144,7 @@ class SeedRun:
     def mixed(self, out: Path) -> dict[str, Any]:
         plan, bits = self.plan, list(self.plan.mixed_bits)
         start, cpu_start = time.perf_counter(), time.process_time()
+        self.train_loader.set_epoch(0)  # the Hessian and calibration batches, whatever arm ran before in this seed
         cfg = task_config(plan, self.seed)
         cfg.quant.bits = bits
         cfg.supernet.epochs, cfg.supernet.lr, cfg.supernet.log_every = plan.mixed_epochs, plan.q_lr, 10**6
