@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from effrepro import stats
 from effrepro.errors import UsageError
-from effrepro.mm.miniature import STAGES, det_fact_specs, det_facts, det_notes
+from effrepro.mm.miniature import STAGES, det_fact_specs, det_miniature_stage
 from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results, run_stages
 
 from kerneldna import reproduce_parts as parts
@@ -244,7 +244,7 @@ def main_full(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
 
 def det_stage(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
     try:
-        from effrepro.mm import DetArm, DetBudget, run_detection_miniature, train_and_evaluate
+        from effrepro.mm import DetArm, train_and_evaluate
 
         from kerneldna import mm
     except ImportError as exc:
@@ -263,16 +263,9 @@ def det_stage(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
         return
     arms = [DetArm(f"{v}_resnet{DET_DEPTH}", mm.backbone(DET_DEPTH, v, frozen_stages=-1, norm_eval=False),
                    mm.stage_channels(DET_DEPTH)) for v in mm.BACKBONE_VARIANTS]
-    train_images, val_images, epochs = plan.det_images
-    budget = DetBudget(train_images=train_images, val_images=val_images, epochs=epochs, batch_size=4)
-    with ctx.stage("det"):
-        started = time.perf_counter()
-        details = run_detection_miniature(arms, DET_ARMS[1], ctx.out, ctx.out / "coco_digits", budget)
-    ctx.log.log(kind="det", **details)
-    res.facts.update(det_facts(details))
-    res.notes_md += "\n\n" + det_notes(details, f"KernelDNA ResNet-{DET_DEPTH} vs the torchvision ResNet-{DET_DEPTH} "
-                                       "baseline (every stage trained, BatchNorm in train mode; KernelDNA unfolded)",
-                                       time.perf_counter() - started)
+    det_miniature_stage(ctx, res, arms, DET_ARMS[1], plan.det_images,
+                        f"KernelDNA ResNet-{DET_DEPTH} vs the torchvision ResNet-{DET_DEPTH} baseline (every stage "
+                        "trained, BatchNorm in train mode; KernelDNA unfolded)")
 
 
 def main_stage(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:

@@ -4,11 +4,10 @@ from the main stage's ImageNet checkpoints (full)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from effrepro.errors import UsageError
-from effrepro.mm.miniature import det_facts, det_notes
+from effrepro.mm.miniature import det_miniature_stage
 from effrepro.reproduce import Context, Results
 
 DET_ARCH = "t0"  # the det miniature's backbones: PartialNet-T0 vs FasterNet-T0, random init, every stage trained
@@ -17,7 +16,7 @@ DET_ARMS = [f"partialnet_{DET_ARCH}", f"fasternet_{DET_ARCH}"]
 
 def det_stage(plan: Any, ctx: Context, res: Results) -> None:
     try:
-        from effrepro.mm import DetArm, DetBudget, run_detection_miniature
+        from effrepro.mm import DetArm
 
         from partialnet import mm
     except ImportError as exc:
@@ -26,15 +25,8 @@ def det_stage(plan: Any, ctx: Context, res: Results) -> None:
         return det_full(plan, ctx, res, mm)
     arms = [DetArm(name, mm.backbone(DET_ARCH, name.split("_")[0]), mm.stage_channels(DET_ARCH, name.split("_")[0]))
             for name in DET_ARMS]
-    train_images, val_images, epochs = plan.det_images
-    budget = DetBudget(train_images=train_images, val_images=val_images, epochs=epochs, batch_size=4)
-    with ctx.stage("det"):
-        started = time.perf_counter()
-        details = run_detection_miniature(arms, DET_ARMS[1], ctx.out, ctx.out / "coco_digits", budget)
-    ctx.log.log(kind="det", **details)
-    res.facts.update(det_facts(details))
-    res.notes_md += "\n\n" + det_notes(details, f"PartialNet-{DET_ARCH.upper()} vs FasterNet-{DET_ARCH.upper()}",
-                                       time.perf_counter() - started)
+    det_miniature_stage(ctx, res, arms, DET_ARMS[1], plan.det_images,
+                        f"PartialNet-{DET_ARCH.upper()} vs FasterNet-{DET_ARCH.upper()}")
 
 
 def det_full(plan: Any, ctx: Context, res: Results, mm: Any) -> None:

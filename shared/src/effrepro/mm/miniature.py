@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from effrepro.bench import count_flops, count_params, paired_benchmark
-from effrepro.reproduce.skeleton import FactSpec
+from effrepro.reproduce.skeleton import Context, FactSpec, Results
 
 IMAGE_SIZE = 128
 STAGES = ("main", "det")  # the vision projects' reproduce stages: their main experiment, then this one
@@ -183,3 +184,17 @@ def det_notes(details: dict[str, Any], what: str, seconds: float) -> str:
         "facts, not claims. Latency: backbone+FPN, batch 1, 128x128, "
         f"{details['latency_repeats']} interleaved rounds. Wall time of the stage: {seconds / 60:.1f} min.", "",
         *lines])
+
+
+def det_miniature_stage(ctx: Context, res: Results, arms: list[DetArm], baseline: str,
+                        det_images: tuple[int, int, int], what: str) -> None:
+    """A paper's smoke ``det`` stage: train and evaluate ``arms`` on COCO-format digits (``det_images`` = train
+    images, val images, epochs; batch 4), log the result and add its facts and report section to ``res``."""
+    train_images, val_images, epochs = det_images
+    budget = DetBudget(train_images=train_images, val_images=val_images, epochs=epochs, batch_size=4)
+    with ctx.stage("det"):
+        started = time.perf_counter()
+        details = run_detection_miniature(arms, baseline, ctx.out, ctx.out / "coco_digits", budget)
+    ctx.log.log(kind="det", **details)
+    res.facts.update(det_facts(details))
+    res.notes_md += "\n\n" + det_notes(details, what, time.perf_counter() - started)
