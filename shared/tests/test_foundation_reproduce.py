@@ -398,3 +398,18 @@ def test_reproduce_workflow_is_valid_and_covers_the_papers():
     all_papers = subprocess.run([sys.executable, "-m", "effrepro.papers", "all"], capture_output=True, text=True)
     assert json.loads(all_papers.stdout) == list(PAPERS)
     assert workflow["jobs"]["gpu-check"]["runs-on"] == ["self-hosted", "gpu"]
+
+
+def test_cache_entries_know_their_key_and_record_given_seconds(tmp_path):
+    from effrepro.reproduce import Context
+
+    ctx = Context("toy", Plan(name="smoke"), tmp_path / "out")
+    assert not ctx.is_cached("arm", {"seed": 1})
+    assert ctx.cached("arm", lambda: [1, 2], key={"seed": 1}, seconds=42.0) == [1, 2]  # computed in a worker
+    assert ctx.is_cached("arm", {"seed": 1}) and not ctx.is_cached("arm", {"seed": 2})
+    resumed = Context("toy", Plan(name="smoke"), tmp_path / "out")
+    assert resumed.cached("arm", lambda: pytest.fail("recomputed"), key={"seed": 1}) == [1, 2]
+    assert resumed.reused == {"arm": 42.0}
+    (tmp_path / "out" / "runs" / "arm.json").write_text("{not json")
+    assert not resumed.is_cached("arm", {"seed": 1})
+    assert Context("toy", Plan(name="smoke"), tmp_path / "out", resume=False).is_cached("arm", {"seed": 1}) is False

@@ -20,7 +20,6 @@ Arms (``name: what``):
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing as mp
 import shutil
 import time
@@ -191,31 +190,20 @@ def arm_key(plan: Any, seed: int, arm: str) -> dict[str, Any]:
             if f.name not in skip and (arm == "mixed" or f.name not in mixed)} | {"seed": seed, "arm": arm}
 
 
-def _is_cached(ctx: Context, name: str, key: Any) -> bool:
-    """Whether ``ctx.cached(name, ..., key)`` would reuse a stored value (decided before the workers start)."""
-    path = ctx.runs / f"{name}.json"
-    if not ctx.resume or not path.is_file():
-        return False
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return "value" in stored and stored.get("key") == json.loads(json.dumps(key, default=str))
-
-
 def run_seeds(plan: Any, ctx: Context, jobs: dict[int, tuple[str, ...]],
               results: dict[str, list[dict[str, Any]]]) -> None:
     """Each arm of each seed cached in ``runs/seed<k>_<arm>.json`` as soon as its seed finishes (an interrupted run
     resumes by arm); the seeds with arms left to compute run in ``plan.workers`` processes (one thread each), a
     seed's arms in order in one of them (its FP32 model first when a checkpoint is missing)."""
-    missing = {seed: tuple(a for a in arms if not _is_cached(ctx, f"seed{seed}_{a}", arm_key(plan, seed, a)))
+    missing = {seed: tuple(a for a in arms if not ctx.is_cached(f"seed{seed}_{a}", arm_key(plan, seed, a)))
                for seed, arms in jobs.items()}
     todo = {seed: (plan, seed, arms, str(ctx.runs / f"seed{seed}")) for seed, arms in missing.items() if arms}
     computed: dict[tuple[int, str], Any] = {}
 
     def store(seed: int, values: dict[str, dict[str, Any]]) -> None:
         for arm, value in values.items():
-            computed[seed, arm] = ctx.cached(f"seed{seed}_{arm}", lambda v=value: v, key=arm_key(plan, seed, arm))
+            computed[seed, arm] = ctx.cached(f"seed{seed}_{arm}", lambda v=value: v, key=arm_key(plan, seed, arm),
+                                             seconds=value.get("seconds"))
 
     if plan.workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=plan.workers, mp_context=mp.get_context("spawn"),

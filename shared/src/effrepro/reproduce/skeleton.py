@@ -142,27 +142,40 @@ class Context:
             self.timings[name] = self.timings.get(name, 0.0) + seconds
             print(f"[{self.paper}] {name} done in {seconds:.0f} s", flush=True)
 
-    def cached(self, name: str, compute: Callable[[], Any], key: Any = None) -> Any:
+    def _stored(self, name: str, key: Any) -> dict[str, Any] | None:
+        """The stored entry ``runs/<name>.json`` when resuming and its key is ``key``; None otherwise."""
+        path = self.runs / f"{name}.json"
+        if not self.resume or not path.is_file():
+            return None
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            print(f"[{self.paper}] {name}: {path} is unreadable; recomputing", flush=True)
+            return None
+        return stored if isinstance(stored, dict) and "value" in stored and stored.get("key") == key else None
+
+    def is_cached(self, name: str, key: Any = None) -> bool:
+        """Whether :meth:`cached` would reuse the stored value (e.g. to decide which jobs to send to workers)."""
+        return self._stored(name, json.loads(json.dumps(key, default=str))) is not None
+
+    def cached(self, name: str, compute: Callable[[], Any], key: Any = None, seconds: float | None = None) -> Any:
         """``compute()``'s JSON-able result, stored atomically as ``runs/<name>.json`` with ``key`` (the settings
         that produced it) and the seconds it took. A later run with the same key reuses it (resume; env.json then
         lists the reused entries' original compute seconds under ``reused_cache_seconds``, so a resumed run's wall
         time is not mistaken for the experiment's cost); a different key, an unreadable file or ``--no-resume``
-        recomputes."""
-        path = self.runs / f"{name}.json"
+        recomputes. ``seconds`` is the compute time to store when ``compute`` only hands over a result computed
+        elsewhere (a worker process); by default the call is timed."""
         key = json.loads(json.dumps(key, default=str))
-        if self.resume and path.is_file():
-            try:
-                stored = json.loads(path.read_text())
-                if stored.get("key") == key and "value" in stored:
-                    print(f"[{self.paper}] {name}: reusing {path}", flush=True)
-                    self.reused[name] = float(stored.get("seconds", 0.0))
-                    return stored["value"]
-            except (OSError, ValueError):
-                print(f"[{self.paper}] {name}: {path} is unreadable; recomputing", flush=True)
+        stored = self._stored(name, key)
+        if stored is not None:
+            print(f"[{self.paper}] {name}: reusing {self.runs / f'{name}.json'}", flush=True)
+            self.reused[name] = float(stored.get("seconds", 0.0))
+            return stored["value"]
         start = time.perf_counter()
         value = compute()
-        seconds = round(time.perf_counter() - start, 1)
-        atomic_write_text(path, json.dumps({"key": key, "value": value, "seconds": seconds}, default=_json_plain))
+        took = round(time.perf_counter() - start if seconds is None else seconds, 1)
+        atomic_write_text(self.runs / f"{name}.json",
+                          json.dumps({"key": key, "value": value, "seconds": took}, default=_json_plain))
         return json.loads(json.dumps(value, default=_json_plain))
 
 
