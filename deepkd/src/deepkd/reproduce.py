@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -168,7 +167,7 @@ def _students(plan: DeepKDPlan, ctx: Context, prep: dict[str, Any]) -> dict[tupl
     jobs = {(arm, seed): {"arm": arm, "seed": seed, "plan": plan, "data": prep["data"], "teacher": prep["teacher"],
                           "out": str(ctx.runs / arm / f"seed{seed}")} for seed in plan.seeds for arm in plan.arms}
     keys = {job: {"arm": job[0], "seed": job[1], **student_fields} for job in jobs}
-    missing = [job for job in jobs if _cached_value(ctx, _name(job), keys[job]) is None]
+    missing = [job for job in jobs if not ctx.is_cached(_name(job), keys[job])]
     computed: dict[tuple[str, int], dict[str, Any]] = {}
     if plan.workers > 1 and len(missing) > 1:
         with ProcessPoolExecutor(max_workers=plan.workers, mp_context=mp.get_context("spawn")) as pool:
@@ -184,18 +183,6 @@ def _students(plan: DeepKDPlan, ctx: Context, prep: dict[str, Any]) -> dict[tupl
 
 def _name(job: tuple[str, int]) -> str:
     return f"{job[0]}_seed{job[1]}"
-
-
-def _cached_value(ctx: Context, name: str, key: Any) -> Any:
-    """The value ``ctx.cached`` would reuse for ``name`` and ``key`` (None when it would recompute)."""
-    path = ctx.runs / f"{name}.json"
-    if not ctx.resume or not path.is_file():
-        return None
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return stored.get("value") if stored.get("key") == json.loads(json.dumps(key, default=str)) else None
 
 
 # ---- command line (full scale) ------------------------------------------------------------------------------
