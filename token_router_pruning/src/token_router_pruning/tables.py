@@ -79,10 +79,17 @@ def _budget_claims(p: int) -> list[ClaimSpec]:
                   "paper at 30 %: 98.03 vs 72.80 % retention)", paper=None, unit="nats",
                   baseline="uniform allocation, static router", expect="> 0"),
         ClaimSpec(id=f"prefill_speedup_{p}", description=f"FTP prefill speed-up vs dense {at}, batch 1 (median over "
-                  "interleaved rounds of the per-round time ratio; paper 1.24-1.76x)", paper=PAPER_SPEEDUP.get(p),
-                  unit="x", baseline="dense, interleaved in the same process", expect=">= 1.2", headline=headline,
+                  "interleaved rounds of the per-round time ratio; paper 1.24-1.76x): holds above 1, fails when "
+                  "half the paper's gain is excluded", paper=PAPER_SPEEDUP.get(p), unit="x",
+                  baseline="dense, interleaved in the same process", expect=_speedup_expect(p), headline=headline,
                   timing=True),
     ]
+
+
+def _speedup_expect(p: int) -> str:
+    """A speed-up above 1 holds; one that excludes half the paper's gain at this sparsity fails."""
+    paper = PAPER_SPEEDUP.get(p)
+    return "> 1.0" if paper is None else f"> 1.0, fails below {1 + (paper - 1) / 2:.2f}"
 
 
 def _budget_facts(p: int) -> list[FactSpec]:
