@@ -1,14 +1,19 @@
 """End-to-end: ``partialnet reproduce --tiny`` writes a valid claims file (claims and facts apart), a report, plots
 and env.json; the plan's bad inputs are one clear error."""
 
+import dataclasses
 import importlib.util
 import json
 
 import pytest
+import torch
 from effrepro.errors import UsageError
 from effrepro.report import read_claims
+from effrepro.reproduce import Context
 from partialnet.cli import main
 from partialnet.reproduce import CLAIMS, FACTS, PLANS, REPRODUCTION
+
+from partialnet import reproduce_parts as parts
 
 SMOKE_CLAIMS = ["top1_gain", "cpu_latency_ratio_t2", "cpu_latency_ratio_t1", "cpu_latency_ratio_t0"]
 DPCONV_CLAIMS = ["dpconv_learnt_split_gain"]
@@ -76,12 +81,43 @@ def test_tables_declare_every_id_once_and_headlines():
 def test_accuracy_claim_is_non_inferiority_at_half_the_paper_gain():
     gain = next(c for c in CLAIMS if c.id == "top1_gain")
     assert gain.expect == "> -0.65" and gain.paper == 1.3 and "half the paper" in gain.description
+    n = len(PLANS["smoke"].seeds)  # the pre-registered last look: the description names the plan's seed count
+    assert PLANS["smoke"].seeds == tuple(range(n)) and f"{n} seeds, the third and last look" in gain.description
+    assert PLANS["smoke"].workers == 1 and PLANS["smoke"].ablation_seeds < n
 
 
 def test_ablation_ladder_is_opt_in_at_smoke_scale():
     assert PLANS["smoke"].stages == ("main", "dpconv") and "ablation" in PLANS["tiny"].stages
     assert [c.id for c in CLAIMS if c.id.startswith("ablation_")] == ABLATION_CLAIMS
     assert not any(c.headline for c in CLAIMS if c.id.startswith("ablation_"))
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_serial_runs_and_reusable_cache_entries(tmp_path, monkeypatch):
+    plan = dataclasses.replace(PLANS["tiny"], seeds=(0,), train_size=128, test_size=100)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers: the same arithmetic, so the same numbers
+    try:
+        def run(out, workers):
+            monkeypatch.chdir(tmp_path)
+            ctx = Context("partialnet", plan, out)
+            configs = {f"{f}_mini_seed0": parts.mini_train_config(f, 0, plan, ctx.runs / f"{f}_mini_seed0")
+                       for f in ("partialnet", "fasternet")}
+            finished = []
+            runs = parts.train_minis(ctx, configs, workers, lambda name, history, s: finished.append(name))
+            assert sorted(finished) == sorted(configs)
+            return ctx, runs
+
+        _, parallel = run(tmp_path / "a", 2)
+        _, serial = run(tmp_path / "b", 1)
+        assert list(parallel) == ["partialnet_mini_seed0", "fasternet_mini_seed0"]
+        for name, history in parallel.items():
+            assert [row["eval_top1"] for row in history] == [row["eval_top1"] for row in serial[name]]
+        ctx, again = run(tmp_path / "a", 1)  # one worker reuses what two workers cached: the keys are the same
+        assert again == parallel and set(ctx.reused) == set(parallel)
+        assert all(ctx.reused[name] > 0 for name in parallel)  # the workers' compute seconds were stored
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -91,6 +127,8 @@ def test_ablation_ladder_is_opt_in_at_smoke_scale():
     (["--scale", "full", "--stages", "det"], "pass --coco"),
     (["--stages", "main,seg"], "--stages"),
     (["--set", "seeds=abc"], "seeds"),
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--set", "workers=0"], "--workers must be at least 1"),
     (["--scale", "full", "--data", "/x", "--stages", "main,ablation"], "--scale smoke --stages ablation"),
 ])
 def test_bad_plan_input_is_a_usage_error(argv, message, tmp_path):

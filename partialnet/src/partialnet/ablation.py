@@ -49,8 +49,9 @@ def rung_size(cfg: TrainConfig) -> dict[str, int]:
 
 def ablation_stage(plan: Any, ctx: Context, res: Results) -> None:
     top1: dict[str, list[float]] = {rung: [] for rung in RUNGS}
+    seeds = plan.seeds[:plan.ablation_seeds]
     with ctx.stage("ablation"):
-        for seed in plan.seeds:
+        for seed in seeds:
             for rung in RUNGS:
                 cfg = rung_config(rung, seed, plan, ctx)
                 start = time.perf_counter()
@@ -59,10 +60,10 @@ def ablation_stage(plan: Any, ctx: Context, res: Results) -> None:
                 ctx.log.log(kind="ablation_run", rung=rung, seed=seed, top1=top1[rung][-1],
                             seconds=time.perf_counter() - start)
                 print(f"  ablation {rung} seed {seed}: top-1 {top1[rung][-1]:.2f} %", flush=True)
-    setup = {"seeds": list(plan.seeds), "epochs": plan.epochs, "train_images": plan.train_size}
+    setup = {"seeds": list(seeds), "epochs": plan.epochs, "train_images": plan.train_size}
     for rung in RUNGS:
         values = top1[rung]
-        sizes = rung_size(rung_config(rung, plan.seeds[0], plan, ctx))
+        sizes = rung_size(rung_config(rung, seeds[0], plan, ctx))
         res.facts[f"ablation_top1_{rung}"] = (sum(values) / len(values), {"per_seed": values, **sizes, **setup})
     for spec, (rung, lower) in zip(ABLATION_CLAIMS, zip(RUNGS[1:], RUNGS, strict=False), strict=True):
         res.estimates[spec.id] = stats.paired_diff(top1[rung], top1[lower], **setup)
@@ -72,5 +73,5 @@ def ablation_stage(plan: Any, ctx: Context, res: Results) -> None:
 def ablation_notes(plan: Any) -> str:
     return ("- Ablation ladder: PConv (every attention off, exactly FasterNet's blocks at PartialNet's width) -> "
             "+PAT_ch (stages 1-3) -> +PAT_sp (every MLP) -> +PAT_sf (stage 4, with its own residual); each rung "
-            f"the T2-mini trained as the main arms ({len(plan.seeds)} seeds, {plan.epochs} epochs x "
-            f"{plan.train_size} images), each gain paired by seed with the rung below.")
+            f"the T2-mini trained as the main arms ({len(plan.seeds[:plan.ablation_seeds])} seeds, {plan.epochs} "
+            f"epochs x {plan.train_size} images), each gain paired by seed with the rung below.")
