@@ -44,6 +44,34 @@ def test_measure_pairs_turns_and_can_fail():
     del records["medusa"]  # a plan without the Medusa draft: its claim is left out, not faked
     assert "tau_ratio_vs_medusa" not in measure(config, records, summary, trained)[0]
     assert set(facts) <= {f.id for f in FACTS} and "compat_fix_tau" not in estimates
+    # headline-only turns (EAGLE-2 and Gumiho alone) enter the two headline ratios, and no other claim
+    headline = {"eagle2": _turns([10] * 3, [2.0] * 3), "gumiho": _turns([12, 12, 8], [1.5] * 3, ids=(1, 2))}
+    pooled, _ = measure(config, records, summary, trained, headline)
+    assert pooled["tau_ratio_vs_eagle2"].n == pooled["speedup_ratio_vs_eagle2"].n == 7
+    assert pooled["tau_ratio_vs_eagle2"].value == pytest.approx((84 / 80) / (84 / 73))
+    assert pooled["tau_ratio_vs_eagle2"].details["turns"] == {"main_evaluation": 4, "headline_only": 3,
+                                                               "headline_only_outputs_differ": 3}
+    assert pooled["a1_vs_eagle2"].n == pooled["fta_tau_gain"].n == 4
+
+
+def test_headline_turns_are_unseen_and_disjoint():
+    from effrepro.specdec.draft_data import distillation_prompts
+    from effrepro.specdec.headcache import unseen_corpus_prompts
+    from gumiho.headline import headline_blocks
+
+    config = load_run_config(REPRODUCTION.plans["smoke"])
+    blocks = headline_blocks(config.data, 16, 40, 16)
+    assert [(b.name, b.offset, len(b.prompts)) for b in blocks] == [
+        ("eval_headline_0", 0, 16), ("eval_headline_1", 16, 16), ("eval_headline_2", 32, 8)]
+    prompts = [p for b in blocks for p in b.prompts]
+    seen = set(distillation_prompts([], config.data.prompts)[: config.data.self_generated])
+    extra = set(unseen_corpus_prompts(config.data, 16))  # the main evaluation's extra held-out turns
+    assert len(set(prompts)) == 40 and not (set(prompts) & (seen | extra))
+    # a block's key names its own prompts: more turns later leave the earlier blocks' cache entries valid
+    assert headline_blocks(config.data, 16, 64, 16)[1].key() == blocks[1].key() != blocks[0].key()
+    assert headline_blocks(config.data, 16, 0, 16) == []
+    with pytest.raises(UsageError, match="headline_extra"):
+        headline_blocks(config.data, 16, 10_000, 16)
 
 
 @pytest.mark.slow
@@ -56,8 +84,13 @@ def test_reproduce_tiny_writes_valid_claims(tmp_path):
     assert set(claims) - {"early_position_acceptance"} == {spec.id for spec in CLAIMS} - {"early_position_acceptance"}
     assert {f["id"] for f in document["facts"]} == {spec.id for spec in FACTS}
     assert {i for i, c in claims.items() if c["headline"]} == {"tau_ratio_vs_eagle2", "speedup_ratio_vs_eagle2"}
-    assert claims["tau_ratio_vs_eagle2"]["n"] == 3 and "paired over turns" in claims["tau_ratio_vs_eagle2"][
-        "details"]["interval"]
+    # 2 MT-bench + 1 extra held-out turn, plus 3 headline-only turns (2 cached blocks) for the headline ratios
+    tau = claims["tau_ratio_vs_eagle2"]
+    assert tau["n"] == claims["speedup_ratio_vs_eagle2"]["n"] == 6 and "paired over turns" in tau["details"]["interval"]
+    assert tau["details"]["turns"] == {"main_evaluation": 3, "headline_only": 3, "headline_only_outputs_differ": 0}
+    assert tau["expect"] == "> 1.0, fails below 1.022" and claims["a1_vs_eagle2"]["n"] == 3
+    assert {p.name for p in (tmp_path / "runs").glob("eval_headline_*.json")} == {"eval_headline_0.json",
+                                                                                 "eval_headline_1.json"}
     lossless = claims["lossless_fta_off"]
     # 8 FTA-off decoders x (2 MT-bench + 1 extra held-out turn)
     assert lossless["measured"] == 0 and lossless["verdict"] == "holds" and lossless["n"] == 3 * 8
@@ -66,7 +99,7 @@ def test_reproduce_tiny_writes_valid_claims(tmp_path):
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert {"gumiho-official", "medusa-chain", "eagle2-chain", "gumiho-chain"} <= set(summary["summary"])
     env = json.loads((tmp_path / "env.json").read_text())
-    assert {"data", "training", "evaluation"} <= set(env["stage_seconds"])
+    assert {"data", "training", "evaluation", "evaluation_extra", "evaluation_headline"} <= set(env["stage_seconds"])
     assert (tmp_path / "report.md").is_file() and (tmp_path / "acceptance_and_tau.png").is_file()
     assert (tmp_path / "training.png").is_file()
 

@@ -60,8 +60,16 @@ def _extra(count: int) -> str:
             "run; pooled with the MT-bench turns in the claims, not in the per-method table below)")
 
 
+def _headline(count: int) -> str:
+    if not count:
+        return ""
+    return (f" The two headline ratios (tau and tokens/s, Gumiho / EAGLE-2) also pool {count} further unseen corpus "
+            "instructions answered by the EAGLE-2 and Gumiho trees alone (interleaved, cached blocks; not in the "
+            "per-method table); every other claim uses the turns above.")
+
+
 def notes(config: Any, trained: dict[str, dict[str, Any]], data_meta: dict[str, Any],
-          summary: dict[str, dict[str, Any]], extra_heldout: int = 0) -> str:
+          summary: dict[str, dict[str, Any]], extra_heldout: int = 0, headline_extra: int = 0) -> str:
     budget = (f"Target `{config.target}`. Data: {data_meta.get('samples')} conversations, {data_meta.get('tokens')} "
               f"tokens ({data_meta.get('supervised_tokens')} supervised). Trainer (same for every head): "
               f"{config.train.epochs} epochs, batch {config.train.batch_size}, steps/epoch "
@@ -74,7 +82,8 @@ def notes(config: Any, trained: dict[str, dict[str, Any]], data_meta: dict[str, 
               f"{config.eval.max_turns or 'all'} turn(s), {config.eval.max_new_tokens} new tokens, "
               f"T = {config.eval.temperature}{_extra(extra_heldout)}. Intervals: percentile bootstrap over turns, the "
               "methods of a turn "
-              "resampled together; tau and tokens/s of a set of turns are ratios of sums over its turns.")
+              "resampled together; tau and tokens/s of a set of turns are ratios of sums over its turns."
+              + _headline(headline_extra))
     heads = ["| head | steps | train s | held-out top-1 (first draft position) | cache entry |",
              "|---|---|---|---|---|"]
     for name, info in trained.items():
