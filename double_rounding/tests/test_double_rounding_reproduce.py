@@ -9,13 +9,15 @@ from double_rounding.cli import run
 from double_rounding.miniature import SeedRun
 from double_rounding.reproduce import CLAIMS, FACTS, TINY
 from effrepro.errors import UsageError
+from effrepro.quant import load_int8
 from effrepro.report import read_claims
 
 SMOKE_CLAIMS = {"ratio_vs_separate_w8", "ratio_vs_separate_w4", "ratio_vs_separate_w2", "alrs_gain_w2",
                 "alrs_gain_w4", "per_precision_minus_accumulate_w2", "ours_minus_floor_w2", "ours_minus_posthoc_w2",
-                "mixed_minus_uniform_3bit", "searched_minus_random", "mixed_auc_minus_uniform"}
+                "mixed_minus_uniform_3bit", "searched_minus_random", "mixed_auc_minus_uniform",
+                "unshared_minus_shared_w2", "unshared_minus_shared_w4"}
 SMOKE_FACTS = {"optimizer_steps_joint", "optimizer_steps_separate", "fp32_top1", "storage_int8_over_four_fp32",
-               "resnet18_storage_int8_over_fp32", "traintime_joint_over_separate"}
+               "resnet18_storage_int8_over_fp32", "traintime_joint_over_separate", "storage_unshared_over_shared"}
 
 
 @pytest.mark.slow
@@ -38,6 +40,12 @@ def test_reproduce_tiny_writes_claims_and_facts_and_resumes(tmp_path, capsys):
     mixed = claims["mixed_minus_uniform_3bit"]
     assert mixed["n"] == claims["searched_minus_random"]["n"] == 2 and mixed["details"]["seeds"] == [0, 1]
     assert mixed["expect"] == "> 0, fails below 0.11"
+    # Ours* with its shared-scale partner on unshared_seeds (seed 3 runs only FP32, ours and Ours*: the ALRS
+    # ablation above stays on seeds 0-2)
+    unshared = claims["unshared_minus_shared_w2"]
+    assert unshared["n"] == 3 and unshared["details"]["seeds"] == [0, 1, 3]
+    assert unshared["expect"] == "> 0, fails below 0.83" and claims["unshared_minus_shared_w4"]["n"] == 3
+    assert facts["storage_unshared_over_shared"]["value"] > 1.5  # three more int8 code sets
     runs = out / "runs"
     rows = json.loads((runs / "seed1_mixed.json").read_text())["value"]["rows"]
     assert [r["config"] for r in rows if r["kind"] == "uniform"] == [4, 3, 2]
@@ -59,8 +67,9 @@ def test_reproduce_tiny_writes_claims_and_facts_and_resumes(tmp_path, capsys):
     assert {"train", "mixed"} <= set(json.loads((out / "env.json").read_text())["stage_seconds"])
     capsys.readouterr()
     assert run(["reproduce", "--tiny", "--out", str(out), "--threads", "1"]) == 0
-    # 3 arms x 3 seeds, 4 arms x 2 sep_seeds, 2 ablation arms x 1 seed, 2 mixed seeds, the ResNet-18 storage
-    assert capsys.readouterr().out.count("reusing") == 3 * 3 + 4 * 2 + 2 + 2 + 1
+    # 3 arms x 3 seeds, FP32 + ours of seed 3, Ours* x 3 seeds, 4 arms x 2 sep_seeds, 2 ablation arms x 1 seed,
+    # 2 mixed seeds, the ResNet-18 storage
+    assert capsys.readouterr().out.count("reusing") == 3 * 3 + 2 + 3 + 4 * 2 + 2 + 2 + 1
     assert read_claims(out / "claims.json") == document
 
 
@@ -73,11 +82,15 @@ def test_full_scale_on_tiny_mnist_writes_claims(tmp_path):
             "double_rounding/configs/smoke_mnist.yaml", *[f"--config-set={s}" for s in sets]]
     assert run(argv) == 0
     document = read_claims(out / "claims.json")
-    assert {c["id"] for c in document["claims"]} == {f"full_w{b}_minus_fp32" for b in (8, 6, 4, 2)}
+    assert {c["id"] for c in document["claims"]} == {f"full_w{b}_minus_fp32" for b in (8, 6, 4, 2)} | {
+        "full_unshared_minus_shared_w2", "full_unshared_minus_shared_w4"}
     assert all(c["n"] == 200 for c in document["claims"])
-    assert {f["id"] for f in document["facts"]} == {"full_top1_w8", "full_top1_w6", "full_top1_w4", "full_top1_w2",
-                                                    "full_fp32_top1"}
+    assert {f["id"] for f in document["facts"]} == {f"full_{k}top1_w{b}" for k in ("", "unshared_") for b in
+                                                    (8, 6, 4, 2)} | {"full_fp32_top1"}
     assert (out / "runs" / "multi" / "model.int8.pt").is_file()
+    assert load_int8(out / "runs" / "multi_unshared" / "model.int8.pt")["graph"]["weight_scales"] == "unshared"
+    with pytest.raises(UsageError, match="full_arms"):
+        run(argv[:1] + ["--set", "full_arms=[ours_star]"] + argv[1:])
 
 
 def test_reproduce_arguments_are_checked(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from effrepro.errors import UsageError
-from effrepro.quant import TIE_MODES, check_bits
+from effrepro.quant import TIE_MODES, WEIGHT_SCALE_MODES, check_bits
 
 from double_rounding.double_rounding import ALRS_MODES, SAMPLERS
 from double_rounding.models import ModelConfig
@@ -34,6 +34,7 @@ class QuantConfig:
     scale_init: str = "mse"  # mse | lsq (reconstruction: the paper does not state it)
     lsq_grad_scale: bool = False  # LSQ's g = 1/sqrt(N Qp) on the scale gradients (paper silent)
     calib_images: int = 256  # images used to initialise the activation scales
+    weight_scales: str = "shared"  # shared (double rounding) | unshared (one weight step per bit: "Ours*")
 
 
 @dataclass
@@ -87,6 +88,7 @@ def validate(cfg: Config) -> None:
     _choice(cfg.data.dataset, DATASETS, "data.dataset")
     _choice(cfg.quant.tie_mode, TIE_MODES, "quant.tie_mode")
     _choice(cfg.quant.scale_init, ("mse", "lsq"), "quant.scale_init")
+    _choice(cfg.quant.weight_scales, WEIGHT_SCALE_MODES, "quant.weight_scales")
     if not cfg.quant.bits:
         raise UsageError("quant.bits is empty; give e.g. [8, 6, 4, 2]")
     for b in cfg.quant.bits:

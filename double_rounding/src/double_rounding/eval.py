@@ -32,7 +32,8 @@ def model_from_artefact(artefact: Mapping[str, Any], expect: ModelConfig | None 
         raise UsageError(f"the int8 file holds a {cfg.arch} (width {cfg.width}, {cfg.num_classes} classes), not the "
                          f"{expect.arch} (width {expect.width}, {expect.num_classes} classes) of the config")
     graph = artefact["graph"]
-    return build_quant_model(cfg, graph["bits"], graph["tie_mode"], graph["bn_mode"])
+    return build_quant_model(cfg, graph["bits"], graph["tie_mode"], graph["bn_mode"],
+                             weight_scales=graph.get("weight_scales", "shared"))
 
 
 def parse_config(text: str, layers: list[str]) -> int | dict[str, int]:

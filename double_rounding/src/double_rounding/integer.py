@@ -162,6 +162,9 @@ def integer_model(artefact: Mapping[str, Any], config: BitConfig, packed: bool =
 
     ``packed``: keep only the codes of ``config`` (a uniform bit-width), packed when it is 4 or 2 bits.
     """
+    if artefact["graph"].get("weight_scales", "shared") != "shared":
+        raise UsageError("integer inference derives every bit-width's codes from the h-bit store by the shift; this "
+                         "file has unshared per-bit weight scales (use the de-quantised path, double_rounding eval)")
     model = model_from_artefact(artefact)
     load_dequantized(model, artefact, config)
     graph = graph_of(model)

@@ -6,7 +6,9 @@ Arms (``name: what``):
 * ``fp32``: the FP32 model every quantised arm starts from;
 * ``ours``: joint {8,6,4,2} double rounding, per-bit activation scales and BN, one optimizer step per precision
   (Algorithm A.2), ALRS ``simple``; ``ours_noalrs``: ALRS off; ``ours_accum``: gradients of the four precisions
-  summed into one step (Algorithm A.1);
+  summed into one step (Algorithm A.1); ``ours_unshared``: the paper's "Ours*", the same joint training (ALRS,
+  one step per precision) with one learnable weight step per precision instead of the shared ``s_h``, each
+  precision's weight quantised directly from the FP32 master weight (its file holds one code set per precision);
 * ``sep{b}``: a separate LSQ model at b bits with as many optimizer steps as the joint run takes in all
   (its epochs x the number of precisions: the joint run steps once per precision per batch);
 * ``floor``: joint training with a floor shift; ``posthoc``: an 8-bit-only model (same step count as ``sep8``)
@@ -103,6 +105,9 @@ class SeedRun:
         if arm == "posthoc":
             return self.quantized(out, list(self.plan.bits), "simple", "half_up", "per_precision",
                                   len(self.plan.bits), train_bits=[max(self.plan.bits)])
+        if arm == "ours_unshared":
+            return self.quantized(out, list(self.plan.bits), "simple", "half_up", "per_precision", 1,
+                                  weight_scales="unshared")
         alrs, tie, mode = JOINT[arm]
         return self.quantized(out, list(self.plan.bits), alrs, tie, mode, 1)
 
@@ -121,9 +126,10 @@ class SeedRun:
                 "fp32_payload": payload, "losses": _losses(result["history"])}
 
     def quantized(self, out: Path, bits: list[int], alrs: str, tie: str, mode: str, epoch_factor: int,
-                  train_bits: list[int] | None = None) -> dict[str, Any]:
+                  train_bits: list[int] | None = None, weight_scales: str = "shared") -> dict[str, Any]:
         cfg = self.cfg
         cfg.multi.alrs, cfg.multi.train_bits, cfg.multi.update_mode = alrs, train_bits, mode
+        cfg.quant.weight_scales = weight_scales
         cfg.multi.epochs = self.plan.q_epochs * epoch_factor
         state = torch.load(self.root / "fp32" / "fp32.pt", weights_only=True)
         model = quant_model_from_fp32(cfg, state, bits, tie, self.calib)
@@ -183,8 +189,8 @@ def run_arms(plan: Any, seed: int, arms: tuple[str, ...], root: str) -> dict[str
 def arm_key(plan: Any, seed: int, arm: str) -> dict[str, Any]:
     """The settings an arm's result depends on (the mixed-precision fields only for the ``mixed`` arm): the key of
     its cache entry."""
-    skip = {"name", "stages", "threads", "seeds", "sep_seeds", "ablation_seeds", "mixed_seeds", "workers", "config",
-            "init", "config_overrides"}
+    skip = {"name", "stages", "threads", "seeds", "sep_seeds", "ablation_seeds", "mixed_seeds", "unshared_seeds",
+            "workers", "config", "init", "config_overrides", "full_arms"}
     mixed = {f.name for f in dataclasses.fields(plan) if f.name.startswith(("mixed_", "hessian_"))}
     return {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)
             if f.name not in skip and (arm == "mixed" or f.name not in mixed)} | {"seed": seed, "arm": arm}

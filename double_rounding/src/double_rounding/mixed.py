@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from effrepro.errors import UsageError
-from effrepro.quant import dequantize_codes, graph_of, shift_codes
+from effrepro.quant import dequantize_codes, graph_of, layer_codes
 from torch import nn
 
 from double_rounding.config import Config, MixedConfig
@@ -45,15 +45,13 @@ def artefact_costs(artefact: Mapping[str, Any], traces: Mapping[str, float]) -> 
     """``t_l * ||W_hat_{l,b} - W_hat_{l,h}||^2 / n_l`` from the int8 file alone (the stored h-bit weight stands
     in for the FP32 master weight, which the file does not hold; for h = 8 the difference is negligible)."""
     graph = artefact["graph"]
-    high, tie = graph["bits"][0], graph["tie_mode"]
     costs = {}
     for name in graph["layers"]:
         codes, scale = artefact["codes"][name], artefact["weight_scales"][name]
         reference = dequantize_codes(codes, scale, 0).double()
         costs[name] = {}
         for b in graph["bits"]:
-            delta = high - b
-            w = dequantize_codes(shift_codes(codes, delta, b, tie), scale, delta).double()
+            w = dequantize_codes(*layer_codes(artefact, name, b)).double()
             costs[name][b] = float(traces[name]) * float((w - reference).pow(2).sum()) / codes.numel()
     return costs
 

@@ -262,7 +262,8 @@ def quant_model_from_fp32(cfg: Config, fp32_state: Mapping[str, Tensor], bits: l
     """Build the switchable model from FP32 weights and initialise its scales (every bit in ``bits``)."""
     float_model = build_float_model(cfg.model)
     load_state_dict_checked(float_model, dict(fp32_state), "the FP32 checkpoint")
-    model = build_quant_model(cfg.model, bits, tie_mode, bn_mode, float_model=float_model).to(device)
+    model = build_quant_model(cfg.model, bits, tie_mode, bn_mode, float_model=float_model,
+                              weight_scales=cfg.quant.weight_scales).to(device)
     for _, layer in graph_layers(model):
         layer.lsq_grad_scale = cfg.quant.lsq_grad_scale
     calibrate(model, calib.to(device), scale_init=cfg.quant.scale_init)

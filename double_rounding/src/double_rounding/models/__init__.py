@@ -65,7 +65,10 @@ def example_input(cfg: ModelConfig) -> torch.Tensor:
 
 
 def build_quant_model(cfg: ModelConfig, bits: list[int] | tuple[int, ...], tie_mode: str = "half_up",
-                      bn_mode: str = "per_bit", float_model: nn.Module | None = None) -> nn.Module:
-    """The switchable-precision model (from ``float_model``'s weights when given)."""
+                      bn_mode: str = "per_bit", float_model: nn.Module | None = None,
+                      weight_scales: str = "shared") -> nn.Module:
+    """The switchable-precision model (from ``float_model``'s weights when given); ``weight_scales="unshared"``
+    is the paper's "Ours*" (one weight step per bit-width instead of double rounding from one ``s_h``)."""
     model = float_model if float_model is not None else build_float_model(cfg)
-    return quantize_model(model, example_input(cfg), bits=bits, tie_mode=tie_mode, bn_mode=bn_mode)
+    return quantize_model(model, example_input(cfg), bits=bits, tie_mode=tie_mode, bn_mode=bn_mode,
+                          weight_scales=weight_scales)

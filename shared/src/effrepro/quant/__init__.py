@@ -32,6 +32,7 @@ from effrepro.quant.export import (
     FORMAT,
     apply_codes,
     export_int8,
+    layer_codes,
     load_dequantized,
     load_int8,
     payload_bytes,
@@ -52,13 +53,13 @@ from effrepro.quant.functional import (
     unsigned_range,
     weight_codes,
 )
-from effrepro.quant.modules import ActQuantizer, QuantConv2d, QuantLinear, SwitchableNorm
+from effrepro.quant.modules import WEIGHT_SCALE_MODES, ActQuantizer, QuantConv2d, QuantLinear, SwitchableNorm
 
 __all__ = [
-    "BN_MODES", "FORMAT", "MAX_BITS", "MIN_BITS", "TIE_MODES", "ActQuantizer", "QuantConv2d", "QuantGraph",
-    "QuantLinear", "SwitchableNorm", "apply_codes", "bit_config", "calibrate", "calibrated_bits",
+    "BN_MODES", "FORMAT", "MAX_BITS", "MIN_BITS", "TIE_MODES", "WEIGHT_SCALE_MODES", "ActQuantizer", "QuantConv2d",
+    "QuantGraph", "QuantLinear", "SwitchableNorm", "apply_codes", "bit_config", "calibrate", "calibrated_bits",
     "check_bits", "check_tie_mode", "clamp_scales_", "dequantize_codes", "export_int8", "fake_quant_act",
-    "fake_quant_weight", "graph_of", "load_dequantized", "load_int8", "payload_bytes", "quant_layers",
+    "fake_quant_weight", "graph_of", "layer_codes", "load_dequantized", "load_int8", "payload_bytes", "quant_layers",
     "quantize_model", "round_ste", "save_int8", "scale_groups", "set_bits", "shift_codes", "signed_range",
     "split_parameters", "to_transitional", "unsigned_range", "weight_codes",
 ]

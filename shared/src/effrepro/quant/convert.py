@@ -10,6 +10,9 @@ bit-width. The traced order is kept in ``model.quant_graph`` and decides which B
   layer that produces the BN input and ``b_j`` the bits of the next quantised layer in execution order.
   Reconstruction: the paper names n^2 copies per BN but not the indexing; a BN after the FP32 stem uses the
   pair ``(b_j, b_j)``, a BN after the last quantised layer ``(b_i, b_i)``.
+
+``weight_scales`` (recorded in the graph): ``shared`` (double rounding, one ``s_h`` per layer) or ``unshared``
+(one learnable weight step per bit-width, the paper's "Ours*").
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from torch import Tensor, nn
 
 from effrepro.errors import UsageError
 from effrepro.quant.functional import SCALE_EPS, check_bits, check_tie_mode
-from effrepro.quant.modules import SCALE_INITS, QuantConv2d, QuantLinear, SwitchableNorm
+from effrepro.quant.modules import SCALE_INITS, QuantConv2d, QuantLinear, SwitchableNorm, check_weight_scales
 
 BN_MODES = ("per_bit", "transitional")
 BitConfig = int | Mapping[str, int]
@@ -38,11 +41,12 @@ class QuantGraph:
     layers: list[str]
     fp_layers: list[str]
     norm_links: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # bn -> (producer, next)
+    weight_scales: str = "shared"
 
     def as_dict(self) -> dict:
         return {"bits": list(self.bits), "tie_mode": self.tie_mode, "bn_mode": self.bn_mode,
                 "layers": list(self.layers), "fp_layers": list(self.fp_layers),
-                "norm_links": {k: list(v) for k, v in self.norm_links.items()}}
+                "norm_links": {k: list(v) for k, v in self.norm_links.items()}, "weight_scales": self.weight_scales}
 
 
 def _trace_order(model: nn.Module, example: Tensor) -> list[tuple[str, nn.Module]]:
@@ -89,13 +93,16 @@ def quantize_model(
     tie_mode: str = "half_up",
     bn_mode: str = "per_bit",
     keep_fp: Sequence[str] | None = None,
+    weight_scales: str = "shared",
 ) -> nn.Module:
     """Replace convs / linears (all but ``keep_fp``; default the first conv and the last linear executed)
     by quantised layers and every BatchNorm by a per-bit :class:`SwitchableNorm`; in place, returns ``model``.
+    ``weight_scales="unshared"`` gives every bit-width its own weight step (no double rounding).
     """
     if bn_mode not in BN_MODES:
         raise UsageError(f"unknown bn_mode {bn_mode!r}; use one of: {', '.join(BN_MODES)}")
     check_tie_mode(tie_mode)
+    check_weight_scales(weight_scales)
     bit_list = tuple(sorted({check_bits(b) for b in bits}, reverse=True))
     order = _trace_order(model, example_input)
     weighted = [n for n, m in order if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -119,10 +126,10 @@ def quantize_model(
     for name, module in order:
         if name in layers:
             cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
-            _set_module(model, name, cls.from_float(module, bit_list, tie_mode))
+            _set_module(model, name, cls.from_float(module, bit_list, tie_mode, weight_scales))
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
             _set_module(model, name, SwitchableNorm(module, _bn_keys(bit_list, bn_mode)))
-    model.quant_graph = QuantGraph(bit_list, tie_mode, bn_mode, layers, list(keep_fp), links)
+    model.quant_graph = QuantGraph(bit_list, tie_mode, bn_mode, layers, list(keep_fp), links, weight_scales)
     set_bits(model, bit_list[0])
     return model
 
@@ -195,7 +202,7 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
     """``(weights, quantiser parameters)``: the scales and zero points go to their own optimizer (wd 0)."""
     quant_ids = set()
     for _, layer in quant_layers(model):
-        quant_ids.add(id(layer.weight_scale))
+        quant_ids.update(id(p) for p in layer.weight_scale_params())
         quant_ids.update(id(p) for p in layer.act_quant.parameters())
     weights = [p for p in model.parameters() if id(p) not in quant_ids]
     scales = [p for p in model.parameters() if id(p) in quant_ids]
@@ -203,10 +210,11 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
 
 
 def scale_groups(model: nn.Module, bits: int | None = None) -> Iterator[list[Tensor]]:
-    """Per quantised layer, the scale tensors used at ``bits``: ``s_h`` and ``s_b`` (for ALRS)."""
+    """Per quantised layer, the scale tensors used at ``bits``: the weight step (``s_h``, or the bit-width's own
+    when unshared) and ``s_b`` (for ALRS)."""
     for _, layer in quant_layers(model):
         b = layer.bits if bits is None else bits
-        yield [layer.weight_scale, layer.act_quant.scale[str(b)]]
+        yield [layer.weight_scale_at(b), layer.act_quant.scale[str(b)]]
 
 
 @torch.no_grad()
@@ -216,7 +224,7 @@ def clamp_scales_(model: nn.Module) -> int:
     one step: a sign that the scale LR is too large)."""
     clamped = 0
     for _, layer in quant_layers(model):
-        for p in [layer.weight_scale, *layer.act_quant.scale.values()]:
+        for p in [*layer.weight_scale_params(), *layer.act_quant.scale.values()]:
             clamped += int(p.item() < SCALE_EPS)
             p.clamp_(min=SCALE_EPS)
     return clamped
@@ -225,10 +233,10 @@ def clamp_scales_(model: nn.Module) -> int:
 @torch.no_grad()
 def calibrate(model: nn.Module, inputs: Iterable[Tensor] | Tensor, bits: Sequence[int] | None = None,
               scale_init: str = "mse", weights: bool = True) -> None:
-    """Initialise the shared weight scales from the weights (unless ``weights=False``) and, per bit-width,
-    the activation scales from one batch, each bit-width with the earlier layers already quantised at that
-    bit-width. BatchNorm normalises with the batch statistics, as in training (the activations the scales
-    will see), while its running statistics are left untouched (momentum 0 during calibration).
+    """Initialise the weight scales (shared, or one per bit-width) from the weights (unless ``weights=False``)
+    and, per bit-width, the activation scales from one batch, each bit-width with the earlier layers already
+    quantised at that bit-width. BatchNorm normalises with the batch statistics, as in training (the activations
+    the scales will see), while its running statistics are left untouched (momentum 0 during calibration).
     """
     if scale_init not in SCALE_INITS:
         raise UsageError(f"unknown scale init {scale_init!r}; use one of: {', '.join(SCALE_INITS)}")

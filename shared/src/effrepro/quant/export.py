@@ -5,6 +5,11 @@ everything else the forward pass needs is in ``state`` (FP32 first conv and last
 scales and zero points, every per-bit / transitional BN copy). No FP32 master weight of a quantised layer is
 stored. Any bit-width ``l`` (or per-layer mixed configuration) is derived from the codes at load time by the
 integer shift of :func:`effrepro.quant.functional.shift_codes` and de-quantised as ``q_l * s_h * 2^(h-l)``.
+
+A model with unshared weight steps (``weight_scales="unshared"``, the paper's "Ours*") cannot derive its lower
+bit-widths from the h-bit codes: its file also holds, per quantised layer and bit-width ``l < h``, the l-bit codes
+(int8 container, ``low_codes``) and that bit-width's step (``low_weight_scales``), i.e. one code set per
+bit-width, as many bytes for {8,6,4,2} as the FP32 weights (the paper stores FP32 for this variant).
 """
 
 from __future__ import annotations
@@ -25,8 +30,15 @@ from effrepro.train import load_checkpoint, save_checkpoint
 FORMAT = "effrepro-int8/1"
 
 
-def _quant_keys(names: Sequence[str]) -> set[str]:
-    return {f"{n}.weight" for n in names} | {f"{n}.weight_scale" for n in names}
+def _quant_keys(names: Sequence[str], keys: Sequence[str] = ()) -> set[str]:
+    """State keys that the artefact stores as codes and steps instead of in ``state`` (of ``keys``, the unshared
+    per-bit steps ``<layer>.low_weight_scales.<b>``)."""
+    low = {k for k in keys for n in names if k.startswith(f"{n}.low_weight_scales.")}
+    return {f"{n}.weight" for n in names} | {f"{n}.weight_scale" for n in names} | low
+
+
+def _unshared(graph: Mapping[str, Any]) -> bool:
+    return graph.get("weight_scales", "shared") == "unshared"
 
 
 @torch.no_grad()
@@ -39,11 +51,18 @@ def export_int8(model: nn.Module, meta: Mapping[str, Any] | None = None,
     layers = quant_layers(model)
     codes = {name: layer.codes().cpu() for name, layer in layers}
     scales = {name: layer.weight_scale.detach().float().cpu().clone() for name, layer in layers}
-    skip = _quant_keys(graph.layers)
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in skip}
+    full_state = model.state_dict()
+    skip = _quant_keys(graph.layers, list(full_state))
+    state = {k: v.detach().cpu().clone() for k, v in full_state.items() if k not in skip}
     bits = list(available_bits) if available_bits is not None else calibrated_bits(model)
-    return {"format": FORMAT, "meta": dict(meta or {}), "graph": graph.as_dict(), "available_bits": bits,
-            "codes": codes, "weight_scales": scales, "state": state}
+    artefact = {"format": FORMAT, "meta": dict(meta or {}), "graph": graph.as_dict(), "available_bits": bits,
+                "codes": codes, "weight_scales": scales, "state": state}
+    if graph.weight_scales == "unshared":
+        low = graph.bits[1:]
+        artefact["low_codes"] = {name: {str(b): layer.codes(b).cpu() for b in low} for name, layer in layers}
+        artefact["low_weight_scales"] = {name: {str(b): layer.weight_scale_at(b).detach().float().cpu().clone()
+                                                for b in low} for name, layer in layers}
+    return artefact
 
 
 def save_int8(path: str | os.PathLike, artefact: Mapping[str, Any]) -> Path:
@@ -56,7 +75,13 @@ def load_int8(path: str | os.PathLike) -> dict[str, Any]:
     artefact = load_checkpoint(path, required=("format", "graph", "codes", "weight_scales", "state"), expect="int8")
     if artefact["format"] != FORMAT:
         raise UsageError(f"{path} is a {artefact['format']!r} file, not {FORMAT!r}; export it again")
-    for name, codes in artefact["codes"].items():
+    low = artefact.get("low_codes", {})
+    if _unshared(artefact["graph"]) and not low:
+        raise UsageError(f"{path}: a model with unshared weight scales but no per-bit codes (low_codes); export it "
+                         "again")
+    named = [(name, codes) for name, codes in artefact["codes"].items()]
+    named += [(f"{name} at {b} bits", codes) for name, per_bit in low.items() for b, codes in per_bit.items()]
+    for name, codes in named:
         if codes.dtype != torch.int8:
             raise UsageError(f"{path}: codes of {name} are {codes.dtype}, expected int8")
     return artefact
@@ -69,6 +94,9 @@ def payload_bytes(artefact: Mapping[str, Any]) -> dict[str, int]:
 
     parts = {"codes": size(artefact["codes"]), "weight_scales": size(artefact["weight_scales"]),
              "state": size(artefact["state"])}
+    for key in ("low_codes", "low_weight_scales"):  # unshared weight scales: one code set per bit-width
+        if key in artefact:
+            parts[key] = sum(size(per_bit) for per_bit in artefact[key].values())
     parts["total"] = sum(parts.values())
     return parts
 
@@ -80,9 +108,12 @@ def _check_matches(model: nn.Module, artefact: Mapping[str, Any]) -> None:
         raise UsageError("the int8 file was exported from a different architecture or bit list "
                          f"({len(saved['layers'])} quantised layers, bits {saved['bits']}; this model has "
                          f"{len(graph.layers)}, bits {list(graph.bits)}); build the model it was exported from")
-    if saved["bn_mode"] != graph.bn_mode or saved["tie_mode"] != graph.tie_mode:
-        raise UsageError(f"the int8 file uses bn_mode={saved['bn_mode']}, tie_mode={saved['tie_mode']}; this "
-                         f"model uses {graph.bn_mode}, {graph.tie_mode}")
+    saved_scales = saved.get("weight_scales", "shared")
+    if saved["bn_mode"] != graph.bn_mode or saved["tie_mode"] != graph.tie_mode or \
+            saved_scales != graph.weight_scales:
+        raise UsageError(f"the int8 file uses bn_mode={saved['bn_mode']}, tie_mode={saved['tie_mode']}, "
+                         f"weight_scales={saved_scales}; this model uses {graph.bn_mode}, {graph.tie_mode}, "
+                         f"{graph.weight_scales}")
     for name, layer in quant_layers(model):
         if tuple(artefact["codes"][name].shape) != tuple(layer.weight.shape):
             raise UsageError(f"the int8 file does not match the model at {name}: codes "
@@ -95,20 +126,31 @@ def _check_available(artefact: Mapping[str, Any], bits: Mapping[str, int]) -> No
         check_bits(b, available, what="bit-width (of the int8 file)")
 
 
+def layer_codes(artefact: Mapping[str, Any], name: str, bits: int) -> tuple[Tensor, Tensor, int]:
+    """``(codes, scale, delta)`` of layer ``name`` at ``bits`` from the file: the h-bit codes shifted by
+    ``delta = h - bits`` with the shared ``s_h`` or, for unshared weight scales below ``h``, the stored
+    ``bits``-bit codes with their own step (``delta = 0``). De-quantise with :func:`dequantize_codes`."""
+    graph = artefact["graph"]
+    high = graph["bits"][0]
+    if _unshared(graph) and bits != high:
+        return artefact["low_codes"][name][str(bits)], artefact["low_weight_scales"][name][str(bits)], 0
+    delta = high - bits
+    return (shift_codes(artefact["codes"][name], delta, bits, graph["tie_mode"]), artefact["weight_scales"][name],
+            delta)
+
+
 @torch.no_grad()
 def apply_codes(model: nn.Module, artefact: Mapping[str, Any], config: BitConfig) -> dict[str, int]:
     """Switch a de-quantised model: derive every layer's weight at its bit-width from the int8 codes by the
     integer shift, de-quantise it into ``layer.weight`` and select the matching activation scales and BNs."""
-    graph = graph_of(model)
     bits = bit_config(model, config)
     _check_available(artefact, bits)
-    high = graph.bits[0]
     for name, layer in quant_layers(model):
-        delta = high - bits[name]
-        codes = shift_codes(artefact["codes"][name], delta, bits[name], graph.tie_mode)
-        scale = artefact["weight_scales"][name]
+        codes, scale, delta = layer_codes(artefact, name, bits[name])
         layer.weight.copy_(dequantize_codes(codes, scale, delta).to(layer.weight.device, layer.weight.dtype))
-        layer.weight_scale.copy_(scale)
+        layer.weight_scale.copy_(artefact["weight_scales"][name])
+        for b, low_scale in artefact.get("low_weight_scales", {}).get(name, {}).items():
+            layer.low_weight_scales[b].copy_(low_scale)
         layer.dequantized = True
     return set_bits(model, bits)
 
@@ -119,7 +161,8 @@ def load_dequantized(model: nn.Module, artefact: Mapping[str, Any], config: BitC
     layers are overwritten with the de-quantised codes."""
     _check_matches(model, artefact)
     graph = graph_of(model)
-    own = {k for k in model.state_dict() if k not in _quant_keys(graph.layers)}
+    keys = list(model.state_dict())
+    own = {k for k in keys if k not in _quant_keys(graph.layers, keys)}
     state = artefact["state"]
     missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
     if missing or unexpected:
