@@ -77,4 +77,11 @@ def test_bad_sources_are_usage_errors(tmp_path, capsys):
     save_checkpoint(tmp_path / "r.pth", torchvision.models.resnet18().state_dict())
     code, _, err = _run(["convert", "--source", str(tmp_path / "r.pth"), "--arch", "vgg16", "--out",
                          str(tmp_path / "o.pt")], capsys)
-    assert code == 2 and err.count("\n") == 1 and "resnet18 or resnet50" in err
+    assert code == 2 and err.count("\n") == 1 and "resnet18, resnet50, mobilenetv2_100, mobilenetv2_050" in err
+
+
+def test_another_number_of_classes_keeps_the_new_classifier_at_its_initialisation():
+    source = torchvision.models.resnet18(num_classes=10).state_dict()
+    model = from_resnet(source, 18, num_classes=100)
+    assert model.fc.weight.shape == (100, 512)
+    assert torch.equal(model.layer4.conv3.weight, source["layer4.1.conv2.weight"])

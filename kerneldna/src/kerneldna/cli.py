@@ -98,19 +98,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from effrepro.train import load_checkpoint, save_checkpoint
 
-    from kerneldna.convert import from_resnet
+    from kerneldna.convert import CONVERTIBLE, from_pretrained
 
-    depth = {"resnet18": 18, "resnet50": 50}.get(args.arch)
-    if depth is None:
-        raise UsageError(f"--arch must be resnet18 or resnet50, not {args.arch!r}")
+    if args.arch not in CONVERTIBLE:
+        raise UsageError(f"--arch must be one of {', '.join(CONVERTIBLE)}, not {args.arch!r}")
     if args.num_classes is not None and args.num_classes < 1:
         raise UsageError("--num-classes must be >= 1")
     check_output_file(args.out, "--out")
     state = load_checkpoint(args.source, expect="state-dict")
-    model = from_resnet(state, depth, args.num_classes)
+    model = from_pretrained(state, args.arch, args.num_classes)
     save_checkpoint(args.out, model.state_dict())
-    print(json.dumps({"out": str(args.out), "arch": args.arch, "variant": "kerneldna",
-                      "classes": model.fc.out_features,
+    head = model.fc if args.arch.startswith("resnet") else model.classifier[-1]
+    print(json.dumps({"out": str(args.out), "arch": args.arch, "variant": "kerneldna", "classes": head.out_features,
                       "fine_tune": f"kerneldna train --arch {args.arch} --set init={args.out} --data ..."}))
     return 0
 
@@ -129,10 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_set(p, "variant=baseline")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("convert", help="a torchvision/timm ResNet state dict -> KernelDNA ResNet weights (the official "
-                       "deeper sharing stages) to fine-tune with `train --set init=OUT`")
-    p.add_argument("--source", required=True, help="ResNet-18/50 state dict (.pth of torchvision or timm)")
-    p.add_argument("--arch", default="resnet18", help="resnet18 or resnet50")
+    p = sub.add_parser("convert", help="a torchvision/timm ResNet or torchvision MobileNetV2 state dict -> KernelDNA "
+                       "weights in the official structure, to fine-tune with `train --set init=OUT`")
+    p.add_argument("--source", required=True, help="state dict (.pth): ResNet-18/50 of torchvision or timm, "
+                   "torchvision mobilenet_v2 (width 1.0 or 0.5)")
+    p.add_argument("--arch", default="resnet18", help="resnet18, resnet50, mobilenetv2_100 or mobilenetv2_050")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the source's)")
     p.add_argument("--out", required=True, help="where to write the KernelDNA state dict")
     p.set_defaults(func=cmd_convert)

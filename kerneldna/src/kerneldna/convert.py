@@ -8,7 +8,8 @@ whose parent is the *last* one (the official code always shares the kernel of th
 
 Unlike the official ResNet-18 build this is a 1:1 replacement (same depth, same MACs, fewer parameters).
 :func:`from_resnet` (``kerneldna convert``) builds the official structure instead -- deeper ``layer3`` / ``layer4``
-whose extra blocks share kernels -- from a pretrained torchvision / timm ResNet's weights, to fine-tune.
+whose extra blocks share kernels -- from a pretrained torchvision / timm ResNet's weights, to fine-tune;
+:func:`from_mobilenetv2` does the same for torchvision's MobileNetV2 (the official clusters, which keep its depth).
 """
 
 from __future__ import annotations
@@ -181,6 +182,32 @@ def resnet_module_map(depth: int) -> dict[str, str]:
 ADDED_BLOCK_NORMS = {18: ("layer3.bn2", "layer4.bn2"), 50: ("layer3.parents.2.layers.bn3",)}
 
 
+def _load_mapped(model: nn.Module, source: Mapping[str, Any], mapping: Mapping[str, str], what: str,
+                 head: str) -> set[str]:
+    """Load every ``model`` entry from the source weight of the module ``mapping`` names (unmapped modules keep their
+    names); returns the source keys used. The classifier ``head`` (a module name) keeps its initialisation when its
+    size differs from the source's. Raises :class:`UsageError` on any other shape mismatch or when nothing
+    matched."""
+    target = model.state_dict()
+    state, used = {}, set()
+    for key in target:
+        module, _, leaf = key.rpartition(".")
+        src = f"{mapping[module]}.{leaf}" if module in mapping else key
+        if src not in source:
+            continue
+        if tuple(source[src].shape) != tuple(target[key].shape):
+            if module == head:  # another number of classes: the new classifier stays at its initialisation
+                continue
+            raise UsageError(f"source weight {src} has shape {tuple(source[src].shape)}, KernelDNA {what}"
+                             f" needs {tuple(target[key].shape)} at {key}: is the source a {what}?")
+        state[key] = source[src]
+        used.add(src)
+    if not used:
+        raise UsageError(f"the source is not a torchvision {what} state dict (none of its weight names match)")
+    model.load_state_dict(state, strict=False)
+    return used
+
+
 def from_resnet(source: Mapping[str, Any], depth: int = 18, num_classes: int | None = None) -> nn.Module:
     """A KernelDNA ResNet-``depth`` (the official structure: deeper ``layer3`` / ``layer4`` sharing kernels)
     initialised from a torchvision or timm ResNet state dict, ready to fine-tune.
@@ -196,27 +223,71 @@ def from_resnet(source: Mapping[str, Any], depth: int = 18, num_classes: int | N
     classes = num_classes or (source["fc.weight"].shape[0] if "fc.weight" in source else 1000)
     stem = source.get("conv1.weight")
     model = KernelDNAResNet(depth, num_classes=classes, in_chans=stem.shape[1] if stem is not None else 3)
-    mapping = resnet_module_map(depth)
-    target = model.state_dict()
-    state, used = {}, set()
-    for key in target:
-        module, _, leaf = key.rpartition(".")
-        src = next((f"{theirs}.{leaf}" for ours, theirs in mapping.items() if module == ours), key)
-        if src in source:
-            if tuple(source[src].shape) != tuple(target[key].shape):
-                raise UsageError(f"source weight {src} has shape {tuple(source[src].shape)}, KernelDNA ResNet-{depth}"
-                                 f" needs {tuple(target[key].shape)} at {key}: is the source a ResNet-{depth}?")
-            state[key] = source[src]
-            used.add(src)
-    needed = [k for k in source if k.startswith(("conv1.", "bn1.", "layer"))]
-    if not needed or not used:
+    if not any(k.startswith(("conv1.", "bn1.", "layer")) for k in source):
         raise UsageError(f"the source is not a torchvision/timm ResNet-{depth} state dict (no conv1/layer* weights)")
-    if classes != target["fc.weight"].shape[0] or "fc.weight" not in source:
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    model.load_state_dict(state, strict=False)
+    _load_mapped(model, source, resnet_module_map(depth), f"ResNet-{depth}", "fc")
     with torch.no_grad():
         for name in ADDED_BLOCK_NORMS[depth]:
             norm = model.get_submodule(name)
             norm.weight.zero_()
             norm.bias.zero_()
     return model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A pretrained torchvision MobileNetV2 -> KernelDNA MobileNetV2 (the official sharing clusters, same depth)
+# ----------------------------------------------------------------------------------------------------------
+_IR_LAYERS = {"pw1": "conv.0.0", "bn1": "conv.0.1", "dw": "conv.1.0", "bn2": "conv.1.1", "pw2": "conv.2",
+              "bn3": "conv.3"}
+_CHILD_LAYERS = {"bn1": "conv.0.1", "dwconv": "conv.1.0", "bn2": "conv.1.1", "bn3": "conv.3"}
+
+
+def mobilenetv2_module_map() -> dict[str, str]:
+    """Our module -> the torchvision ``mobilenet_v2`` module whose weights it takes (unlisted modules keep names).
+
+    Each shared stage (features 4-6, 7-10, 11-13, 14-16) becomes one cluster at its last index: the stage's first
+    inverted residual is the transition, the last one the parent whose two pointwise kernels the children share,
+    and each block in between a child that keeps its own depthwise conv and BatchNorms; the source child's two
+    pointwise kernels are dropped (that is the sharing). The official MobileNetV2 adds no depth."""
+    from kerneldna.models.mobilenetv2 import SHARED_STAGES
+
+    out = {}
+    for indices in SHARED_STAGES:
+        first, last = indices[0], indices[-1]
+        out.update({f"features.{last}.transition.layers.{o}": f"features.{first}.{t}" for o, t in _IR_LAYERS.items()})
+        out.update({f"features.{last}.last_block.layers.{o}": f"features.{last}.{t}" for o, t in _IR_LAYERS.items()})
+        for j, index in enumerate(indices[1:-1]):
+            out.update({f"features.{last}.blocks.{j}.{o}": f"features.{index}.{t}" for o, t in _CHILD_LAYERS.items()})
+    return out
+
+
+def from_mobilenetv2(source: Mapping[str, Any], width_mult: float = 1.0, num_classes: int | None = None) -> nn.Module:
+    """A KernelDNA MobileNetV2 (``width_mult`` 1.0 or 0.5, the official clusters) initialised from a torchvision
+    ``mobilenet_v2`` state dict, ready to fine-tune (:func:`mobilenetv2_module_map` says which weight goes where).
+
+    Every static weight of the KernelDNA model equals its source weight; the static attentions (zero: each child
+    starts with its parent's pointwise kernels) and SE gates keep their initialisation, so as for the ResNets the
+    result is a starting point for fine-tuning, not the source function."""
+    from kerneldna.models.mobilenetv2 import KernelDNAMobileNetV2
+
+    what = f"MobileNetV2 {width_mult:g}x"
+    if not any(k.startswith("features.") for k in source):
+        raise UsageError(f"the source is not a torchvision {what} state dict (no features.* weights; timm's "
+                         "mobilenetv2 names its layers differently)")
+    classes = num_classes or (source["classifier.1.weight"].shape[0] if "classifier.1.weight" in source else 1000)
+    stem = source.get("features.0.0.weight")
+    model = KernelDNAMobileNetV2(width_mult, num_classes=classes, in_chans=stem.shape[1] if stem is not None else 3)
+    _load_mapped(model, source, mobilenetv2_module_map(), what, "classifier.1")
+    return model
+
+
+CONVERTIBLE = {"resnet18": 18, "resnet50": 50, "mobilenetv2_100": 1.0, "mobilenetv2_050": 0.5}
+
+
+def from_pretrained(source: Mapping[str, Any], arch: str, num_classes: int | None = None) -> nn.Module:
+    """``kerneldna convert``: a torchvision (or timm, ResNets) state dict of ``arch`` -> the KernelDNA ``arch``."""
+    if arch not in CONVERTIBLE:
+        raise UsageError(f"--arch must be one of {', '.join(CONVERTIBLE)}, not {arch!r}")
+    if arch.startswith("resnet"):
+        return from_resnet(source, int(CONVERTIBLE[arch]), num_classes)
+    return from_mobilenetv2(source, float(CONVERTIBLE[arch]), num_classes)

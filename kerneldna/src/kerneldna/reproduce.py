@@ -29,6 +29,7 @@ from kerneldna.train import TrainConfig, train
 
 DET_DEPTH = 18  # the det miniature: KernelDNA ResNet-18 vs the torchvision ResNet-18 baseline, random init
 DET_ARMS = [f"kerneldna_resnet{DET_DEPTH}", f"baseline_resnet{DET_DEPTH}"]
+DET_FULL_ARCHS = ("resnet18", "resnet50", "mobilenetv2_100", "mobilenetv2_050")  # COCO Mask R-CNN backbones
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -250,12 +251,12 @@ def det_stage(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
     except ImportError as exc:
         raise UsageError(f"the det stage needs the OpenMMLab extra (mmengine, mmdet, mmsegmentation): {exc}") from None
     if plan.name == "full":
-        depth = int(plan.arch[6:])
+        tag = f"r{plan.arch[6:]}" if plan.arch.startswith("resnet") else plan.arch
         ckpts = plan.backbone_checkpoints or tuple(str(ctx.runs / f"{v}_seed{plan.seeds[0]}" / "last.pt")
                                                    for v in mm.BACKBONE_VARIANTS)
         with ctx.stage("det"):
-            metrics = {v: train_and_evaluate(mm.coco_config(plan.coco, ctx.runs / f"mask-rcnn_{v}_r{depth}_1x_coco",
-                                                            depth, v, c))
+            metrics = {v: train_and_evaluate(mm.coco_config(plan.coco, ctx.runs / f"mask-rcnn_{v}_{tag}_1x_coco",
+                                                            plan.arch, v, c))
                        for v, c in zip(mm.BACKBONE_VARIANTS, ckpts, strict=True)}
         for kind, key in (("bbox", "bbox"), ("mask", "segm")):
             res.facts[f"det_coco_{kind}_ap_delta"] = (metrics["kerneldna"][f"coco/{key}_mAP"]
@@ -311,8 +312,8 @@ def configure(plan: KernelDNAPlan, args: argparse.Namespace) -> KernelDNAPlan:
         if not plan.coco:
             raise UsageError("the det stage at --scale full trains on COCO 2017: pass --coco /path/to/coco "
                              "(train2017/, val2017/, annotations/instances_{train,val}2017.json)")
-        if plan.arch not in ("resnet18", "resnet50"):
-            raise UsageError(f"the det stage has KernelDNA ResNet-18/50 backbones, not {plan.arch!r}")
+        if plan.arch not in DET_FULL_ARCHS:
+            raise UsageError(f"the det stage has KernelDNA backbones {', '.join(DET_FULL_ARCHS)}, not {plan.arch!r}")
         from effrepro.mm.runner import detection_config
 
         detection_config({}, plan.coco, Path("."), 1, 0.0, train_split="train2017", val_split="val2017")

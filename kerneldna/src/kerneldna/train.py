@@ -210,10 +210,11 @@ def load_init(model: nn.Module, path: str | Path) -> None:
     is left at its initialisation (fine-tuning on another dataset), any other mismatch is an error."""
     state = load_checkpoint(path, expect="state-dict")
     own = model.state_dict()
+    heads = ("fc.", "classifier.")  # the ResNets' and MobileNetV2's classifiers
     state = {k: v for k, v in state.items()
-             if not (k.startswith("fc.") and k in own and tuple(v.shape) != tuple(own[k].shape))}
-    for key in ("fc.weight", "fc.bias"):
-        if key not in state and key in own:
+             if not (k.startswith(heads) and k in own and tuple(v.shape) != tuple(own[k].shape))}
+    for key in own:
+        if key.startswith(heads) and key not in state:
             state[key] = own[key]
     load_state_dict_checked(model, state, source=f"init weights {path}")
 
