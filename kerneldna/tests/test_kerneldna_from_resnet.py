@@ -85,3 +85,22 @@ def test_another_number_of_classes_keeps_the_new_classifier_at_its_initialisatio
     model = from_resnet(source, 18, num_classes=100)
     assert model.fc.weight.shape == (100, 512)
     assert torch.equal(model.layer4.conv3.weight, source["layer4.1.conv2.weight"])
+
+
+def test_convert_takes_a_trained_baseline_run_not_a_kerneldna_one(tmp_path, capsys):
+    common = ["--set", "dataset=mnist100", "--set", "epochs=1", "--set", "batch_size=8", "--set", "train_size=16",
+              "--set", "test_size=8", "--set", "workers=0", "--set", "progress=false"]
+    for variant in ("baseline", "kerneldna"):
+        code, _, err = _run(["train", "--arch", "resnet18", "--out", str(tmp_path / variant), "--set",
+                             f"variant={variant}", *common], capsys)
+        assert code == 0, err
+    code, out, err = _run(["convert", "--source", str(tmp_path / "baseline" / "last.pt"), "--arch", "resnet18",
+                           "--out", str(tmp_path / "kdna.pt")], capsys)
+    assert code == 0, err
+    trained = load_checkpoint(tmp_path / "baseline" / "last.pt")["model"]
+    converted = load_checkpoint(tmp_path / "kdna.pt", expect="state-dict")
+    assert json.loads(out)["classes"] == 100 and converted["conv1.weight"].shape[1] == 1
+    assert torch.equal(converted["layer3.conv3.weight"], trained["layer3.1.conv2.weight"])
+    code, _, err = _run(["convert", "--source", str(tmp_path / "kerneldna" / "last.pt"), "--arch", "resnet18",
+                         "--out", str(tmp_path / "again.pt")], capsys)
+    assert code == 2 and "resnet18 kerneldna run" in err and err.count("\n") == 1

@@ -97,6 +97,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from effrepro.train import load_checkpoint, save_checkpoint
+    from effrepro.train.checkpoint import file_kind
 
     from kerneldna.convert import CONVERTIBLE, from_pretrained
 
@@ -105,7 +106,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.num_classes is not None and args.num_classes < 1:
         raise UsageError("--num-classes must be >= 1")
     check_output_file(args.out, "--out")
-    state = load_checkpoint(args.source, expect="state-dict")
+    state = load_checkpoint(args.source, expect=("state-dict", "train-state"))
+    if file_kind(state) == "train-state":  # a `kerneldna train --set variant=baseline` run: its (EMA) weights
+        config = state.get("config") or {}
+        if config.get("variant", "baseline") != "baseline" or config.get("arch", args.arch) != args.arch:
+            raise UsageError(f"{args.source} is a {config.get('arch')} {config.get('variant')} run; convert takes "
+                             f"the {args.arch} baseline (already KernelDNA: fine-tune it with train --set init=...)")
+        state = state["ema"] if state.get("ema") is not None else state["model"]
     model = from_pretrained(state, args.arch, args.num_classes)
     save_checkpoint(args.out, model.state_dict())
     head = model.fc if args.arch.startswith("resnet") else model.classifier[-1]
@@ -131,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="a torchvision/timm ResNet or torchvision MobileNetV2 state dict -> KernelDNA "
                        "weights in the official structure, to fine-tune with `train --set init=OUT`")
     p.add_argument("--source", required=True, help="state dict (.pth): ResNet-18/50 of torchvision or timm, "
-                   "torchvision mobilenet_v2 (width 1.0 or 0.5)")
+                   "torchvision mobilenet_v2 (width 1.0 or 0.5); or the last.pt of a `kerneldna train` baseline run")
     p.add_argument("--arch", default="resnet18", help="resnet18, resnet50, mobilenetv2_100 or mobilenetv2_050")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the source's)")
     p.add_argument("--out", required=True, help="where to write the KernelDNA state dict")
