@@ -109,9 +109,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     state = load_checkpoint(args.source, expect=("state-dict", "train-state"))
     if file_kind(state) == "train-state":  # a `kerneldna train --set variant=baseline` run: its (EMA) weights
         config = state.get("config") or {}
-        if config.get("variant", "baseline") != "baseline" or config.get("arch", args.arch) != args.arch:
-            raise UsageError(f"{args.source} is a {config.get('arch')} {config.get('variant')} run; convert takes "
-                             f"the {args.arch} baseline (already KernelDNA: fine-tune it with train --set init=...)")
+        arch, variant = config.get("arch", args.arch), config.get("variant", "baseline")
+        if variant != "baseline" or arch != args.arch:
+            hint = "" if variant == "baseline" else " (a KernelDNA run needs no conversion: resume or fine-tune it)"
+            raise UsageError(f"{args.source} is a {arch} {variant} run; convert takes a {args.arch} baseline run{hint}")
         state = state["ema"] if state.get("ema") is not None else state["model"]
     model = from_pretrained(state, args.arch, args.num_classes)
     save_checkpoint(args.out, model.state_dict())
