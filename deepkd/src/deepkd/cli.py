@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,7 +34,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_output_dir(args.out)
     cfg = _load(args.config, overrides(args), args.data)
     result = train(cfg, args.out, progress=not args.quiet, resume=not args.no_resume)
-    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary per torchrun job
+        print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
     return 0
 
 

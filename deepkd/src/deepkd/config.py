@@ -27,6 +27,7 @@ class DataConfig:
     workers: int = 2
     two_views: bool | None = None      # weak + strong view; None = on for MLKD / CRLD
     augment: bool = True               # the dataset's standard training augmentation
+    image_size: int = 224              # imagenet only: crop side (evaluation: resize to 256/224 of it, centre crop)
     train_size: int | None = None      # mnist100 only: number of training pairs (None = 50k)
     test_size: int | None = None       # mnist100 only: number of test pairs (None = 10k)
 
@@ -120,8 +121,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for key, value, valid in choices:
         if value not in valid:
             raise UsageError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
-    if cfg.solver.epochs < 1 or cfg.data.batch_size < 1:
-        raise UsageError("solver.epochs and data.batch_size must be >= 1")
+    if cfg.solver.epochs < 1 or cfg.data.batch_size < 1 or cfg.data.image_size < 8:
+        raise UsageError("solver.epochs and data.batch_size must be >= 1, data.image_size >= 8")
     if cfg.distiller.name.lower() != "none" and not cfg.teacher:
         raise UsageError(f"distiller {cfg.distiller.name!r} needs a teacher: set teacher=<model name>")
     if cfg.mask.mode != "off":

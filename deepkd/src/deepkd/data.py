@@ -77,12 +77,13 @@ def _transforms(cfg: TrainConfig, train: bool, two_views: bool) -> Any:
             else normalize
     else:
         normalize = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        size = cfg.data.image_size
         if not train:
-            return T.Compose([T.Resize(256), T.CenterCrop(224), normalize])
-        weak = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), normalize])
+            return T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), normalize])
+        weak = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), normalize])
     if not two_views:
         return weak
-    crop = T.RandomCrop(32, padding=4) if dataset == "cifar100" else T.RandomResizedCrop(224)
+    crop = T.RandomCrop(32, padding=4) if dataset == "cifar100" else T.RandomResizedCrop(cfg.data.image_size)
     strong = T.Compose([crop, T.RandomHorizontalFlip(), RandomMagnitudeRandAugment(), normalize, Cutout()])
     return TwoViews(weak, strong)
 

@@ -18,7 +18,8 @@ every config) while the paper describes a K that starts small and grows::
     s(e) = clip((e - e0) / (e1 - e0), 0, 1)          e = 1-indexed epoch
     K(e) = min(C, K0 + ceil((C - K0) * f(s)))         f = linear (s), cosine ((1 - cos(pi s)) / 2) or step
 
-Defaults when not given: K0 = ceil(0.1 C), e0 = end of the KD warm-up, e1 = first LR decay epoch.
+Defaults when not given: K0 = ceil(0.1 C), e0 = end of the KD warm-up, e1 = first LR decay epoch (cosine: 60 % of
+training), and e1 >= e0 + 1.
 K is kept >= 3: K = 2 with a correct teacher leaves one class (NCKD = 0) and K = 1 masks every class, which
 with the -1000 offset silently turns NCKD into the unmasked all-class KD.
 """
@@ -200,6 +201,6 @@ def topk_schedule(cfg: TrainConfig) -> Callable[[float], int]:
     else:
         default_end = 0.6 * cfg.solver.epochs
     start = mask.start_epoch if mask.start_epoch is not None else warmup
-    end = mask.end_epoch if mask.end_epoch is not None else default_end
+    end = mask.end_epoch if mask.end_epoch is not None else max(default_end, start + 1)  # short runs: >= 1 epoch
     return TopKSchedule(classes, mask.k0 if mask.k0 is not None else math.ceil(0.1 * classes), start, end,
                         mask.curve)

@@ -24,16 +24,19 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from deepkd.losses import (
-    batch_consistency_loss,
-    class_consistency_loss,
+    crld_losses,
+    crld_masks,
     dkd_parts,
     kd_loss,
+    masked_reduce,
+    mlkd_losses,
+    mlkd_masks,
     teacher_target_prob,
 )
 
 COMPONENT_OF = {
     "loss_ce": "task", "loss_task": "task",
-    "loss_kd": "kd", "loss_cc": "kd", "loss_bc": "kd",
+    "loss_kd": "kd", "loss_cc": "kd", "loss_bc": "kd", "loss_kd_wv": "kd", "loss_kd_cv": "kd",
     "loss_tckd": "tcg", "loss_nckd": "ncg",
 }
 MLKD_TEMPERATURES = (None, 3.0, 5.0, 2.0, 6.0)  # None = the configured temperature (4 on CIFAR)
@@ -42,19 +45,6 @@ MLKD_TEMPERATURES = (None, 3.0, 5.0, 2.0, 6.0)  # None = the configured temperat
 def warmup_factor(epoch: float, warmup_epochs: float) -> float:
     """Linear KD warm-up ``min(e / E_w, 1)`` with a 1-indexed epoch (so epoch 1 of 20 gives 0.05)."""
     return 1.0 if warmup_epochs <= 0 else min(float(epoch) / warmup_epochs, 1.0)
-
-
-def masked_reduce(values: Tensor, mask: Tensor, scalar: bool, reduce: str = "mean") -> Tensor:
-    """Apply a 0/1 selection ``mask`` to per-entry losses ``values``.
-
-    ``scalar=True`` is the released DeepKD form: reduce first, then multiply by the selected fraction.
-    ``scalar=False`` selects entries before reducing (the original MLKD/CRLD intent). Equal when all selected.
-    """
-    agg = values.mean() if reduce == "mean" else values.sum()
-    if scalar:
-        return agg * mask.to(values.dtype).mean()
-    picked = values * mask.to(values.dtype)
-    return picked.mean() if reduce == "mean" else picked.sum()
 
 
 class Distiller(nn.Module):
@@ -225,33 +215,22 @@ class MLKD(_DecoupledMixin, Distiller):
             t_weak, t_strong = self.run_teacher(weak), self.run_teacher(strong)
         else:
             t_weak, t_strong = teacher_logits
-        p_teacher = F.softmax(t_weak, dim=1)
-        confidence = p_teacher.max(1).values
-        sample_mask = confidence <= torch.quantile(confidence.float(), 0.5).to(confidence.dtype)
-        class_conf = p_teacher.sum(0)
-        class_mask = class_conf <= torch.quantile(class_conf.float(), 0.5).to(class_conf.dtype)
-        scalar, w = self.release_quirks, self.kd_weight
         loss_ce = self.ce_weight * (F.cross_entropy(s_weak, target) + F.cross_entropy(s_strong, target))
-        loss_cc = sum(w * masked_reduce(class_consistency_loss(s_weak, t_weak, t), class_mask, scalar, "sum")
-                      for t in self._temps())
-        loss_bc = sum(w * masked_reduce(batch_consistency_loss(s_weak, t_weak, t), sample_mask, scalar, "sum")
-                      for t in self._temps())
+        scalar, w = self.release_quirks, self.kd_weight
+        base = mlkd_losses(s_weak, s_strong, t_weak, t_strong, self._temps(), w, scalar)
         if not self.decoupled:
             if topk:
                 raise UsageError("the top-k mask acts on NCKD; use it with a decoupled distiller (DeepKD)")
-            kd_weak = sum(w * masked_reduce(kd_loss(s_weak, t_weak, t), sample_mask, scalar) for t in self._temps())
-            # released: the "strong" terms at T=2 and T=6 use the weak logits
-            strong_pairs = [(s_strong, t_strong)] * 3 + [(s_weak, t_weak)] * 2
-            kd_strong = sum(w * kd_loss(s, te, t).mean() for (s, te), t in zip(strong_pairs, self._temps()))
-            return (s_weak, s_strong), {"loss_ce": loss_ce, "loss_kd": kd_weak + kd_strong,
-                                        "loss_cc": loss_cc, "loss_bc": loss_bc}
+            return (s_weak, s_strong), {"loss_ce": loss_ce, **base}
+        sample_mask, _ = mlkd_masks(t_weak)
         tckd = nckd = 0.0
         for t in self._temps():
             tc_w, nc_w = self.split_kd(s_weak, t_weak, target, epoch, topk, temperature=t)
             tc_s, nc_s = self.split_kd(s_strong, t_strong, target, epoch, topk, temperature=t)
             tckd = tckd + w * (masked_reduce(tc_w, sample_mask, scalar) + tc_s.mean())
             nckd = nckd + w * (masked_reduce(nc_w, sample_mask, scalar) + nc_s.mean())
-        return (s_weak, s_strong), {"loss_task": loss_ce + loss_cc + loss_bc, "loss_tckd": tckd, "loss_nckd": nckd}
+        return (s_weak, s_strong), {"loss_task": loss_ce + base["loss_cc"] + base["loss_bc"], "loss_tckd": tckd,
+                                    "loss_nckd": nckd}
 
 
 class CRLD(_DecoupledMixin, Distiller):
@@ -282,19 +261,16 @@ class CRLD(_DecoupledMixin, Distiller):
             t_weak, t_strong = self.run_teacher(weak), self.run_teacher(strong)
         else:
             t_weak, t_strong = teacher_logits
-        mask_w = F.softmax(t_weak, dim=1).max(1).values >= self.tau_w
-        mask_s = F.softmax(t_strong, dim=1).max(1).values >= self.tau_s
         loss_ce = self.ce_weight * (F.cross_entropy(s_weak, target) + F.cross_entropy(s_strong, target))
-        within = [(s_weak, t_weak), (s_strong, t_strong)]
-        cross = [(s_strong, t_weak), (s_weak, t_strong)]
         if not self.decoupled:
             if topk:
                 raise UsageError("the top-k mask acts on NCKD; use it with a decoupled distiller (DeepKD)")
-            wv = sum(kd_loss(s, t, self.temperature) for s, t in within)
-            cv = sum(kd_loss(s, t, self.temperature) for s, t in cross)
-            loss_kd = (self.wv_weight * masked_reduce(wv, mask_w, scalar=False)
-                       + self.cv_weight * masked_reduce(cv, mask_s, scalar=False))
-            return (s_weak, s_strong), {"loss_ce": loss_ce, "loss_kd": loss_kd}
+            return (s_weak, s_strong), {"loss_ce": loss_ce, **crld_losses(
+                s_weak, s_strong, t_weak, t_strong, self.temperature, self.wv_weight, self.cv_weight, self.tau_w,
+                self.tau_s)}
+        mask_w, mask_s = crld_masks(t_weak, t_strong, self.tau_w, self.tau_s)
+        within = [(s_weak, t_weak), (s_strong, t_strong)]
+        cross = [(s_strong, t_weak), (s_weak, t_strong)]
         scalar = self.release_quirks
         parts = {"tckd": 0.0, "nckd": 0.0}
         for pairs, mask, weight in ((within, mask_w, self.wv_weight), (cross, mask_s, self.cv_weight)):

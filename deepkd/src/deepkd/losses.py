@@ -1,4 +1,4 @@
-"""Logit-distillation losses: KD, the DKD decomposition (TCKD / NCKD), the top-k mask, MLKD's consistency terms.
+"""Logit-distillation losses: KD, the DKD decomposition (TCKD / NCKD), the top-k mask, MLKD and CRLD.
 
 All per-sample losses here are multiplied by T^2 and left unreduced ([B]); the distillers reduce them.
 
@@ -14,6 +14,8 @@ student's excluded logits receive exactly zero gradient.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from effrepro.errors import UsageError
@@ -108,3 +110,72 @@ def batch_consistency_loss(student: Tensor, teacher: Tensor, temperature: float)
     p_t = F.softmax(teacher / temperature, dim=1)
     batch = teacher.shape[0]
     return ((p_t @ p_t.T - p_s @ p_s.T) ** 2).sum(0) / batch
+
+
+def masked_reduce(values: Tensor, mask: Tensor, scalar: bool, reduce: str = "mean") -> Tensor:
+    """Apply a 0/1 selection ``mask`` to per-entry losses ``values``.
+
+    ``scalar=True`` reduces first, then multiplies by the selected fraction (MLKD's released code, and the DeepKD
+    release for MLKD and CRLD); ``scalar=False`` selects entries before reducing (CRLD's code). Equal when all
+    entries are selected.
+    """
+    agg = values.mean() if reduce == "mean" else values.sum()
+    if scalar:
+        return agg * mask.to(values.dtype).mean()
+    picked = values * mask.to(values.dtype)
+    return picked.mean() if reduce == "mean" else picked.sum()
+
+
+def mlkd_masks(teacher_weak: Tensor) -> tuple[Tensor, Tensor]:
+    """MLKD's confidence masks from the weak view's teacher: samples whose top probability, and classes whose
+    summed probability over the batch, are at most the batch median (the uncertain half gets the extra terms)."""
+    p_teacher = F.softmax(teacher_weak, dim=1)
+    confidence = p_teacher.max(1).values
+    class_conf = p_teacher.sum(0)
+    return (confidence <= torch.quantile(confidence.float(), 0.5).to(confidence.dtype),
+            class_conf <= torch.quantile(class_conf.float(), 0.5).to(class_conf.dtype))
+
+
+def mlkd_losses(student_weak: Tensor, student_strong: Tensor, teacher_weak: Tensor, teacher_strong: Tensor,
+                temperatures: Sequence[float], kd_weight: float = 1.0, scalar_masks: bool = True) -> dict[str, Tensor]:
+    """Multi-level logit distillation (Jin et al., CVPR 2023) without its cross-entropy: ``loss_kd`` (instance
+    level), ``loss_cc`` (class level), ``loss_bc`` (batch level), each summed over ``temperatures``.
+
+    Weak view: KD, class and batch consistency, masked by :func:`mlkd_masks`. Strong view: KD unmasked at the
+    first three temperatures; as released, the last two "strong" KD terms use the weak logits, and the strong-view
+    consistency terms (computed and dropped there) are left out. ``scalar_masks`` as in :func:`masked_reduce`.
+    """
+    sample_mask, class_mask = mlkd_masks(teacher_weak)
+    temps = list(temperatures)
+    kd_weak = sum(masked_reduce(kd_loss(student_weak, teacher_weak, t), sample_mask, scalar_masks) for t in temps)
+    strong_pairs = [(student_strong, teacher_strong)] * 3 + [(student_weak, teacher_weak)] * (len(temps) - 3)
+    kd_strong = sum(kd_loss(s, te, t).mean() for (s, te), t in zip(strong_pairs, temps))
+    cc = sum(masked_reduce(class_consistency_loss(student_weak, teacher_weak, t), class_mask, scalar_masks, "sum")
+             for t in temps)
+    bc = sum(masked_reduce(batch_consistency_loss(student_weak, teacher_weak, t), sample_mask, scalar_masks, "sum")
+             for t in temps)
+    return {"loss_kd": kd_weight * (kd_weak + kd_strong), "loss_cc": kd_weight * cc, "loss_bc": kd_weight * bc}
+
+
+def crld_masks(teacher_weak: Tensor, teacher_strong: Tensor, tau_w: float, tau_s: float) -> tuple[Tensor, Tensor]:
+    """CRLD's confidence masks: weak-view teacher top probability >= ``tau_w`` (within-view terms), strong-view
+    teacher top probability >= ``tau_s`` (cross-view terms)."""
+    return (F.softmax(teacher_weak, dim=1).max(1).values >= tau_w,
+            F.softmax(teacher_strong, dim=1).max(1).values >= tau_s)
+
+
+def crld_losses(student_weak: Tensor, student_strong: Tensor, teacher_weak: Tensor, teacher_strong: Tensor,
+                temperature: float, wv_weight: float = 2.0, cv_weight: float = 0.5, tau_w: float = 0.9,
+                tau_s: float = 0.2) -> dict[str, Tensor]:
+    """Cross-view consistency regularisation (Zhang et al., ACM MM 2024) without its cross-entropy.
+
+    ``loss_kd_wv``: within-view KD (teacher weak -> student weak plus teacher strong -> student strong) on the
+    samples the weak-view teacher is confident about; ``loss_kd_cv``: cross-view KD (teacher weak -> student strong
+    plus teacher strong -> student weak) on the samples the strong-view teacher is confident about; per-sample
+    masks, averaged over the whole batch (as the CRLD code).
+    """
+    mask_w, mask_s = crld_masks(teacher_weak, teacher_strong, tau_w, tau_s)
+    within = kd_loss(student_weak, teacher_weak, temperature) + kd_loss(student_strong, teacher_strong, temperature)
+    cross = kd_loss(student_strong, teacher_weak, temperature) + kd_loss(student_weak, teacher_strong, temperature)
+    return {"loss_kd_wv": wv_weight * masked_reduce(within, mask_w, scalar=False),
+            "loss_kd_cv": cv_weight * masked_reduce(cross, mask_s, scalar=False)}
