@@ -86,6 +86,9 @@ def test_cifar_grid_in_one_process_trains_the_teacher_and_writes_claims(tmp_path
     document = read_claims(out / "claims.json")
     for claim in document["claims"]:  # one seed, one pair: n = 1, no interval, never a verdict
         assert claim["n"] == 1 and claim["verdict"] == "inconclusive", claim
+    by_id = {c["id"]: c for c in document["claims"]}
+    assert by_id[f"gain_{pair}_mlkd_deepkd"]["details"]["paper_baseline"] == 72.19  # MLKD's published number
+    assert by_id[f"gain_{pair}_mlkd_deepkd"]["details"]["paper_arm"] is None  # the paper's +DeepKD: not here
     mlkd = facts[f"top1_{pair}_mlkd_base"]
     assert mlkd["paper"] == 72.19 and 0 <= mlkd["value"] <= 100
     assert facts[f"top1_{pair}_crld_base"]["paper"] is None and facts[f"top1_{pair}_mlkd_dtm"]["paper"] is None
@@ -190,3 +193,17 @@ def test_every_declared_full_claim_and_fact_is_unique_and_names_its_pair():
             for base in ("kd", "dkd", "mlkd", "crld"):
                 assert f"gain_{dataset}_{name}_{base}_deepkd" in ids and f"top1_{dataset}_{name}_{base}_base" in ids
     assert sys.modules["deepkd.reproduce"].FULL.seeds == (0,)
+
+
+@pytest.mark.slow
+def test_seeds_give_the_per_pair_gain_a_paired_interval(tmp_path, cifar_ok):
+    out = tmp_path / "out"
+    assert _reproduce(out, cifar_ok, "pairs=[resnet56_resnet20]", "bases=[kd]", "variants=[base,deepkd]",
+                      extra=["--seeds", "2"]) == 0
+    claims = {c["id"]: c for c in read_claims(out / "claims.json")["claims"]}
+    gain = claims["gain_cifar100_resnet56_resnet20_kd_deepkd"]
+    assert gain["n"] == 2 and None not in gain["ci"] and gain["details"]["seeds"] == [0, 1]
+    assert gain["ci"][0] <= gain["measured"] <= gain["ci"][1]
+    assert claims["gain_cifar100_kd_deepkd"]["n"] == 1  # pooled over pairs: one pair run
+    fact = {f["id"]: f for f in read_claims(out / "claims.json")["facts"]}["top1_cifar100_resnet56_resnet20_kd_base"]
+    assert len(fact["details"]["best_top1"]) == 2 and fact["paper"] == 70.66

@@ -72,7 +72,7 @@ def full_specs() -> tuple[list[ClaimSpec], list[FactSpec]]:
             where = f"{pair.teacher} -> {pair.student} ({dataset})"
             for base in BASES:
                 b, d, m = arm_label(base, "base"), arm_label(base, "deepkd"), arm_label(base, "dtm")
-                by_seed = "paired by seed (one seed per arm: no interval, inconclusive)"
+                by_seed = "paired by seed (n = seeds per arm; one seed gives no interval: inconclusive)"
                 claims.append(_claim(f"gain_{dataset}_{name}_{base}_deepkd", f"{where}", d, b, by_seed))
                 claims.append(_claim(f"gain_{dataset}_{name}_{base}_dtm", f"{where}", m, d, by_seed))
                 claims.append(_claim(f"gain_{dataset}_{name}_{base}_dtm_over_base", f"{where}", m, b, by_seed))
@@ -228,7 +228,7 @@ def _best(runs: list[dict[str, Any]]) -> list[float]:
 
 def _estimates(plan: Any, results: dict[tuple[str, str, str], list[dict[str, Any]]]) -> dict[str, stats.Estimate]:
     estimates: dict[str, stats.Estimate] = {}
-    pairs = list(pairs_of(plan.dataset, tuple(plan.pairs)))
+    pairs = pairs_of(plan.dataset, tuple(plan.pairs))
     for base in plan.bases:
         for suffix, arm, against in GAINS:
             per_pair: dict[str, tuple[float, float]] = {}
@@ -237,7 +237,8 @@ def _estimates(plan: Any, results: dict[tuple[str, str, str], list[dict[str, Any
                 if not a or not b:
                     continue
                 estimates[f"gain_{plan.dataset}_{name}_{base}_{suffix}"] = stats.paired_diff(
-                    _best(a), _best(b), seeds=list(plan.seeds),
+                    _best(a), _best(b), seeds=list(plan.seeds), paper_arm=paper_top1(pairs[name], base, arm),
+                    paper_baseline=paper_top1(pairs[name], base, against),
                     last_epoch_diff=statistics.fmean(x["top1"] - y["top1"] for x, y in zip(a, b)))
                 per_pair[name] = (statistics.fmean(_best(a)), statistics.fmean(_best(b)))
             if per_pair:
