@@ -193,6 +193,8 @@ class ShapeLRU:
         return len(self._items)
 
     def get(self, key: Any, compute: Callable[[], Tensor]) -> Tensor:
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return compute()  # a traced value (fake or symbolic tensor) must not outlive the trace in the cache
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
