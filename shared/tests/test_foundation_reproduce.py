@@ -29,7 +29,9 @@ REPO = Path(__file__).resolve().parents[2]
      ((math.nan, math.nan), ">= 0", "inconclusive"), ((1.0, 1.0), "> 1.0", "fails"),
      # a smallest effect of interest: the claim also fails when an effect that large is excluded
      ((-4.8, 2.6), "> 0, fails below 9.5", "fails"), ((-4.8, 12.0), "> 0, fails below 9.5", "inconclusive"),
-     ((0.1, 3.0), "> 0, fails below 9.5", "holds"), ((0.98, 1.01), "> 1.0, fails below 1.02", "fails"),
+     # above 0 but excluding the smallest effect: a gain far smaller than the paper's fails
+     ((0.1, 3.0), "> 0, fails below 9.5", "fails"), ((0.1, 12.0), "> 0, fails below 9.5", "holds"),
+     ((0.98, 1.01), "> 1.0, fails below 1.02", "fails"), ((1.01, 1.015), "> 1.0, fails below 1.02", "fails"),
      ((0.985, 1.03), "< 1.0, fails above 0.98", "fails"), ((0.9, 0.99), "< 1.0, fails above 0.98", "holds")],
 )
 def test_verdict_of_an_interval(ci, expect, verdict):

@@ -37,9 +37,10 @@ class Expectation:
 
     A one-sided expectation may name a smallest effect of interest: ``"> 0, fails below 9.5"``. A claim that a
     method is better (``> 0``) cannot be decided at any ``n`` when the true effect is 0; the paper, however, claims
-    an effect of a stated size. The claim then also fails when the whole interval lies on the wrong side of that
-    smallest effect (here: below 9.5, i.e. an effect as large as 9.5 is excluded), and still holds whenever the
-    whole interval meets the direction (``> 0``).
+    an effect of a stated size. The claim then fails when the whole interval lies on the wrong side of that
+    smallest effect (here: below 9.5, i.e. an effect as large as 9.5 is excluded), even where it also lies above 0:
+    a gain far smaller than the paper's does not reproduce the paper's claim. It holds when the whole interval meets
+    the direction (``> 0``) and reaches the smallest effect.
     """
 
     op: str
@@ -92,11 +93,11 @@ class Expectation:
             if self.lo <= lo and hi <= self.hi:
                 return "holds"
             return "fails" if hi < self.lo or lo > self.hi else "inconclusive"
+        if self.smallest is not None and (hi < self.smallest if self.op in (">", ">=") else lo > self.smallest):
+            return "fails"  # an effect of the smallest size of interest is excluded
         if self.met_by(lo) and self.met_by(hi):
             return "holds"
         if not self.met_by(lo) and not self.met_by(hi):
-            return "fails"
-        if self.smallest is not None and (hi < self.smallest if self.op in (">", ">=") else lo > self.smallest):
             return "fails"
         return "inconclusive"
 
