@@ -62,6 +62,35 @@ def test_race_end_to_end_is_lossless_and_writes_its_files(target, tmp_path, monk
         race(model, tokenizer, ["nope"], config)
 
 
+def test_harness_without_plain_decoding_gives_the_same_turns_numbered_from_first_number(target, tmp_path):
+    """``evaluate(baseline=False)`` runs only the methods; the records of each method are those of a run with the
+    baseline (greedy), and ``first_number`` shifts the rotating order and seeds but not greedy outputs."""
+    from effrepro.specdec.harness import evaluate
+
+    model, tokenizer, _ = target
+    head = build_eagle_head(model.config, model.get_input_embeddings().weight).eval()
+    methods = {"small": eagle_factory(head, TreeConfig(2, 2, 4)), "large": eagle_factory(head, TreeConfig(3, 3, 10))}
+    questions = tmp_path / "question.jsonl"
+    questions.write_text('{"question_id": 1, "turns": ["tell me a story"]}\n'
+                         '{"question_id": 2, "turns": ["what is the answer"]}\n')
+    config = EvalConfig(questions=str(questions), max_new_tokens=10, warmup=0, cost_model_repeats=2)
+    with torch.no_grad():
+        full = evaluate(target=_adapter(model), tokenizer=tokenizer, methods=methods, config=config, progress=False)
+        alone = evaluate(_adapter(model), tokenizer, methods, config, progress=False, baseline=False,
+                         first_number=5)
+    assert list(full["records"]) == ["plain", "small", "large"] and list(alone["records"]) == ["small", "large"]
+    assert alone["costs"] is None and "speedup" not in alone["summary"]["small"]
+    for name in methods:
+        assert [r["tokens"] for r in alone["records"][name]] == [r["tokens"] for r in full["records"][name]]
+        assert [r["question_id"] for r in alone["records"][name]] == [1, 2]
+
+
+def _adapter(model):
+    from effrepro.specdec import TargetAdapter
+
+    return TargetAdapter(model, max_length=256)
+
+
 def test_installed_projects_register_their_methods():
     names = available_methods()
     assert "eagle2" in names

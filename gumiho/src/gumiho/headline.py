@@ -6,8 +6,7 @@ times as much. This stage runs **only the EAGLE-2 and Gumiho trees** (the main e
 generation settings and per-question rotating order) on further corpus instructions the draft data did not answer,
 in cached blocks of turns, so a killed run resumes at the first missing block.
 
-The engine's harness always decodes plain greedy too (its baseline); :func:`two_arm_turns` is the same loop
-without it (same prompt rendering, stop tokens, seeds, warm-up and turn records).
+:func:`two_arm_turns` runs the engine's harness without its plain-decoding baseline.
 """
 
 from __future__ import annotations
@@ -15,16 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from effrepro.errors import UsageError
 from effrepro.specdec import EvalConfig, TargetAdapter
-from effrepro.specdec.draft_data import ChatFormatter
-from effrepro.specdec.generate import GenerationConfig, speculative_generate, stop_tokens
-from effrepro.specdec.harness import turn_record
+from effrepro.specdec.harness import evaluate
 from effrepro.specdec.headcache import unseen_corpus_prompts
-from effrepro.specdec.verify import SamplingConfig
+
+from gumiho.data import write_questions
 
 ARMS = ("eagle2", "gumiho")  # the two methods of the headline claims
 
@@ -60,31 +59,13 @@ def headline_blocks(data: Any, skip: int, count: int, size: int) -> list[Block]:
 
 
 def two_arm_turns(target: TargetAdapter, tokenizer: Any, methods: dict[str, Callable[[TargetAdapter], Any]],
-                  config: EvalConfig, block: Block) -> dict[str, list[dict[str, Any]]]:
-    """Every method of ``methods`` on each prompt of ``block`` (one turn each), interleaved per prompt in an order
-    that rotates with the prompt's global number (as the harness does), after ``config.warmup`` untimed
-    generations. Returns the turn records per method, the same fields as the harness's."""
-    formatter = ChatFormatter(tokenizer, config.chat_template)
-    sampling = SamplingConfig(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
-    stops = stop_tokens(target.model, tokenizer)
-    proposers = {name: factory(target) for name, factory in methods.items()}
-    names = list(proposers)
-
-    def generate(name: str, prompt: Any, seed: int, max_new_tokens: int) -> Any:
-        generation = GenerationConfig(max_new_tokens=max_new_tokens, sampling=sampling, stop_token_ids=stops,
-                                      seed=seed)
-        return speculative_generate(target, proposers[name], prompt, generation)
-
-    prompts = [formatter.prompt_ids([{"role": "user", "content": text}]) for text in block.prompts]
-    for prompt in prompts:
-        if prompt.numel() + 1 >= config.max_length:
-            raise UsageError(f"a headline prompt of {prompt.numel()} tokens exceeds max_length={config.max_length}")
-    for _ in range(config.warmup):  # the harness's warm-up: 32 tokens of the first prompt per method, untimed
-        for name in names:
-            generate(name, prompts[0], config.seed, min(config.max_new_tokens, 32))
-    records: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for number, prompt in enumerate(prompts, start=block.offset):
-        for name in names[number % len(names):] + names[: number % len(names)]:
-            result = generate(name, prompt, config.seed + number * 10, config.max_new_tokens)
-            records[name].append(turn_record(f"headline-{number}", 0, result))
-    return records
+                  config: EvalConfig, block: Block, folder: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every method of ``methods`` on each prompt of ``block`` (one turn each): the engine's harness without plain
+    decoding, the prompts numbered from the block's offset (so the rotating order and the seeds are those of one
+    run over every block). The block's questions are written to ``folder``. Returns the turn records per method."""
+    questions = [{"question_id": f"headline-{block.offset + i}", "category": "corpus", "turns": [prompt]}
+                 for i, prompt in enumerate(block.prompts)]
+    path = write_questions(questions, folder / f"{block.name}_questions.jsonl")
+    single = replace(config, questions=str(path), max_questions=0, max_turns=1)
+    return evaluate(target, tokenizer, methods, single, progress=False, baseline=False,
+                    first_number=block.offset)["records"]

@@ -176,10 +176,9 @@ def run(plan: GumihoPlan, ctx: Context) -> Results:
     if blocks:
         with ctx.stage("evaluation_headline"):
             arms = {name: factory for name, factory in _methods(config, model, heads).items() if name in ARMS}
-            single = replace(config.eval, max_questions=0, max_turns=1)
             for block in blocks:
-                part = ctx.cached(block.name, lambda b=block: two_arm_turns(target, tokenizer, arms, single, b),
-                                  key={**key, **block.key()})
+                part = ctx.cached(block.name, lambda b=block: two_arm_turns(target, tokenizer, arms, config.eval, b,
+                                                                            ctx.out), key={**key, **block.key()})
                 for arm in ARMS:
                     headline[arm] += part[arm]
     estimates, facts = measure(config, records, result["summary"], trained, headline)

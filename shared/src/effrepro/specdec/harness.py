@@ -215,12 +215,15 @@ def summarize(records: dict[str, list[dict]], costs: dict[str, float] | None = N
 
 
 def evaluate(target: TargetAdapter, tokenizer: Any, methods: dict[str, ProposerFactory], config: EvalConfig,
-             out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+             out_dir: str | Path | None = None, progress: bool = True, baseline: bool = True,
+             first_number: int = 0) -> dict[str, Any]:
     """Run plain decoding and every method over the questions (interleaved), then ``summarize``.
 
     ``methods`` maps a name to a factory ``(target) -> Proposer``. Returns ``{"summary", "records", "costs",
     "config"}``; with ``out_dir``, writes ``<name>.jsonl`` (one record per turn, with the answer text) and
-    ``summary.json``.
+    ``summary.json``. ``baseline=False`` leaves plain decoding out (no speed-up, mismatch count or cost model then);
+    ``first_number`` numbers the questions from there (the rotating order and the seeds), so questions evaluated
+    in several calls are treated as one run would treat them.
     """
     if BASELINE in methods:
         raise UsageError(f"method name {BASELINE!r} is reserved for plain decoding")
@@ -232,7 +235,7 @@ def evaluate(target: TargetAdapter, tokenizer: Any, methods: dict[str, ProposerF
     generation = GenerationConfig(max_new_tokens=config.max_new_tokens, sampling=sampling,
                                   stop_token_ids=stop_tokens(target.model, tokenizer), seed=config.seed)
     proposers = {name: factory(target) for name, factory in methods.items()}
-    names = [BASELINE, *proposers]
+    names = [BASELINE, *proposers] if baseline else list(proposers)
 
     def run(name: str, prompt: torch.Tensor, seed: int, max_new_tokens: int | None = None) -> GenerationResult:
         gen = GenerationConfig(**{**asdict(generation), "sampling": sampling, "seed": seed,
@@ -247,7 +250,7 @@ def evaluate(target: TargetAdapter, tokenizer: Any, methods: dict[str, ProposerF
             run(name, first_prompt, config.seed, min(generation.max_new_tokens, 32))
     records: dict[str, list[dict]] = {name: [] for name in names}
     contexts: list[int] = []
-    iterator: Any = list(enumerate(questions))
+    iterator: Any = list(enumerate(questions, start=first_number))
     if progress:
         from tqdm.auto import tqdm
 
