@@ -415,3 +415,17 @@ def test_cache_entries_know_their_key_and_record_given_seconds(tmp_path):
     (tmp_path / "out" / "runs" / "arm.json").write_text("{not json")
     assert not resumed.is_cached("arm", {"seed": 1})
     assert Context("toy", Plan(name="smoke"), tmp_path / "out", resume=False).is_cached("arm", {"seed": 1}) is False
+
+
+def test_run_jobs_in_one_thread_processes_gives_the_serial_results():
+    import torch
+    from effrepro.reproduce import run_jobs
+
+    jobs = {k: (k, 3) for k in range(4)}
+    serial = list(run_jobs(pow, jobs))
+    assert [k for k, _, _ in serial] == list(jobs) and all(s >= 0 for _, _, s in serial)  # here, in order
+    parallel = {k: r for k, r, _ in run_jobs(pow, jobs, workers=2)}
+    assert parallel == {k: r for k, r, _ in serial} == {k: k**3 for k in jobs}
+    threads = {k: r for k, r, _ in run_jobs(torch.get_num_threads, {"a": (), "b": ()}, workers=2)}
+    assert threads == {"a": 1, "b": 1}
+    assert list(run_jobs(pow, {}, workers=2)) == []

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from effrepro import stats
-from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results
+from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results, run_jobs
 
 from deepkd import miniature as mini
 from deepkd import reproduce_estimates as est
@@ -168,18 +166,15 @@ def _students(plan: DeepKDPlan, ctx: Context, prep: dict[str, Any]) -> dict[tupl
     jobs = {(arm, seed): {"arm": arm, "seed": seed, "plan": plan, "data": prep["data"], "teacher": prep["teacher"],
                           "out": str(ctx.runs / arm / f"seed{seed}")} for seed in plan.seeds for arm in plan.arms}
     keys = {job: {"arm": job[0], "seed": job[1], **student_fields} for job in jobs}
-    missing = [job for job in jobs if not ctx.is_cached(_name(job), keys[job])]
-    computed: dict[tuple[str, int], dict[str, Any]] = {}
-    if plan.workers > 1 and len(missing) > 1:
-        with ProcessPoolExecutor(max_workers=plan.workers, mp_context=mp.get_context("spawn")) as pool:
-            computed = dict(zip(missing, pool.map(mini.run_student, [jobs[job] for job in missing])))
+    missing = {job: (jobs[job],) for job in jobs if not ctx.is_cached(_name(job), keys[job])}
     results = {}
-    for job in jobs:
-        compute = (lambda j=job: computed[j]) if job in computed else (lambda j=job: mini.run_student(jobs[j]))
-        results[job] = ctx.cached(_name(job), compute, key=keys[job])
-        if job in missing:
-            ctx.log.log(kind="student", **{k: v for k, v in results[job].items() if k not in ("curve", "gsnr")})
-    return results
+    for job, result, seconds in run_jobs(mini.run_student, missing, plan.workers):
+        results[job] = ctx.cached(_name(job), lambda r=result: r, key=keys[job], seconds=seconds)
+        ctx.log.log(kind="student", **{k: v for k, v in results[job].items() if k not in ("curve", "gsnr")})
+    for job in jobs:  # cached before this run (recomputed here only if the entry vanished meanwhile)
+        if job not in results:
+            results[job] = ctx.cached(_name(job), lambda j=job: mini.run_student(jobs[j]), key=keys[job])
+    return {job: results[job] for job in jobs}
 
 
 def _name(job: tuple[str, int]) -> str:

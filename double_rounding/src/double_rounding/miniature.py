@@ -22,17 +22,15 @@ Arms (``name: what``):
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing as mp
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import torch
 from effrepro.config import load_config
 from effrepro.quant import graph_of, load_int8, payload_bytes, to_transitional
-from effrepro.reproduce import Context
+from effrepro.reproduce import Context, run_jobs
 from effrepro.train import dist_setup, load_state_dict_checked, seed_everything
 
 from double_rounding.config import Config
@@ -205,21 +203,10 @@ def run_seeds(plan: Any, ctx: Context, jobs: dict[int, tuple[str, ...]],
                for seed, arms in jobs.items()}
     todo = {seed: (plan, seed, arms, str(ctx.runs / f"seed{seed}")) for seed, arms in missing.items() if arms}
     computed: dict[tuple[int, str], Any] = {}
-
-    def store(seed: int, values: dict[str, dict[str, Any]]) -> None:
+    for seed, values, _ in run_jobs(run_arms, todo, plan.workers):
         for arm, value in values.items():
             computed[seed, arm] = ctx.cached(f"seed{seed}_{arm}", lambda v=value: v, key=arm_key(plan, seed, arm),
                                              seconds=value.get("seconds"))
-
-    if plan.workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=plan.workers, mp_context=mp.get_context("spawn"),
-                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            futures = {pool.submit(run_arms, *args): seed for seed, args in todo.items()}
-            for future in as_completed(futures):
-                store(futures[future], future.result())
-    else:
-        for seed, args in todo.items():
-            store(seed, run_arms(*args))
     for seed, arms in jobs.items():
         for arm in arms:
             value = computed.get((seed, arm))

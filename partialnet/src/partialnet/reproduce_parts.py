@@ -4,11 +4,9 @@ recipe, the paired latency benchmark with per-round ratios, counts against the o
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing as mp
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import torch
 from effrepro import stats
 from effrepro.bench import count_flops, count_params, cuda_sync, paired_benchmark
 from effrepro.report import save_figure
+from effrepro.reproduce import run_jobs
 
 from partialnet.bench import deploy_pair
 from partialnet.deploy import fusion_max_abs_diff
@@ -61,32 +60,23 @@ def train_mini(ctx: Any, name: str, cfg: TrainConfig, **key: Any) -> list[dict[s
                       key={**cache_key(cfg), **key})
 
 
-def _train_job(cfg: TrainConfig, resume: bool) -> tuple[list[dict[str, Any]], float]:
-    """One miniature run in a worker process: its history and the seconds it took."""
-    start = time.perf_counter()
-    history = train(cfg, resume=resume, progress=False)["history"]
-    return history, time.perf_counter() - start
+def _train_history(cfg: TrainConfig, resume: bool) -> list[dict[str, Any]]:
+    """One miniature run's per-epoch history (a worker process's job)."""
+    return train(cfg, resume=resume, progress=False)["history"]
 
 
 def train_minis(ctx: Any, configs: dict[str, TrainConfig], workers: int = 1,
                 done: Callable[[str, list[dict[str, Any]], float], None] | None = None) -> dict[str, Any]:
     """Every named miniature run's history, cached as :func:`train_mini` caches one (same names and keys, so
     entries made with any number of workers are reused by any other). The runs not cached yet go to ``workers``
-    processes of one thread each when ``workers > 1``, else run here in order; ``done(name, history, seconds)``
-    is called once per run as it finishes or is reused."""
-    todo = [name for name, cfg in configs.items() if not ctx.is_cached(name, cache_key(cfg))]
+    processes of one thread each when ``workers > 1`` (:func:`effrepro.reproduce.run_jobs`), else run here in
+    order; ``done(name, history, seconds)`` is called once per run as it finishes or is reused."""
+    todo = {name: (cfg, ctx.resume) for name, cfg in configs.items() if not ctx.is_cached(name, cache_key(cfg))}
     histories: dict[str, Any] = {}
-    if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            futures = {pool.submit(_train_job, configs[name], ctx.resume): name for name in todo}
-            for future in as_completed(futures):
-                name = futures[future]
-                history, seconds = future.result()
-                histories[name] = ctx.cached(name, lambda h=history: h, key=cache_key(configs[name]),
-                                             seconds=seconds)
-                if done is not None:
-                    done(name, histories[name], seconds)
+    for name, history, seconds in run_jobs(_train_history, todo, workers):
+        histories[name] = ctx.cached(name, lambda h=history: h, key=cache_key(configs[name]), seconds=seconds)
+        if done is not None:
+            done(name, histories[name], seconds)
     for name, cfg in configs.items():
         if name not in histories:
             start = time.perf_counter()

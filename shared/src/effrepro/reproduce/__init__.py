@@ -13,7 +13,8 @@ from effrepro.reproduce.skeleton import (
     default_threads,
     run_stages,
 )
+from effrepro.reproduce.workers import run_jobs
 
 __all__ = ["SCALES", "ClaimSpec", "Context", "FactSpec", "Plan", "Reproduction", "Results", "apply_overrides",
            "default_threads",
-           "run_stages"]
+           "run_jobs", "run_stages"]
