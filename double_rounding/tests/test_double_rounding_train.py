@@ -5,11 +5,8 @@ import double_rounding.train as train_module
 import pytest
 import torch
 from double_rounding.cli import run
-from double_rounding.config import Config
-from double_rounding.data import build_loaders
 from double_rounding.double_rounding import BitSampler
 from double_rounding.eval import evaluate_int8, parse_config
-from double_rounding.models import build_float_model
 from double_rounding.train import (
     PrecisionStep,
     evaluate,
@@ -20,31 +17,14 @@ from double_rounding.train import (
     quant_model_from_fp32,
     train_quantized,
 )
-from effrepro.config import load_config
 from effrepro.errors import UsageError
 from effrepro.quant import load_int8, to_transitional
-from effrepro.train import dist_setup, seed_everything
-
-
-def tiny_cfg(**multi):
-    return load_config({
-        "model": {"width": 4},
-        "data": {"dataset": "mnist", "train_size": 128, "test_size": 100, "batch_size": 32},
-        "quant": {"calib_images": 32},
-        "multi": {"epochs": 2, "lr": 5e-4, "log_every": 1000, **multi},
-    }, Config)
+from effrepro.train import seed_everything
 
 
 @pytest.fixture(scope="module")
-def setup():
-    torch.set_num_threads(1)
-    cfg = tiny_cfg()
-    dist = dist_setup("cpu")
-    train, test = build_loaders(cfg.data, dist, 0)
-    seed_everything(0)
-    fp32 = build_float_model(cfg.model).state_dict()
-    calib = next(iter(train))[0]
-    return cfg, dist, train, test, fp32, calib
+def setup(tiny_cfg, tiny_data):
+    return (tiny_cfg(), *tiny_data)
 
 
 def _model(setup, bits=(8, 6, 4, 2), tie="half_up"):

@@ -4,13 +4,9 @@ precision, and evaluation from that file gives the training-time fake-quant mode
 
 import pytest
 import torch
-from double_rounding.config import Config
-from double_rounding.data import build_loaders
 from double_rounding.eval import evaluate_int8
 from double_rounding.integer import integer_model
-from double_rounding.models import build_float_model
 from double_rounding.train import evaluate, export_model, quant_model_from_fp32, train_quantized
-from effrepro.config import load_config
 from effrepro.errors import UsageError
 from effrepro.quant import (
     export_int8,
@@ -22,35 +18,18 @@ from effrepro.quant import (
     set_bits,
     split_parameters,
 )
-from effrepro.train import dist_setup, seed_everything
 
 BITS = [8, 6, 4, 2]
 
 
-def tiny_cfg(weight_scales="unshared"):
-    return load_config({
-        "model": {"width": 4},
-        "data": {"dataset": "mnist", "train_size": 128, "test_size": 100, "batch_size": 32},
-        "quant": {"calib_images": 32, "weight_scales": weight_scales},
-        "multi": {"epochs": 1, "lr": 5e-4, "log_every": 1000},
-    }, Config)
-
-
 @pytest.fixture(scope="module")
-def setup():
-    torch.set_num_threads(1)
-    cfg = tiny_cfg()
-    dist = dist_setup("cpu")
-    train, test = build_loaders(cfg.data, dist, 0)
-    seed_everything(0)
-    fp32 = build_float_model(cfg.model).state_dict()
-    calib = next(iter(train))[0]
-    return dist, train, test, fp32, calib
+def setup(tiny_cfg, tiny_data):
+    return (lambda weight_scales="unshared": tiny_cfg(weight_scales, epochs=1), *tiny_data)
 
 
 def _model(setup, weight_scales="unshared"):
-    _, _, _, fp32, calib = setup
-    return quant_model_from_fp32(tiny_cfg(weight_scales), fp32, BITS, "half_up", calib)
+    config, _, _, _, fp32, calib = setup
+    return quant_model_from_fp32(config(weight_scales), fp32, BITS, "half_up", calib)
 
 
 @torch.no_grad()
@@ -65,7 +44,7 @@ def _outputs(model, x):
 
 
 def test_changing_one_precisions_step_leaves_the_other_precisions_unchanged(setup):
-    x = setup[4][:16]
+    x = setup[5][:16]
     model = _model(setup)
     before = _outputs(model, x)
     layer = quant_layers(model)[1][1]
@@ -96,7 +75,7 @@ def test_each_precision_has_its_own_initialised_step_and_gets_only_its_own_gradi
     assert {id(p) for p in layer.weight_scale_params()} <= {id(p) for p in scales}
     model.train()
     set_bits(model, 2)
-    model(setup[4][:8]).sum().backward()
+    model(setup[5][:8]).sum().backward()
     assert layer.low_weight_scales["2"].grad is not None
     assert all(layer.weight_scale_at(b).grad is None for b in (8, 6, 4))
     assert [g[0] for g in scale_groups(model, 2)][0] is layer.low_weight_scales["2"]
@@ -108,9 +87,9 @@ def test_each_precision_has_its_own_initialised_step_and_gets_only_its_own_gradi
 
 
 def test_file_holds_one_code_set_per_precision_and_evaluates_like_training(setup):
-    _, _, test, _, _ = setup
+    config, _, _, test, _, _ = setup
     model = _model(setup)
-    artefact = export_int8(model, {"model": tiny_cfg().model.__dict__}, BITS)
+    artefact = export_int8(model, {"model": config().model.__dict__}, BITS)
     assert set(artefact["low_codes"][quant_layers(model)[0][0]]) == {"6", "4", "2"}
     parts = payload_bytes(artefact)
     assert parts["low_codes"] == 3 * parts["codes"]  # one int8 code set per precision
@@ -124,14 +103,14 @@ def test_file_holds_one_code_set_per_precision_and_evaluates_like_training(setup
         assert row["top1"] == evaluate(model, test, b)["top1"]
     with pytest.raises(UsageError, match="unshared"):
         integer_model(artefact, 4)
-    shared = export_int8(_model(setup, "shared"), {"model": tiny_cfg().model.__dict__}, BITS)
+    shared = export_int8(_model(setup, "shared"), {"model": config().model.__dict__}, BITS)
     with pytest.raises(UsageError, match="weight_scales"):
         load_dequantized(_model(setup), shared, 8)
 
 
 def test_trains_with_one_step_per_precision_and_exports(setup, tmp_path):
-    dist, train, test, fp32, calib = setup
-    cfg = tiny_cfg()
+    config, dist, train, test, fp32, calib = setup
+    cfg = config()
     model = quant_model_from_fp32(cfg, fp32, BITS, "half_up", calib)
     layer = quant_layers(model)[0][1]
     start = {b: float(layer.weight_scale_at(b).detach()) for b in BITS}
