@@ -5,9 +5,10 @@ import json
 import pytest
 from effrepro.errors import UsageError
 from effrepro.report import read_claims
+from jakiro.claims import CLAIMS, FACTS, measure
 from jakiro.cli import run
 from jakiro.prereqs import train_config
-from jakiro.reproduce import CLAIMS, FACTS, REPRODUCTION, measure
+from jakiro.reproduce import REPRODUCTION
 
 
 def _plan(argv):
