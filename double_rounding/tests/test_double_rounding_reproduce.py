@@ -6,15 +6,17 @@ import json
 
 import pytest
 from double_rounding.cli import run
-from double_rounding.miniature import SeedRun
-from double_rounding.reproduce import CLAIMS, FACTS, TINY
+from double_rounding.miniature import SeedRun, arm_key
+from double_rounding.reproduce import CLAIMS, FACTS, SMOKE, TINY
+from double_rounding.reproduce_mixed import mixed_estimates, mixed_jobs
 from effrepro.errors import UsageError
 from effrepro.quant import load_int8
 from effrepro.report import read_claims
 
 SMOKE_CLAIMS = {"ratio_vs_separate_w8", "ratio_vs_separate_w4", "ratio_vs_separate_w2", "alrs_gain_w2",
                 "alrs_gain_w4", "per_precision_minus_accumulate_w2", "ours_minus_floor_w2", "ours_minus_posthoc_w2",
-                "mixed_minus_uniform_3bit", "searched_minus_random", "mixed_auc_minus_uniform",
+                "mixed_minus_uniform_3bit", "mixed_minus_uniform_3bit_pilot", "searched_minus_random",
+                "mixed_auc_minus_uniform",
                 "unshared_minus_shared_w2", "unshared_minus_shared_w4"}
 SMOKE_FACTS = {"optimizer_steps_joint", "optimizer_steps_separate", "fp32_top1", "storage_int8_over_four_fp32",
                "resnet18_storage_int8_over_fp32", "traintime_joint_over_separate", "storage_unshared_over_shared"}
@@ -36,10 +38,13 @@ def test_reproduce_tiny_writes_claims_and_facts_and_resumes(tmp_path, capsys):
     assert claims["alrs_gain_w2"]["n"] == 3 and claims["ours_minus_floor_w2"]["n"] == 1
     assert claims["ratio_vs_separate_w2"]["n"] == claims["per_precision_minus_accumulate_w2"]["n"] == 2
     assert claims["ratio_vs_separate_w2"]["details"]["seeds"] == [0, 1]
-    # the mixed stage: one {4,3,2} SuperNet per mixed seed, its sub-nets paired by seed
-    mixed = claims["mixed_minus_uniform_3bit"]
-    assert mixed["n"] == claims["searched_minus_random"]["n"] == 2 and mixed["details"]["seeds"] == [0, 1]
-    assert mixed["expect"] == "> 0, fails below 0.11"
+    # the mixed stage: one {4,3,2} SuperNet per mixed seed, its sub-nets paired by seed; the headline on the
+    # confirmatory seeds alone, the pilot claim and the other mixed claims on the pilot seeds
+    mixed, pilot = claims["mixed_minus_uniform_3bit"], claims["mixed_minus_uniform_3bit_pilot"]
+    assert mixed["n"] == 2 and mixed["details"]["seeds"] == [2, 3] and pilot["details"]["seeds"] == [0, 1]
+    assert claims["searched_minus_random"]["details"]["seeds"] == claims["mixed_auc_minus_uniform"]["details"][
+        "seeds"] == [0, 1]
+    assert mixed["expect"] == pilot["expect"] == "> 0, fails below 0.11" and not pilot["headline"]
     # Ours* with its shared-scale partner on unshared_seeds (seed 3 runs only FP32, ours and Ours*: the ALRS
     # ablation above stays on seeds 0-2)
     unshared = claims["unshared_minus_shared_w2"]
@@ -54,8 +59,8 @@ def test_reproduce_tiny_writes_claims_and_facts_and_resumes(tmp_path, capsys):
     for row in rows[3:]:  # searched and random sub-nets average exactly their budget over the five layers
         assert sum(row["config"].values()) == round(row["budget"] * 5) and set(row["config"].values()) <= {2, 3, 4}
     assert sum(r["kind"] == "random" for r in rows) == 3 * 2
-    assert not (runs / "seed2_mixed.json").exists() and (runs / "seed1" / "mixed" / "model.int8.pt").is_file()
-    assert "Mixed precision {4,3,2} SuperNet" in (out / "report.md").read_text()
+    assert not (runs / "seed4_mixed.json").exists() and (runs / "seed1" / "mixed" / "model.int8.pt").is_file()
+    assert "SuperNet (HASB, sandwich), 2 confirmatory seeds" in (out / "report.md").read_text()
     assert facts["traintime_joint_over_separate"]["exact"] is False
     assert facts["traintime_joint_over_separate"]["details"]["n"] == 2
     # the separate models get as many optimizer steps as the joint one: the comparison is not confounded
@@ -68,8 +73,8 @@ def test_reproduce_tiny_writes_claims_and_facts_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert run(["reproduce", "--tiny", "--out", str(out), "--threads", "1"]) == 0
     # 3 arms x 3 seeds, FP32 + ours of seed 3, Ours* x 3 seeds, 4 arms x 2 sep_seeds, 2 ablation arms x 1 seed,
-    # 2 mixed seeds, the ResNet-18 storage
-    assert capsys.readouterr().out.count("reusing") == 3 * 3 + 2 + 3 + 4 * 2 + 2 + 2 + 1
+    # 2 pilot + 2 confirmatory mixed seeds, the ResNet-18 storage
+    assert capsys.readouterr().out.count("reusing") == 3 * 3 + 2 + 3 + 4 * 2 + 2 + 4 + 1
     assert read_claims(out / "claims.json") == document
 
 
@@ -112,3 +117,35 @@ def test_mixed_arm_does_not_depend_on_the_arms_run_before_it(tmp_path):
     assert [r["config"] for r in first["rows"]] == [r["config"] for r in again["rows"]]
     assert [r["top1"] for r in first["rows"]] == [r["top1"] for r in again["rows"]]
     assert first["traces"] == again["traces"]
+
+
+def _mixed_run(seed: int, uniform3: float, searched3: float) -> dict:
+    rows = [{"kind": "uniform", "budget": b, "top1": 90.0 + b} for b in (4.0, 2.0)]
+    rows += [{"kind": "uniform", "budget": 3.0, "top1": uniform3}, {"kind": "searched", "budget": 3.0,
+             "top1": searched3}, {"kind": "random", "budget": 3.0, "top1": searched3 - 1}]
+    return {"seed": seed, "rows": rows}
+
+
+def test_mixed_headline_is_decided_on_the_confirmatory_seeds_alone():
+    plan = dataclasses.replace(TINY, mixed_pilot_seeds=(0, 1, 2), mixed_confirm_seeds=(5, 6, 7))
+    runs = [_mixed_run(s, 93.0, 92.0 + 0.1 * s) for s in (0, 1, 2)] + [_mixed_run(s, 93.0, 94.0 + 0.1 * s)
+                                                                        for s in (5, 6, 7)]
+    est = mixed_estimates(plan, runs)
+    assert est["mixed_minus_uniform_3bit"].details["seeds"] == [5, 6, 7]
+    assert abs(est["mixed_minus_uniform_3bit"].value - 1.6) < 1e-9
+    assert est["mixed_minus_uniform_3bit_pilot"].details["seeds"] == [0, 1, 2]
+    assert abs(est["mixed_minus_uniform_3bit_pilot"].value + 0.9) < 1e-9
+    assert est["searched_minus_random"].details["seeds"] == [0, 1, 2]
+    assert "mixed_minus_uniform_3bit" not in mixed_estimates(plan, runs[:3])  # no confirmatory runs: no headline
+    with pytest.raises(UsageError, match="repeats pilot seeds"):
+        mixed_jobs(dataclasses.replace(plan, mixed_confirm_seeds=(2, 3)))
+
+
+def test_smoke_plan_confirmatory_seeds_are_new_and_leave_the_cache_keys_alone():
+    """The pre-registered design: 150 new seeds after the 60 pilot seeds, and the seed lists are not part of any
+    arm's cache key (the pilot's cached runs are reused, not recomputed)."""
+    assert SMOKE.mixed_pilot_seeds == tuple(range(60)) and SMOKE.mixed_confirm_seeds == tuple(range(60, 210))
+    other = dataclasses.replace(SMOKE, mixed_pilot_seeds=(0,), mixed_confirm_seeds=())
+    for arm in ("mixed", "fp32", "ours"):
+        assert arm_key(SMOKE, 3, arm) == arm_key(other, 3, arm)
+    assert "mixed_confirm_seeds" not in arm_key(SMOKE, 3, "mixed") and "mixed_bits" in arm_key(SMOKE, 3, "mixed")
