@@ -11,12 +11,13 @@ from effrepro.errors import UsageError
 from effrepro.report import read_claims
 from effrepro.reproduce import Context
 from partialnet.cli import main
+from partialnet.dpconv_stage import CONFIRM_SEEDS, PILOT, PILOT_SEEDS, search_all
 from partialnet.reproduce import CLAIMS, FACTS, PLANS, REPRODUCTION
 
 from partialnet import reproduce_parts as parts
 
 SMOKE_CLAIMS = ["top1_gain", "cpu_latency_ratio_t2", "cpu_latency_ratio_t1", "cpu_latency_ratio_t0"]
-DPCONV_CLAIMS = ["dpconv_learnt_split_gain"]
+DPCONV_CLAIMS = ["dpconv_learnt_split_gain", "dpconv_learnt_split_gain_pilot"]
 ABLATION_CLAIMS = ["ablation_pat_ch_gain", "ablation_pat_sp_gain", "ablation_pat_sf_gain"]
 ABLATION_FACTS = {f"ablation_top1_{r}" for r in ("pconv", "pat_ch", "pat_ch_sp", "pat_ch_sp_sf")}
 MAIN_FACTS = {"top1_partialnet", "top1_fasternet", "params_ratio_t2", "flops_ratio_t2", "mini_params_ratio",
@@ -46,10 +47,15 @@ def test_reproduce_tiny_end_to_end(tmp_path):
     sp_gain = claims["ablation_pat_sp_gain"]
     assert sp_gain["n"] == 2 and sp_gain["measured"] == pytest.approx(
         facts["ablation_top1_pat_ch_sp"]["value"] - facts["ablation_top1_pat_ch"]["value"])
-    dpconv = claims["dpconv_learnt_split_gain"]
-    assert dpconv["n"] == 2 and dpconv["details"]["seeds"] == [0, 1]
-    assert dpconv["measured"] == pytest.approx(facts["dpconv_top1_learnt"]["value"] - facts["top1_partialnet"]["value"])
-    for row in facts["dpconv_flops_ratio"]["details"]["per_seed"]:  # the retrained model is built from the file
+    dpconv, pilot = claims["dpconv_learnt_split_gain"], claims["dpconv_learnt_split_gain_pilot"]
+    assert dpconv["n"] == 2 and dpconv["details"]["seeds"] == [2, 3] and pilot["details"]["seeds"] == [0, 1]
+    assert dpconv["measured"] == pytest.approx(facts["dpconv_top1_learnt"]["value"] - dpconv["details"]["b_mean"])
+    assert pilot["details"]["b_mean"] == pytest.approx(facts["top1_partialnet"]["value"])  # the main stage's arm
+    rows = facts["dpconv_flops_ratio"]["details"]["per_seed"]
+    assert [(r["seed"], r["pilot"]) for r in rows] == [(0, True), (1, True), (2, False), (3, False)]
+    assert dpconv["details"]["values"] == pytest.approx([r["top1"] - r["fixed_top1"] for r in rows[2:]])
+    assert (tmp_path / "runs" / "partialnet_mini_seed3.json").is_file()  # a claim seed the main stage did not run
+    for row in rows:  # the retrained model is built from the file
         splits = json.loads((tmp_path / "runs" / f"dpconv_splits_seed{row['seed']}.json").read_text())
         assert [layer["n_div"] for layer in splits["layers"]] == row["layer_n_div"]
         retrain = json.loads((tmp_path / "runs" / f"dpconv_retrain_seed{row['seed']}.json").read_text())
@@ -129,9 +135,47 @@ def test_worker_processes_give_the_serial_runs_and_reusable_cache_entries(tmp_pa
     (["--set", "seeds=abc"], "seeds"),
     (["--workers", "0"], "--workers must be at least 1"),
     (["--set", "workers=0"], "--workers must be at least 1"),
+    (["--set", "dpconv_seeds=[4, 5]"], "must be new seeds"),
+    (["--set", "dpconv_seeds=[]"], "must be new seeds"),
     (["--scale", "full", "--data", "/x", "--stages", "main,ablation"], "--scale smoke --stages ablation"),
 ])
 def test_bad_plan_input_is_a_usage_error(argv, message, tmp_path):
     with pytest.raises(UsageError, match=message):
         REPRODUCTION.main([*argv, "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_dpconv_claim_is_preregistered_on_new_seeds_with_80_percent_power():
+    """The claim's seeds are disjoint from the pilot's and their number is the smallest with at least 80 % chance
+    that the paired t-interval excludes 0 if the true gain is the pilot's mean at the pilot's sd."""
+    from scipy import stats as sps
+
+    plan = PLANS["smoke"]
+    assert plan.dpconv_pilot_seeds == PILOT_SEEDS == tuple(range(5)) and plan.dpconv_seeds == CONFIRM_SEEDS
+    assert not set(PILOT_SEEDS) & set(CONFIRM_SEEDS) and set(CONFIRM_SEEDS) <= set(plan.seeds)  # fixed arm cached
+
+    def power(n):
+        t, ncp = sps.t.ppf(0.975, n - 1), PILOT["mean"] * n ** 0.5 / PILOT["sd"]
+        return sps.nct.cdf(-t, n - 1, ncp) + sps.nct.sf(t, n - 1, ncp)
+
+    n = len(CONFIRM_SEEDS)
+    assert power(n) >= PILOT["power"] > power(n - 1)
+    claim = next(c for c in CLAIMS if c.id == "dpconv_learnt_split_gain")
+    assert claim.expect == "> 0" and not claim.headline and f"(n = {n})" in claim.description
+    assert "no seeds added whatever the result" in claim.description
+    pilot = next(c for c in CLAIMS if c.id == "dpconv_learnt_split_gain_pilot")
+    assert pilot.expect == claim.expect and not pilot.headline
+
+
+@pytest.mark.slow
+def test_dpconv_searches_in_workers_give_reusable_splits_files(tmp_path, monkeypatch):
+    plan = dataclasses.replace(PLANS["tiny"], train_size=128, test_size=100, workers=2)
+    monkeypatch.chdir(tmp_path)
+    ctx = Context("partialnet", plan, tmp_path / "a")
+    found = search_all((0, 1), plan, ctx)
+    for seed, run in found.items():
+        splits = json.loads((ctx.runs / f"dpconv_splits_seed{seed}.json").read_text())
+        assert run["file"] == str(ctx.runs / f"dpconv_splits_seed{seed}.json") and splits == run["splits"]
+    again = Context("partialnet", dataclasses.replace(plan, workers=1), tmp_path / "a")
+    assert search_all((0, 1), plan, again) == found and set(again.reused) == {"dpconv_search_seed0",
+                                                                                "dpconv_search_seed1"}

@@ -22,7 +22,7 @@ from partialnet import reproduce_parts as parts
 from partialnet.ablation import ABLATION_CLAIMS, ABLATION_FACTS, ablation_stage
 from partialnet.bench import complexity_table, parse_variants
 from partialnet.det_stage import DET_ARMS, det_stage
-from partialnet.dpconv_stage import DPCONV_CLAIMS, DPCONV_FACTS, dpconv_stage
+from partialnet.dpconv_stage import CONFIRM_SEEDS, DPCONV_CLAIMS, DPCONV_FACTS, PILOT_SEEDS, dpconv_stage
 from partialnet.figures import PAPER_T2
 from partialnet.train import load_train_config, recipe, train
 
@@ -47,7 +47,8 @@ class PartialNetPlan(Plan):
     bench_repeats: int = 41
     bench_warmup: int = 5
     det_images: tuple[int, int, int] = (300, 80, 4)  # det: train images, val images, epochs (batch 4)
-    dpconv_seeds: int = 5  # the dpconv stage pairs the first seeds of ``seeds`` (all would exceed 30 min)
+    dpconv_pilot_seeds: tuple[int, ...] = PILOT_SEEDS  # the dpconv pilot (its own claim, ``_pilot``)
+    dpconv_seeds: tuple[int, ...] = CONFIRM_SEEDS  # the dpconv claim's seeds: new, disjoint from the pilot
     ablation_seeds: int = 12  # the ablation ladder trains the first seeds of ``seeds``
     dpconv_search_epochs: int = 1  # splits held at 1/4 for the warm-up, then learnt
     dpconv_warmup_epochs: float = 0.5
@@ -65,6 +66,7 @@ PLANS = {
     "tiny": PartialNetPlan(name="tiny", stages=(*(STAGES if importlib.util.find_spec("mmdet") else ("main",)),
                                                 "dpconv", "ablation"),
                            seeds=(0, 1), epochs=1, train_size=512, test_size=500, bench_repeats=3, bench_warmup=1,
+                           dpconv_pilot_seeds=(0, 1), dpconv_seeds=(2, 3),
                            det_images=(8, 4, 1)),
     "full": PartialNetPlan(name="full", seeds=(0,), bench_variants=("t2",)),
 }
@@ -214,6 +216,9 @@ def configure(plan: PartialNetPlan, args: argparse.Namespace) -> PartialNetPlan:
         plan = dataclasses.replace(plan, workers=args.workers)
     if plan.workers < 1:
         raise UsageError(f"--workers must be at least 1 (got {plan.workers})")
+    if set(plan.dpconv_pilot_seeds) & set(plan.dpconv_seeds) or not plan.dpconv_seeds:
+        raise UsageError("dpconv_seeds must be new seeds, none of dpconv_pilot_seeds (the claim is decided on new "
+                         f"seeds alone; got {list(plan.dpconv_seeds)} and pilot {list(plan.dpconv_pilot_seeds)})")
     if plan.name != "full":
         if args.data or args.coco or args.recipe or ckpts or args.variant:
             named = f" (given: {' '.join(args.recipe)})" if args.recipe else ""

@@ -66,21 +66,25 @@ def _train_history(cfg: TrainConfig, resume: bool) -> list[dict[str, Any]]:
 
 
 def train_minis(ctx: Any, configs: dict[str, TrainConfig], workers: int = 1,
-                done: Callable[[str, list[dict[str, Any]], float], None] | None = None) -> dict[str, Any]:
+                done: Callable[[str, list[dict[str, Any]], float], None] | None = None,
+                keys: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Every named miniature run's history, cached as :func:`train_mini` caches one (same names and keys, so
-    entries made with any number of workers are reused by any other). The runs not cached yet go to ``workers``
-    processes of one thread each when ``workers > 1`` (:func:`effrepro.reproduce.run_jobs`), else run here in
-    order; ``done(name, history, seconds)`` is called once per run as it finishes or is reused."""
-    todo = {name: (cfg, ctx.resume) for name, cfg in configs.items() if not ctx.is_cached(name, cache_key(cfg))}
+    entries made with any number of workers are reused by any other; ``keys[name]`` adds to a run's key as
+    ``train_mini``'s ``**key``). The runs not cached yet go to ``workers`` processes of one thread each when
+    ``workers > 1`` (:func:`effrepro.reproduce.run_jobs`), else run here in order; ``done(name, history,
+    seconds)`` is called once per run as it finishes or is reused."""
+    extra = keys or {}
+    key = {name: {**cache_key(cfg), **extra.get(name, {})} for name, cfg in configs.items()}
+    todo = {name: (cfg, ctx.resume) for name, cfg in configs.items() if not ctx.is_cached(name, key[name])}
     histories: dict[str, Any] = {}
     for name, history, seconds in run_jobs(_train_history, todo, workers):
-        histories[name] = ctx.cached(name, lambda h=history: h, key=cache_key(configs[name]), seconds=seconds)
+        histories[name] = ctx.cached(name, lambda h=history: h, key=key[name], seconds=seconds)
         if done is not None:
             done(name, histories[name], seconds)
     for name, cfg in configs.items():
         if name not in histories:
             start = time.perf_counter()
-            histories[name] = train_mini(ctx, name, cfg)
+            histories[name] = train_mini(ctx, name, cfg, **extra.get(name, {}))
             if done is not None:
                 done(name, histories[name], time.perf_counter() - start)
     return {name: histories[name] for name in configs}
