@@ -12,7 +12,9 @@ from effrepro.report import read_claims
 from kerneldna.reproduce import CLAIMS, FACTS, PLANS, REPRODUCTION
 
 HEADLINES = ["top1_gain", "top1_vs_samedepth", "top1_vs_condconv", "resnet18_throughput_vs_samedepth"]
-ACCURACY = ["top1_gain", "top1_vs_samedepth", "top1_vs_parammatched", "dynamic_gate_gain", "top1_vs_condconv"]
+PILOT = ["top1_gain", "top1_vs_condconv", "top1_vs_samedepth_pilot", "top1_vs_parammatched_pilot",
+         "dynamic_gate_gain_pilot"]
+CONFIRM = ["top1_vs_samedepth", "top1_vs_parammatched", "dynamic_gate_gain"]
 
 
 @pytest.mark.slow
@@ -27,10 +29,19 @@ def test_tiny_smoke_reproduce_end_to_end(tmp_path):
     facts = {f["id"]: f for f in document["facts"]}
     assert list(claims) == [c.id for c in CLAIMS]  # every claim is measured at smoke scale, in table order
     assert [c["id"] for c in document["claims"] if c["headline"]] == HEADLINES
-    for claim_id in ACCURACY:  # every accuracy claim pairs KernelDNA with another arm over the same seeds
+    tiny = PLANS["tiny"]
+    for claim_id in PILOT + CONFIRM:  # every accuracy claim pairs KernelDNA with another arm over the same seeds
         gain = claims[claim_id]
         assert gain["n"] == 2 and "paired" in gain["details"]["interval"] and gain["details"]["task"] == "clutter16"
-        assert gain["details"]["seeds"] == [0, 1] and gain["details"]["a_mean"] != gain["details"]["b_mean"]
+        assert gain["details"]["a_mean"] != gain["details"]["b_mean"]
+        confirm = claim_id in CONFIRM  # decided on the new seeds alone, on the larger test set
+        assert gain["details"]["seeds"] == list(tiny.confirm_seeds if confirm else tiny.seeds)
+        assert gain["details"]["test_images"] == (tiny.confirm_test_size if confirm else tiny.clutter16[1])
+        if confirm:  # the pilot's version stays visible under its own id
+            assert claims[f"{claim_id}_pilot"]["details"]["seeds"] == list(tiny.seeds)
+    confirm_run = json.loads((tmp_path / "runs/clutter16_samedepth_seed2.json").read_text())
+    assert confirm_run["key"]["test_size"] == tiny.confirm_test_size and "curve" not in confirm_run["value"]
+    assert not (tmp_path / "runs/clutter16_condconv_seed2.json").exists()  # only the confirmatory arms
     assert claims["resnet18_throughput_vs_samedepth"]["n"] == 2
     assert claims["cka_adjacent_within_minus_across"]["n"] == 2
     assert facts["zoo_official_counts_match"]["value"] == 16
@@ -68,6 +79,7 @@ def test_tables_declare_every_id_once_and_no_cka_premise_claim():
     (["--scale", "full"], "pass --data"),
     (["--data", "/imagenet"], "for --scale full"),
     (["--set", "tasks=[cifar]"], "tasks"),
+    (["--set", "confirm_seeds=[7,8]"], "new seeds"),
     (["--scale", "full", "--stages", "det", "--data", "/x"], "pass --coco"),
 ])
 def test_bad_plan_input_is_a_usage_error(argv, message, tmp_path, monkeypatch):

@@ -2,8 +2,9 @@
 recipe (``full``), on the :mod:`effrepro.reproduce` skeleton.
 
 smoke (real digits): the mini baseline, the static net of KernelDNA's depth, a static net of its depth and
-parameter count, KernelDNA, static-only and CondConv trained with one recipe and the same 8 seeds on
-digits-in-clutter at 16 px (accuracy paired by seed; the first seed's per-epoch curve), the interleaved throughput
+parameter count, KernelDNA, static-only and CondConv trained with one recipe and the same 8 pilot seeds on
+digits-in-clutter at 16 px (accuracy paired by seed; the first seed's per-epoch curve), a pre-registered
+confirmatory replication of three accuracy claims on new seeds and a larger test set, the interleaved throughput
 of the folded nets (mini nets and the official ResNet-18 family, intervals over rounds), the official zoo's
 parameter / MAC counts, and the CKA premise. Stages: ``main`` and ``det`` (Mask R-CNN).
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,21 +21,26 @@ from typing import Any
 import torch
 from effrepro import stats
 from effrepro.errors import UsageError
-from effrepro.mm.miniature import STAGES, det_fact_specs, det_miniature_stage
-from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results, run_stages
+from effrepro.mm.miniature import STAGES, det_miniature_stage
+from effrepro.reproduce import Context, Plan, Reproduction, Results, run_jobs, run_stages
 
 from kerneldna import reproduce_parts as parts
+from kerneldna.claims import CLAIMS, CONFIRM_CLAIMS, DET_ARMS, DET_DEPTH, FACTS, PILOT_CLAIMS
 from kerneldna.train import TrainConfig, train
 
-DET_DEPTH = 18  # the det miniature: KernelDNA ResNet-18 vs the torchvision ResNet-18 baseline, random init
-DET_ARMS = [f"kerneldna_resnet{DET_DEPTH}", f"baseline_resnet{DET_DEPTH}"]
 DET_FULL_ARCHS = ("resnet18", "resnet50", "mobilenetv2_100", "mobilenetv2_050")  # COCO Mask R-CNN backbones
 
 
 @dataclass(frozen=True, kw_only=True)
 class KernelDNAPlan(Plan):
-    seeds: tuple[int, ...] = tuple(range(8))
+    seeds: tuple[int, ...] = tuple(range(8))  # the pilot: every arm
     arms: tuple[str, ...] = ("baseline", "samedepth", "parammatched", "kerneldna", "static_only", "condconv")
+    # the pre-registered confirmatory replication (README): new seeds, the arms its three claims pair, a larger test
+    # set (the paired item noise of 2,000 images is ~0.72 points per seed); n from a power analysis of the pilot
+    confirm_seeds: tuple[int, ...] = tuple(range(8, 40))
+    confirm_arms: tuple[str, ...] = ("kerneldna", "samedepth", "parammatched", "static_only")
+    confirm_test_size: int = 20_000
+    workers: int = 2  # one-thread training processes for the runs not yet cached
     tasks: tuple[str, ...] = ("clutter16",)  # the first carries the accuracy claims; also: clutter, mnist100
     clutter16: tuple[int, int, int] = (4000, 2000, 12)  # train images, test images, epochs (750 steps)
     clutter: tuple[int, int, int] = (4000, 2000, 10)
@@ -63,98 +68,48 @@ class KernelDNAPlan(Plan):
 PLANS = {
     "smoke": KernelDNAPlan(),  # det is opt-in at this scale (--stages main,det): it would exceed 30 min
     "tiny": KernelDNAPlan(name="tiny", stages=STAGES if importlib.util.find_spec("mmdet") else ("main",),
-                          seeds=(0, 1), clutter16=(256, 128, 2), widths=(8, 16, 16), mini_bench=(8, 3),
-                          zoo_bench=(2, 2, 64), cka_images=64, det_images=(8, 4, 1)),
-    "full": KernelDNAPlan(name="full", seeds=(0,)),
+                          seeds=(0, 1), confirm_seeds=(2, 3), confirm_test_size=256, clutter16=(256, 128, 2),
+                          widths=(8, 16, 16), mini_bench=(8, 3), zoo_bench=(2, 2, 64), cka_images=64,
+                          det_images=(8, 4, 1)),
+    "full": KernelDNAPlan(name="full", seeds=(0,), confirm_seeds=()),
 }
 
-_SAMEDEPTH = "the static net of KernelDNA's depth"
-_PAIRED = "test top-1 difference, paired by seed"
-CLAIMS = [
-    ClaimSpec(id="top1_gain", description=f"KernelDNA minus the static baseline ({_PAIRED}; smoke: digits-in-clutter "
-              "miniature, fewer parameters, more depth; full: ImageNet)", paper=None, unit="points",
-              baseline="baseline", expect="> 0", headline=True),
-    ClaimSpec(id="top1_vs_samedepth", description=f"KernelDNA minus {_SAMEDEPTH} (1.9x its parameters, same MACs "
-              f"but the gates): on par, i.e. at most 0.5 points worse ({_PAIRED})", paper=None, unit="points",
-              baseline="samedepth", expect="> -0.5", headline=True),
-    ClaimSpec(id="top1_vs_parammatched", description=f"KernelDNA minus a static net of its depth and parameter count "
-              f"(stages 2-3 narrowed): sharing spends parameters better ({_PAIRED})", paper=None, unit="points",
-              baseline="parammatched", expect="> 0"),
-    ClaimSpec(id="dynamic_gate_gain", description=f"KernelDNA minus static-only (the input-dependent gates off, "
-              f"{_PAIRED})", paper=None, unit="points", baseline="static_only", expect="> 0"),
-    ClaimSpec(id="top1_vs_condconv", description="KernelDNA minus CondConv (4 experts at the same positions; see "
-              f"mini_throughput_vs_condconv for its cost): on par, at most 0.5 points worse ({_PAIRED})", paper=None,
-              unit="points", baseline="condconv", expect="> -0.5", headline=True),
-    ClaimSpec(id="resnet18_throughput_vs_samedepth", description="throughput of folded KernelDNA ResNet-18 / "
-              f"{_SAMEDEPTH} (CPU, interleaved; paper: > 90 %)", paper=None, unit="x", baseline=_SAMEDEPTH,
-              expect=">= 0.9", headline=True, timing=True),
-    ClaimSpec(id="resnet18_throughput_vs_baseline", description="throughput folded KernelDNA ResNet-18 / ResNet-18 "
-              "(shallower: KernelDNA adds a block per shared stage)", paper=None, unit="x", baseline="ResNet-18",
-              expect=">= 0.9", timing=True),
-    ClaimSpec(id="resnet18_throughput_vs_condconv", description="throughput folded KernelDNA ResNet-18 / CondConv "
-              "(4 experts at the same positions)", paper=None, unit="x", baseline="CondConv", expect="> 1.0",
-              timing=True),
-    ClaimSpec(id="mini_throughput_vs_samedepth", description=f"throughput folded mini KernelDNA / {_SAMEDEPTH}",
-              paper=None, unit="x", baseline=_SAMEDEPTH, expect=">= 0.9", timing=True),
-    ClaimSpec(id="mini_throughput_vs_condconv", description="throughput folded mini KernelDNA / mini CondConv",
-              paper=None, unit="x", baseline="CondConv", expect="> 1.0", timing=True),
-    ClaimSpec(id="cka_adjacent_within_minus_across", description="trained baseline: CKA of adjacent 3x3 convs inside "
-              "a stage minus across a stage boundary (equal layer distance), per seed", paper=None, unit="CKA",
-              baseline="adjacent pairs across stages", expect="> 0"),
-]
-ACCURACY_CLAIMS = {"top1_gain": "baseline", "top1_vs_samedepth": "samedepth", "top1_vs_parammatched": "parammatched",
-                   "dynamic_gate_gain": "static_only", "top1_vs_condconv": "condconv"}
-FACTS = [
-    FactSpec(id="zoo_official_counts_match", description="params and MACs of our 8 zoo builds equal to the official "
-             "code's (of 16 integers)", unit="integers"),
-    *[FactSpec(id=f"{arch}_params_ratio", description=f"unique parameters KernelDNA {arch} / baseline", unit="x")
-      for arch in parts.ZOO_ARCHS],
-    *[FactSpec(id=f"{arch}_macs_ratio", description=f"MACs (224²) KernelDNA {arch} / baseline", unit="x")
-      for arch in parts.ZOO_ARCHS],
-    FactSpec(id="mini_params_ratio", description="parameters mini KernelDNA / mini baseline", unit="x"),
-    FactSpec(id="mini_params_ratio_vs_parammatched", description="parameters mini KernelDNA / the parameter-matched "
-             "static net", unit="x"),
-    FactSpec(id="mini_macs_ratio_vs_samedepth", description=f"MACs mini KernelDNA / {_SAMEDEPTH} (the gates' cost)",
-             unit="x"),
-    FactSpec(id="curve_last_epoch_change", description="largest change of test top-1 over the last epoch among the "
-             "arms (the per-epoch curve of the first seed): how close training is to its plateau", unit="points",
-             exact=False),
-    *det_fact_specs(DET_ARMS, DET_ARMS[1]),
-    FactSpec(id="det_coco_bbox_ap_delta", description="COCO val2017 Mask R-CNN 1x bbox AP KernelDNA minus baseline "
-             "(one run each)", unit="AP", exact=False),
-    FactSpec(id="det_coco_mask_ap_delta", description="COCO val2017 Mask R-CNN 1x mask AP KernelDNA minus baseline "
-             "(one run each)", unit="AP", exact=False),
-]
 
-
-def run_arm(plan: KernelDNAPlan, ctx: Context, task: str, arm: str, seed: int) -> dict[str, Any]:
-    """One mini training (cached under runs/): test top-1, the per-epoch curve for the first seed, and for a
-    baseline of the first task its CKA summary."""
+def arm_config(plan: KernelDNAPlan, ctx: Context, task: str, arm: str, seed: int) -> TrainConfig:
+    """The mini training of one arm and seed: a pilot seed on the task's test split, a confirmatory seed on
+    ``confirm_test_size`` test images; the first pilot seed is evaluated after every epoch (the curve)."""
     train_size, test_size, epochs = getattr(plan, task)
-    curve = seed == plan.seeds[0]
-    cfg = TrainConfig(arch="mini", variant=arm, dataset=task, epochs=epochs, batch_size=plan.batch_size, lr=plan.lr,
-                      weight_decay=plan.weight_decay, schedule_per="step", seed=seed, train_size=train_size,
-                      test_size=test_size, mini_widths=list(plan.widths), mini_stem_stride=plan.stem_stride,
-                      out=str(ctx.runs / task / arm / f"seed{seed}"), progress=False, log_every=10_000,
-                      eval_every=1 if curve else epochs)
-    cka = arm == "baseline" and task == plan.tasks[0]
+    confirm = seed in plan.confirm_seeds
+    return TrainConfig(arch="mini", variant=arm, dataset=task, epochs=epochs, batch_size=plan.batch_size, lr=plan.lr,
+                       weight_decay=plan.weight_decay, schedule_per="step", seed=seed, train_size=train_size,
+                       test_size=plan.confirm_test_size if confirm else test_size, mini_widths=list(plan.widths),
+                       mini_stem_stride=plan.stem_stride, out=str(ctx.runs / task / arm / f"seed{seed}"),
+                       progress=False, log_every=10_000, eval_every=1 if seed == plan.seeds[0] else epochs)
 
-    def compute() -> dict[str, Any]:
-        start = time.perf_counter()
-        result = train(cfg, resume=ctx.resume)
-        row: dict[str, Any] = {"top1": result["final"]["eval_top1"], "seconds": time.perf_counter() - start,
-                               "steps": result["global_step"]}
-        if curve:
-            row["curve"] = [h["eval_top1"] for h in result["history"]]
-        if cka:
-            row["cka"] = parts.cka_summary(result["model"], task, plan.cka_images)
-        return row
 
-    key = {k: v for k, v in dataclasses.asdict(cfg).items() if not (k == "init" and v is None)}  # pre-init caches
-    row = ctx.cached(f"{task}_{arm}_seed{seed}", compute, key=key | ({"cka": plan.cka_images} if cka else {}))
-    ctx.log.log(kind="mini_run", task=task, arm=arm, seed=seed, top1=row["top1"])
-    print(f"  {task:9s} {arm:12s} seed {seed}: top-1 {row['top1']:.2f} %", flush=True)
-    return row
+def train_arms(plan: KernelDNAPlan, ctx: Context, task: str) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every (arm, seed) mini training, each cached as ``runs/<task>_<arm>_seed<k>.json``: the pilot (every arm on
+    ``seeds``) and the confirmatory seeds (``confirm_arms``); missing ones run in ``plan.workers`` processes."""
+    runs = [(a, s) for a in plan.arms for s in plan.seeds]
+    if task == plan.tasks[0]:
+        runs += [(a, s) for a in plan.confirm_arms for s in plan.confirm_seeds]
+    jobs, keys = {}, {}
+    for arm, seed in runs:
+        cfg = arm_config(plan, ctx, task, arm, seed)
+        cka = plan.cka_images if arm == "baseline" and task == plan.tasks[0] and seed in plan.seeds else None
+        jobs[arm, seed] = (cfg, seed == plan.seeds[0], cka, ctx.resume)
+        key = {k: v for k, v in dataclasses.asdict(cfg).items() if not (k == "init" and v is None)}  # pre-init caches
+        keys[arm, seed] = key | ({"cka": cka} if cka else {})
+    name = {job: f"{task}_{job[0]}_seed{job[1]}" for job in jobs}
+    missing = {job: args for job, args in jobs.items() if not ctx.is_cached(name[job], keys[job])}
+    rows = {}
+    for job, row, seconds in run_jobs(parts.train_row, missing, plan.workers):
+        rows[job] = ctx.cached(name[job], lambda r=row: r, key=keys[job], seconds=seconds)
+    for job, args in jobs.items():  # cached before this run
+        rows[job] = rows.get(job) or ctx.cached(name[job], lambda a=args: parts.train_row(*a), key=keys[job])
+        ctx.log.log(kind="mini_run", task=task, arm=job[0], seed=job[1], top1=rows[job]["top1"])
+        print(f"  {task:9s} {job[0]:12s} seed {job[1]}: top-1 {rows[job]['top1']:.2f} %", flush=True)
+    return rows
 
 
 def main_smoke(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
@@ -175,19 +130,29 @@ def main_smoke(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
         res.facts["mini_params_ratio_vs_parammatched"] = mini["kerneldna"]["params"] / mini["parammatched"]["params"]
     res.facts["mini_macs_ratio_vs_samedepth"] = mini["kerneldna"]["macs"] / mini["samedepth"]["macs"]
     with ctx.stage("train"):
-        rows = {t: {a: [run_arm(plan, ctx, t, a, s) for s in plan.seeds] for a in plan.arms} for t in plan.tasks}
-    top1 = {t: {a: [r["top1"] for r in rows[t][a]] for a in plan.arms} for t in plan.tasks}
+        rows = {t: train_arms(plan, ctx, t) for t in plan.tasks}
+    top1 = {t: {a: [rows[t][a, s]["top1"] for s in plan.seeds] for a in plan.arms} for t in plan.tasks}
+    confirm = {a: [rows[task][a, s]["top1"] for s in plan.confirm_seeds] for a in plan.confirm_arms}
     seeds = {"seeds": list(plan.seeds), "task": task}
-    for claim_id, other in ACCURACY_CLAIMS.items():
+    for claim_id, other in PILOT_CLAIMS.items():
         if {"kerneldna", other} <= set(plan.arms):
-            res.estimates[claim_id] = stats.paired_diff(top1[task]["kerneldna"], top1[task][other], **seeds)
-    curves = {a: rows[task][a][0]["curve"] for a in plan.arms}
+            res.estimates[claim_id] = stats.paired_diff(top1[task]["kerneldna"], top1[task][other], **seeds,
+                                                        test_images=getattr(plan, task)[1])
+    for claim_id, other in CONFIRM_CLAIMS.items():
+        if plan.confirm_seeds and {"kerneldna", other} <= set(plan.confirm_arms):
+            res.estimates[claim_id] = stats.paired_diff(confirm["kerneldna"], confirm[other], task=task,
+                                                        seeds=list(plan.confirm_seeds),
+                                                        test_images=plan.confirm_test_size)
+    curves = {a: rows[task][a, plan.seeds[0]]["curve"] for a in plan.arms}
     if all(len(c) > 1 for c in curves.values()):
         changes = {a: c[-1] - c[-2] for a, c in curves.items()}
         res.facts["curve_last_epoch_change"] = (max(changes.values(), key=abs), {"per_arm": changes})
-    res.plots.append(parts.plot_accuracy(top1, ctx.out / "accuracy.png"))
+    panels = {f"{t}, pilot": arms for t, arms in top1.items()}
+    if plan.confirm_seeds:
+        panels[f"{task}, confirmatory"] = confirm
+    res.plots.append(parts.plot_accuracy(panels, ctx.out / "accuracy.png"))
     res.plots.append(parts.plot_curves(curves, task, ctx.out / "accuracy_curve.png"))
-    cka = [r["cka"] for r in rows[task].get("baseline", [])]
+    cka = [rows[task]["baseline", s]["cka"] for s in plan.seeds if "baseline" in plan.arms]
     if cka:
         res.estimates["cka_adjacent_within_minus_across"] = stats.mean_ci(
             [c["adjacent_within"] - c["adjacent_across"] for c in cka], pairs=cka[0]["pairs"], **seeds)
@@ -205,17 +170,26 @@ def main_smoke(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
         for ref in ("samedepth", "condconv", "baseline"):
             if f"{label}_throughput_vs_{ref}" in declared:
                 res.estimates[f"{label}_throughput_vs_{ref}"] = parts.throughput_ratio(bench, "kerneldna", ref)
+    tables = ["### Accuracy, pilot (every arm with the same recipe and seeds)\n\n" + parts.accuracy_table(top1, sizes)]
+    if plan.confirm_seeds:
+        tables.append(f"### Accuracy, confirmatory ({len(plan.confirm_seeds)} new seeds, {plan.confirm_test_size:,} "
+                      "test images)\n\n" + parts.accuracy_table({task: confirm}, sizes, ref="kerneldna"))
     res.tables_md = "\n\n".join([
-        "### Accuracy (test split; every arm with the same recipe and seeds)\n\n" + parts.accuracy_table(top1, sizes),
+        *tables,
         f"### Throughput: mini nets ({'x'.join(map(str, shape))})\n\n" + parts.bench_table(mini_bench),
         "### Throughput: ResNet-18 family\n\n" + parts.bench_table(zoo_bench)])
-    steps = rows[task]["kerneldna"][0]["steps"]
-    res.notes_md = (f"{len(plan.seeds)} seeds; " + "; ".join(
+    steps = rows[task]["kerneldna", plan.seeds[0]]["steps"]
+    res.notes_md = (f"pilot: {len(plan.seeds)} seeds, every arm; confirmatory: seeds {_span(plan.confirm_seeds)} "
+        f"({', '.join(plan.confirm_arms)}; {plan.confirm_test_size} test images); " + "; ".join(
         f"{t}: {getattr(plan, t)[0]} train / {getattr(plan, t)[1]} test images, {getattr(plan, t)[2]} epochs"
         for t in plan.tasks) + f" ({steps} steps); batch {plan.batch_size}; SGD lr {plan.lr} (the official "
         f"ResNet-18 recipe's), cosine per iteration, wd {plan.weight_decay} on all parameters; widths "
         f"{list(plan.widths)}, stem stride {plan.stem_stride}. Accuracy intervals: t over the paired per-seed "
         "differences; throughput intervals: percentile bootstrap of the median per-round ratio.")
+
+
+def _span(seeds: tuple[int, ...]) -> str:
+    return f"{seeds[0]}-{seeds[-1]}" if seeds else "none"
 
 
 def main_full(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
@@ -293,6 +267,8 @@ def configure(plan: KernelDNAPlan, args: argparse.Namespace) -> KernelDNAPlan:
     unknown = [t for t in plan.tasks if t not in parts.INPUT_SHAPES]
     if unknown or not plan.tasks:
         raise UsageError(f"tasks: use some of {', '.join(parts.INPUT_SHAPES)}, not {unknown or '()'}")
+    if set(plan.seeds) & set(plan.confirm_seeds) or plan.workers < 1:
+        raise UsageError("confirm_seeds must be new seeds (none of seeds), and workers at least 1")
     ckpts = tuple(c for c in (args.backbone_checkpoints or "").split(",") if c)
     full_only = (args.data, args.arch, args.variants, args.epochs, args.coco, ckpts)
     if plan.name != "full":

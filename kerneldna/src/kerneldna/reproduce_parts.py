@@ -4,6 +4,7 @@ the interleaved throughput benchmark with per-round ratios, the CKA summary, tab
 from __future__ import annotations
 
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from kerneldna.bench import BenchConfig, bench_models
 from kerneldna.cka import conv_names, layer_cka_matrix, plot_cka
 from kerneldna.data import small_dataset
 from kerneldna.models import OFFICIAL_COUNTS, build_model
+from kerneldna.train import TrainConfig, train
 
 ZOO_ARCHS = ("resnet18", "resnet50", "mobilenetv2_100", "mobilenetv2_050")
 INPUT_SHAPES = {"mnist100": (1, 28, 56), "clutter": (3, 32, 32), "clutter16": (3, 16, 16)}
@@ -65,6 +67,20 @@ def mini_sizes(widths: tuple[int, ...], stem_stride: int, task: str, arms: tuple
     return sizes
 
 
+def train_row(cfg: TrainConfig, curve: bool, cka_images: int | None, resume: bool = True) -> dict[str, Any]:
+    """One mini training (a module-level job for :func:`effrepro.reproduce.run_jobs`): test top-1, steps, the
+    per-epoch curve when ``curve`` and, with ``cka_images``, the trained model's CKA summary."""
+    start = time.perf_counter()
+    result = train(cfg, resume=resume)
+    row: dict[str, Any] = {"top1": result["final"]["eval_top1"], "seconds": time.perf_counter() - start,
+                           "steps": result["global_step"]}
+    if curve:
+        row["curve"] = [h["eval_top1"] for h in result["history"]]
+    if cka_images:
+        row["cka"] = cka_summary(result["model"], cfg.dataset, cka_images)
+    return row
+
+
 def cka_summary(model: torch.nn.Module, task: str, n_images: int) -> dict[str, Any]:
     """Linear CKA between the trained model's 3x3 convs, and the mean CKA of *adjacent* conv pairs inside a stage
     and across a stage boundary: at equal layer distance, so a map that only decays with distance scores 0."""
@@ -110,17 +126,18 @@ def throughput_ratio(bench: dict[str, Any], num: str, den: str, **details: Any) 
                            batch=bench["batch"], threads=bench["threads"], **details)
 
 
-def accuracy_table(top1: dict[str, dict[str, list[float]]], sizes: dict[str, dict[str, Any]]) -> str:
-    """Per task and arm: mean top-1 and the paired difference against the baseline with its 95 % t-interval."""
-    lines = ["| task | arm | top-1 % (mean, sd) | vs baseline, paired (95 % CI) | params | MACs |",
+def accuracy_table(top1: dict[str, dict[str, list[float]]], sizes: dict[str, dict[str, Any]],
+                   ref: str = "baseline") -> str:
+    """Per task and arm: mean top-1 and the paired difference against ``ref`` with its 95 % t-interval."""
+    lines = [f"| task | arm | top-1 % (mean, sd) | vs {ref}, paired (95 % CI) | params | MACs |",
              "|---|---|---|---|---|---|"]
     for task, arms in top1.items():
         for arm, values in arms.items():
             est = stats.mean_ci(values)
             sd = est.details.get("sd", 0.0)
             diff = "–"
-            if arm != "baseline":
-                d = stats.paired_diff(values, arms["baseline"])
+            if arm != ref:
+                d = stats.paired_diff(values, arms[ref])
                 diff = f"{d.value:+.2f} ({d.ci[0]:+.2f}, {d.ci[1]:+.2f})"
             s = sizes[task][arm]
             lines.append(f"| {task} | {arm} | {est.value:.2f} ({sd:.2f}) | {diff} | {s['params']:,} "
