@@ -15,20 +15,17 @@ import argparse
 import dataclasses
 import importlib.util
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import torch
 from effrepro import stats
 from effrepro.errors import UsageError
-from effrepro.mm.miniature import STAGES, det_miniature_stage
+from effrepro.mm.miniature import STAGES
 from effrepro.reproduce import Context, Plan, Reproduction, Results, run_jobs, run_stages
 
+from kerneldna import reproduce_full as full
 from kerneldna import reproduce_parts as parts
-from kerneldna.claims import CLAIMS, CONFIRM_CLAIMS, DET_ARMS, DET_DEPTH, FACTS, PILOT_CLAIMS
-from kerneldna.train import TrainConfig, train
-
-DET_FULL_ARCHS = ("resnet18", "resnet50", "mobilenetv2_100", "mobilenetv2_050")  # COCO Mask R-CNN backbones
+from kerneldna.claims import CLAIMS, CONFIRM_CLAIMS, FACTS, PILOT_CLAIMS
+from kerneldna.train import TrainConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,7 +113,8 @@ def main_smoke(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
     task = plan.tasks[0]
     with ctx.stage("counts"):
         counts = parts.zoo_counts()
-        sizes = {t: parts.mini_sizes(plan.widths, plan.stem_stride, t, (*plan.arms, "samedepth")) for t in plan.tasks}
+        arms = (*plan.arms, *plan.confirm_arms, "samedepth")
+        sizes = {t: parts.mini_sizes(plan.widths, plan.stem_stride, t, arms) for t in plan.tasks}
     matches, per = parts.zoo_parity(counts)
     res.facts["zoo_official_counts_match"] = (matches, per)
     for arch in parts.ZOO_ARCHS:
@@ -179,125 +177,38 @@ def main_smoke(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
         f"### Throughput: mini nets ({'x'.join(map(str, shape))})\n\n" + parts.bench_table(mini_bench),
         "### Throughput: ResNet-18 family\n\n" + parts.bench_table(zoo_bench)])
     steps = rows[task]["kerneldna", plan.seeds[0]]["steps"]
-    res.notes_md = (f"pilot: {len(plan.seeds)} seeds, every arm; confirmatory: seeds {_span(plan.confirm_seeds)} "
-        f"({', '.join(plan.confirm_arms)}; {plan.confirm_test_size} test images); " + "; ".join(
-        f"{t}: {getattr(plan, t)[0]} train / {getattr(plan, t)[1]} test images, {getattr(plan, t)[2]} epochs"
-        for t in plan.tasks) + f" ({steps} steps); batch {plan.batch_size}; SGD lr {plan.lr} (the official "
-        f"ResNet-18 recipe's), cosine per iteration, wd {plan.weight_decay} on all parameters; widths "
-        f"{list(plan.widths)}, stem stride {plan.stem_stride}. Accuracy intervals: t over the paired per-seed "
-        "differences; throughput intervals: percentile bootstrap of the median per-round ratio.")
+    data = "; ".join(f"{t}: {getattr(plan, t)[0]} train / {getattr(plan, t)[1]} test images, {getattr(plan, t)[2]} "
+                     "epochs" for t in plan.tasks)
+    res.notes_md = (
+        f"pilot: {len(plan.seeds)} seeds, every arm; confirmatory: seeds {_span(plan.confirm_seeds)} "
+        f"({', '.join(plan.confirm_arms)}; {plan.confirm_test_size} test images); {data} ({steps} steps); batch "
+        f"{plan.batch_size}; SGD lr {plan.lr} (the official ResNet-18 recipe's), cosine per iteration, wd "
+        f"{plan.weight_decay} on all parameters; widths {list(plan.widths)}, stem stride {plan.stem_stride}. Accuracy "
+        "intervals: t over the paired per-seed differences; throughput intervals: percentile bootstrap of the median "
+        "per-round ratio.")
 
 
 def _span(seeds: tuple[int, ...]) -> str:
     return f"{seeds[0]}-{seeds[-1]}" if seeds else "none"
 
 
-def main_full(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
-    """The official ImageNet recipe per variant and seed, then the paired gain and the throughput ratios."""
-    from kerneldna.recipes import recipe_config
-
-    top1: dict[str, list[float]] = {v: [] for v in plan.variants}
-    with ctx.stage("train"):
-        for seed in plan.seeds:
-            for variant in plan.variants:
-                overrides = [f"variant={variant}", f"data={plan.data}", f"seed={seed}",
-                             f"out={ctx.runs / f'{variant}_seed{seed}'}"] + ([f"epochs={plan.epochs}"]
-                                                                              if plan.epochs else [])
-                top1[variant].append(train(recipe_config(plan.arch, overrides), resume=ctx.resume)["final"]
-                                     ["eval_top1"])
-    if {"baseline", "kerneldna"} <= set(top1):
-        res.estimates["top1_gain"] = stats.paired_diff(top1["kerneldna"], top1["baseline"], arch=plan.arch,
-                                                       seeds=list(plan.seeds))
-    if plan.arch == "resnet18":
-        with ctx.stage("throughput"):
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            bench = parts.throughput_rounds("resnet18", 64, 15, 2, 224, device=device)
-        for ref in ("samedepth", "condconv", "baseline"):
-            res.estimates[f"resnet18_throughput_vs_{ref}"] = parts.throughput_ratio(bench, "kerneldna", ref)
-        res.tables_md = parts.bench_table(bench)
-
-
-def det_stage(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
-    try:
-        from effrepro.mm import DetArm, train_and_evaluate
-
-        from kerneldna import mm
-    except ImportError as exc:
-        raise UsageError(f"the det stage needs the OpenMMLab extra (mmengine, mmdet, mmsegmentation): {exc}") from None
-    if plan.name == "full":
-        tag = f"r{plan.arch[6:]}" if plan.arch.startswith("resnet") else plan.arch
-        ckpts = plan.backbone_checkpoints or tuple(str(ctx.runs / f"{v}_seed{plan.seeds[0]}" / "last.pt")
-                                                   for v in mm.BACKBONE_VARIANTS)
-        with ctx.stage("det"):
-            metrics = {v: train_and_evaluate(mm.coco_config(plan.coco, ctx.runs / f"mask-rcnn_{v}_{tag}_1x_coco",
-                                                            plan.arch, v, c))
-                       for v, c in zip(mm.BACKBONE_VARIANTS, ckpts, strict=True)}
-        for kind, key in (("bbox", "bbox"), ("mask", "segm")):
-            res.facts[f"det_coco_{kind}_ap_delta"] = (metrics["kerneldna"][f"coco/{key}_mAP"]
-                                                      - metrics["baseline"][f"coco/{key}_mAP"], metrics)
-        return
-    arms = [DetArm(f"{v}_resnet{DET_DEPTH}", mm.backbone(DET_DEPTH, v, frozen_stages=-1, norm_eval=False),
-                   mm.stage_channels(DET_DEPTH)) for v in mm.BACKBONE_VARIANTS]
-    det_miniature_stage(ctx, res, arms, DET_ARMS[1], plan.det_images,
-                        f"KernelDNA ResNet-{DET_DEPTH} vs the torchvision ResNet-{DET_DEPTH} baseline (every stage "
-                        "trained, BatchNorm in train mode; KernelDNA unfolded)")
-
-
 def main_stage(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
-    (main_full if plan.name == "full" else main_smoke)(plan, ctx, res)
+    (full.main_full if plan.name == "full" else main_smoke)(plan, ctx, res)
 
 
-run = run_stages({"main": main_stage, "det": det_stage})
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="ImageNet root for --scale full (or KERNELDNA_DATA)")
-    parser.add_argument("--arch", default=None, help="architecture for --scale full (default resnet18)")
-    parser.add_argument("--variants", help="variants for --scale full (default baseline,kerneldna)")
-    parser.add_argument("--epochs", type=int, help="override the recipe's epochs (--scale full)")
-    parser.add_argument("--coco", help="COCO 2017 root for the det stage at --scale full")
-    parser.add_argument("--backbone-checkpoints", help="det at --scale full: KERNELDNA.pt,BASELINE.pt ImageNet "
-                        "checkpoints (default: the main stage's runs/<variant>_seed<s>/last.pt)")
+run = run_stages({"main": main_stage, "det": full.det_stage})
 
 
 def configure(plan: KernelDNAPlan, args: argparse.Namespace) -> KernelDNAPlan:
-    """Map the full-scale flags onto the plan and check the user's paths before any work."""
-    import os
-
+    """Check the plan; at ``--scale full`` map the flags onto it and check the user's paths before any work."""
     unknown = [t for t in plan.tasks if t not in parts.INPUT_SHAPES]
     if unknown or not plan.tasks:
         raise UsageError(f"tasks: use some of {', '.join(parts.INPUT_SHAPES)}, not {unknown or '()'}")
     if set(plan.seeds) & set(plan.confirm_seeds) or plan.workers < 1:
         raise UsageError("confirm_seeds must be new seeds (none of seeds), and workers at least 1")
-    ckpts = tuple(c for c in (args.backbone_checkpoints or "").split(",") if c)
-    full_only = (args.data, args.arch, args.variants, args.epochs, args.coco, ckpts)
-    if plan.name != "full":
-        if any(full_only):
-            raise UsageError("--data, --arch, --variants, --epochs, --coco and --backbone-checkpoints are for "
-                             "--scale full")
-        return plan
-    variants = tuple(v for v in (args.variants or "").split(",") if v) or plan.variants
-    plan = dataclasses.replace(plan, data=args.data or os.environ.get("KERNELDNA_DATA"), coco=args.coco,
-                               arch=args.arch or plan.arch, variants=variants, epochs=args.epochs,
-                               backbone_checkpoints=ckpts,
-                               stages=plan.stages if args.stages else (STAGES if args.coco else ("main",)))
-    if "main" in plan.stages and not plan.data:
-        raise UsageError("--scale full trains on ImageNet: pass --data /path/to/imagenet (train/ and val/ inside) "
-                         "or set KERNELDNA_DATA")
-    if "det" in plan.stages:
-        if not plan.coco:
-            raise UsageError("the det stage at --scale full trains on COCO 2017: pass --coco /path/to/coco "
-                             "(train2017/, val2017/, annotations/instances_{train,val}2017.json)")
-        if plan.arch not in DET_FULL_ARCHS:
-            raise UsageError(f"the det stage has KernelDNA backbones {', '.join(DET_FULL_ARCHS)}, not {plan.arch!r}")
-        from effrepro.mm.runner import detection_config
-
-        detection_config({}, plan.coco, Path("."), 1, 0.0, train_split="train2017", val_split="val2017")
-        if ckpts and (len(ckpts) != 2 or not all(Path(c).is_file() for c in ckpts)):
-            raise UsageError("--backbone-checkpoints takes two existing files: KernelDNA's,baseline's")
-    return plan
+    return full.configure_full(plan, args)
 
 
 REPRODUCTION = Reproduction(
     paper="kerneldna", title="KernelDNA: dynamic kernel sharing", paper_table=parts.PAPER_TABLE, plans=PLANS,
-    claims=CLAIMS, facts=FACTS, run=run, stages=STAGES, add_arguments=add_arguments, configure=configure)
+    claims=CLAIMS, facts=FACTS, run=run, stages=STAGES, add_arguments=full.add_arguments, configure=configure)
