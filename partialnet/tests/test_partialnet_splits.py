@@ -90,3 +90,17 @@ def test_bad_splits_file_is_a_usage_error(tmp_path, content, message):
         load_splits(path, "partialnet_t0")
     with pytest.raises(UsageError, match="no DPConv layers"):
         save_splits(PartialNet(embed_dim=8, depths=(1, 1, 1, 1)), "partialnet_t0", tmp_path / "o.json")
+
+
+def test_a_learnt_split_of_one_convolves_every_channel_and_deploys():
+    """A search can learn n_div 1 (every gate open): the PAT_ch and PAT_sf blocks then convolve all channels with
+    no attention branch (there are no untouched channels), train, and fuse to an equal deploy form."""
+    from partialnet.deploy import fusion_max_abs_diff
+
+    model = PartialNet(in_chans=1, embed_dim=16, depths=(1, 1, 1, 2), num_classes=5, layer_n_div=(1, 4, 2, 1, 4))
+    blocks = _blocks(model)
+    assert blocks[0].dim_conv == 16 and blocks[0].dim_untouched == 0 and blocks[3].attn is None
+    out = model(torch.randn(2, 1, 32, 32))
+    out.sum().backward()
+    assert out.shape == (2, 5) and blocks[0].conv.weight.grad.abs().sum() > 0
+    assert fusion_max_abs_diff(model, (1, 1, 32, 32)) < 1e-9

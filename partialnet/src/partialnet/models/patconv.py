@@ -95,6 +95,8 @@ class PATConvChannel(PartialConv):
         self.norm = nn.BatchNorm2d(self.dim_untouched)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.dim_untouched:  # n_div 1 (a DPConv search can learn it): every channel convolved, none to gate
+            return self.conv(x)
         x1, x2 = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
         return torch.cat((self.conv(x1), self.norm(self.attn(x2))), 1)
 
@@ -115,6 +117,8 @@ class FusedPATConvChannel(nn.Module):
         self.conv, self.attn = conv, gate
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1] == self.dim_conv:  # n_div 1
+            return self.conv(x)
         x1, x2 = torch.split(x, [self.dim_conv, x.shape[1] - self.dim_conv], dim=1)
         return torch.cat((self.conv(x1), self.attn(x2)), 1)
 
@@ -260,15 +264,25 @@ class PATConvSelf(PartialConv):
     def __init__(self, dim: int, n_div: int = 4, num_heads: int = 4, attn_drop: float = 0.1,
                  proj_drop: float = 0.1, rpe_ratio: float = 20.0) -> None:
         super().__init__(dim, n_div)
-        self.norm = LayerNorm2d(self.dim_untouched)  # timm's, eps 1e-6, as the official code
-        self.attn = RelPosSelfAttention(self.dim_untouched, num_heads, attn_drop, proj_drop, rpe_ratio)
+        self.norm: nn.Module | None = None
+        self.attn: RelPosSelfAttention | None = None
+        if self.dim_untouched:  # n_div 1 (a DPConv search can learn it): every channel convolved, no attention
+            self.norm = LayerNorm2d(self.dim_untouched)  # timm's, eps 1e-6, as the official code
+            self.attn = RelPosSelfAttention(self.dim_untouched, num_heads, attn_drop, proj_drop, rpe_ratio)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.attn is None or self.norm is None:
+            return self.conv(x)
         x1, x2 = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
         return torch.cat((self.conv(x1), self.attn(self.norm(x2))), 1)
 
-    def fuse(self) -> FusedPATConvSelf:
-        """Deploy form of ``x + self(x)``: identity in the conv's centre tap, LayerNorm affine in ``qkv``."""
+    def fuse(self) -> FusedPATConvSelf | PartialConv:
+        """Deploy form of ``x + self(x)``: identity in the conv's centre tap, LayerNorm affine in ``qkv``. At n_div
+        1 a plain ``PartialConv`` over every channel (the block folds the residual into it)."""
+        if self.attn is None or self.norm is None:
+            plain = PartialConv(self.conv.in_channels, dim_conv=self.conv.in_channels)
+            plain.conv = conv_from(self.conv.weight.detach(), None, self.conv)
+            return plain
         conv = conv_from(self.conv.weight.detach(), None, self.conv)
         add_identity_to_kernel(conv)
         gamma, beta = self.norm.weight.detach(), self.norm.bias.detach()
