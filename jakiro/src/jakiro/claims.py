@@ -8,14 +8,11 @@ plan and the run only.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from effrepro.reproduce import ClaimSpec, FactSpec
+from effrepro.reproduce import ClaimSpec, FactSpec, Plan
 from effrepro.specdec import TreeConfig
 from effrepro.specdec.turns import mismatch_rate, ratio_of_sums
-
-if TYPE_CHECKING:
-    from jakiro.reproduce import JakiroPlan
 
 ON_PAR = "between 0.95 1.05"
 PAPER_SPEEDUP_RATIO = round(2.99 / 2.89, 3)  # official logs, vicuna-7b, T = 0: Jakiro 2.99x, EAGLE-2 2.89x
@@ -69,8 +66,9 @@ FACTS = [
 ]
 
 
-def measure(plan: JakiroPlan, evals: dict, bench: dict, training: dict) -> tuple[dict, dict]:
-    """Estimates (paired over turns) and facts from the turn records of the evaluations."""
+def measure(plan: Plan, evals: dict, bench: dict, training: dict) -> tuple[dict, dict]:
+    """Estimates (paired over turns) and facts from the turn records of the evaluations (``plan``: a
+    ``jakiro.reproduce.JakiroPlan``; typed by its base so this module does not import the experiment's)."""
     estimates: dict[str, Any] = {}
     greedy = evals["greedy"]["records"]
     estimates["tau_ratio_jakiro_eagle2_greedy"] = ratio_of_sums(greedy["jakiro"], greedy["eagle2"], "cycle_tokens",
