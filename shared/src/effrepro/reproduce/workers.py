@@ -32,14 +32,17 @@ def run_jobs(fn: Callable[..., T], jobs: Mapping[K, Sequence[Any]], workers: int
     """``fn(*args)`` for every ``key: args`` of ``jobs``: in ``workers`` spawned processes of one thread each when
     ``workers > 1`` and there is more than one job, else here, in order. Yields ``(key, result, seconds)`` as each
     job finishes (``seconds``: its wall time where it ran). ``fn`` and its arguments must pickle (a module-level
-    function)."""
+    function). When a job raises, the jobs not yet started are cancelled and the error comes out as soon as
+    the running ones end."""
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_one_thread) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_one_thread)
+        try:
             futures = {pool.submit(_timed, fn, *args): key for key, args in jobs.items()}
             for future in as_completed(futures):
                 result, seconds = future.result()
                 yield futures[future], result, seconds
+        finally:  # a failed job (or a caller that stops) cancels the jobs not yet started; running ones finish
+            pool.shutdown(wait=True, cancel_futures=True)
     else:
         for key, args in jobs.items():
             result, seconds = _timed(fn, *args)
