@@ -442,3 +442,13 @@ def test_run_jobs_stops_starting_jobs_after_one_fails(tmp_path):
     started = len(list(tmp_path.iterdir()))
     # still run: the one beside it, the one the freed worker takes, and the pool's call queue (workers + 1 items)
     assert 1 <= started <= 5
+
+
+def test_seed_span_names_a_contiguous_run_by_its_ends_and_lists_the_rest():
+    from effrepro.report import seed_span
+
+    assert seed_span(range(60, 210)) == "60-209"
+    assert seed_span((7, 5, 6)) == "5-7"
+    assert seed_span((2, 3)) == "2, 3"
+    assert seed_span((0, 2, 3)) == "0, 2, 3"
+    assert seed_span(()) == "none"

@@ -16,6 +16,7 @@ from typing import Any
 
 from effrepro import stats
 from effrepro.errors import UsageError
+from effrepro.report import seed_span
 from effrepro.reproduce import ClaimSpec
 
 from double_rounding.mixed import area_under_curve
@@ -135,19 +136,11 @@ def mixed_table(runs: Sequence[Mapping[str, Any]], label: str = "") -> str:
     return "\n".join(lines)
 
 
-def _seeds(seeds: Sequence[int]) -> str:
-    """A seed list, a contiguous range as ``first-last``."""
-    seeds = sorted(seeds)
-    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
-        return f"{seeds[0]}-{seeds[-1]}"
-    return ", ".join(map(str, seeds))
-
-
 def mixed_notes(plan: Any, runs: Sequence[Mapping[str, Any]]) -> str:
     if not runs:
         return ""
-    return (f"\n\nMixed precision: per seed (pilot {_seeds(plan.mixed_pilot_seeds)}; confirmatory "
-            f"{_seeds(plan.mixed_confirm_seeds)}, which alone decide the headline mixed_minus_uniform_3bit), a "
+    return (f"\n\nMixed precision: per seed (pilot {seed_span(plan.mixed_pilot_seeds)}; confirmatory "
+            f"{seed_span(plan.mixed_confirm_seeds)}, which alone decide the headline mixed_minus_uniform_3bit), a "
             f"joint {list(plan.mixed_bits)} model "
             f"({plan.q_epochs} epochs, ALRS) from the seed's FP32 start, then the SuperNet ({plan.mixed_epochs} "
             "epochs, transitional BN, one step per precision per batch; the highest and lowest precisions uniform "

@@ -20,6 +20,7 @@ from typing import Any
 from effrepro import stats
 from effrepro.errors import UsageError
 from effrepro.mm.miniature import STAGES
+from effrepro.report import seed_span
 from effrepro.reproduce import Context, Plan, Reproduction, Results, run_jobs, run_stages
 
 from kerneldna import reproduce_full as full
@@ -180,16 +181,13 @@ def main_smoke(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
     data = "; ".join(f"{t}: {getattr(plan, t)[0]} train / {getattr(plan, t)[1]} test images, {getattr(plan, t)[2]} "
                      "epochs" for t in plan.tasks)
     res.notes_md = (
-        f"pilot: {len(plan.seeds)} seeds, every arm; confirmatory: seeds {_span(plan.confirm_seeds)} "
+        f"pilot: {len(plan.seeds)} seeds, every arm; confirmatory: seeds {seed_span(plan.confirm_seeds)} "
         f"({', '.join(plan.confirm_arms)}; {plan.confirm_test_size} test images); {data} ({steps} steps); batch "
         f"{plan.batch_size}; SGD lr {plan.lr} (the official ResNet-18 recipe's), cosine per iteration, wd "
         f"{plan.weight_decay} on all parameters; widths {list(plan.widths)}, stem stride {plan.stem_stride}. Accuracy "
         "intervals: t over the paired per-seed differences; throughput intervals: percentile bootstrap of the median "
         "per-round ratio.")
 
-
-def _span(seeds: tuple[int, ...]) -> str:
-    return f"{seeds[0]}-{seeds[-1]}" if seeds else "none"
 
 
 def main_stage(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:

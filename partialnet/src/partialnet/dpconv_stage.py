@@ -17,7 +17,7 @@ import timm
 import torch
 from effrepro import stats
 from effrepro.bench import count_flops
-from effrepro.report import atomic_write_text
+from effrepro.report import atomic_write_text, seed_span
 from effrepro.reproduce import ClaimSpec, Context, FactSpec, Results, run_jobs
 
 from partialnet import reproduce_parts as parts
@@ -145,8 +145,5 @@ def dpconv_notes(plan: Any, ratios: list[float]) -> str:
             f"{plan.dpconv_warmup_epochs:g} epoch(s), then learnt under the 1/4 budget), its splits file, and the "
             f"PATConv miniature rebuilt from that file and retrained as the main arms; learnt / fixed FLOPs "
             f"{min(ratios):.2f}-{max(ratios):.2f}. Pilot seeds {list(plan.dpconv_pilot_seeds)}, claim seeds "
-            f"{seed_range(plan.dpconv_seeds)} (pre-registered, README).")
+            f"{seed_span(plan.dpconv_seeds)} (pre-registered, README).")
 
-
-def seed_range(seeds: tuple[int, ...]) -> str:
-    return f"{seeds[0]}-{seeds[-1]}" if seeds and seeds == tuple(range(seeds[0], seeds[-1] + 1)) else str(list(seeds))

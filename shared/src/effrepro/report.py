@@ -294,6 +294,17 @@ def fmt_ci(ci: Sequence[Any]) -> str:
     return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
 
 
+def seed_span(seeds: Iterable[int]) -> str:
+    """Seeds as a report names them: a contiguous run of three or more as ``first-last``, else listed; ``none``
+    when there are none."""
+    ordered = sorted(seeds)
+    if not ordered:
+        return "none"
+    if len(ordered) > 2 and ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"{ordered[0]}-{ordered[-1]}"
+    return ", ".join(map(str, ordered))
+
+
 def _rows(entries: Iterable[Any]) -> list[dict[str, Any]]:
     return [e.as_dict() if isinstance(e, (Claim, Fact)) else e for e in entries]
 
