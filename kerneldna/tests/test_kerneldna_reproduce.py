@@ -14,7 +14,8 @@ from kerneldna.reproduce import CLAIMS, FACTS, PLANS, REPRODUCTION
 HEADLINES = ["top1_gain", "top1_vs_samedepth", "top1_vs_condconv", "resnet18_throughput_vs_samedepth"]
 PILOT = ["top1_gain", "top1_vs_condconv", "top1_vs_samedepth_pilot", "top1_vs_parammatched_pilot",
          "dynamic_gate_gain_pilot"]
-CONFIRM = ["top1_vs_samedepth", "top1_vs_parammatched", "dynamic_gate_gain"]
+CONFIRM = ["top1_vs_samedepth", "top1_vs_parammatched_confirm1", "dynamic_gate_gain"]
+CONFIRM2 = ["top1_vs_parammatched"]  # the second replication, on seeds disjoint from both earlier sets
 
 
 @pytest.mark.slow
@@ -30,18 +31,24 @@ def test_tiny_smoke_reproduce_end_to_end(tmp_path):
     assert list(claims) == [c.id for c in CLAIMS]  # every claim is measured at smoke scale, in table order
     assert [c["id"] for c in document["claims"] if c["headline"]] == HEADLINES
     tiny = PLANS["tiny"]
-    for claim_id in PILOT + CONFIRM:  # every accuracy claim pairs KernelDNA with another arm over the same seeds
+    seed_sets = {**dict.fromkeys(PILOT, tiny.seeds), **dict.fromkeys(CONFIRM, tiny.confirm_seeds),
+                 **dict.fromkeys(CONFIRM2, tiny.confirm2_seeds)}
+    for claim_id, claim_seeds in seed_sets.items():  # every accuracy claim pairs KernelDNA with another arm
         gain = claims[claim_id]
         assert gain["n"] == 2 and "paired" in gain["details"]["interval"] and gain["details"]["task"] == "clutter16"
         assert gain["details"]["a_mean"] != gain["details"]["b_mean"]
-        confirm = claim_id in CONFIRM  # decided on the new seeds alone, on the larger test set
-        assert gain["details"]["seeds"] == list(tiny.confirm_seeds if confirm else tiny.seeds)
+        assert gain["details"]["seeds"] == list(claim_seeds)  # a replication is decided on its new seeds alone
+        confirm = claim_id not in PILOT  # ... on the larger test set
         assert gain["details"]["test_images"] == (tiny.confirm_test_size if confirm else tiny.clutter16[1])
         if confirm:  # the pilot's version stays visible under its own id
-            assert claims[f"{claim_id}_pilot"]["details"]["seeds"] == list(tiny.seeds)
-    confirm_run = json.loads((tmp_path / "runs/clutter16_samedepth_seed2.json").read_text())
-    assert confirm_run["key"]["test_size"] == tiny.confirm_test_size and "curve" not in confirm_run["value"]
-    assert not (tmp_path / "runs/clutter16_condconv_seed2.json").exists()  # only the confirmatory arms
+            pilot = claim_id.removesuffix("_confirm1")
+            assert claims[f"{pilot}_pilot"]["details"]["seeds"] == list(tiny.seeds)
+    assert claims["top1_vs_parammatched"]["measured"] != claims["top1_vs_parammatched_confirm1"]["measured"]
+    for arm, seed in (("samedepth", 2), ("parammatched", 4)):
+        confirm_run = json.loads((tmp_path / f"runs/clutter16_{arm}_seed{seed}.json").read_text())
+        assert confirm_run["key"]["test_size"] == tiny.confirm_test_size and "curve" not in confirm_run["value"]
+    for arm, seed in (("condconv", 2), ("samedepth", 4), ("static_only", 4)):  # only the replications' arms
+        assert not (tmp_path / f"runs/clutter16_{arm}_seed{seed}.json").exists()
     assert claims["resnet18_throughput_vs_samedepth"]["n"] == 2
     assert claims["cka_adjacent_within_minus_across"]["n"] == 2
     assert facts["zoo_official_counts_match"]["value"] == 16
@@ -80,6 +87,7 @@ def test_tables_declare_every_id_once_and_no_cka_premise_claim():
     (["--data", "/imagenet"], "for --scale full"),
     (["--set", "tasks=[cifar]"], "tasks"),
     (["--set", "confirm_seeds=[7,8]"], "new seeds"),
+    (["--set", "confirm2_seeds=[3,4]"], "disjoint"),
     (["--scale", "full", "--stages", "det", "--data", "/x"], "pass --coco"),
 ])
 def test_bad_plan_input_is_a_usage_error(argv, message, tmp_path, monkeypatch):

@@ -4,7 +4,8 @@ recipe (``full``), on the :mod:`effrepro.reproduce` skeleton.
 smoke (real digits): the mini baseline, the static net of KernelDNA's depth, a static net of its depth and
 parameter count, KernelDNA, static-only and CondConv trained with one recipe and the same 8 pilot seeds on
 digits-in-clutter at 16 px (accuracy paired by seed; the first seed's per-epoch curve), a pre-registered
-confirmatory replication of three accuracy claims on new seeds and a larger test set, the interleaved throughput
+confirmatory replication of three accuracy claims on new seeds and a larger test set, a second one on further new
+seeds of the one claim the first left undecided (two arms), the interleaved throughput
 of the folded nets (mini nets and the official ResNet-18 family, intervals over rounds), the official zoo's
 parameter / MAC counts, and the CKA premise. Stages: ``main`` and ``det`` (Mask R-CNN).
 """
@@ -25,7 +26,7 @@ from effrepro.reproduce import Context, Plan, Reproduction, Results, run_jobs, r
 
 from kerneldna import reproduce_full as full
 from kerneldna import reproduce_parts as parts
-from kerneldna.claims import CLAIMS, CONFIRM_CLAIMS, FACTS, PILOT_CLAIMS
+from kerneldna.claims import CLAIMS, CONFIRM2_CLAIMS, CONFIRM_CLAIMS, FACTS, PILOT_CLAIMS
 from kerneldna.train import TrainConfig
 
 
@@ -38,6 +39,10 @@ class KernelDNAPlan(Plan):
     confirm_seeds: tuple[int, ...] = tuple(range(8, 40))
     confirm_arms: tuple[str, ...] = ("kerneldna", "samedepth", "parammatched", "static_only")
     confirm_test_size: int = 20_000
+    # a second pre-registered replication (README) of the one claim the first left undecided: disjoint new seeds,
+    # only the two arms it pairs, the same test set; n from a power analysis of seeds 8-39, capped by CPU
+    confirm2_seeds: tuple[int, ...] = tuple(range(40, 85))
+    confirm2_arms: tuple[str, ...] = ("kerneldna", "parammatched")
     workers: int = 2  # one-thread training processes for the runs not yet cached
     tasks: tuple[str, ...] = ("clutter16",)  # the first carries the accuracy claims; also: clutter, mnist100
     clutter16: tuple[int, int, int] = (4000, 2000, 12)  # train images, test images, epochs (750 steps)
@@ -48,7 +53,7 @@ class KernelDNAPlan(Plan):
     lr: float = 0.1
     weight_decay: float = 1e-4
     widths: tuple[int, ...] = (16, 32, 64)
-    mini_bench: tuple[int, int] = (64, 101)  # batch, interleaved rounds
+    mini_bench: tuple[int, int] = (64, 601)  # batch, interleaved rounds (601: sized on a pilot, README)
     zoo_bench: tuple[int, int, int] = (8, 15, 224)  # batch, rounds, image size
     cka_images: int = 512
     # det: train images, val images, epochs (batch 4). ResNet-18 arms cost 1.8 s per training iteration on 2 cores
@@ -66,10 +71,10 @@ class KernelDNAPlan(Plan):
 PLANS = {
     "smoke": KernelDNAPlan(),  # det is opt-in at this scale (--stages main,det): it would exceed 30 min
     "tiny": KernelDNAPlan(name="tiny", stages=STAGES if importlib.util.find_spec("mmdet") else ("main",),
-                          seeds=(0, 1), confirm_seeds=(2, 3), confirm_test_size=256, clutter16=(256, 128, 2),
-                          widths=(8, 16, 16), mini_bench=(8, 3), zoo_bench=(2, 2, 64), cka_images=64,
-                          det_images=(8, 4, 1)),
-    "full": KernelDNAPlan(name="full", seeds=(0,), confirm_seeds=()),
+                          seeds=(0, 1), confirm_seeds=(2, 3), confirm2_seeds=(4, 5), confirm_test_size=256,
+                          clutter16=(256, 128, 2), widths=(8, 16, 16), mini_bench=(8, 3), zoo_bench=(2, 2, 64),
+                          cka_images=64, det_images=(8, 4, 1)),
+    "full": KernelDNAPlan(name="full", seeds=(0,), confirm_seeds=(), confirm2_seeds=()),
 }
 
 
@@ -77,7 +82,7 @@ def arm_config(plan: KernelDNAPlan, ctx: Context, task: str, arm: str, seed: int
     """The mini training of one arm and seed: a pilot seed on the task's test split, a confirmatory seed on
     ``confirm_test_size`` test images; the first pilot seed is evaluated after every epoch (the curve)."""
     train_size, test_size, epochs = getattr(plan, task)
-    confirm = seed in plan.confirm_seeds
+    confirm = seed in plan.confirm_seeds or seed in plan.confirm2_seeds
     return TrainConfig(arch="mini", variant=arm, dataset=task, epochs=epochs, batch_size=plan.batch_size, lr=plan.lr,
                        weight_decay=plan.weight_decay, schedule_per="step", seed=seed, train_size=train_size,
                        test_size=plan.confirm_test_size if confirm else test_size, mini_widths=list(plan.widths),
@@ -87,10 +92,12 @@ def arm_config(plan: KernelDNAPlan, ctx: Context, task: str, arm: str, seed: int
 
 def train_arms(plan: KernelDNAPlan, ctx: Context, task: str) -> dict[tuple[str, int], dict[str, Any]]:
     """Every (arm, seed) mini training, each cached as ``runs/<task>_<arm>_seed<k>.json``: the pilot (every arm on
-    ``seeds``) and the confirmatory seeds (``confirm_arms``); missing ones run in ``plan.workers`` processes."""
+    ``seeds``) and the two confirmatory replications (``confirm_arms``, ``confirm2_arms``); missing ones run in
+    ``plan.workers`` processes."""
     runs = [(a, s) for a in plan.arms for s in plan.seeds]
     if task == plan.tasks[0]:
         runs += [(a, s) for a in plan.confirm_arms for s in plan.confirm_seeds]
+        runs += [(a, s) for a in plan.confirm2_arms for s in plan.confirm2_seeds]
     jobs, keys = {}, {}
     for arm, seed in runs:
         cfg = arm_config(plan, ctx, task, arm, seed)
@@ -114,7 +121,7 @@ def main_smoke(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
     task = plan.tasks[0]
     with ctx.stage("counts"):
         counts = parts.zoo_counts()
-        arms = (*plan.arms, *plan.confirm_arms, "samedepth")
+        arms = (*plan.arms, *plan.confirm_arms, *plan.confirm2_arms, "samedepth")
         sizes = {t: parts.mini_sizes(plan.widths, plan.stem_stride, t, arms) for t in plan.tasks}
     matches, per = parts.zoo_parity(counts)
     res.facts["zoo_official_counts_match"] = (matches, per)
@@ -132,23 +139,27 @@ def main_smoke(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
         rows = {t: train_arms(plan, ctx, t) for t in plan.tasks}
     top1 = {t: {a: [rows[t][a, s]["top1"] for s in plan.seeds] for a in plan.arms} for t in plan.tasks}
     confirm = {a: [rows[task][a, s]["top1"] for s in plan.confirm_seeds] for a in plan.confirm_arms}
+    confirm2 = {a: [rows[task][a, s]["top1"] for s in plan.confirm2_seeds] for a in plan.confirm2_arms}
     seeds = {"seeds": list(plan.seeds), "task": task}
     for claim_id, other in PILOT_CLAIMS.items():
         if {"kerneldna", other} <= set(plan.arms):
             res.estimates[claim_id] = stats.paired_diff(top1[task]["kerneldna"], top1[task][other], **seeds,
                                                         test_images=getattr(plan, task)[1])
-    for claim_id, other in CONFIRM_CLAIMS.items():
-        if plan.confirm_seeds and {"kerneldna", other} <= set(plan.confirm_arms):
-            res.estimates[claim_id] = stats.paired_diff(confirm["kerneldna"], confirm[other], task=task,
-                                                        seeds=list(plan.confirm_seeds),
-                                                        test_images=plan.confirm_test_size)
+    for claims, seeds_, top1_ in ((CONFIRM_CLAIMS, plan.confirm_seeds, confirm),
+                                  (CONFIRM2_CLAIMS, plan.confirm2_seeds, confirm2)):
+        for claim_id, other in claims.items():
+            if seeds_ and {"kerneldna", other} <= set(top1_):
+                res.estimates[claim_id] = stats.paired_diff(top1_["kerneldna"], top1_[other], task=task,
+                                                            seeds=list(seeds_), test_images=plan.confirm_test_size)
     curves = {a: rows[task][a, plan.seeds[0]]["curve"] for a in plan.arms}
     if all(len(c) > 1 for c in curves.values()):
         changes = {a: c[-1] - c[-2] for a, c in curves.items()}
         res.facts["curve_last_epoch_change"] = (max(changes.values(), key=abs), {"per_arm": changes})
     panels = {f"{t}, pilot": arms for t, arms in top1.items()}
     if plan.confirm_seeds:
-        panels[f"{task}, confirmatory"] = confirm
+        panels[f"{task}, confirmatory 1"] = confirm
+    if plan.confirm2_seeds:
+        panels[f"{task}, confirmatory 2"] = confirm2
     res.plots.append(parts.plot_accuracy(panels, ctx.out / "accuracy.png"))
     res.plots.append(parts.plot_curves(curves, task, ctx.out / "accuracy_curve.png"))
     cka = [rows[task]["baseline", s]["cka"] for s in plan.seeds if "baseline" in plan.arms]
@@ -170,9 +181,11 @@ def main_smoke(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
             if f"{label}_throughput_vs_{ref}" in declared:
                 res.estimates[f"{label}_throughput_vs_{ref}"] = parts.throughput_ratio(bench, "kerneldna", ref)
     tables = ["### Accuracy, pilot (every arm with the same recipe and seeds)\n\n" + parts.accuracy_table(top1, sizes)]
-    if plan.confirm_seeds:
-        tables.append(f"### Accuracy, confirmatory ({len(plan.confirm_seeds)} new seeds, {plan.confirm_test_size:,} "
-                      "test images)\n\n" + parts.accuracy_table({task: confirm}, sizes, ref="kerneldna"))
+    for label, seeds_, top1_ in (("1", plan.confirm_seeds, confirm), ("2", plan.confirm2_seeds, confirm2)):
+        if seeds_:
+            tables.append(f"### Accuracy, confirmatory {label} (seeds {seed_span(seeds_)}, "
+                          f"{plan.confirm_test_size:,} test images)\n\n"
+                          + parts.accuracy_table({task: top1_}, sizes, ref="kerneldna"))
     res.tables_md = "\n\n".join([
         *tables,
         f"### Throughput: mini nets ({'x'.join(map(str, shape))})\n\n" + parts.bench_table(mini_bench),
@@ -181,9 +194,10 @@ def main_smoke(plan: KernelDNAPlan, ctx: Context, res: Results) -> None:
     data = "; ".join(f"{t}: {getattr(plan, t)[0]} train / {getattr(plan, t)[1]} test images, {getattr(plan, t)[2]} "
                      "epochs" for t in plan.tasks)
     res.notes_md = (
-        f"pilot: {len(plan.seeds)} seeds, every arm; confirmatory: seeds {seed_span(plan.confirm_seeds)} "
-        f"({', '.join(plan.confirm_arms)}; {plan.confirm_test_size} test images); {data} ({steps} steps); batch "
-        f"{plan.batch_size}; SGD lr {plan.lr} (the official ResNet-18 recipe's), cosine per iteration, wd "
+        f"pilot: {len(plan.seeds)} seeds, every arm; confirmatory 1: seeds {seed_span(plan.confirm_seeds)} "
+        f"({', '.join(plan.confirm_arms)}); confirmatory 2: seeds {seed_span(plan.confirm2_seeds)} "
+        f"({', '.join(plan.confirm2_arms)}); both on {plan.confirm_test_size} test images; {data} ({steps} steps); "
+        f"batch {plan.batch_size}; SGD lr {plan.lr} (the official ResNet-18 recipe's), cosine per iteration, wd "
         f"{plan.weight_decay} on all parameters; widths {list(plan.widths)}, stem stride {plan.stem_stride}. Accuracy "
         "intervals: t over the paired per-seed differences; throughput intervals: percentile bootstrap of the median "
         "per-round ratio.")
@@ -202,8 +216,9 @@ def configure(plan: KernelDNAPlan, args: argparse.Namespace) -> KernelDNAPlan:
     unknown = [t for t in plan.tasks if t not in parts.INPUT_SHAPES]
     if unknown or not plan.tasks:
         raise UsageError(f"tasks: use some of {', '.join(parts.INPUT_SHAPES)}, not {unknown or '()'}")
-    if set(plan.seeds) & set(plan.confirm_seeds) or plan.workers < 1:
-        raise UsageError("confirm_seeds must be new seeds (none of seeds), and workers at least 1")
+    groups = (set(plan.seeds), set(plan.confirm_seeds), set(plan.confirm2_seeds))
+    if any(a & b for i, a in enumerate(groups) for b in groups[i + 1:]) or plan.workers < 1:
+        raise UsageError("seeds, confirm_seeds and confirm2_seeds must be disjoint (new seeds), and workers at least 1")
     return full.configure_full(plan, args)
 
 
