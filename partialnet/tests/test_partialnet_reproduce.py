@@ -6,20 +6,25 @@ import importlib.util
 import json
 
 import pytest
+import timm
 import torch
 from effrepro.errors import UsageError
 from effrepro.report import read_claims
 from effrepro.reproduce import Context
+from partialnet.ablation import ABLATION_CLAIMS as ABLATION_CLAIMS_SPECS
+from partialnet.ablation import FIRST_LOOK_SEEDS, MAIN_RUNG, run_name, rung_config
 from partialnet.cli import main
 from partialnet.dpconv_stage import CONFIRM_SEEDS, PILOT, PILOT_SEEDS, search_all
+from partialnet.models import ABLATION_LADDER
 from partialnet.reproduce import CLAIMS, FACTS, PLANS, REPRODUCTION
 
 from partialnet import reproduce_parts as parts
 
 SMOKE_CLAIMS = ["top1_gain", "cpu_latency_ratio_t2", "cpu_latency_ratio_t1", "cpu_latency_ratio_t0"]
 DPCONV_CLAIMS = ["dpconv_learnt_split_gain", "dpconv_learnt_split_gain_pilot"]
-ABLATION_CLAIMS = ["ablation_pat_ch_gain", "ablation_pat_sp_gain", "ablation_pat_sf_gain"]
-ABLATION_FACTS = {f"ablation_top1_{r}" for r in ("pconv", "pat_ch", "pat_ch_sp", "pat_ch_sp_sf")}
+ABLATION_CLAIMS = ["ablation_pat_ch_gain", "ablation_pat_sf_gain", "ablation_pat_sp_gain"]
+RUNGS = ("pconv", "pat_ch", "pat_ch_sf", "pat_ch_sf_sp")
+ABLATION_FACTS = {f"ablation_top1_{r}" for r in RUNGS}
 MAIN_FACTS = {"top1_partialnet", "top1_fasternet", "params_ratio_t2", "flops_ratio_t2", "mini_params_ratio",
               "mini_flops_ratio", "official_counts_match", "fused_max_abs_diff"}
 
@@ -42,11 +47,17 @@ def test_reproduce_tiny_end_to_end(tmp_path):
     main_facts = {f for f in facts if not f.startswith(("det_", "ablation_", "dpconv_"))}
     assert main_facts == MAIN_FACTS
     assert {f for f in facts if f.startswith("ablation_")} == ABLATION_FACTS
-    sizes = [facts[f"ablation_top1_{r}"]["details"]["params"] for r in ("pconv", "pat_ch", "pat_ch_sp", "pat_ch_sp_sf")]
+    sizes = [facts[f"ablation_top1_{r}"]["details"]["params"] for r in RUNGS]
     assert sizes == sorted(sizes) and len(set(sizes)) == 4  # each rung adds a component
     sp_gain = claims["ablation_pat_sp_gain"]
     assert sp_gain["n"] == 2 and sp_gain["measured"] == pytest.approx(
-        facts["ablation_top1_pat_ch_sp"]["value"] - facts["ablation_top1_pat_ch"]["value"])
+        facts["ablation_top1_pat_ch_sf_sp"]["value"] - facts["ablation_top1_pat_ch_sf"]["value"])
+    # the T2-default rung is the main stage's PartialNet arm, reused: same numbers, no run of its own
+    main_rung = facts["ablation_top1_pat_ch_sf"]["details"]
+    assert main_rung["per_seed"] == facts["top1_partialnet"]["details"]["per_seed"] and "reused" in main_rung["runs"]
+    assert not list((tmp_path / "runs").glob("ablation_pat_ch_sf_seed*"))
+    assert (tmp_path / "runs" / "ablation_pat_ch_sf_sp_seed1.json").is_file()
+    assert all(facts[f"ablation_top1_{r}"]["details"]["train_seconds_median"] > 0 for r in RUNGS)
     dpconv, pilot = claims["dpconv_learnt_split_gain"], claims["dpconv_learnt_split_gain_pilot"]
     assert dpconv["n"] == 2 and dpconv["details"]["seeds"] == [2, 3] and pilot["details"]["seeds"] == [0, 1]
     assert dpconv["measured"] == pytest.approx(facts["dpconv_top1_learnt"]["value"] - dpconv["details"]["b_mean"])
@@ -96,6 +107,29 @@ def test_ablation_ladder_is_opt_in_at_smoke_scale():
     assert PLANS["smoke"].stages == ("main", "dpconv") and "ablation" in PLANS["tiny"].stages
     assert [c.id for c in CLAIMS if c.id.startswith("ablation_")] == ABLATION_CLAIMS
     assert not any(c.headline for c in CLAIMS if c.id.startswith("ablation_"))
+    assert PLANS["smoke"].ablation_seeds == FIRST_LOOK_SEEDS and all(
+        f"{FIRST_LOOK_SEEDS} seeds" in c.description and c.expect == "> 0" for c in ABLATION_CLAIMS_SPECS)
+
+
+def test_ablation_rungs_differ_from_the_main_arm_only_in_their_switches(tmp_path):
+    """Every rung is the main arm's config with its switches; the T2-default rung is the main arm itself (same run
+    name and config, so its cache entry is reused) and builds the same model, weight for weight."""
+    plan, ctx = PLANS["smoke"], Context("partialnet", PLANS["smoke"], tmp_path)
+    main_cfg = parts.mini_train_config("partialnet", 3, plan, ctx.runs / "partialnet_mini_seed3")
+    assert MAIN_RUNG == "pat_ch_sf" and run_name(MAIN_RUNG, 3) == "partialnet_mini_seed3"
+    assert rung_config(MAIN_RUNG, 3, plan, ctx) == main_cfg
+    for rung in RUNGS:
+        cfg = rung_config(rung, 3, plan, ctx)
+        assert dataclasses.replace(cfg, model_kwargs=main_cfg.model_kwargs, out_dir=main_cfg.out_dir) == main_cfg
+        assert {k: v for k, v in cfg.model_kwargs.items() if k not in ABLATION_LADDER[rung]} == main_cfg.model_kwargs
+    models = []
+    for kwargs in (main_cfg.model_kwargs, {**main_cfg.model_kwargs, **ABLATION_LADDER[MAIN_RUNG]}):
+        torch.manual_seed(0)
+        models.append(timm.create_model(main_cfg.model, num_classes=100, **kwargs).state_dict())
+    assert models[0].keys() == models[1].keys() and all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+    torch.manual_seed(0)
+    other = timm.create_model(main_cfg.model, num_classes=100, **{**main_cfg.model_kwargs, **ABLATION_LADDER["pat_ch"]})
+    assert other.state_dict().keys() != models[0].keys()
 
 
 @pytest.mark.slow

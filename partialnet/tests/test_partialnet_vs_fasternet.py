@@ -60,8 +60,8 @@ def test_ablation_ladder_adds_one_component_per_rung():
     sizes, expected = [], {
         "pconv": ["PartialConv"] * 6,
         "pat_ch": ["PATConvChannel"] * 4 + ["PartialConv"] * 2,
-        "pat_ch_sp": ["PATConvChannel"] * 4 + ["PartialConv"] * 2,
-        "pat_ch_sp_sf": ["PATConvChannel"] * 4 + ["PATConvSelf"] * 2,
+        "pat_ch_sf": ["PATConvChannel"] * 4 + ["PATConvSelf"] * 2,
+        "pat_ch_sf_sp": ["PATConvChannel"] * 4 + ["PATConvSelf"] * 2,
     }
     for name, switches in ABLATION_LADDER.items():
         model = PartialNet(embed_dim=16, depths=depths, num_classes=10, **switches)

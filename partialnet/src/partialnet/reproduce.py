@@ -19,7 +19,7 @@ from effrepro.mm.miniature import STAGES, det_fact_specs
 from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results, run_stages
 
 from partialnet import reproduce_parts as parts
-from partialnet.ablation import ABLATION_CLAIMS, ABLATION_FACTS, ablation_stage
+from partialnet.ablation import ABLATION_CLAIMS, ABLATION_FACTS, FIRST_LOOK_SEEDS, ablation_stage
 from partialnet.bench import complexity_table, parse_variants
 from partialnet.det_stage import DET_ARMS, det_stage
 from partialnet.dpconv_stage import CONFIRM_SEEDS, DPCONV_CLAIMS, DPCONV_FACTS, PILOT_SEEDS, dpconv_stage
@@ -49,7 +49,7 @@ class PartialNetPlan(Plan):
     det_images: tuple[int, int, int] = (300, 80, 4)  # det: train images, val images, epochs (batch 4)
     dpconv_pilot_seeds: tuple[int, ...] = PILOT_SEEDS  # the dpconv pilot (its own claim, ``_pilot``)
     dpconv_seeds: tuple[int, ...] = CONFIRM_SEEDS  # the dpconv claim's seeds: new, disjoint from the pilot
-    ablation_seeds: int = 12  # the ablation ladder trains the first seeds of ``seeds``
+    ablation_seeds: int = FIRST_LOOK_SEEDS  # the ablation ladder trains the first seeds of ``seeds``
     dpconv_search_epochs: int = 1  # splits held at 1/4 for the warm-up, then learnt
     dpconv_warmup_epochs: float = 0.5
     # --scale full: the user's data and the variant trained with the official recipe
@@ -61,7 +61,7 @@ class PartialNetPlan(Plan):
 
 
 PLANS = {
-    # det and ablation are opt-in here (--stages main,ablation): each would exceed 30 min
+    # det and ablation are opt-in here (--stages main,dpconv,ablation): each would exceed 30 min cold
     "smoke": PartialNetPlan(stages=("main", "dpconv")),
     "tiny": PartialNetPlan(name="tiny", stages=(*(STAGES if importlib.util.find_spec("mmdet") else ("main",)),
                                                 "dpconv", "ablation"),

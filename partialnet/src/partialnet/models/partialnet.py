@@ -88,12 +88,13 @@ VARIANTS: dict[str, PartialNetConfig] = {
 }
 
 
-# Cumulative per-component settings, PConv (= FasterNet) first; pass one as ``**kwargs`` to a variant.
+# Cumulative per-component settings, PConv (= FasterNet) first; pass one as ``**kwargs`` to a variant. The third
+# rung is the T2 (and T0, S, M, L) default; the fourth adds PAT_sp, which the official configs enable in T1 only.
 ABLATION_LADDER: dict[str, dict[str, bool]] = {
     "pconv": dict(use_channel_attn=False, use_spatial_attn=False, use_self_attn=False),
     "pat_ch": dict(use_channel_attn=True, use_spatial_attn=False, use_self_attn=False),
-    "pat_ch_sp": dict(use_channel_attn=True, use_spatial_attn=True, use_self_attn=False),
-    "pat_ch_sp_sf": dict(use_channel_attn=True, use_spatial_attn=True, use_self_attn=True),
+    "pat_ch_sf": dict(use_channel_attn=True, use_spatial_attn=False, use_self_attn=True),
+    "pat_ch_sf_sp": dict(use_channel_attn=True, use_spatial_attn=True, use_self_attn=True),
 }
 
 
