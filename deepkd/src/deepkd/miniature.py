@@ -117,11 +117,11 @@ def prepare_data(plan: Any, runs: Path) -> dict[str, Any]:
 
 
 # ---- GSNR probe ---------------------------------------------------------------------------------------------
-def gsnr_probe(plan: Any, probe_set: CachedTeacherSet) -> Any:
+def gsnr_probe(plan: Any, probe_set: CachedTeacherSet, epochs: list[int] | None = None) -> Any:
     """GSNR of TOG / TCG / NCG (and their sum) of the DKD loss over ``gsnr_batches`` fixed mini-batches, at the
-    epochs ``plan.gsnr_fractions`` of training."""
+    ends of ``epochs`` (default: the epochs ``plan.gsnr_fractions`` of training)."""
     batches = [probe_set[i * plan.batch:(i + 1) * plan.batch] for i in range(plan.gsnr_batches)]
-    epochs = gsnr_epochs(plan)
+    epochs = gsnr_epochs(plan) if epochs is None else epochs
     warmup, _ = schedule(plan.epochs)
 
     def probe(distiller: Any, finished: int) -> dict[str, float]:
@@ -147,9 +147,19 @@ def gsnr_epochs(plan: Any) -> list[int]:
     return sorted({max(1, round(plan.epochs * f)) for f in plan.gsnr_fractions})
 
 
+def gsnr_window(plan: Any) -> list[int]:
+    """The epochs mid-training +- ``plan.gsnr_window`` (mid: the middle of :func:`gsnr_epochs`). The GSNR of one
+    iterate swings from epoch to epoch far more than between probe batches, so the confirmatory runs average
+    the probes over this window."""
+    epochs = gsnr_epochs(plan)
+    mid = epochs[len(epochs) // 2]
+    return list(range(max(1, mid - plan.gsnr_window), min(plan.epochs, mid + plan.gsnr_window) + 1))
+
+
 # ---- one student run ----------------------------------------------------------------------------------------
 def run_student(job: dict[str, Any]) -> dict[str, Any]:
-    """One arm and seed (picklable: runs in a worker process too). Returns accuracies, curve, GSNR, times."""
+    """One arm and seed (picklable: runs in a worker process too). Returns accuracies, curve, GSNR, times.
+    ``job["gsnr_epochs"]``, if given, replaces the plan's GSNR epochs."""
     torch.set_num_threads(1)
     from deepkd.train import train
 
@@ -158,7 +168,7 @@ def run_student(job: dict[str, Any]) -> dict[str, Any]:
     train_set = CachedTeacherSet(data["train_images"], data["train_labels"], data["train_logits"])
     test_set = CachedTeacherSet(data["test_images"], data["test_labels"])
     cfg = student_config(plan, job["arm"], job["seed"], job["teacher"])
-    probe = gsnr_probe(plan, train_set) if ARMS[job["arm"]].get("gsnr") else None
+    probe = gsnr_probe(plan, train_set, job.get("gsnr_epochs")) if ARMS[job["arm"]].get("gsnr") else None
     start, cpu_start = time.perf_counter(), time.process_time()
     result = train(cfg, job["out"], progress=False, datasets=(train_set, test_set), probe=probe)
     gsnr = {str(row["epoch"]): {k[len("eval_gsnr_"):]: v for k, v in row.items() if k.startswith("eval_gsnr_")}

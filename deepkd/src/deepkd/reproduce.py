@@ -4,9 +4,10 @@ Smoke (CPU, real images): a teacher MLP is trained on MNIST-100 pairs; students 
 on a subset of those pairs with every arm of :data:`deepkd.miniature.ARMS` (CE; KD, KD + DOT, KD + DeepKD; DKD,
 DKD + DeepKD, + dynamic top-k mask), with the same seeds, initialisations, data order and budget, so every
 comparison is paired by seed. GSNR of the three gradient components of the DKD loss is measured during the DKD and
-DKD + DeepKD runs; the flatness of each final student is the rise of its training CE loss under filter-normalised
-random weight perturbations (the same random draws for every arm of a seed); the step time DeepKD / DKD is measured
-with interleaved, paired rounds.
+DKD + DeepKD runs (for the pre-registered confirmatory GSNR claim also in DKD and DKD + DeepKD runs on the new
+seeds ``confirm_seeds``, averaged over a window of epochs around mid-training); the flatness of each final
+student is the rise of its training CE loss under filter-normalised random weight perturbations (the same random
+draws for every arm of a seed); the step time DeepKD / DKD is measured with interleaved, paired rounds.
 
 DOT is compared on the KD base it was designed for: on DKD (beta 8) at this learning rate its 0.975 buffer
 diverged, which made a DeepKD-over-DOT gain hold for the wrong reason.
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from effrepro import stats
+from effrepro.errors import UsageError
 from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results, run_jobs
 
 from deepkd import miniature as mini
@@ -43,10 +45,12 @@ class DeepKDPlan(Plan):
     epochs: int = 24
     batch: int = 64
     lr: float = 0.05
-    seeds: tuple[int, ...] = tuple(range(10))
+    seeds: tuple[int, ...] = tuple(range(10))  # every arm; the pilot of the confirmatory GSNR claim
+    confirm_seeds: tuple[int, ...] = tuple(range(10, 50))  # DKD, DKD + DeepKD only; pre-registered, see the README
     arms: tuple[str, ...] = tuple(mini.ARMS)
     gsnr_batches: int = 16                   # mini-batches of `batch` per GSNR measurement
     gsnr_fractions: tuple[float, ...] = (0.125, 0.5, 1.0)  # end of warm-up, mid, end of training
+    gsnr_window: int = 2                     # confirmatory runs: GSNR averaged over epochs mid - 2 .. mid + 2
     flat_samples: int = 2000                 # training pairs the perturbed loss is measured on
     flat_radii: tuple[float, ...] = (0.1, 0.25, 0.5)  # perturbation size / filter norm; claims use the middle one
     flat_directions: int = 5                 # random directions per student (each probed at +r and -r)
@@ -66,13 +70,15 @@ class DeepKDPlan(Plan):
 
 SMOKE = DeepKDPlan()
 TINY = DeepKDPlan(name="tiny", teacher_train=2000, teacher_epochs=1, student_train=384, test_size=500, epochs=3,
-                  seeds=(0, 1, 2), gsnr_batches=3, gsnr_fractions=(0.5, 1.0), bench_rounds=5, bench_block=2,
-                  flat_samples=256, flat_directions=2)
-FULL = DeepKDPlan(name="full", seeds=(0,))  # one run per arm unless --seeds N: per-pair gains get no interval
+                  seeds=(0, 1, 2), confirm_seeds=(3, 4), gsnr_window=1, gsnr_batches=3, gsnr_fractions=(0.5, 1.0),
+                  bench_rounds=5, bench_block=2, flat_samples=256, flat_directions=2)
+# one run per arm unless --seeds N: per-pair gains get no interval
+FULL = DeepKDPlan(name="full", seeds=(0,), confirm_seeds=())
 FULL_ONLY = ("dataset", "pairs", "bases", "variants", "teachers", "nproc", "data", "overrides")
 
 
 FULL_CLAIMS, FULL_FACTS = full_specs()
+CONFIRM_ARMS = ("dkd", "dkd_deepkd")  # the arms of the confirmatory GSNR run
 
 
 def _gain(cid: str, arm: str, base: str, what: str, headline: bool = False) -> ClaimSpec:
@@ -108,10 +114,24 @@ CLAIMS = [_gain(*row) for row in GAINS] + [
     ClaimSpec(id="gsnr_tog_over_tcg", description="GSNR(TOG) / GSNR(TCG) in the DKD run at mid-training, mean "
               "over seeds (the paper's momenta imply TOG > TCG)", paper=None, unit="x", baseline="GSNR of TCG",
               expect="> 1"),
-    ClaimSpec(id="gsnr_total_deepkd_over_dkd", description="GSNR of the total DKD gradient at mid-training, "
-              "DKD + DeepKD run / DKD run, paired by seed (the paper: DeepKD raises GSNR)", paper=None, unit="x",
+    ClaimSpec(id="gsnr_total_deepkd_over_dkd", description="GSNR of the total DKD gradient around mid-training (mean "
+              "of the probes at the ends of epochs 10-14 of 24, before the first LR decay), DKD + DeepKD run / DKD "
+              "run, paired ratio of means; the paper says DeepKD raises GSNR but gives no size, so the smallest "
+              "effect of interest, a 10 % raise (fails when the whole interval lies below 1.1), is our choice, "
+              "fixed before the run. Pre-registered confirmatory run on new seeds alone (smoke: 10-49, n = 40, "
+              "DKD and DKD + DeepKD only; no seeds added whatever the result). Design from the pilot (seeds 0-9, "
+              "re-probed): one probe's per-seed spread comes from the iterate (log GSNR swings by sd 0.27 from "
+              "epoch to epoch) more than from the probe batches (0.08), hence the five-epoch mean: pilot ratio "
+              "1.057, per-seed sd 0.159; from n = 39 on an interval at that spread is narrower than the band "
+              "1-1.1, so it decides at any true ratio (P(decided) at the pilot ratio 0.82 at n = 30, 1.00 at n = 40; "
+              "0.99 by resampling the pilot pairs)",
+              paper=None, unit="x", baseline="DKD run, same epochs", expect="> 1, fails below 1.1"),
+    ClaimSpec(id="gsnr_total_deepkd_over_dkd_pilot", description="GSNR of the total DKD gradient at mid-training "
+              "(one probe, end of epoch 12 of 24), DKD + DeepKD run / DKD run, paired by seed, on the pilot seeds "
+              "(smoke: 0-9; the paper: DeepKD raises GSNR); the first look, which set the design of the "
+              "confirmatory gsnr_total_deepkd_over_dkd", paper=None, unit="x",
               baseline="DKD run at the same epoch", expect="> 1"),
-    ClaimSpec(id="gsnr_total_deepkd_over_dkd_end", description="as gsnr_total_deepkd_over_dkd, at the end of "
+    ClaimSpec(id="gsnr_total_deepkd_over_dkd_end", description="as gsnr_total_deepkd_over_dkd_pilot, at the end of "
               "training", paper=None, unit="x", baseline="DKD run at the same epoch", expect="> 1"),
 ] + [_flat(*row) for row in FLATS] + FULL_CLAIMS
 FACTS = [
@@ -138,17 +158,19 @@ def run(plan: DeepKDPlan, ctx: Context) -> Results:
         times = ctx.cached("step_time", lambda: mini.step_times(plan),
                            key={f: getattr(plan, f) for f in ("student_arch", "batch", "bench_rounds", "bench_block")})
     by_arm = {arm: [runs[(arm, s)] for s in plan.seeds] for arm in plan.arms}
+    confirm = {arm: [runs[(arm, s)] for s in plan.confirm_seeds] for arm in CONFIRM_ARMS if arm in plan.arms}
     estimates = est.gain_estimates(plan, GAINS, by_arm)
     deepkd, dkd = times["dkd_deepkd"], times["dkd"]
     estimates["step_time_deepkd_over_dkd"] = stats.paired_ratio(deepkd, dkd, rounds=len(dkd),
                                                                 steps_per_round=plan.bench_block)
     estimates.update(est.gsnr_estimates(plan, by_arm))
+    estimates.update(est.gsnr_confirm_estimate(plan, confirm))
     estimates.update(est.flat_estimates(plan, FLATS, by_arm))
     median_ms = sorted(dkd)[len(dkd) // 2] / plan.bench_block * 1000
     facts = {"teacher_top1": prep["teacher_top1"], "teacher_params": prep["teacher_params"],
              "step_time_dkd": (round(median_ms, 3), {"rounds": len(dkd), "steps_per_round": plan.bench_block})}
     return Results(estimates=estimates, facts=facts, tables_md=arm_table(by_arm, prep),
-                   notes_md=notes(plan, by_arm), plots=plots(by_arm, ctx.out, mini.gsnr_epochs(plan)))
+                   notes_md=notes(plan, by_arm, confirm), plots=plots(by_arm, ctx.out, mini.gsnr_epochs(plan)))
 
 
 def _data_key(plan: DeepKDPlan) -> dict[str, Any]:
@@ -159,13 +181,21 @@ def _data_key(plan: DeepKDPlan) -> dict[str, Any]:
 
 def _students(plan: DeepKDPlan, ctx: Context, prep: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
     """Every (arm, seed) student run, each cached in ``runs/<arm>_seed<k>.json`` (an interrupted run resumes; the
-    training itself also resumes from its ``last.pt``)."""
+    training itself also resumes from its ``last.pt``): every arm on ``plan.seeds``, and the GSNR arms on
+    ``plan.confirm_seeds``, probed at the epochs of :func:`deepkd.miniature.gsnr_window` too."""
+    overlap = sorted(set(plan.seeds) & set(plan.confirm_seeds))
+    if overlap:
+        raise UsageError(f"confirm_seeds repeats seeds {overlap}: the confirmatory run needs new seeds")
     student_fields = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)
-                      if f.name not in ("name", "stages", "threads", "seeds", "arms", "workers", "bench_rounds",
-                                        "bench_block", *FULL_ONLY)}
+                      if f.name not in ("name", "stages", "threads", "seeds", "confirm_seeds", "gsnr_window", "arms",
+                                        "workers", "bench_rounds", "bench_block", *FULL_ONLY)}
+    probes: dict[tuple[str, int], dict[str, Any]] = {(arm, seed): {} for seed in plan.seeds for arm in plan.arms}
+    window = sorted(set(mini.gsnr_epochs(plan)) | set(mini.gsnr_window(plan)))
+    for seed in plan.confirm_seeds:  # the pilot's cache keys stay as they were: only these runs name their epochs
+        probes.update({(arm, seed): {"gsnr_epochs": window} for arm in CONFIRM_ARMS if arm in plan.arms})
     jobs = {(arm, seed): {"arm": arm, "seed": seed, "plan": plan, "data": prep["data"], "teacher": prep["teacher"],
-                          "out": str(ctx.runs / arm / f"seed{seed}")} for seed in plan.seeds for arm in plan.arms}
-    keys = {job: {"arm": job[0], "seed": job[1], **student_fields} for job in jobs}
+                          "out": str(ctx.runs / arm / f"seed{seed}"), **extra} for (arm, seed), extra in probes.items()}
+    keys = {job: {"arm": job[0], "seed": job[1], **student_fields, **extra} for job, extra in probes.items()}
     missing = {job: (jobs[job],) for job in jobs if not ctx.is_cached(_name(job), keys[job])}
     results = {}
     for job, result, seconds in run_jobs(mini.run_student, missing, plan.workers):
@@ -193,8 +223,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def configure(plan: DeepKDPlan, args: argparse.Namespace) -> DeepKDPlan:
-    from effrepro.errors import UsageError
-
     changes: dict[str, Any] = {}
     if args.seeds is not None:
         if args.seeds < 1:

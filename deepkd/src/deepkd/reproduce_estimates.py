@@ -7,7 +7,7 @@ from typing import Any
 
 from effrepro import stats
 
-from deepkd.miniature import gsnr_epochs
+from deepkd.miniature import gsnr_epochs, gsnr_window
 
 Runs = dict[str, list[dict[str, Any]]]  # arm -> one result per seed, in seed order
 Estimates = dict[str, stats.Estimate]
@@ -40,7 +40,7 @@ def gsnr_estimates(plan: Any, by_arm: Runs) -> Estimates:
         "gsnr_tog_over_tcg": stats.mean_ci([g["tog"] / g["tcg"] for g in dkd], epoch=mid),
     }
     if "dkd_deepkd" in by_arm:
-        for cid, epoch in (("gsnr_total_deepkd_over_dkd", mid), ("gsnr_total_deepkd_over_dkd_end", epochs[-1])):
+        for cid, epoch in (("gsnr_total_deepkd_over_dkd_pilot", mid), ("gsnr_total_deepkd_over_dkd_end", epochs[-1])):
             deep = [_gsnr_at(r, epoch)["total"] for r in by_arm["dkd_deepkd"]]
             base = [_gsnr_at(r, epoch)["total"] for r in by_arm["dkd"]]
             estimates[cid] = stats.paired_ratio(deep, base, epoch=epoch)
@@ -62,3 +62,19 @@ def flat_estimates(plan: Any, flats: list[tuple[str, str, str]], by_arm: Runs) -
                                                    [r["flatness"]["loss"] for r in by_arm[arm]],
                                                    [r["flatness"]["loss"] for r in by_arm[base]]).value)
     return estimates
+
+
+def gsnr_confirm_estimate(plan: Any, confirm: Runs) -> Estimates:
+    """The pre-registered confirmatory estimate on ``plan.confirm_seeds`` alone: per seed and run, the total-gradient
+    GSNR averaged over the epochs of :func:`gsnr_window`; DKD + DeepKD / DKD as a paired ratio of means."""
+    if not plan.confirm_seeds or not {"dkd", "dkd_deepkd"} <= set(confirm):
+        return {}
+    window = gsnr_window(plan)
+
+    def windowed(arm: str) -> list[float]:
+        return [sum(_gsnr_at(r, e)["total"] for e in window) / len(window) for r in confirm[arm]]
+
+    deep, base = windowed("dkd_deepkd"), windowed("dkd")
+    return {"gsnr_total_deepkd_over_dkd": stats.paired_ratio(
+        deep, base, epochs=window, seeds=list(plan.confirm_seeds), dkd_deepkd=deep, dkd=base,
+        ratios=[a / b for a, b in zip(deep, base)])}

@@ -6,9 +6,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from effrepro.report import save_figure
+from effrepro.report import save_figure, seed_span
 
-from deepkd.miniature import ARM_LABEL, schedule
+from deepkd.miniature import ARM_LABEL, gsnr_window, schedule
 
 PAPER_TABLE = """CIFAR-100 top-1 (%), best epoch, mean of runs; KD / DKD / MLKD baselines from the anchor repositories
 (logit-standardization-KD, DKD, MLKD papers), DOT from mdistiller. The DeepKD columns (+DeepKD) could not be
@@ -53,9 +53,14 @@ def arm_table(by_arm: dict[str, list[dict[str, Any]]], prep: dict[str, Any]) -> 
     return "\n".join(rows)
 
 
-def notes(plan: Any, by_arm: dict[str, list[dict[str, Any]]]) -> str:
+def notes(plan: Any, by_arm: dict[str, list[dict[str, Any]]], confirm: dict[str, list[dict[str, Any]]]) -> str:
     warmup, decay = schedule(plan.epochs)
     cpu = sum(r["cpu_seconds"] for runs in by_arm.values() for r in runs)
+    confirm_cpu = sum(r["cpu_seconds"] for runs in confirm.values() for r in runs)
+    confirmatory = (f" Confirmatory GSNR runs ({', '.join(ARM_LABEL[a] for a in confirm)}; seeds "
+                    f"{seed_span(plan.confirm_seeds)}, n = {len(plan.confirm_seeds)}, new seeds only; GSNR averaged "
+                    f"over epochs {gsnr_window(plan)}): {confirm_cpu / 60:.1f} CPU-minutes; every other claim uses "
+                    f"seeds {seed_span(plan.seeds)} only." if plan.confirm_seeds and confirm else "")
     return (f"Miniature: teacher {plan.teacher_arch} trained on {plan.teacher_train} MNIST-100 pairs for "
             f"{plan.teacher_epochs} epochs; students {plan.student_arch} on the first {plan.student_train} of those "
             f"pairs for {plan.epochs} epochs, batch {plan.batch}, LR {plan.lr} x0.1 at epochs {decay}, wd 5e-4, "
@@ -64,7 +69,7 @@ def notes(plan: Any, by_arm: dict[str, list[dict[str, Any]]]) -> str:
             f"dynamic mask K 10 -> 100 over the first 60 % of training. Seeds {list(plan.seeds)}: per seed every arm "
             f"has the same initialisation, data order and budget. Test set {plan.test_size} pairs. The student runs "
             f"used {cpu / 60:.1f} CPU-minutes ({plan.workers} worker process(es), 1 thread each). The accuracy "
-            "curves (mean over seeds) show whether each arm reached its plateau before the last epoch.")
+            "curves (mean over seeds) show whether each arm reached its plateau before the last epoch." + confirmatory)
 
 
 def plots(by_arm: dict[str, list[dict[str, Any]]], out: Path, gsnr_epochs: list[int]) -> list[Path]:
