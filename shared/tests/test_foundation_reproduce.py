@@ -417,6 +417,28 @@ def test_cache_entries_know_their_key_and_record_given_seconds(tmp_path):
     assert Context("toy", Plan(name="smoke"), tmp_path / "out", resume=False).is_cached("arm", {"seed": 1}) is False
 
 
+def test_cached_jobs_runs_only_what_is_missing_and_stores_each_job(tmp_path):
+    from effrepro.reproduce import Context
+
+    calls = []
+
+    def cube(x):
+        calls.append(x)
+        return x**3
+
+    names, keys = {k: f"job{k}" for k in range(4)}, {k: {"k": k} for k in range(4)}
+    ctx = Context("toy", Plan(name="smoke"), tmp_path / "out")
+    ctx.cached("job2", lambda: 8, key={"k": 2}, seconds=5.0)  # an earlier run left job 2
+    got = list(ctx.cached_jobs(cube, {k: (k,) for k in range(4)}, names, keys))
+    assert [k for k, _, _ in got] == [0, 1, 3, 2]  # the missing ones first, as they finish, then the cached
+    assert {k: v for k, v, _ in got} == {k: k**3 for k in range(4)} and calls == [0, 1, 3]
+    resumed = Context("toy", Plan(name="smoke"), tmp_path / "out")
+    keys[1] = {"k": 1, "changed": True}
+    again = {k: v for k, v, _ in resumed.cached_jobs(cube, {k: (k,) for k in range(4)}, names, keys, workers=1)}
+    assert again == {k: k**3 for k in range(4)} and calls == [0, 1, 3, 1]  # only the job whose key changed
+    assert set(resumed.reused) == {"job0", "job2", "job3"} and resumed.reused["job2"] == 5.0
+
+
 def test_run_jobs_in_one_thread_processes_gives_the_serial_results():
     import torch
     from effrepro.reproduce import run_jobs

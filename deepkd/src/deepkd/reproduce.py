@@ -22,7 +22,7 @@ from typing import Any
 
 from effrepro import stats
 from effrepro.errors import UsageError
-from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results, run_jobs
+from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results
 
 from deepkd import miniature as mini
 from deepkd import reproduce_estimates as est
@@ -196,14 +196,11 @@ def _students(plan: DeepKDPlan, ctx: Context, prep: dict[str, Any]) -> dict[tupl
     jobs = {(arm, seed): {"arm": arm, "seed": seed, "plan": plan, "data": prep["data"], "teacher": prep["teacher"],
                           "out": str(ctx.runs / arm / f"seed{seed}"), **extra} for (arm, seed), extra in probes.items()}
     keys = {job: {"arm": job[0], "seed": job[1], **student_fields, **extra} for job, extra in probes.items()}
-    missing = {job: (jobs[job],) for job in jobs if not ctx.is_cached(_name(job), keys[job])}
     results = {}
-    for job, result, seconds in run_jobs(mini.run_student, missing, plan.workers):
-        results[job] = ctx.cached(_name(job), lambda r=result: r, key=keys[job], seconds=seconds)
-        ctx.log.log(kind="student", **{k: v for k, v in results[job].items() if k not in ("curve", "gsnr")})
-    for job in jobs:  # cached before this run (recomputed here only if the entry vanished meanwhile)
-        if job not in results:
-            results[job] = ctx.cached(_name(job), lambda j=job: mini.run_student(jobs[j]), key=keys[job])
+    for job, result, _ in ctx.cached_jobs(mini.run_student, {job: (jobs[job],) for job in jobs},
+                                          {job: _name(job) for job in jobs}, keys, plan.workers):
+        results[job] = result
+        ctx.log.log(kind="student", **{k: v for k, v in result.items() if k not in ("curve", "gsnr")})
     return {job: results[job] for job in jobs}
 
 

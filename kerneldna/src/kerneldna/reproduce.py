@@ -22,7 +22,7 @@ from effrepro import stats
 from effrepro.errors import UsageError
 from effrepro.mm.miniature import STAGES
 from effrepro.report import seed_span
-from effrepro.reproduce import Context, Plan, Reproduction, Results, run_jobs, run_stages
+from effrepro.reproduce import Context, Plan, Reproduction, Results, run_stages
 
 from kerneldna import reproduce_full as full
 from kerneldna import reproduce_parts as parts
@@ -106,12 +106,8 @@ def train_arms(plan: KernelDNAPlan, ctx: Context, task: str) -> dict[tuple[str, 
         key = {k: v for k, v in dataclasses.asdict(cfg).items() if not (k == "init" and v is None)}  # pre-init caches
         keys[arm, seed] = key | ({"cka": cka} if cka else {})
     name = {job: f"{task}_{job[0]}_seed{job[1]}" for job in jobs}
-    missing = {job: args for job, args in jobs.items() if not ctx.is_cached(name[job], keys[job])}
-    rows = {}
-    for job, row, seconds in run_jobs(parts.train_row, missing, plan.workers):
-        rows[job] = ctx.cached(name[job], lambda r=row: r, key=keys[job], seconds=seconds)
-    for job, args in jobs.items():  # cached before this run
-        rows[job] = rows.get(job) or ctx.cached(name[job], lambda a=args: parts.train_row(*a), key=keys[job])
+    rows = {job: row for job, row, _ in ctx.cached_jobs(parts.train_row, jobs, name, keys, plan.workers)}
+    for job in jobs:
         ctx.log.log(kind="mini_run", task=task, arm=job[0], seed=job[1], top1=rows[job]["top1"])
         print(f"  {task:9s} {job[0]:12s} seed {job[1]}: top-1 {rows[job]['top1']:.2f} %", flush=True)
     return rows

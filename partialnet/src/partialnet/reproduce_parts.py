@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ import torch
 from effrepro import stats
 from effrepro.bench import count_flops, count_params, cuda_sync, paired_benchmark
 from effrepro.report import save_figure
-from effrepro.reproduce import run_jobs
 
 from partialnet.bench import deploy_pair
 from partialnet.deploy import fusion_max_abs_diff
@@ -53,13 +51,6 @@ def cache_key(cfg: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if not (k == "splits" and v is None)}
 
 
-def train_mini(ctx: Any, name: str, cfg: TrainConfig, **key: Any) -> list[dict[str, Any]]:
-    """One miniature run's per-epoch history, cached in the run's folder as ``runs/<name>.json`` (keyed by its
-    config and ``key``); the same name and config from another stage reuses it."""
-    return ctx.cached(name, lambda: train(cfg, resume=ctx.resume, progress=False)["history"],
-                      key={**cache_key(cfg), **key})
-
-
 def _train_history(cfg: TrainConfig, resume: bool) -> list[dict[str, Any]]:
     """One miniature run's per-epoch history (a worker process's job)."""
     return train(cfg, resume=resume, progress=False)["history"]
@@ -68,25 +59,19 @@ def _train_history(cfg: TrainConfig, resume: bool) -> list[dict[str, Any]]:
 def train_minis(ctx: Any, configs: dict[str, TrainConfig], workers: int = 1,
                 done: Callable[[str, list[dict[str, Any]], float], None] | None = None,
                 keys: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Every named miniature run's history, cached as :func:`train_mini` caches one (same names and keys, so
-    entries made with any number of workers are reused by any other; ``keys[name]`` adds to a run's key as
-    ``train_mini``'s ``**key``). The runs not cached yet go to ``workers`` processes of one thread each when
-    ``workers > 1`` (:func:`effrepro.reproduce.run_jobs`), else run here in order; ``done(name, history,
-    seconds)`` is called once per run as it finishes or is reused."""
+    """Every named miniature run's per-epoch history, cached as ``runs/<name>.json`` keyed by its config and
+    ``keys[name]`` (so the same name and config from another stage, or a run with another number of workers,
+    reuses it). The runs not cached yet go to ``workers`` processes of one thread each when ``workers > 1``
+    (:meth:`effrepro.reproduce.Context.cached_jobs`), else run here in order; ``done(name, history, seconds)`` is
+    called once per run as it finishes or is reused."""
     extra = keys or {}
     key = {name: {**cache_key(cfg), **extra.get(name, {})} for name, cfg in configs.items()}
-    todo = {name: (cfg, ctx.resume) for name, cfg in configs.items() if not ctx.is_cached(name, key[name])}
+    jobs = {name: (cfg, ctx.resume) for name, cfg in configs.items()}
     histories: dict[str, Any] = {}
-    for name, history, seconds in run_jobs(_train_history, todo, workers):
-        histories[name] = ctx.cached(name, lambda h=history: h, key=key[name], seconds=seconds)
+    for name, history, seconds in ctx.cached_jobs(_train_history, jobs, {name: name for name in jobs}, key, workers):
+        histories[name] = history
         if done is not None:
-            done(name, histories[name], seconds)
-    for name, cfg in configs.items():
-        if name not in histories:
-            start = time.perf_counter()
-            histories[name] = train_mini(ctx, name, cfg, **extra.get(name, {}))
-            if done is not None:
-                done(name, histories[name], time.perf_counter() - start)
+            done(name, history, seconds)
     return {name: histories[name] for name in configs}
 
 

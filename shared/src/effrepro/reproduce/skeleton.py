@@ -34,6 +34,7 @@ from effrepro.report import (
     read_claims,
     write_report,
 )
+from effrepro.reproduce.workers import run_jobs
 from effrepro.stats import Estimate, Expectation
 
 SCALES = ("smoke", "full")
@@ -177,6 +178,22 @@ class Context:
         atomic_write_text(self.runs / f"{name}.json",
                           json.dumps({"key": key, "value": value, "seconds": took}, default=_json_plain))
         return json.loads(json.dumps(value, default=_json_plain))
+
+    def cached_jobs(self, fn: Callable[..., Any], jobs: Mapping[Any, Sequence[Any]], names: Mapping[Any, str],
+                    keys: Mapping[Any, Any], workers: int = 1) -> Iterator[tuple[Any, Any, float]]:
+        """:meth:`cached` ``(names[job], lambda: fn(*jobs[job]), key=keys[job])`` for every job of a seed or arm
+        grid, yielding ``(job, value, seconds)``. The jobs not cached yet go first, to :func:`run_jobs` (``workers``
+        processes of one thread each), and each is stored as soon as it finishes, with its worker seconds (an
+        interrupted run loses only the jobs still running); then the cached ones are read (``seconds``: the read,
+        or a recomputation here if the entry vanished meanwhile)."""
+        missing = {job: args for job, args in jobs.items() if not self.is_cached(names[job], keys[job])}
+        for job, value, seconds in run_jobs(fn, missing, workers):
+            yield job, self.cached(names[job], lambda v=value: v, key=keys[job], seconds=seconds), seconds
+        for job, args in jobs.items():
+            if job not in missing:
+                start = time.perf_counter()
+                value = self.cached(names[job], lambda a=args: fn(*a), key=keys[job])
+                yield job, value, time.perf_counter() - start
 
 
 def _cpu_seconds() -> float:

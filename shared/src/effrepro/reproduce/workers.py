@@ -1,8 +1,8 @@
 """Jobs of a reproduction (seeds, arms) in worker processes of one thread each: the papers' smoke plans train
 many small independent models, and on a machine with several cores ``workers`` of them at a time take about
-``1 / workers`` of the wall time. Results come back as each job finishes, so the caller caches each at once
-(``ctx.cached(name, lambda: result, key=..., seconds=seconds)``) and an interrupted run loses only the jobs
-still running."""
+``1 / workers`` of the wall time. Results come back as each job finishes, so the caller can cache each at once
+(:meth:`effrepro.reproduce.Context.cached_jobs` does, for a grid of named, keyed jobs) and an interrupted run loses
+only the jobs still running."""
 
 from __future__ import annotations
 
