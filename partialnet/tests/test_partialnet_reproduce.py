@@ -22,7 +22,7 @@ from partialnet import reproduce_parts as parts
 
 SMOKE_CLAIMS = ["top1_gain", "cpu_latency_ratio_t2", "cpu_latency_ratio_t1", "cpu_latency_ratio_t0"]
 DPCONV_CLAIMS = ["dpconv_learnt_split_gain", "dpconv_learnt_split_gain_pilot"]
-ABLATION_CLAIMS = ["ablation_pat_ch_gain", "ablation_pat_sf_gain", "ablation_pat_sp_gain"]
+ABLATION_CLAIMS = ["ablation_pat_ch_gain", "ablation_pat_sf_gain", "ablation_pat_sp_gain", "ablation_pat_ch_gain_pilot"]
 RUNGS = ("pconv", "pat_ch", "pat_ch_sf", "pat_ch_sf_sp")
 ABLATION_FACTS = {f"ablation_top1_{r}" for r in RUNGS}
 MAIN_FACTS = {"top1_partialnet", "top1_fasternet", "params_ratio_t2", "flops_ratio_t2", "mini_params_ratio",
@@ -58,6 +58,13 @@ def test_reproduce_tiny_end_to_end(tmp_path):
     assert not list((tmp_path / "runs").glob("ablation_pat_ch_sf_seed*"))
     assert (tmp_path / "runs" / "ablation_pat_ch_sf_sp_seed1.json").is_file()
     assert all(facts[f"ablation_top1_{r}"]["details"]["train_seconds_median"] > 0 for r in RUNGS)
+    # PAT_ch is decided on the confirmatory seeds alone (two rungs only); its first look is the _pilot
+    ch, ch_pilot = claims["ablation_pat_ch_gain"], claims["ablation_pat_ch_gain_pilot"]
+    assert ch["details"]["seeds"] == [2, 3] and ch_pilot["details"]["seeds"] == [0, 1] and ch["n"] == 2
+    assert ch_pilot["measured"] == pytest.approx(
+        facts["ablation_top1_pat_ch"]["value"] - facts["ablation_top1_pconv"]["value"])
+    assert (tmp_path / "runs" / "ablation_pat_ch_seed3.json").is_file()
+    assert not list((tmp_path / "runs").glob("ablation_pat_ch_sf_sp_seed[23].json"))
     dpconv, pilot = claims["dpconv_learnt_split_gain"], claims["dpconv_learnt_split_gain_pilot"]
     assert dpconv["n"] == 2 and dpconv["details"]["seeds"] == [2, 3] and pilot["details"]["seeds"] == [0, 1]
     assert dpconv["measured"] == pytest.approx(facts["dpconv_top1_learnt"]["value"] - dpconv["details"]["b_mean"])
@@ -107,8 +114,23 @@ def test_ablation_ladder_is_opt_in_at_smoke_scale():
     assert PLANS["smoke"].stages == ("main", "dpconv") and "ablation" in PLANS["tiny"].stages
     assert [c.id for c in CLAIMS if c.id.startswith("ablation_")] == ABLATION_CLAIMS
     assert not any(c.headline for c in CLAIMS if c.id.startswith("ablation_"))
+    first_look = [c for c in ABLATION_CLAIMS_SPECS if c.id != "ablation_pat_ch_gain"]
     assert PLANS["smoke"].ablation_seeds == FIRST_LOOK_SEEDS and all(
-        f"{FIRST_LOOK_SEEDS} seeds" in c.description and c.expect == "> 0" for c in ABLATION_CLAIMS_SPECS)
+        f"{FIRST_LOOK_SEEDS} seeds" in c.description and c.expect == "> 0" for c in first_look)
+    # PAT_ch's pre-registered confirmatory replication: 59 new seeds, disjoint from the first look's
+    confirm = PLANS["smoke"].ablation_confirm_seeds
+    pat_ch = next(c for c in ABLATION_CLAIMS_SPECS if c.id == "ablation_pat_ch_gain")
+    assert confirm == tuple(range(22, 81)) and not set(confirm) & set(PLANS["smoke"].seeds[:FIRST_LOOK_SEEDS])
+    assert "seeds 22-80" in pat_ch.description and "n = 59" in pat_ch.description and pat_ch.expect == "> 0"
+
+
+def test_ablation_confirmatory_seeds_must_be_new(tmp_path):
+    from effrepro.reproduce import Results
+    from partialnet.ablation import ablation_stage
+
+    plan = dataclasses.replace(PLANS["tiny"], ablation_confirm_seeds=(1, 2))
+    with pytest.raises(UsageError, match=r"repeats seeds \[1\]"):
+        ablation_stage(plan, Context("partialnet", plan, tmp_path), Results())
 
 
 def test_ablation_rungs_differ_from_the_main_arm_only_in_their_switches(tmp_path):

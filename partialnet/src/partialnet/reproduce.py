@@ -19,7 +19,13 @@ from effrepro.mm.miniature import STAGES, det_fact_specs
 from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results, run_stages
 
 from partialnet import reproduce_parts as parts
-from partialnet.ablation import ABLATION_CLAIMS, ABLATION_FACTS, FIRST_LOOK_SEEDS, ablation_stage
+from partialnet.ablation import (
+    ABLATION_CLAIMS,
+    ABLATION_FACTS,
+    FIRST_LOOK_SEEDS,
+    PAT_CH_CONFIRM_SEEDS,
+    ablation_stage,
+)
 from partialnet.bench import complexity_table, parse_variants
 from partialnet.det_stage import DET_ARMS, det_stage
 from partialnet.dpconv_stage import CONFIRM_SEEDS, DPCONV_CLAIMS, DPCONV_FACTS, PILOT_SEEDS, dpconv_stage
@@ -50,6 +56,7 @@ class PartialNetPlan(Plan):
     dpconv_pilot_seeds: tuple[int, ...] = PILOT_SEEDS  # the dpconv pilot (its own claim, ``_pilot``)
     dpconv_seeds: tuple[int, ...] = CONFIRM_SEEDS  # the dpconv claim's seeds: new, disjoint from the pilot
     ablation_seeds: int = FIRST_LOOK_SEEDS  # the ablation ladder trains the first seeds of ``seeds``
+    ablation_confirm_seeds: tuple[int, ...] = PAT_CH_CONFIRM_SEEDS  # PAT_ch's confirmatory seeds (pconv, pat_ch)
     dpconv_search_epochs: int = 1  # splits held at 1/4 for the warm-up, then learnt
     dpconv_warmup_epochs: float = 0.5
     # --scale full: the user's data and the variant trained with the official recipe
@@ -66,7 +73,7 @@ PLANS = {
     "tiny": PartialNetPlan(name="tiny", stages=(*(STAGES if importlib.util.find_spec("mmdet") else ("main",)),
                                                 "dpconv", "ablation"),
                            seeds=(0, 1), epochs=1, train_size=512, test_size=500, bench_repeats=3, bench_warmup=1,
-                           dpconv_pilot_seeds=(0, 1), dpconv_seeds=(2, 3),
+                           dpconv_pilot_seeds=(0, 1), dpconv_seeds=(2, 3), ablation_confirm_seeds=(2, 3),
                            det_images=(8, 4, 1)),
     "full": PartialNetPlan(name="full", seeds=(0,), bench_variants=("t2",)),
 }
