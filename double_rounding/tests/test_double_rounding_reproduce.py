@@ -91,11 +91,61 @@ def test_full_scale_on_tiny_mnist_writes_claims(tmp_path):
         "full_unshared_minus_shared_w2", "full_unshared_minus_shared_w4"}
     assert all(c["n"] == 200 for c in document["claims"])
     assert {f["id"] for f in document["facts"]} == {f"full_{k}top1_w{b}" for k in ("", "unshared_") for b in
-                                                    (8, 6, 4, 2)} | {"full_fp32_top1"}
+                                                    (8, 6, 4, 2)} | {"full_fp32_top1", "full_optimizer_steps_joint"}
     assert (out / "runs" / "multi" / "model.int8.pt").is_file()
     assert load_int8(out / "runs" / "multi_unshared" / "model.int8.pt")["graph"]["weight_scales"] == "unshared"
-    with pytest.raises(UsageError, match="full_arms"):
+    with pytest.raises(UsageError, match="ours_unshared, separate, no_alrs, kd"):
         run(argv[:1] + ["--set", "full_arms=[ours_star]"] + argv[1:])
+    with pytest.raises(UsageError, match="none of the trained bits"):
+        run(argv[:1] + ["--set", "full_arms=[ours,separate]", "--set", "sep_bits=[3]"] + argv[1:])
+
+
+@pytest.mark.slow
+def test_full_scale_separate_alrs_and_kd_arms_write_their_claims(tmp_path):
+    out = tmp_path / "full"
+    sets = ["fp32.epochs=1", "multi.epochs=1", "data.train_size=256", "data.test_size=200", "data.batch_size=64",
+            "model.width=4"]
+    argv = ["reproduce", "--set", "full_arms=[kd,ours,no_alrs,separate]", "--scale", "full", "--out", str(out),
+            "--threads", "1", "--config", "double_rounding/configs/smoke_mnist.yaml",
+            *[f"--config-set={s}" for s in sets]]
+    assert run(argv) == 0
+    document = read_claims(out / "claims.json")
+    claims = {c["id"]: c for c in document["claims"]}
+    assert set(claims) == {f"full_w{b}_minus_fp32" for b in (8, 6, 4, 2)} | {
+        f"full_joint_minus_separate_w{b}" for b in (8, 4, 2)} | {"full_alrs_gain_w2", "full_kd_gain_w2"}
+    assert all(c["n"] == 200 for c in document["claims"])
+    assert claims["full_joint_minus_separate_w2"]["expect"] == ">= -1.25"
+    facts = {f["id"]: f for f in document["facts"]}
+    assert set(facts) == {f"full_{k}top1_w{b}" for k in ("", "noalrs_", "kd_") for b in (8, 6, 4, 2)} | {
+        f"full_separate_top1_w{b}" for b in (8, 4, 2)} | {"full_fp32_top1", "full_optimizer_steps_joint",
+                                                         "full_optimizer_steps_separate"}
+    # each separate model gets as many optimizer steps as the joint run takes in all (4 precisions x 4 batches)
+    assert facts["full_optimizer_steps_joint"]["value"] == facts["full_optimizer_steps_separate"]["value"] == 16
+    # the paired estimates are the arms' own top-1 differences
+    kd, ours = facts["full_kd_top1_w2"]["value"], facts["full_top1_w2"]["value"]
+    assert claims["full_kd_gain_w2"]["measured"] == pytest.approx(kd - ours)
+    assert claims["full_alrs_gain_w2"]["measured"] == pytest.approx(ours - facts["full_noalrs_top1_w2"]["value"])
+    assert claims["full_joint_minus_separate_w4"]["measured"] == pytest.approx(
+        facts["full_top1_w4"]["value"] - facts["full_separate_top1_w4"]["value"])
+    for b in (8, 4, 2):
+        assert load_int8(out / "runs" / f"sep{b}" / "model.int8.pt")["available_bits"] == [b]
+    for name in ("multi_noalrs", "multi_kd"):
+        assert (out / "runs" / name / "model.int8.pt").is_file()
+
+
+def test_full_arm_configs_change_only_their_setting():
+    from double_rounding.config import Config
+    from double_rounding.full import arm_config
+
+    cfg = Config()
+    cfg.multi.epochs = 3
+    sep = arm_config(cfg, "sep2")
+    assert (sep.multi.epochs, sep.multi.alrs, sep.multi.kd) == (12, "off", "none")
+    assert arm_config(cfg, "no_alrs").multi.alrs == "off" and arm_config(cfg, "no_alrs").multi.epochs == 3
+    assert arm_config(cfg, "kd").multi.kd == "recursive" and arm_config(cfg, "kd").multi.alrs == "simple"
+    assert arm_config(cfg, "ours_unshared").quant.weight_scales == "unshared"
+    assert (cfg.multi.epochs, cfg.multi.alrs, cfg.multi.kd, cfg.quant.weight_scales) == (3, "simple", "none",
+                                                                                        "shared")
 
 
 def test_reproduce_arguments_are_checked(tmp_path):

@@ -30,7 +30,7 @@ from typing import Any
 from effrepro import stats
 from effrepro.reproduce import Context, Plan, Reproduction, Results
 
-from double_rounding.full import FULL_ARMS
+from double_rounding.full import DEFAULT_FULL_ARMS
 from double_rounding.miniature import run_seeds
 from double_rounding.reproduce_claims import CLAIMS, FACTS
 from double_rounding.reproduce_mixed import mixed_estimates, mixed_jobs, mixed_notes, mixed_tables
@@ -69,7 +69,7 @@ class DoubleRoundingPlan(Plan):
     config: str | None = None
     init: str | None = None
     config_overrides: tuple[str, ...] = ()
-    full_arms: tuple[str, ...] = FULL_ARMS  # ours (shared s_h) and ours_unshared (Ours*), from one FP32 start
+    full_arms: tuple[str, ...] = DEFAULT_FULL_ARMS  # ours, ours_unshared (also: separate, no_alrs, kd)
 
 
 SMOKE = DoubleRoundingPlan()
