@@ -11,7 +11,7 @@ from double_rounding.double_rounding import ALRS_MODES, SAMPLERS
 from double_rounding.models import ModelConfig
 from double_rounding.search import OBJECTIVES, WEIGHTINGS
 
-DATASETS = ("mnist", "mnist100", "imagenet")
+DATASETS = ("mnist", "mnist100", "imagenet", "cifar10")
 UPDATE_MODES = ("per_precision", "accumulate")
 KD_MODES = ("none", "from_highest", "recursive")
 
@@ -19,12 +19,13 @@ KD_MODES = ("none", "from_highest", "recursive")
 @dataclass
 class DataConfig:
     dataset: str = "mnist"
-    root: str | None = None  # ImageNet folder (train/ and val/ inside); env DOUBLE_ROUNDING_DATA also works
+    root: str | None = None  # ImageNet folder (train/, val/) or CIFAR-10's parent of cifar-10-batches-py/; env
+    # DOUBLE_ROUNDING_DATA also works
     train_size: int | None = None  # MNIST / MNIST-100: first N training images (None: all)
     test_size: int | None = None
     batch_size: int = 128  # per process
     eval_batch_size: int = 500
-    workers: int = 8  # ImageNet loader workers
+    workers: int = 8  # ImageNet / CIFAR-10 loader workers
 
 
 @dataclass

@@ -1,9 +1,12 @@
-"""Data: MNIST / MNIST-100 held in memory (the CPU miniature) and ImageNet folders (the paper's recipe)."""
+"""Data: MNIST / MNIST-100 held in memory (the CPU miniature), ImageNet folders and CIFAR-10 in its python layout
+(the paper's recipes)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
 from effrepro.data import imagenet_folder, load_mnist, mnist100
@@ -15,6 +18,8 @@ from double_rounding.config import DataConfig
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
 
 
 class InMemoryLoader:
@@ -69,22 +74,67 @@ def imagenet_root(cfg: DataConfig) -> str:
     return root
 
 
+def cifar10_root(cfg: DataConfig) -> str:
+    """The folder holding ``cifar-10-batches-py/`` (``data_batch_1..5``, ``test_batch``, ``batches.meta``)."""
+    root = cfg.root or os.environ.get("DOUBLE_ROUNDING_DATA")
+    if not root:
+        raise UsageError("CIFAR-10 needs a path: pass data.root=/path/containing/cifar-10-batches-py or set "
+                         "DOUBLE_ROUNDING_DATA")
+    folder = Path(root).expanduser() / "cifar-10-batches-py"
+    missing = [name for name in CIFAR10_FILES if not (folder / name).is_file()]
+    if missing:
+        raise UsageError(f"CIFAR-10 not found: {folder} lacks {', '.join(missing)} (the python version of the "
+                         "dataset, extracted; nothing is downloaded)")
+    return root
+
+
+def data_root(cfg: DataConfig) -> str | None:
+    """The dataset's folder, checked (a clear error before anything runs); None for the in-memory MNIST sets."""
+    if cfg.dataset == "imagenet":
+        return imagenet_root(cfg)
+    if cfg.dataset == "cifar10":
+        return cifar10_root(cfg)
+    return None
+
+
+def cifar10(root: str, train: bool, transform: Any) -> Any:
+    """CIFAR-10 as effrepro.data reads CIFAR-100: torchvision's dataset class, ``download=False``; it checks the
+    files' MD5 sums before unpickling them, so a damaged or crafted file is an error and never runs."""
+    from torchvision.datasets import CIFAR10
+
+    try:
+        return CIFAR10(root, train=train, transform=transform, download=False)
+    except RuntimeError as exc:
+        raise UsageError(f"CIFAR-10 under {root} is damaged: {exc}") from None
+
+
+def _datasets(cfg: DataConfig) -> tuple[Any, Any]:
+    """(train, test) datasets of ImageNet (RandomResizedCrop 224 + flip / resize 256 + center crop 224) or CIFAR-10
+    (random crop 32 with 4-pixel padding + flip / as is)."""
+    from torchvision import transforms as T
+
+    if cfg.dataset == "cifar10":
+        root, normalize = cifar10_root(cfg), T.Normalize(CIFAR10_MEAN, CIFAR10_STD)
+        return (cifar10(root, True, T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                                               normalize])),
+                cifar10(root, False, T.Compose([T.ToTensor(), normalize])))
+    root, normalize = imagenet_root(cfg), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    return (imagenet_folder(root, "train", T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(),
+                                                      T.ToTensor(), normalize])),
+            imagenet_folder(root, "val", T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), normalize])))
+
+
 def build_loaders(cfg: DataConfig, dist: DistInfo, seed: int = 0) -> tuple[object, object]:
-    """``(train, test)`` loaders. MNIST-like: in memory; ImageNet: RandomResizedCrop 224 + flip / resize 256
-    + center crop 224, DistributedSampler under torchrun."""
+    """``(train, test)`` loaders. MNIST-like: in memory; ImageNet / CIFAR-10: torchvision datasets with the
+    paper's augmentation (see ``_datasets``), DistributedSampler under torchrun."""
     if cfg.dataset in ("mnist", "mnist100"):
         train = _mnist_like(cfg, "train", cfg.train_size)
         test = _mnist_like(cfg, "test", cfg.test_size)
         return (InMemoryLoader(*train, cfg.batch_size, True, seed, dist.rank, dist.world_size, drop_last=True),
                 InMemoryLoader(*test, cfg.eval_batch_size))
     from torch.utils.data import DataLoader, DistributedSampler
-    from torchvision import transforms as T
 
-    root = imagenet_root(cfg)
-    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_set = imagenet_folder(root, "train", T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(),
-                                                          T.ToTensor(), normalize]))
-    val_set = imagenet_folder(root, "val", T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), normalize]))
+    train_set, val_set = _datasets(cfg)
     sampler = DistributedSampler(train_set, dist.world_size, dist.rank, seed=seed) if dist.distributed else None
     pin = dist.device.type == "cuda"
     train = DataLoader(train_set, cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,

@@ -36,7 +36,7 @@ from effrepro.train import dist_setup, load_checkpoint, seed_everything
 from torch import nn
 
 from double_rounding.config import Config
-from double_rounding.data import build_loaders, calibration_batch
+from double_rounding.data import build_loaders, calibration_batch, data_root
 from double_rounding.eval import model_from_artefact
 from double_rounding.models import build_float_model
 from double_rounding.reproduce_report import PAPER_UNSHARED, half_gain
@@ -175,10 +175,7 @@ def _arms(plan: Any, cfg: Config) -> list[str]:
 def run_full(plan: Any, ctx: Context) -> Results:
     cfg = load_config(plan.config, Config, list(plan.config_overrides))
     arms = _arms(plan, cfg)
-    if cfg.data.dataset == "imagenet":
-        from double_rounding.data import imagenet_root
-
-        imagenet_root(cfg.data)  # a clear error before anything runs when the data is missing
+    data_root(cfg.data)  # a clear error before anything runs when the data is missing
     dist = dist_setup(None)
     seed_everything(cfg.seed)
     train_loader, test_loader = build_loaders(cfg.data, dist, cfg.seed)

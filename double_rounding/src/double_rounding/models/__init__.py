@@ -1,6 +1,7 @@
 """Model zoo: float architectures and their switchable-precision versions (first conv and last FC in FP32).
 
 * ``resnet18``, ``resnet50``, ``mobilenet_v2``: torchvision's ImageNet models (the paper's Tables 1-3).
+* ``resnet20``: the CIFAR-10 ResNet-20 (Table 4's first rows, see :class:`ResNet20`).
 * ``tiny_cnn``: the CPU miniature (a plain CNN, see :class:`TinyCNN`).
 """
 
@@ -9,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from effrepro.errors import UsageError
 from effrepro.quant import quantize_model
 from torch import nn
 
-ARCHS = ("tiny_cnn", "resnet18", "resnet50", "mobilenet_v2")
+ARCHS = ("tiny_cnn", "resnet20", "resnet18", "resnet50", "mobilenet_v2")
 
 
 @dataclass
@@ -22,7 +24,7 @@ class ModelConfig:
     arch: str = "tiny_cnn"
     num_classes: int = 10
     in_channels: int = 1
-    width: int = 16  # tiny_cnn only
+    width: int = 16  # tiny_cnn; resnet20: the first stage's channels (16 in the paper's ResNet-20)
     input_size: list[int] = field(default_factory=lambda: [28, 28])  # (H, W) used to trace the layer order
     pool: list[int] = field(default_factory=lambda: [1, 1])  # tiny_cnn: output grid of the final average pool
 
@@ -50,11 +52,56 @@ class TinyCNN(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
+class BasicBlock(nn.Module):
+    """Two 3x3 conv + BN; the shortcut of a strided / widening block subsamples and zero-pads the channels (He et
+    al.'s CIFAR option A: no parameters)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.stride, self.pad = stride, cout - cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+        if self.pad:
+            shortcut = F.pad(shortcut, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        return F.relu(out + shortcut)
+
+
+class ResNet20(nn.Module):
+    """ResNet-20 for 32x32 CIFAR images: a 3x3 stem conv (``width`` channels) + BN + ReLU, three stages of three
+    basic blocks (``width``, 2 ``width``, 4 ``width`` channels; stride 2 at the start of the 2nd and 3rd), global
+    average pool, linear classifier (0.27 M parameters at width 16)."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        blocks, cin = [], width
+        for stage, cout in enumerate((width, 2 * width, 4 * width)):
+            for index in range(3):
+                blocks.append(BasicBlock(cin, cout, 2 if stage and not index else 1))
+                cin = cout
+        self.layers = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
 def build_float_model(cfg: ModelConfig) -> nn.Module:
     if cfg.arch not in ARCHS:
         raise UsageError(f"unknown arch {cfg.arch!r}; use one of: {', '.join(ARCHS)}")
     if cfg.arch == "tiny_cnn":
         return TinyCNN(cfg.in_channels, cfg.num_classes, cfg.width, tuple(cfg.pool))
+    if cfg.arch == "resnet20":
+        return ResNet20(cfg.in_channels, cfg.num_classes, cfg.width)
     if cfg.in_channels != 3:
         raise UsageError(f"{cfg.arch} takes RGB input; set model.in_channels=3")
     return getattr(torchvision.models, cfg.arch)(weights=None, num_classes=cfg.num_classes)

@@ -1,0 +1,120 @@
+"""``reproduce --scale full`` end to end on tiny local data in the paper's layouts: CIFAR-10 (python pickles,
+``cifar-10-batches-py/``) with the ResNet-20 config, and an ImageNet folder (``train/<class>/*.png``,
+``val/<class>/*.png``) with a tiny-width model; missing or damaged data is one clear error."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from double_rounding.cli import run
+from double_rounding.models import ModelConfig, build_float_model
+from effrepro.errors import UsageError
+from effrepro.quant import load_int8
+from effrepro.report import read_claims
+
+TINY = ["fp32.epochs=1", "multi.epochs=1", "data.batch_size=8", "data.eval_batch_size=16", "data.workers=0",
+        "quant.calib_images=8"]
+
+
+def _cifar10(root, per_batch=8, n_test=16):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", n_test)]
+    for name, n in names:
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         "labels": rng.integers(0, 10, n).tolist()}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    return root
+
+
+@pytest.fixture
+def cifar_ok(monkeypatch, tmp_path):
+    """A tiny CIFAR-10 copy; torchvision checks the MD5 sums of the real files, so the copy passes only with this
+    patch."""
+    import torchvision.datasets.cifar as c
+
+    monkeypatch.setattr(c.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(c, "check_integrity", lambda *a, **k: True)
+    return _cifar10(tmp_path / "cifar")
+
+
+def _imagenet(root, per_class=(4, 3)):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for split, n in zip(("train", "val"), per_class):
+        for wnid in ("n01440764", "n01443537"):
+            folder = root / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def _full(out, config, *sets, arms=None):
+    argv = ["reproduce", *(["--set", f"full_arms=[{','.join(arms)}]"] if arms else []), "--scale", "full", "--out",
+            str(out), "--threads", "1", "--config", config, *[f"--config-set={s}" for s in sets]]
+    assert run(argv) == 0
+    return read_claims(out / "claims.json")
+
+
+def test_resnet20_is_the_cifar_resnet():
+    model = build_float_model(ModelConfig(arch="resnet20", in_channels=3, input_size=[32, 32]))
+    assert sum(p.numel() for p in model.parameters()) == 269_722  # 0.27 M: He et al.'s ResNet-20 (option A)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == 19
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_full_scale_on_tiny_cifar10_with_resnet20(tmp_path, cifar_ok):
+    out = tmp_path / "full"
+    document = _full(out, "double_rounding/configs/resnet20_cifar10.yaml", f"data.root={cifar_ok}", "model.width=4",
+                     *TINY, arms=["ours", "separate", "no_alrs", "kd"])
+    claims = {c["id"]: c for c in document["claims"]}
+    assert set(claims) == {f"full_w{b}_minus_fp32" for b in (8, 6, 4, 2)} | {
+        f"full_joint_minus_separate_w{b}" for b in (8, 4, 2)} | {"full_alrs_gain_w2", "full_kd_gain_w2"}
+    assert all(c["n"] == 16 for c in claims.values())  # the paired unit: the 16 test images
+    facts = {f["id"]: f["value"] for f in document["facts"]}
+    # 40 training images in batches of 8: 5 batches, one step per precision (joint) or 4 epochs (separate)
+    assert facts["full_optimizer_steps_joint"] == facts["full_optimizer_steps_separate"] == 20
+    artefact = load_int8(out / "runs" / "multi" / "model.int8.pt")
+    assert artefact["meta"]["model"]["arch"] == "resnet20" and artefact["available_bits"] == [8, 6, 4, 2]
+
+
+@pytest.mark.slow
+def test_full_scale_on_a_tiny_imagenet_folder(tmp_path):
+    root = _imagenet(tmp_path / "imagenet")
+    out = tmp_path / "full"
+    sets = ["model.arch=tiny_cnn", "model.width=4", "model.num_classes=2", f"data.root={root}", *TINY,
+            "data.batch_size=4"]
+    document = _full(out, "double_rounding/configs/resnet18_imagenet.yaml", *sets)
+    assert {c["id"] for c in document["claims"]} == {f"full_w{b}_minus_fp32" for b in (8, 6, 4, 2)} | {
+        "full_unshared_minus_shared_w2", "full_unshared_minus_shared_w4"}
+    assert all(c["n"] == 6 for c in document["claims"])  # 2 classes x 3 validation images
+    assert {f["id"]: f["value"] for f in document["facts"]}["full_optimizer_steps_joint"] == 2 * 4  # 8 images / 4
+
+
+def test_missing_or_damaged_cifar10_is_one_clear_error(tmp_path):
+    argv = ["reproduce", "--scale", "full", "--out", str(tmp_path / "out"), "--config",
+            "double_rounding/configs/resnet20_cifar10.yaml", f"--config-set=data.root={tmp_path}"]
+    with pytest.raises(UsageError, match="CIFAR-10 not found.*test_batch"):
+        run(argv)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                 "batches.meta"):
+        (folder / name).write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(UsageError, match="damaged"):
+        run(argv)
+    assert not marker.exists()  # the MD5 check runs before any unpickling
+
