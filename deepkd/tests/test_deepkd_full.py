@@ -13,6 +13,7 @@ from deepkd.cli import main, run
 from deepkd.grid import PAIRS, arm_config, base_config
 from effrepro.errors import UsageError
 from effrepro.report import read_claims
+from effrepro.testing import tiny_imagenet_folder
 
 FAST = ["solver.epochs=1", "data.batch_size=4", "data.test_batch_size=8", "data.workers=0", "device=cpu"]
 # torchvision checks the MD5 sums of the real CIFAR-100 files; the tiny copy made here passes only with this patch
@@ -32,19 +33,6 @@ def _cifar(root, n_train=16, n_test=8):
     with open(folder / "meta", "wb") as f:
         pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)],
                      "coarse_label_names": [f"s{i}" for i in range(20)]}, f)
-    return root
-
-
-def _imagenet(root, per_class=(4, 2)):
-    from PIL import Image
-
-    rng = np.random.default_rng(1)
-    for split, n in zip(("train", "val"), per_class):
-        for wnid in ("n01440764", "n01443537"):
-            folder = root / split / wnid
-            folder.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.JPEG")
     return root
 
 
@@ -114,7 +102,7 @@ def _torchvision_teacher(tmp_path):
 
 @pytest.mark.slow
 def test_imagenet_grid_in_one_process_uses_a_found_teacher(tmp_path):
-    data = _imagenet(tmp_path / "imagenet")
+    data = tiny_imagenet_folder(tmp_path / "imagenet")
     teachers = _torchvision_teacher(tmp_path)
     out = tmp_path / "out"
     assert _reproduce(out, data, "dataset=imagenet", "pairs=[r34_r18]", "bases=[mlkd,crld]",
@@ -131,7 +119,7 @@ def test_grid_with_two_process_gloo_torchrun_jobs(tmp_path, cifar_ok, dataset):
     if dataset == "cifar100":  # the teacher is trained by a torchrun job too
         data, sets, extra = cifar_ok, ["pairs=[resnet56_resnet20]"], []
     else:
-        data, sets, extra = _imagenet(tmp_path / "imagenet"), ["dataset=imagenet", "pairs=[r34_r18]",
+        data, sets, extra = tiny_imagenet_folder(tmp_path / "imagenet"), ["dataset=imagenet", "pairs=[r34_r18]",
                                                                 f"teachers={_torchvision_teacher(tmp_path)}"], \
             ["data.image_size=32"]
     out = tmp_path / "out"

@@ -17,6 +17,7 @@ from double_rounding.models import ModelConfig, build_float_model
 from effrepro.errors import UsageError
 from effrepro.quant import load_int8
 from effrepro.report import read_claims
+from effrepro.testing import tiny_imagenet_folder
 from effrepro.train import load_checkpoint
 
 TINY = ["fp32.epochs=1", "multi.epochs=1", "data.batch_size=8", "data.eval_batch_size=16", "data.workers=0",
@@ -46,19 +47,6 @@ def cifar_ok(monkeypatch, tmp_path):
     monkeypatch.setattr(c.CIFAR10, "_check_integrity", lambda self: True)
     monkeypatch.setattr(c, "check_integrity", lambda *a, **k: True)
     return _cifar10(tmp_path / "cifar")
-
-
-def _imagenet(root, per_class=(4, 3)):
-    from PIL import Image
-
-    rng = np.random.default_rng(1)
-    for split, n in zip(("train", "val"), per_class):
-        for wnid in ("n01440764", "n01443537"):
-            folder = root / split / wnid
-            folder.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return root
 
 
 def _full(out, config, *sets, arms=None):
@@ -93,7 +81,7 @@ def test_full_scale_on_tiny_cifar10_with_resnet20(tmp_path, cifar_ok):
 
 @pytest.mark.slow
 def test_full_scale_on_a_tiny_imagenet_folder(tmp_path):
-    root = _imagenet(tmp_path / "imagenet")
+    root = tiny_imagenet_folder(tmp_path / "imagenet", (4, 3), "png")
     out = tmp_path / "full"
     sets = ["model.arch=tiny_cnn", "model.width=4", "model.num_classes=2", f"data.root={root}", *TINY,
             "data.batch_size=4"]
@@ -157,7 +145,7 @@ def test_train_cli_under_two_process_torchrun_on_tiny_cifar10_and_imagenet(tmp_p
     assert run(["eval", "--int8", str(out / "multi" / "model.int8.pt"), "--bits", "all", "--device", "cpu",
                 *common]) == 0
 
-    root = _imagenet(tmp_path / "imagenet")
+    root = tiny_imagenet_folder(tmp_path / "imagenet", (4, 3), "png")
     sets = ["model.arch=tiny_cnn", "model.width=4", "model.num_classes=2", f"data.root={root}", *TINY,
             "data.batch_size=2"]
     config = ["--config", "double_rounding/configs/resnet18_imagenet.yaml", *[x for s in sets for x in ("--set", s)]]

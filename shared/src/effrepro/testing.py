@@ -5,7 +5,8 @@
 * a tiny random Llama (the speculative-decoding tests of effrepro.specdec, jakiro, gumiho);
 * a toy MLP with three losses of one forward pass (the multi-buffer momentum tests of effrepro.optim and deepkd);
 * export checks: an exported program (and its saved copy) or an ONNX session computes what the eager model computes
-  (the deployed PartialNet and the folded KernelDNA).
+  (the deployed PartialNet and the folded KernelDNA);
+* a tiny ImageNet folder of random images (the full-scale drivers' data tests of deepkd and double_rounding).
 """
 
 from __future__ import annotations
@@ -142,3 +143,19 @@ def assert_onnx_matches(model: torch.nn.Module, x: torch.Tensor, path: Path) -> 
     torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-4)
     with torch.no_grad():  # exporting leaves the eager model as it was
         torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+
+
+def tiny_imagenet_folder(root: Path, per_class: tuple[int, int] = (4, 2), suffix: str = "JPEG") -> Path:
+    """``root/{train,val}/<wnid>/<i>.<suffix>``: two real ImageNet class folders with ``per_class`` random 40x48
+    RGB images per split (deterministic), the layout ``effrepro.data.imagenet_folder`` reads."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for split, n in zip(("train", "val"), per_class, strict=True):
+        for wnid in ("n01440764", "n01443537"):
+            folder = root / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.{suffix}")
+    return root
