@@ -2,7 +2,8 @@
 
 FP32 model (trained, or ``--init`` weights such as torchvision's) -> each arm in ``plan.full_arms`` trained from
 that one FP32 start (the random streams re-seeded before each) -> every precision evaluated from the arm's
-exported file. Arms (the training functions are the miniature's, :mod:`double_rounding.miniature`):
+exported file. Arms (trained by :mod:`double_rounding.train`'s functions, with the arm settings of the miniature,
+:mod:`double_rounding.miniature`):
 
 * ``ours``: joint multi-precision training, double rounding from one shared ``s_h`` (the int8 file);
 * ``ours_unshared``: the paper's "Ours*", one learnable weight step per precision (one code set per precision);
@@ -40,7 +41,13 @@ from double_rounding.data import build_loaders, calibration_batch, data_root
 from double_rounding.eval import model_from_artefact
 from double_rounding.models import build_float_model
 from double_rounding.reproduce_report import PAPER_UNSHARED, half_gain
-from double_rounding.train import export_model, quant_model_from_fp32, train_fp32, train_quantized
+from double_rounding.train import (
+    export_model,
+    optimizer_steps,
+    quant_model_from_fp32,
+    train_fp32,
+    train_quantized,
+)
 
 DEFAULT_FULL_ARMS = ("ours", "ours_unshared")
 FULL_ARMS = ("ours", "ours_unshared", "separate", "no_alrs", "kd")
@@ -130,18 +137,22 @@ def train_bits(cfg: Config) -> list[int]:
     return list(cfg.multi.train_bits or cfg.quant.bits)
 
 
+def arm_bits(cfg: Config, arm: str) -> list[int]:
+    """The precisions an arm trains and exports: ``sep{b}`` its one, the joint arms the config's."""
+    return [int(arm[3:])] if arm.startswith("sep") else train_bits(cfg)
+
+
 def _train_arm(cfg: Config, arm: str, state: dict[str, torch.Tensor], calib: torch.Tensor, train_loader: Any,
                ctx: Context, dist: Any) -> tuple[Path, int]:
     """Train one arm (``sep{b}``: a separate b-bit model) from the FP32 ``state``: its exported file and its
     optimizer steps."""
     arm_cfg = arm_config(cfg, arm)
-    bits = [int(arm[3:])] if arm.startswith("sep") else train_bits(cfg)
+    bits = arm_bits(cfg, arm)
     out = ctx.runs / RUN_DIR.get(arm, arm)
     model = quant_model_from_fp32(arm_cfg, state, bits if arm.startswith("sep") else cfg.quant.bits,
                                   arm_cfg.quant.tie_mode, calib, device=dist.device)
     train_quantized(arm_cfg, model, arm_cfg.multi, train_loader, out, dist, "multi", progress=True)
-    steps = arm_cfg.multi.epochs * len(train_loader) * (len(bits) if arm_cfg.multi.update_mode == "per_precision"
-                                                         else 1)
+    steps = optimizer_steps(arm_cfg.multi, len(train_loader), len(bits))
     return export_model(model, arm_cfg, out / "model.int8.pt", bits), steps
 
 
@@ -195,8 +206,8 @@ def run_full(plan: Any, ctx: Context) -> Results:
         fp32 = build_float_model(cfg.model)
         fp32.load_state_dict(state)
         reference = correct_per_image(fp32.to(dist.device), test_loader, dist.device)
-        hits = {arm: _hits_per_bit(path, cfg, [int(arm[3:])] if arm.startswith("sep") else train_bits(cfg),
-                                   test_loader, dist.device) for arm, path in paths.items()}
+        hits = {arm: _hits_per_bit(path, cfg, arm_bits(cfg, arm), test_loader, dist.device)
+                for arm, path in paths.items()}
     estimates, facts = _claims(hits, reference)
     facts["full_optimizer_steps_joint"] = steps["ours"]
     if any(a.startswith("sep") for a in steps):

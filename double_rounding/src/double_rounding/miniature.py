@@ -44,6 +44,7 @@ from double_rounding.train import (
     evaluate,
     export_model,
     first_batches,
+    optimizer_steps,
     posthoc_switch,
     quant_model_from_fp32,
     train_fp32,
@@ -137,8 +138,7 @@ class SeedRun:
             available = posthoc_switch(model, cfg, self.calib, first_batches(self.train_loader, 8), train_bits[0])
         path = export_model(model, cfg, out / "model.int8.pt", available)
         rows = evaluate_int8(load_int8(path), self.test_loader, available)
-        steps = cfg.multi.epochs * len(self.train_loader) * (len(train_bits or bits) if mode == "per_precision"
-                                                               else 1)
+        steps = optimizer_steps(cfg.multi, len(self.train_loader), len(train_bits or bits))
         return {"acc": {str(r["config"]): r["top1"] for r in rows}, "seconds": result["seconds"],
                 "cpu_seconds": result["cpu_seconds"], "epochs": cfg.multi.epochs, "optimizer_steps": steps,
                 "payload": payload_bytes(load_int8(path)), "clamped_scales": result["clamped_scales"],

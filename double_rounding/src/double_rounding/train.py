@@ -274,6 +274,12 @@ def graph_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, model.get_submodule(name)) for name in graph_of(model).layers]
 
 
+def optimizer_steps(tc: TrainConfig, batches: int, precisions: int) -> int:
+    """Optimizer steps of a multi-precision run of ``batches`` per epoch: one per trained precision per batch
+    (``per_precision``, Algorithm A.2), else one per batch (``accumulate``, A.1)."""
+    return tc.epochs * batches * (precisions if tc.update_mode == "per_precision" else 1)
+
+
 def train_quantized(cfg: Config, model: nn.Module, tc: TrainConfig, train_loader: Any, out_dir: Path,
                     dist: DistInfo, stage: str, sampler: BitSampler | None = None,
                     progress: bool = True, resume: bool = True) -> dict:

@@ -123,12 +123,11 @@ def ablation_stage(plan: Any, ctx: Context, res: Results) -> None:
             "per_seed": values, **sizes, **setup, "switches": ABLATION_LADDER[rung],
             "runs": "the main stage's PartialNet arm (reused)" if rung == MAIN_RUNG else f"ablation_{rung}_seed<s>",
             "train_seconds_median": statistics.median(secs), "train_seconds_total": sum(secs)})
-    for spec, (rung, lower) in zip(ABLATION_CLAIMS, zip(RUNGS[1:], RUNGS, strict=False), strict=False):
-        res.estimates[spec.id] = stats.paired_diff(top1[rung], top1[lower], **setup)
-    res.estimates["ablation_pat_ch_gain_pilot"] = res.estimates.pop("ablation_pat_ch_gain")
-    new = {rung: [runs[names[rung, s]][-1]["eval_top1"] for s in confirm] for rung in CONFIRM_RUNGS}
-    res.estimates["ablation_pat_ch_gain"] = stats.paired_diff(new["pat_ch"], new["pconv"],
-                                                              **{**setup, "seeds": list(confirm)})
+    for (rung, label), lower in zip(COMPONENTS.items(), RUNGS, strict=False):  # the first look, on ``seeds``
+        pilot = "_pilot" if rung == CONFIRM_RUNGS[1] else ""
+        res.estimates[f"ablation_{label.lower()}_gain{pilot}"] = stats.paired_diff(top1[rung], top1[lower], **setup)
+    pconv, pat_ch = ([runs[names[rung, s]][-1]["eval_top1"] for s in confirm] for rung in CONFIRM_RUNGS)
+    res.estimates["ablation_pat_ch_gain"] = stats.paired_diff(pat_ch, pconv, **{**setup, "seeds": list(confirm)})
     res.notes_md += "\n\n" + ablation_notes(seeds, confirm)
 
 
