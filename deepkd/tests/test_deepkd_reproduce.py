@@ -68,7 +68,7 @@ def test_confirmatory_seeds_must_be_new(tmp_path, monkeypatch):
     import deepkd.miniature as mini
 
     monkeypatch.setattr(mini, "prepare_data", lambda plan, runs: {"data": "", "teacher": ""})
-    with pytest.raises(UsageError, match="confirm_seeds repeats seeds \\[2\\]"):
+    with pytest.raises(UsageError, match=r"^confirm_seeds repeats seeds \[2\] of seeds: "):
         run(["reproduce", "--tiny", "--out", str(tmp_path), "--set", "confirm_seeds=[2,3]"])
 
 

@@ -187,7 +187,7 @@ def test_mixed_headline_is_decided_on_the_confirmatory_seeds_alone():
     assert abs(est["mixed_minus_uniform_3bit_pilot"].value + 0.9) < 1e-9
     assert est["searched_minus_random"].details["seeds"] == [0, 1, 2]
     assert "mixed_minus_uniform_3bit" not in mixed_estimates(plan, runs[:3])  # no confirmatory runs: no headline
-    with pytest.raises(UsageError, match="repeats pilot seeds"):
+    with pytest.raises(UsageError, match=r"^mixed_confirm_seeds repeats seeds \[2\] of mixed_pilot_seeds: "):
         mixed_jobs(dataclasses.replace(plan, mixed_confirm_seeds=(2, 3)))
 
 

@@ -86,8 +86,10 @@ def test_tables_declare_every_id_once_and_no_cka_premise_claim():
     (["--scale", "full"], "pass --data"),
     (["--data", "/imagenet"], "for --scale full"),
     (["--set", "tasks=[cifar]"], "tasks"),
-    (["--set", "confirm_seeds=[7,8]"], "new seeds"),
-    (["--set", "confirm2_seeds=[3,4]"], "disjoint"),
+    (["--set", "confirm_seeds=[7,8]"], r"^confirm_seeds repeats seeds \[7\] of seeds: "),
+    (["--set", "confirm2_seeds=[3,4]"], r"^confirm2_seeds repeats seeds \[3, 4\] of seeds: "),
+    (["--set", "confirm2_seeds=[39,40]"], r"^confirm2_seeds repeats seeds \[39\] of confirm_seeds: "),
+    (["--set", "workers=0"], r"^workers: at least 1, not 0$"),
     (["--scale", "full", "--stages", "det", "--data", "/x"], "pass --coco"),
 ])
 def test_bad_plan_input_is_a_usage_error(argv, message, tmp_path, monkeypatch):

@@ -129,7 +129,7 @@ def test_ablation_confirmatory_seeds_must_be_new(tmp_path):
     from partialnet.ablation import ablation_stage
 
     plan = dataclasses.replace(PLANS["tiny"], ablation_confirm_seeds=(1, 2))
-    with pytest.raises(UsageError, match=r"repeats seeds \[1\]"):
+    with pytest.raises(UsageError, match=r"^ablation_confirm_seeds repeats seeds \[1\] of seeds: "):
         ablation_stage(plan, Context("partialnet", plan, tmp_path), Results())
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from effrepro import stats
 from effrepro.errors import UsageError
-from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results
+from effrepro.reproduce import ClaimSpec, Context, FactSpec, Plan, Reproduction, Results, require_new_seeds
 
 from deepkd import miniature as mini
 from deepkd import reproduce_estimates as est
@@ -183,9 +183,7 @@ def _students(plan: DeepKDPlan, ctx: Context, prep: dict[str, Any]) -> dict[tupl
     """Every (arm, seed) student run, each cached in ``runs/<arm>_seed<k>.json`` (an interrupted run resumes; the
     training itself also resumes from its ``last.pt``): every arm on ``plan.seeds``, and the GSNR arms on
     ``plan.confirm_seeds``, probed at the epochs of :func:`deepkd.miniature.gsnr_window` too."""
-    overlap = sorted(set(plan.seeds) & set(plan.confirm_seeds))
-    if overlap:
-        raise UsageError(f"confirm_seeds repeats seeds {overlap}: the confirmatory run needs new seeds")
+    require_new_seeds(seeds=plan.seeds, confirm_seeds=plan.confirm_seeds)
     student_fields = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)
                       if f.name not in ("name", "stages", "threads", "seeds", "confirm_seeds", "gsnr_window", "arms",
                                         "workers", "bench_rounds", "bench_block", *FULL_ONLY)}

@@ -15,9 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from effrepro import stats
-from effrepro.errors import UsageError
 from effrepro.report import seed_span
-from effrepro.reproduce import ClaimSpec
+from effrepro.reproduce import ClaimSpec, require_new_seeds
 
 from double_rounding.mixed import area_under_curve
 
@@ -54,10 +53,7 @@ _SOURCES = {"mixed_minus_uniform_3bit": ("mixed_minus_uniform_3bit", "confirm"),
 
 def mixed_jobs(plan: Any) -> dict[int, tuple[str, ...]]:
     """One ``mixed`` arm per pilot and confirmatory seed; the two seed sets must be disjoint."""
-    overlap = set(plan.mixed_pilot_seeds) & set(plan.mixed_confirm_seeds)
-    if overlap:
-        raise UsageError(f"mixed_confirm_seeds repeats pilot seeds {sorted(overlap)}: a confirmatory run needs new "
-                         "seeds")
+    require_new_seeds(mixed_pilot_seeds=plan.mixed_pilot_seeds, mixed_confirm_seeds=plan.mixed_confirm_seeds)
     return {seed: ("mixed",) for seed in (*plan.mixed_pilot_seeds, *plan.mixed_confirm_seeds)}
 
 

@@ -22,7 +22,7 @@ from effrepro import stats
 from effrepro.errors import UsageError
 from effrepro.mm.miniature import STAGES
 from effrepro.report import seed_span
-from effrepro.reproduce import Context, Plan, Reproduction, Results, run_stages
+from effrepro.reproduce import Context, Plan, Reproduction, Results, require_new_seeds, run_stages
 
 from kerneldna import reproduce_full as full
 from kerneldna import reproduce_parts as parts
@@ -212,9 +212,9 @@ def configure(plan: KernelDNAPlan, args: argparse.Namespace) -> KernelDNAPlan:
     unknown = [t for t in plan.tasks if t not in parts.INPUT_SHAPES]
     if unknown or not plan.tasks:
         raise UsageError(f"tasks: use some of {', '.join(parts.INPUT_SHAPES)}, not {unknown or '()'}")
-    groups = (set(plan.seeds), set(plan.confirm_seeds), set(plan.confirm2_seeds))
-    if any(a & b for i, a in enumerate(groups) for b in groups[i + 1:]) or plan.workers < 1:
-        raise UsageError("seeds, confirm_seeds and confirm2_seeds must be disjoint (new seeds), and workers at least 1")
+    require_new_seeds(seeds=plan.seeds, confirm_seeds=plan.confirm_seeds, confirm2_seeds=plan.confirm2_seeds)
+    if plan.workers < 1:
+        raise UsageError(f"workers: at least 1, not {plan.workers}")
     return full.configure_full(plan, args)
 
 

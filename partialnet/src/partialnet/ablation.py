@@ -16,9 +16,8 @@ import timm
 import torch
 from effrepro import stats
 from effrepro.bench import count_flops, count_params
-from effrepro.errors import UsageError
 from effrepro.report import seed_span
-from effrepro.reproduce import ClaimSpec, Context, FactSpec, Results
+from effrepro.reproduce import ClaimSpec, Context, FactSpec, Results, require_new_seeds
 
 from partialnet import reproduce_parts as parts
 from partialnet.models import ABLATION_LADDER, PartialNetConfig
@@ -99,9 +98,7 @@ def train_seconds(ctx: Context, name: str) -> float:
 
 def ablation_stage(plan: Any, ctx: Context, res: Results) -> None:
     seeds, confirm = plan.seeds[:plan.ablation_seeds], tuple(plan.ablation_confirm_seeds)
-    if set(seeds) & set(confirm):
-        raise UsageError(f"ablation_confirm_seeds repeats seeds {sorted(set(seeds) & set(confirm))} of the first "
-                         "look: the confirmatory replication needs new seeds")
+    require_new_seeds(seeds=seeds, ablation_confirm_seeds=confirm)
     names = {(rung, seed): run_name(rung, seed) for seed in seeds for rung in RUNGS}
     names |= {(rung, seed): run_name(rung, seed) for seed in confirm for rung in CONFIRM_RUNGS}
     configs = {name: rung_config(rung, seed, plan, ctx) for (rung, seed), name in names.items()}
