@@ -49,9 +49,10 @@ def cifar_ok(monkeypatch, tmp_path):
     return _cifar10(tmp_path / "cifar")
 
 
-def _full(out, config, *sets, arms=None):
-    argv = ["reproduce", *(["--set", f"full_arms=[{','.join(arms)}]"] if arms else []), "--scale", "full", "--out",
-            str(out), "--threads", "1", "--config", config, *[f"--config-set={s}" for s in sets]]
+def _full(out, config, *sets, arms=None, plan=()):
+    plan = [*([f"full_arms=[{','.join(arms)}]"] if arms else []), *plan]
+    argv = ["reproduce", *[x for p in plan for x in ("--set", p)], "--scale", "full", "--out", str(out), "--threads",
+            "1", "--config", config, *[f"--config-set={s}" for s in sets]]
     assert run(argv) == 0
     return read_claims(out / "claims.json")
 
@@ -75,7 +76,7 @@ def test_full_scale_on_tiny_cifar10_with_resnet20(tmp_path, cifar_ok):
     facts = {f["id"]: f["value"] for f in document["facts"]}
     # 40 training images in batches of 8: 5 batches, one step per precision (joint) or 4 epochs (separate)
     assert facts["full_optimizer_steps_joint"] == facts["full_optimizer_steps_separate"] == 20
-    artefact = load_int8(out / "runs" / "multi" / "model.int8.pt")
+    artefact = load_int8(out / "runs" / "ours" / "multi" / "model.int8.pt")
     assert artefact["meta"]["model"]["arch"] == "resnet20" and artefact["available_bits"] == [8, 6, 4, 2]
 
 
@@ -90,6 +91,40 @@ def test_full_scale_on_a_tiny_imagenet_folder(tmp_path):
         "full_unshared_minus_shared_w2", "full_unshared_minus_shared_w4"}
     assert all(c["n"] == 6 for c in document["claims"])  # 2 classes x 3 validation images
     assert {f["id"]: f["value"] for f in document["facts"]}["full_optimizer_steps_joint"] == 2 * 4  # 8 images / 4
+
+
+@pytest.mark.slow
+def test_full_driver_runs_each_stage_as_a_two_process_torchrun_job(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    root = tiny_imagenet_folder(tmp_path / "imagenet", (4, 3), "png")
+    out = tmp_path / "full"
+    sets = ["model.arch=tiny_cnn", "model.width=4", "model.num_classes=2", f"data.root={root}", *TINY,
+            "data.batch_size=2", "supernet.epochs=1", "mixed.hessian_images=4", "mixed.hessian_batch=4",
+            "mixed.hessian_probes=2"]
+    document = _full(out, "double_rounding/configs/resnet18_imagenet.yaml", *sets, arms=["ours", "separate", "mixed"],
+                     plan=["nproc=2", "sep_bits=[2]", "mixed_random=2"])
+    claims = {c["id"]: c for c in document["claims"]}
+    assert set(claims) == {f"full_w{b}_minus_fp32" for b in (8, 6, 4, 2)} | {
+        "full_joint_minus_separate_w2", "full_mixed_minus_uniform_3bit", "full_searched_minus_random_3bit"}
+    assert all(c["n"] == 6 for c in claims.values())  # the driver alone evaluates: every validation image once
+    facts = {f["id"]: f["value"] for f in document["facts"]}
+    # 8 training images, 2 ranks, batches of 2: 2 batches per rank; joint: one step per precision, separate: 4 epochs
+    assert facts["full_optimizer_steps_joint"] == facts["full_optimizer_steps_separate"] == 8
+    assert claims["full_mixed_minus_uniform_3bit"]["measured"] == pytest.approx(
+        facts["full_mixed_top1_searched_3bit"] - facts["full_mixed_top1_uniform_w3"])
+    runs = out / "runs"
+    for arm, stage in (("ours", "multi"), ("sep2", "multi"), ("mixed", "multi"), ("mixed", "supernet")):
+        assert (runs / arm / f"{stage}.yaml").is_file()  # the config the torchrun job ran
+        assert load_checkpoint(runs / arm / stage / "last.pt")["global_step"] == 2 * (4 if arm == "sep2" else 1)
+    assert load_int8(runs / "mixed" / "supernet" / "model.int8.pt")["graph"]["bits"] == [4, 3, 2]
+
+
+def test_full_driver_refuses_to_run_under_torchrun(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "out"
+    with pytest.raises(UsageError, match="as one process.*nproc"):
+        _full(out, "double_rounding/configs/resnet20_cifar10.yaml", f"data.root={tmp_path}")
+    assert not out.exists()
 
 
 def test_missing_or_damaged_cifar10_is_one_clear_error(tmp_path):

@@ -92,8 +92,8 @@ def test_full_scale_on_tiny_mnist_writes_claims(tmp_path):
     assert all(c["n"] == 200 for c in document["claims"])
     assert {f["id"] for f in document["facts"]} == {f"full_{k}top1_w{b}" for k in ("", "unshared_") for b in
                                                     (8, 6, 4, 2)} | {"full_fp32_top1", "full_optimizer_steps_joint"}
-    assert (out / "runs" / "multi" / "model.int8.pt").is_file()
-    assert load_int8(out / "runs" / "multi_unshared" / "model.int8.pt")["graph"]["weight_scales"] == "unshared"
+    assert (out / "runs" / "ours" / "multi" / "model.int8.pt").is_file()
+    assert load_int8(out / "runs" / "ours_unshared" / "multi" / "model.int8.pt")["graph"]["weight_scales"] == "unshared"
     with pytest.raises(UsageError, match="ours_unshared, separate, no_alrs, kd"):
         run(argv[:1] + ["--set", "full_arms=[ours_star]"] + argv[1:])
     with pytest.raises(UsageError, match="none of the trained bits"):
@@ -128,9 +128,35 @@ def test_full_scale_separate_alrs_and_kd_arms_write_their_claims(tmp_path):
     assert claims["full_joint_minus_separate_w4"]["measured"] == pytest.approx(
         facts["full_top1_w4"]["value"] - facts["full_separate_top1_w4"]["value"])
     for b in (8, 4, 2):
-        assert load_int8(out / "runs" / f"sep{b}" / "model.int8.pt")["available_bits"] == [b]
-    for name in ("multi_noalrs", "multi_kd"):
-        assert (out / "runs" / name / "model.int8.pt").is_file()
+        assert load_int8(out / "runs" / f"sep{b}" / "multi" / "model.int8.pt")["available_bits"] == [b]
+    for name in ("no_alrs", "kd"):
+        assert (out / "runs" / name / "multi" / "model.int8.pt").is_file()
+
+
+@pytest.mark.slow
+def test_full_scale_mixed_arm_compares_the_3bit_subnets(tmp_path):
+    out = tmp_path / "full"
+    sets = ["fp32.epochs=1", "multi.epochs=1", "supernet.epochs=1", "data.train_size=256", "data.test_size=200",
+            "data.batch_size=64", "model.width=4", "mixed.hessian_images=64", "mixed.hessian_batch=64",
+            "mixed.hessian_probes=2"]
+    argv = ["reproduce", "--set", "full_arms=[ours,mixed]", "--set", "mixed_random=3", "--scale", "full", "--out",
+            str(out), "--threads", "1", "--config", "double_rounding/configs/smoke_mnist.yaml",
+            *[f"--config-set={s}" for s in sets]]
+    assert run(argv) == 0
+    document = read_claims(out / "claims.json")
+    claims = {c["id"]: c for c in document["claims"]}
+    assert {"full_mixed_minus_uniform_3bit", "full_searched_minus_random_3bit"} <= set(claims)
+    assert claims["full_mixed_minus_uniform_3bit"]["n"] == 200
+    facts = {f["id"]: f["value"] for f in document["facts"]}
+    assert claims["full_mixed_minus_uniform_3bit"]["measured"] == pytest.approx(
+        facts["full_mixed_top1_searched_3bit"] - facts["full_mixed_top1_uniform_w3"])
+    assert claims["full_searched_minus_random_3bit"]["measured"] == pytest.approx(
+        facts["full_mixed_top1_searched_3bit"] - facts["full_mixed_top1_random_3bit"])
+    mixed = out / "runs" / "mixed"
+    assert load_int8(mixed / "supernet" / "model.int8.pt")["graph"]["bits"] == [4, 3, 2]
+    assert (mixed / "hessian" / "traces.json").is_file()
+    with pytest.raises(UsageError, match="must include 3"):
+        run(argv[:1] + ["--set", "mixed_bits=[4,2]"] + argv[1:])
 
 
 def test_full_arm_configs_change_only_their_setting():
@@ -144,6 +170,7 @@ def test_full_arm_configs_change_only_their_setting():
     assert arm_config(cfg, "no_alrs").multi.alrs == "off" and arm_config(cfg, "no_alrs").multi.epochs == 3
     assert arm_config(cfg, "kd").multi.kd == "recursive" and arm_config(cfg, "kd").multi.alrs == "simple"
     assert arm_config(cfg, "ours_unshared").quant.weight_scales == "unshared"
+    assert sep.quant.bits == [2] and arm_config(cfg, "mixed", (4, 3, 2)).quant.bits == [4, 3, 2]
     assert (cfg.multi.epochs, cfg.multi.alrs, cfg.multi.kd, cfg.quant.weight_scales) == (3, "simple", "none",
                                                                                         "shared")
 

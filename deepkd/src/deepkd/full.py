@@ -15,11 +15,8 @@ top-1 beside the published number where one is known, and each teacher's top-1 (
 
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ from effrepro import stats
 from effrepro.config import config_to_dict, find_config, load_config
 from effrepro.errors import UsageError
 from effrepro.reproduce import ClaimSpec, Context, FactSpec, Results
+from effrepro.train import require_single_process, run_torchrun
 
 from deepkd.config import TrainConfig
 from deepkd.grid import (
@@ -95,9 +93,7 @@ def _overrides(plan: Any) -> list[str]:
 def check_full(plan: Any) -> None:
     """Grid choices, config keys and the dataset folder, checked before the output folder is made: a mistake is
     one error line and leaves nothing behind."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UsageError("run the full driver as one process: it launches torchrun for each run itself "
-                         "(--set nproc=<GPUs per run>)")
+    require_single_process("--set nproc=<GPUs per run>")
     pairs = pairs_of(plan.dataset, tuple(plan.pairs))
     check_choices(tuple(plan.bases), tuple(plan.variants))
     if not any(arm in plan.variants and vs in plan.variants for _, arm, vs in GAINS):
@@ -127,12 +123,7 @@ def _launch(cfg: TrainConfig, out: Path, nproc: int) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     config = out / "config.yaml"
     config.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "deepkd.cli", "train", "--config", str(config), "--out", str(out), "--quiet"]
-    code = subprocess.call(cmd)
-    if code != 0:
-        raise RuntimeError(f"torchrun for {out} exited with code {code} (its log is above); rerunning resumes "
-                           f"from {out / 'last.pt'}")
+    run_torchrun(nproc, "deepkd.cli", ["train", "--config", str(config), "--out", str(out), "--quiet"], out / "last.pt")
     metrics = torch.load(out / "student.pt", map_location="cpu", weights_only=True)["metrics"]
     return {k: metrics[k] for k in ("top1", "best_top1", "epochs", "seconds")}
 

@@ -24,8 +24,6 @@ from effrepro.errors import UsageError, run_cli
 from effrepro.outputs import check_input_file, check_output_dir, check_output_file
 
 if TYPE_CHECKING:  # the heavy modules are imported inside the commands: ``--help`` must not load torch
-    import torch
-
     from double_rounding.config import Config
 
 DEFAULT_CONFIG = "smoke_mnist.yaml"  # the MNIST miniature (a few CPU minutes), shipped in configs/
@@ -38,18 +36,6 @@ def _config(args: argparse.Namespace) -> Config:
 
     source = find_config(DEFAULT_CONFIG if args.config is None else args.config, "double_rounding")
     return load_config(source, Config, overrides(args))
-
-
-def _state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
-    """A model state dict from a plain state-dict file (e.g. torchvision's .pth) or a checkpoint with ``model``."""
-    import torch
-    from effrepro.train import load_checkpoint
-
-    obj = load_checkpoint(path, expect=("train-state", "state-dict"))
-    state = obj.get("model", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UsageError(f"{path} holds no {what} state dict")
-    return state
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -70,92 +56,30 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-    from effrepro.quant import to_transitional
-    from effrepro.train import dist_setup, load_state_dict_checked, seed_everything
+    from effrepro.train import dist_setup
 
-    from double_rounding.data import build_loaders, calibration_batch
-    from double_rounding.double_rounding import BitSampler
-    from double_rounding.models import build_float_model, build_quant_model
-    from double_rounding.train import export_model, quant_model_from_fp32, train_fp32, train_quantized
+    from double_rounding.stages import run_stage
 
     _check_paths(args)
     cfg = _config(args)
     dist = dist_setup(args.device)
-    seed_everything(cfg.seed)
-    train_loader, test_loader = build_loaders(cfg.data, dist, cfg.seed)
-    out = Path(args.out)
-    stage_dir = out / args.stage
-    resume = not args.no_resume
-    if args.stage == "fp32":
-        model, result = train_fp32(cfg, train_loader, stage_dir, dist, progress=not args.quiet, resume=resume)
-        if dist.is_main:
-            torch.save(model.state_dict(), stage_dir / "fp32.pt")
-    elif args.stage == "multi":
-        init = Path(args.init) if args.init else out / "fp32" / "fp32.pt"
-        calib = calibration_batch(train_loader, cfg.quant.calib_images)
-        model = quant_model_from_fp32(cfg, _state_dict(init, "FP32"), cfg.quant.bits, cfg.quant.tie_mode, calib,
-                                      device=dist.device)
-        result = train_quantized(cfg, model, cfg.multi, train_loader, stage_dir, dist, "multi",
-                                 progress=not args.quiet, resume=resume)
-        if dist.is_main:
-            export_model(model, cfg, stage_dir / "model.int8.pt", cfg.multi.train_bits or cfg.quant.bits)
-    else:
-        init = Path(args.init) if args.init else out / "multi" / "last.pt"
-        traces_path = Path(args.traces) if args.traces else out / "hessian" / "traces.json"
-        traces = _read_traces(traces_path) if cfg.mixed.sampler == "hasb" else None
-        model = build_quant_model(cfg.model, cfg.quant.bits, cfg.quant.tie_mode,
-                                  float_model=build_float_model(cfg.model))
-        load_state_dict_checked(model, _state_dict(init, "multi-precision"), f"the multi-precision checkpoint {init}")
-        to_transitional(model)
-        sampler = BitSampler(model.quant_graph.layers, cfg.quant.bits, traces, cfg.mixed.sampler)
-        result = train_quantized(cfg, model.to(dist.device), cfg.supernet, train_loader, stage_dir, dist,
-                                 "supernet", sampler=sampler, progress=not args.quiet, resume=resume)
-        if dist.is_main:
-            export_model(model, cfg, stage_dir / "model.int8.pt", cfg.quant.bits, {"sampler": cfg.mixed.sampler})
+    result = run_stage(cfg, args.stage, Path(args.out), dist, Path(args.init) if args.init else None,
+                       Path(args.traces) if args.traces else None, progress=not args.quiet, resume=not args.no_resume)
     if dist.is_main:
         final = result["final"]
         print(json.dumps({"stage": args.stage, "seconds": round(result["seconds"], 1), **final}, default=str))
     return 0
 
 
-def _read_traces(path: Path) -> dict[str, float]:
-    if not path.is_file():
-        raise UsageError(f"Hessian traces not found at {path}; run `double_rounding hessian` first or pass --traces")
-    try:
-        data = json.loads(path.read_text())
-        traces = data.get("traces", data) if isinstance(data, dict) else None
-        if not isinstance(traces, dict):
-            raise ValueError("not an object of layer -> trace")
-        return {str(k): float(v) for k, v in traces.items()}
-    except (OSError, ValueError, TypeError) as exc:
-        raise UsageError(f"{path} is not a Hessian traces file ({exc}); write one with `double_rounding hessian`"
-                         ) from None
-
-
 def cmd_hessian(args: argparse.Namespace) -> int:
-    from effrepro.train import dist_setup, load_state_dict_checked, seed_everything
+    from effrepro.train import dist_setup
 
-    from double_rounding.data import build_loaders
-    from double_rounding.mixed import compute_traces
-    from double_rounding.models import build_float_model
-    from double_rounding.train import first_batches
+    from double_rounding.stages import hessian_stage
 
     _check_paths(args)
-    cfg = _config(args)
-    dist = dist_setup(args.device)
-    seed_everything(cfg.seed)
-    out = Path(args.out)
-    init = Path(args.init) if args.init else out / "fp32" / "fp32.pt"
-    model = build_float_model(cfg.model)
-    load_state_dict_checked(model, _state_dict(init, "FP32"), f"the FP32 checkpoint {init}")
-    cfg.data.batch_size = cfg.mixed.hessian_batch
-    train_loader, _ = build_loaders(cfg.data, dist, cfg.seed)
-    batches = first_batches(train_loader, max(1, -(-cfg.mixed.hessian_images // cfg.mixed.hessian_batch)))
-    result = compute_traces(cfg, model, batches, dist.device)
-    if dist.is_main:
-        _write_json(out / "hessian" / "traces.json", result.as_dict())
-    print(json.dumps(result.as_dict()["traces"], indent=1))
+    result = hessian_stage(_config(args), Path(args.out), dist_setup(args.device),
+                           Path(args.init) if args.init else None)
+    print(json.dumps(result["traces"], indent=1))
     return 0
 
 
@@ -165,12 +89,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     from double_rounding.data import build_loaders
     from double_rounding.mixed import area_under_curve, evaluate_subnets, pareto_by_budget, search_configs
+    from double_rounding.stages import read_traces
 
     _check_paths(args)
     cfg = _config(args)
     out = Path(args.out)
     artefact = load_int8(Path(args.int8) if args.int8 else out / "supernet" / "model.int8.pt")
-    traces = _read_traces(Path(args.traces) if args.traces else out / "hessian" / "traces.json")
+    traces = read_traces(Path(args.traces) if args.traces else out / "hessian" / "traces.json")
     missing = sorted(set(artefact["graph"]["layers"]) - set(traces))
     if missing:
         more = " ..." if len(missing) > 3 else ""

@@ -188,7 +188,8 @@ def arm_key(plan: Any, seed: int, arm: str) -> dict[str, Any]:
     """The settings an arm's result depends on (the mixed-precision fields only for the ``mixed`` arm): the key of
     its cache entry."""
     skip = {"name", "stages", "threads", "seeds", "sep_seeds", "ablation_seeds", "mixed_pilot_seeds",
-            "mixed_confirm_seeds", "unshared_seeds", "workers", "config", "init", "config_overrides", "full_arms"}
+            "mixed_confirm_seeds", "unshared_seeds", "workers", "config", "init", "config_overrides", "full_arms",
+            "nproc"}
     mixed = {f.name for f in dataclasses.fields(plan) if f.name.startswith(("mixed_", "hessian_"))}
     return {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)
             if f.name not in skip and (arm == "mixed" or f.name not in mixed)} | {"seed": seed, "arm": arm}

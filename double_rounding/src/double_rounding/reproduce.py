@@ -69,7 +69,8 @@ class DoubleRoundingPlan(Plan):
     config: str | None = None
     init: str | None = None
     config_overrides: tuple[str, ...] = ()
-    full_arms: tuple[str, ...] = DEFAULT_FULL_ARMS  # ours, ours_unshared (also: separate, no_alrs, kd)
+    full_arms: tuple[str, ...] = DEFAULT_FULL_ARMS  # ours, ours_unshared (also: separate, no_alrs, kd, mixed)
+    nproc: int = 1                       # processes per training job (> 1: a torchrun job, DDP; one GPU each)
 
 
 SMOKE = DoubleRoundingPlan()
@@ -187,15 +188,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def configure(plan: DoubleRoundingPlan, args: argparse.Namespace) -> DoubleRoundingPlan:
     from effrepro.errors import UsageError
+    from effrepro.train import require_single_process
 
     given = {k: v for k, v in (("config", args.config), ("init", args.init),
                                ("config_overrides", tuple(args.config_overrides))) if v}
     if plan.name != "full":
+        if plan.nproc != 1:
+            raise UsageError("nproc: only for --scale full (the miniature runs its seeds in --set workers=N "
+                             "processes)")
         if given:
             named = "; ".join(f"{k} {' '.join(v) if isinstance(v, tuple) else v}" for k, v in given.items())
             raise UsageError(f"{named}: only for --scale full (the miniature builds its own configs; its plan "
                              "fields are set with --set FIELD=VALUE)")
         return plan
+    require_single_process("--set nproc=<GPUs per training job>")
     if not (given.get("config") or plan.config):
         raise UsageError("--scale full needs --config (e.g. double_rounding/configs/resnet18_imagenet.yaml) and "
                          "--config-set data.root=/path/to/imagenet (or DOUBLE_ROUNDING_DATA)")

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from effrepro.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -51,3 +56,23 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(value)
         value /= dist.get_world_size()
     return value
+
+
+# ---- drivers that launch torchrun jobs ---------------------------------------------------------------------------
+def require_single_process(hint: str) -> None:
+    """A driver that launches its own ``torchrun`` jobs (``reproduce --scale full``) must not itself run under
+    torchrun: every rank would launch every job and write the same results. ``hint``: how to ask for processes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError(f"run the full driver as one process: it launches torchrun for each run itself ({hint})")
+
+
+def run_torchrun(nproc: int, module: str, args: list[str], out: Path) -> None:
+    """``python -m <module> <args>`` as a ``torchrun --standalone`` job of ``nproc`` processes on this machine
+    (its output goes to this process's stdout / stderr); a failed job is an error naming ``out``, from which a rerun
+    resumes."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module,
+           *args]
+    code = subprocess.call(cmd)
+    if code != 0:
+        raise RuntimeError(f"torchrun for {out} exited with code {code} (its log is above); rerunning resumes "
+                           f"from {out}")
