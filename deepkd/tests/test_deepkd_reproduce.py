@@ -12,6 +12,7 @@ from effrepro.report import read_claims
 SMOKE_CLAIMS = {"gain_dkd_deepkd_over_dkd", "gain_kd_deepkd_over_kd", "gain_kd_deepkd_over_kd_dot",
                 "gain_dtm_over_dkd_deepkd", "gain_dkd_over_kd", "gain_kd_over_ce", "step_time_deepkd_over_dkd",
                 "gsnr_ncg_over_tcg", "gsnr_tog_over_tcg", "gsnr_total_deepkd_over_dkd",
+                "gsnr_total_kd_deepkd_over_kd", "gsnr_total_kd_deepkd_over_kd_dot",
                 "gsnr_total_deepkd_over_dkd_pilot", "gsnr_total_deepkd_over_dkd_end", "flat_dkd_deepkd_vs_dkd",
                 "flat_kd_deepkd_vs_kd", "flat_kd_deepkd_vs_kd_dot"}
 
@@ -38,6 +39,12 @@ def test_tiny_reproduction_writes_claims_facts_and_resumes(tmp_path, capsys):
     deep, base = confirm["details"]["dkd_deepkd"], confirm["details"]["dkd"]
     assert confirm["measured"] == pytest.approx(sum(deep) / sum(base))
     assert deep != base and pilot["measured"] != confirm["measured"]
+    for base in ("kd", "kd_dot"):  # the KD-base study: the same seeds and window, its own pair of runs
+        kd = claims[f"gsnr_total_kd_deepkd_over_{base}"]
+        assert kd["n"] == 2 and kd["details"]["seeds"] == [3, 4] and kd["details"]["epochs"] == [2, 3]
+        assert kd["measured"] == pytest.approx(sum(kd["details"]["kd_deepkd"]) / sum(kd["details"][base]))
+    assert claims["gsnr_total_kd_deepkd_over_kd"]["details"]["kd_deepkd"] == claims[
+        "gsnr_total_kd_deepkd_over_kd_dot"]["details"]["kd_deepkd"]
     assert all(c["n"] == 3 for c in document["claims"] if c["id"].startswith(("gain_", "flat_")))
     assert {f["id"] for f in document["facts"]} == {"teacher_top1", "teacher_params", "step_time_dkd"}
     report = (tmp_path / "report.md").read_text()
@@ -47,8 +54,8 @@ def test_tiny_reproduction_writes_claims_facts_and_resumes(tmp_path, capsys):
     assert {"teacher", "students", "step_time"} <= set(env["stage_seconds"])
     capsys.readouterr()
     assert run(["reproduce", "--tiny", "--out", str(tmp_path), "--threads", "1"]) == 0
-    # teacher, every student run (7 arms x 3 pilot seeds, 2 arms x 2 confirmatory seeds), step time
-    assert capsys.readouterr().out.count("reusing") == 1 + 7 * 3 + 2 * 2 + 1
+    # teacher, every student run (7 arms x 3 pilot seeds, 5 arms x 2 confirmatory seeds), step time
+    assert capsys.readouterr().out.count("reusing") == 1 + 7 * 3 + 5 * 2 + 1
     assert read_claims(tmp_path / "claims.json")["claims"][0]["measured"] == document["claims"][0]["measured"]
 
 

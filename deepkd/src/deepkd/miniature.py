@@ -22,14 +22,14 @@ from torch.utils.data import Dataset
 
 from deepkd.config import TrainConfig
 from deepkd.distillers import warmup_factor
-from deepkd.losses import dkd_parts
+from deepkd.losses import dkd_parts, teacher_target_prob
 
 KD_LOSS = {"ce_weight": 0.5, "kd_weight": 0.5, "temperature": 4.0}  # the released KD + DeepKD config
 ARMS: dict[str, dict[str, Any]] = {
     "ce": {"distiller": "none", "method": "sgd"},
-    "kd": {"distiller": "kd", "method": "sgd"},
-    "kd_dot": {"distiller": "kd", "method": "dot"},
-    "kd_deepkd": {"distiller": "kd", "method": "deepkd", "delta_ncg": 0.075},
+    "kd": {"distiller": "kd", "method": "sgd", "gsnr": True},
+    "kd_dot": {"distiller": "kd", "method": "dot", "gsnr": True},
+    "kd_deepkd": {"distiller": "kd", "method": "deepkd", "delta_ncg": 0.075, "gsnr": True},
     "dkd": {"distiller": "dkd", "method": "sgd", "gsnr": True},
     "dkd_deepkd": {"distiller": "dkd", "method": "deepkd", "gsnr": True},
     "dkd_deepkd_dtm": {"distiller": "dkd", "method": "deepkd", "mask": True},
@@ -117,9 +117,23 @@ def prepare_data(plan: Any, runs: Path) -> dict[str, Any]:
 
 
 # ---- GSNR probe ---------------------------------------------------------------------------------------------
-def gsnr_probe(plan: Any, probe_set: CachedTeacherSet, epochs: list[int] | None = None) -> Any:
-    """GSNR of TOG / TCG / NCG (and their sum) of the DKD loss over ``gsnr_batches`` fixed mini-batches, at the
-    ends of ``epochs`` (default: the epochs ``plan.gsnr_fractions`` of training)."""
+def probe_losses(base: str, logits: Tensor, teacher: Tensor, labels: Tensor, ramp: float) -> dict[str, Tensor]:
+    """TOG / TCG / NCG terms of the base's loss, whose gradients the GSNR probe measures: DKD's (CE, r TCKD,
+    8 r NCKD) or KD's exact split (0.5 CE, 0.5 TCKD, 0.5 (1 - p_t) NCKD, which sums to the KD loss per sample).
+    Every run of a base is probed on this one loss, whatever its optimizer: KD + DeepKD trains on the released
+    KD-style split (TCKD + NCKD without the 0.5), but its GSNR is that of the KD loss, as for KD and KD + DOT."""
+    tckd, nckd = dkd_parts(logits, teacher, labels, KD_LOSS["temperature"])
+    if base == "dkd":
+        return {"tog": F.cross_entropy(logits, labels), "tcg": ramp * tckd.mean(), "ncg": 8.0 * ramp * nckd.mean()}
+    weight = KD_LOSS["kd_weight"]
+    rest = 1.0 - teacher_target_prob(teacher, labels, KD_LOSS["temperature"])
+    return {"tog": KD_LOSS["ce_weight"] * F.cross_entropy(logits, labels), "tcg": weight * tckd.mean(),
+            "ncg": weight * (rest * nckd).mean()}
+
+
+def gsnr_probe(plan: Any, probe_set: CachedTeacherSet, base: str, epochs: list[int] | None = None) -> Any:
+    """GSNR of TOG / TCG / NCG (and their sum) of the ``base`` loss (:func:`probe_losses`) over ``gsnr_batches``
+    fixed mini-batches, at the ends of ``epochs`` (default: the epochs ``plan.gsnr_fractions`` of training)."""
     batches = [probe_set[i * plan.batch:(i + 1) * plan.batch] for i in range(plan.gsnr_batches)]
     epochs = gsnr_epochs(plan) if epochs is None else epochs
     warmup, _ = schedule(plan.epochs)
@@ -131,10 +145,7 @@ def gsnr_probe(plan: Any, probe_set: CachedTeacherSet, epochs: list[int] | None 
         acc = GSNRAccumulator()
         ramp = warmup_factor(finished, warmup)
         for images, labels, teacher in batches:
-            logits = distiller.student(images)
-            tckd, nckd = dkd_parts(logits, teacher, labels, 4.0)
-            losses = {"tog": F.cross_entropy(logits, labels), "tcg": ramp * tckd.mean(),
-                      "ncg": 8.0 * ramp * nckd.mean()}
+            losses = probe_losses(base, distiller.student(images), teacher, labels, ramp)
             grads = component_grads(losses, params)
             grads["total"] = sum_grads(grads)
             acc.update(grads)
@@ -168,7 +179,8 @@ def run_student(job: dict[str, Any]) -> dict[str, Any]:
     train_set = CachedTeacherSet(data["train_images"], data["train_labels"], data["train_logits"])
     test_set = CachedTeacherSet(data["test_images"], data["test_labels"])
     cfg = student_config(plan, job["arm"], job["seed"], job["teacher"])
-    probe = gsnr_probe(plan, train_set, job.get("gsnr_epochs")) if ARMS[job["arm"]].get("gsnr") else None
+    spec = ARMS[job["arm"]]
+    probe = gsnr_probe(plan, train_set, spec["distiller"], job.get("gsnr_epochs")) if spec.get("gsnr") else None
     start, cpu_start = time.perf_counter(), time.process_time()
     result = train(cfg, job["out"], progress=False, datasets=(train_set, test_set), probe=probe)
     gsnr = {str(row["epoch"]): {k[len("eval_gsnr_"):]: v for k, v in row.items() if k.startswith("eval_gsnr_")}

@@ -56,7 +56,7 @@ class DeepKDPlan(Plan):
     flat_directions: int = 5                 # random directions per student (each probed at +r and -r)
     bench_rounds: int = 100
     bench_block: int = 10                    # training steps per timed block
-    workers: int = 1                         # student runs in parallel (each one thread)
+    workers: int = 2                         # student runs in parallel (each one thread; 2 cores: 2)
     # full scale (the paper's grid on your data; deepkd.full)
     dataset: str = "cifar100"                # cifar100 | imagenet
     pairs: tuple[str, ...] = ()              # teacher_student names of deepkd.grid.PAIRS; () = every pair
@@ -71,14 +71,15 @@ class DeepKDPlan(Plan):
 SMOKE = DeepKDPlan()
 TINY = DeepKDPlan(name="tiny", teacher_train=2000, teacher_epochs=1, student_train=384, test_size=500, epochs=3,
                   seeds=(0, 1, 2), confirm_seeds=(3, 4), gsnr_window=1, gsnr_batches=3, gsnr_fractions=(0.5, 1.0),
-                  bench_rounds=5, bench_block=2, flat_samples=256, flat_directions=2)
+                  bench_rounds=5, bench_block=2, flat_samples=256, flat_directions=2, workers=1)
 # one run per arm unless --seeds N: per-pair gains get no interval
 FULL = DeepKDPlan(name="full", seeds=(0,), confirm_seeds=())
 FULL_ONLY = ("dataset", "pairs", "bases", "variants", "teachers", "nproc", "data", "overrides")
 
 
 FULL_CLAIMS, FULL_FACTS = full_specs()
-CONFIRM_ARMS = ("dkd", "dkd_deepkd")  # the arms of the confirmatory GSNR run
+# the arms of the confirmatory GSNR runs: DKD's, and (registered after it, on the same seeds) KD's
+CONFIRM_ARMS = ("dkd", "dkd_deepkd", "kd", "kd_dot", "kd_deepkd")
 
 
 def _gain(cid: str, arm: str, base: str, what: str, headline: bool = False) -> ClaimSpec:
@@ -126,6 +127,17 @@ CLAIMS = [_gain(*row) for row in GAINS] + [
               "1-1.1, so it decides at any true ratio (P(decided) at the pilot ratio 0.82 at n = 30, 1.00 at n = 40; "
               "0.99 by resampling the pilot pairs)",
               paper=None, unit="x", baseline="DKD run, same epochs", expect="> 1, fails below 1.1"),
+    *[ClaimSpec(id=f"gsnr_total_kd_deepkd_over_{base}", description=f"GSNR of the total KD-loss gradient around "
+                "mid-training (mean of the probes at the ends of epochs 10-14 of 24), KD + DeepKD run / "
+                f"{label} run, paired ratio of means; every KD-base run is probed on the same loss, 0.5 CE + 0.5 KD, "
+                "split exactly into TOG / TCG / NCG. The paper says DeepKD's GSNR is higher than that of "
+                f"{label}; the 10 % smallest effect of interest (fails when the whole interval lies below 1.1) is "
+                "the DKD study's, carried over. Pre-registered confirmatory run, registered after the DKD study "
+                "and before any KD-base GSNR was measured: new seeds alone (smoke: 10-49, n = 40, the DKD study's "
+                "seeds, window and n; no KD-base pilot, so the chance of a decided interval rests on the DKD "
+                "pilot's spread; no seeds added whatever the result)", paper=None, unit="x",
+                baseline=f"{label} run, same epochs", expect="> 1, fails below 1.1")
+      for base, label in (("kd", "KD"), ("kd_dot", "KD + DOT"))],
     ClaimSpec(id="gsnr_total_deepkd_over_dkd_pilot", description="GSNR of the total DKD gradient at mid-training "
               "(one probe, end of epoch 12 of 24), DKD + DeepKD run / DKD run, paired by seed, on the pilot seeds "
               "(smoke: 0-9; the paper: DeepKD raises GSNR); the first look, which set the design of the "
@@ -193,7 +205,8 @@ def _students(plan: DeepKDPlan, ctx: Context, prep: dict[str, Any]) -> dict[tupl
         probes.update({(arm, seed): {"gsnr_epochs": window} for arm in CONFIRM_ARMS if arm in plan.arms})
     jobs = {(arm, seed): {"arm": arm, "seed": seed, "plan": plan, "data": prep["data"], "teacher": prep["teacher"],
                           "out": str(ctx.runs / arm / f"seed{seed}"), **extra} for (arm, seed), extra in probes.items()}
-    keys = {job: {"arm": job[0], "seed": job[1], **student_fields, **extra} for job, extra in probes.items()}
+    keys = {job: {"arm": job[0], "seed": job[1], "spec": mini.ARMS[job[0]], **student_fields, **extra}
+            for job, extra in probes.items()}
     results = {}
     for job, result, _ in ctx.cached_jobs(mini.run_student, {job: (jobs[job],) for job in jobs},
                                           {job: _name(job) for job in jobs}, keys, plan.workers):

@@ -64,17 +64,27 @@ def flat_estimates(plan: Any, flats: list[tuple[str, str, str]], by_arm: Runs) -
     return estimates
 
 
+# confirmatory GSNR claims: claim -> (DeepKD arm, its base run)
+GSNR_CONFIRM = {"gsnr_total_deepkd_over_dkd": ("dkd_deepkd", "dkd"),
+                "gsnr_total_kd_deepkd_over_kd": ("kd_deepkd", "kd"),
+                "gsnr_total_kd_deepkd_over_kd_dot": ("kd_deepkd", "kd_dot")}
+
+
 def gsnr_confirm_estimate(plan: Any, confirm: Runs) -> Estimates:
-    """The pre-registered confirmatory estimate on ``plan.confirm_seeds`` alone: per seed and run, the total-gradient
-    GSNR averaged over the epochs of :func:`gsnr_window`; DKD + DeepKD / DKD as a paired ratio of means."""
-    if not plan.confirm_seeds or not {"dkd", "dkd_deepkd"} <= set(confirm):
+    """The pre-registered confirmatory estimates on ``plan.confirm_seeds`` alone: per seed and run, the
+    total-gradient GSNR averaged over the epochs of :func:`gsnr_window`; the DeepKD run / its base run as a paired
+    ratio of means."""
+    if not plan.confirm_seeds:
         return {}
     window = gsnr_window(plan)
 
     def windowed(arm: str) -> list[float]:
         return [sum(_gsnr_at(r, e)["total"] for e in window) / len(window) for r in confirm[arm]]
 
-    deep, base = windowed("dkd_deepkd"), windowed("dkd")
-    return {"gsnr_total_deepkd_over_dkd": stats.paired_ratio(
-        deep, base, epochs=window, seeds=list(plan.confirm_seeds), dkd_deepkd=deep, dkd=base,
-        ratios=[a / b for a, b in zip(deep, base)])}
+    estimates = {}
+    for cid, (arm, base) in GSNR_CONFIRM.items():
+        if {arm, base} <= set(confirm):
+            deep, ref = windowed(arm), windowed(base)
+            estimates[cid] = stats.paired_ratio(deep, ref, epochs=window, seeds=list(plan.confirm_seeds),
+                                                **{arm: deep, base: ref}, ratios=[a / b for a, b in zip(deep, ref)])
+    return estimates

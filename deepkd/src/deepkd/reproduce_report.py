@@ -72,6 +72,10 @@ def notes(plan: Any, by_arm: dict[str, list[dict[str, Any]]], confirm: dict[str,
             "curves (mean over seeds) show whether each arm reached its plateau before the last epoch." + confirmatory)
 
 
+GSNR_PANELS = (("DKD loss (DKD runs)", ("dkd", "dkd_deepkd")),
+               ("KD loss, 0.5 CE + 0.5 KD (KD runs)", ("kd", "kd_dot", "kd_deepkd")))
+
+
 def plots(by_arm: dict[str, list[dict[str, Any]]], out: Path, gsnr_epochs: list[int]) -> list[Path]:
     import matplotlib
 
@@ -88,17 +92,19 @@ def plots(by_arm: dict[str, list[dict[str, Any]]], out: Path, gsnr_epochs: list[
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     paths.append(save_figure(fig, out / "accuracy_curves.png"))
-    if "dkd" in by_arm:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for arm, style in (("dkd", "-"), ("dkd_deepkd", "--")):
-            if arm not in by_arm:
-                continue
-            for comp in ("tog", "tcg", "ncg", "total"):
-                values = [statistics.fmean(r["gsnr"][str(e)][comp] for r in by_arm[arm]) for e in gsnr_epochs]
-                ax.plot(gsnr_epochs, values, style, marker="o", label=f"{ARM_LABEL[arm]}: {comp}")
-        ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("median GSNR over parameters, mean over seeds")
-        ax.legend(fontsize=7, ncol=2)
+    panels = [(title, [a for a in arms if a in by_arm and by_arm[a][0]["gsnr"]]) for title, arms in GSNR_PANELS]
+    panels = [(title, arms) for title, arms in panels if arms]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+        for ax, (title, arms) in zip(axes[0], panels):
+            for arm, style in zip(arms, ("-", "--", ":")):
+                for comp in ("tog", "tcg", "ncg", "total"):
+                    values = [statistics.fmean(r["gsnr"][str(e)][comp] for r in by_arm[arm]) for e in gsnr_epochs]
+                    ax.plot(gsnr_epochs, values, style, marker="o", label=f"{ARM_LABEL[arm]}: {comp}")
+            ax.set_yscale("log")
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("median GSNR over parameters, mean over seeds")
+            ax.legend(fontsize=6, ncol=2)
         paths.append(save_figure(fig, out / "gsnr.png"))
     return paths
