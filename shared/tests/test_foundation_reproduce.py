@@ -431,6 +431,7 @@ def test_cached_jobs_runs_only_what_is_missing_and_stores_each_job(tmp_path):
     ctx.cached("job2", lambda: 8, key={"k": 2}, seconds=5.0)  # an earlier run left job 2
     got = list(ctx.cached_jobs(cube, {k: (k,) for k in range(4)}, names, keys))
     assert [k for k, _, _ in got] == [0, 1, 3, 2]  # the missing ones first, as they finish, then the cached
+    assert got[-1][2] == 5.0  # a reused entry reports the seconds it cost when it was made, not the read
     assert {k: v for k, v, _ in got} == {k: k**3 for k in range(4)} and calls == [0, 1, 3]
     resumed = Context("toy", Plan(name="smoke"), tmp_path / "out")
     keys[1] = {"k": 1, "changed": True}

@@ -8,7 +8,6 @@ Opt-in at smoke scale (``--stages main,dpconv,ablation``): three new models per 
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 from typing import Any
 
@@ -91,11 +90,6 @@ def rung_size(cfg: TrainConfig) -> dict[str, int]:
     return {"params": count_params(model), "flops": count_flops(model, torch.zeros(parts.MINI_INPUT))}
 
 
-def train_seconds(ctx: Context, name: str) -> float:
-    """The compute seconds stored with a run's cache entry (wall time of its one-thread process)."""
-    return float(json.loads((ctx.runs / f"{name}.json").read_text()).get("seconds", float("nan")))
-
-
 def ablation_stage(plan: Any, ctx: Context, res: Results) -> None:
     seeds, confirm = plan.seeds[:plan.ablation_seeds], tuple(plan.ablation_confirm_seeds)
     require_new_seeds(seeds=seeds, ablation_confirm_seeds=confirm)
@@ -103,8 +97,10 @@ def ablation_stage(plan: Any, ctx: Context, res: Results) -> None:
     names |= {(rung, seed): run_name(rung, seed) for seed in confirm for rung in CONFIRM_RUNGS}
     configs = {name: rung_config(rung, seed, plan, ctx) for (rung, seed), name in names.items()}
     rung_of = {name: rung for (rung, _), name in names.items()}
+    train_seconds: dict[str, float] = {}  # run -> the seconds its training took (stored with a reused run)
 
     def done(name: str, history: list[dict[str, Any]], seconds: float) -> None:
+        train_seconds[name] = seconds
         ctx.log.log(kind="ablation_run", run=name, rung=rung_of[name], top1=history[-1]["eval_top1"],
                     seconds=seconds)
         print(f"  ablation {name}: top-1 {history[-1]['eval_top1']:.2f} %", flush=True)
@@ -114,7 +110,7 @@ def ablation_stage(plan: Any, ctx: Context, res: Results) -> None:
     top1 = {rung: [runs[names[rung, s]][-1]["eval_top1"] for s in seeds] for rung in RUNGS}
     setup = {"seeds": list(seeds), "epochs": plan.epochs, "train_images": plan.train_size}
     for rung in RUNGS:
-        values, secs = top1[rung], [train_seconds(ctx, names[rung, s]) for s in seeds]
+        values, secs = top1[rung], [train_seconds[names[rung, s]] for s in seeds]
         sizes = rung_size(configs[names[rung, seeds[0]]])
         res.facts[f"ablation_top1_{rung}"] = (sum(values) / len(values), {
             "per_seed": values, **sizes, **setup, "switches": ABLATION_LADDER[rung],

@@ -184,8 +184,9 @@ class Context:
         """:meth:`cached` ``(names[job], lambda: fn(*jobs[job]), key=keys[job])`` for every job of a seed or arm
         grid, yielding ``(job, value, seconds)``. The jobs not cached yet go first, to :func:`run_jobs` (``workers``
         processes of one thread each), and each is stored as soon as it finishes, with its worker seconds (an
-        interrupted run loses only the jobs still running); then the cached ones are read (``seconds``: the read,
-        or a recomputation here if the entry vanished meanwhile)."""
+        interrupted run loses only the jobs still running); then the cached ones are read. ``seconds`` is what the
+        value cost to compute: the worker's seconds, or for a reused entry the seconds stored with it (a
+        recomputation here if the entry vanished meanwhile)."""
         missing = {job: args for job, args in jobs.items() if not self.is_cached(names[job], keys[job])}
         for job, value, seconds in run_jobs(fn, missing, workers):
             yield job, self.cached(names[job], lambda v=value: v, key=keys[job], seconds=seconds), seconds
@@ -193,7 +194,7 @@ class Context:
             if job not in missing:
                 start = time.perf_counter()
                 value = self.cached(names[job], lambda a=args: fn(*a), key=keys[job])
-                yield job, value, time.perf_counter() - start
+                yield job, value, self.reused.get(names[job], time.perf_counter() - start)
 
 
 def _cpu_seconds() -> float:
