@@ -97,10 +97,10 @@ def plots(by_arm: dict[str, list[dict[str, Any]]], out: Path, gsnr_epochs: list[
     if panels:
         fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
         for ax, (title, arms) in zip(axes[0], panels):
-            for arm, style in zip(arms, ("-", "--", ":")):
-                for comp in ("tog", "tcg", "ncg", "total"):
+            for arm, style in zip(arms, ("-", "--", ":")):  # colour: the component; line style: the run
+                for comp, colour in zip(("tog", "tcg", "ncg", "total"), ("C0", "C1", "C2", "k")):
                     values = [statistics.fmean(r["gsnr"][str(e)][comp] for r in by_arm[arm]) for e in gsnr_epochs]
-                    ax.plot(gsnr_epochs, values, style, marker="o", label=f"{ARM_LABEL[arm]}: {comp}")
+                    ax.plot(gsnr_epochs, values, style, color=colour, marker="o", label=f"{ARM_LABEL[arm]}: {comp}")
             ax.set_yscale("log")
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("epoch")
