@@ -14,6 +14,7 @@ SMOKE_CLAIMS = {"gain_dkd_deepkd_over_dkd", "gain_kd_deepkd_over_kd", "gain_kd_d
                 "gsnr_ncg_over_tcg", "gsnr_tog_over_tcg", "gsnr_total_deepkd_over_dkd",
                 "gsnr_total_kd_deepkd_over_kd", "gsnr_total_kd_deepkd_over_kd_dot",
                 "gsnr_total_deepkd_over_dkd_pilot", "gsnr_total_deepkd_over_dkd_end", "flat_dkd_deepkd_vs_dkd",
+                "gsnr_ncg_over_tcg_pilot", "gsnr_total_deepkd_over_dkd_end_pilot",
                 "flat_kd_deepkd_vs_kd", "flat_kd_deepkd_vs_kd_dot"}
 
 
@@ -39,6 +40,11 @@ def test_tiny_reproduction_writes_claims_facts_and_resumes(tmp_path, capsys):
     deep, base = confirm["details"]["dkd_deepkd"], confirm["details"]["dkd"]
     assert confirm["measured"] == pytest.approx(sum(deep) / sum(base))
     assert deep != base and pilot["measured"] != confirm["measured"]
+    # the two pilot GSNR claims decided on the confirmatory seeds' runs; their first looks on seeds 0-2
+    for cid in ("gsnr_ncg_over_tcg", "gsnr_total_deepkd_over_dkd_end"):
+        assert claims[cid]["n"] == 2 and claims[cid]["details"]["seeds"] == [3, 4]
+        assert claims[f"{cid}_pilot"]["n"] == 3 and claims[cid]["expect"] == "> 1, fails below 1.1"
+    assert claims["gsnr_total_deepkd_over_dkd_end"]["details"]["epoch"] == 3  # the last epoch of the tiny plan
     for base in ("kd", "kd_dot"):  # the KD-base study: the same seeds and window, its own pair of runs
         kd = claims[f"gsnr_total_kd_deepkd_over_{base}"]
         assert kd["n"] == 2 and kd["details"]["seeds"] == [3, 4] and kd["details"]["epochs"] == [2, 3]

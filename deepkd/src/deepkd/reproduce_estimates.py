@@ -36,11 +36,12 @@ def gsnr_estimates(plan: Any, by_arm: Runs) -> Estimates:
     mid = epochs[len(epochs) // 2]
     dkd = [_gsnr_at(r, mid) for r in by_arm["dkd"]]
     estimates = {
-        "gsnr_ncg_over_tcg": stats.mean_ci([g["ncg"] / g["tcg"] for g in dkd], epoch=mid),
+        "gsnr_ncg_over_tcg_pilot": stats.mean_ci([g["ncg"] / g["tcg"] for g in dkd], epoch=mid),
         "gsnr_tog_over_tcg": stats.mean_ci([g["tog"] / g["tcg"] for g in dkd], epoch=mid),
     }
     if "dkd_deepkd" in by_arm:
-        for cid, epoch in (("gsnr_total_deepkd_over_dkd_pilot", mid), ("gsnr_total_deepkd_over_dkd_end", epochs[-1])):
+        for cid, epoch in (("gsnr_total_deepkd_over_dkd_pilot", mid),
+                           ("gsnr_total_deepkd_over_dkd_end_pilot", epochs[-1])):
             deep = [_gsnr_at(r, epoch)["total"] for r in by_arm["dkd_deepkd"]]
             base = [_gsnr_at(r, epoch)["total"] for r in by_arm["dkd"]]
             estimates[cid] = stats.paired_ratio(deep, base, epoch=epoch)
@@ -79,12 +80,26 @@ def gsnr_confirm_estimate(plan: Any, confirm: Runs) -> Estimates:
     window = gsnr_window(plan)
 
     def windowed(arm: str) -> list[float]:
-        return [sum(_gsnr_at(r, e)["total"] for e in window) / len(window) for r in confirm[arm]]
+        return [windowed_component(r, "total", window) for r in confirm[arm]]
 
+    seeds = list(plan.confirm_seeds)
     estimates = {}
     for cid, (arm, base) in GSNR_CONFIRM.items():
         if {arm, base} <= set(confirm):
             deep, ref = windowed(arm), windowed(base)
-            estimates[cid] = stats.paired_ratio(deep, ref, epochs=window, seeds=list(plan.confirm_seeds),
-                                                **{arm: deep, base: ref}, ratios=[a / b for a, b in zip(deep, ref)])
+            estimates[cid] = stats.paired_ratio(deep, ref, epochs=window, seeds=seeds, **{arm: deep, base: ref},
+                                                ratios=[a / b for a, b in zip(deep, ref)])
+    if "dkd" in confirm:  # the two pilot GSNR claims, decided on these runs (registered after they ran)
+        ratios = [windowed_component(r, "ncg", window) / windowed_component(r, "tcg", window) for r in confirm["dkd"]]
+        estimates["gsnr_ncg_over_tcg"] = stats.mean_ci(ratios, epochs=window, seeds=seeds, per_seed=ratios)
+    if {"dkd", "dkd_deepkd"} <= set(confirm):
+        end = gsnr_epochs(plan)[-1]
+        deep, ref = ([_gsnr_at(r, end)["total"] for r in confirm[arm]] for arm in ("dkd_deepkd", "dkd"))
+        estimates["gsnr_total_deepkd_over_dkd_end"] = stats.paired_ratio(
+            deep, ref, epoch=end, seeds=seeds, dkd_deepkd=deep, dkd=ref, ratios=[a / b for a, b in zip(deep, ref)])
     return estimates
+
+
+def windowed_component(run: dict[str, Any], component: str, window: list[int]) -> float:
+    """One run's GSNR of ``component`` averaged over the probes at the ends of the ``window`` epochs."""
+    return sum(_gsnr_at(run, e)[component] for e in window) / len(window)

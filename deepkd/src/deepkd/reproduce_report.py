@@ -59,8 +59,9 @@ def notes(plan: Any, by_arm: dict[str, list[dict[str, Any]]], confirm: dict[str,
     confirm_cpu = sum(r["cpu_seconds"] for runs in confirm.values() for r in runs)
     confirmatory = (f" Confirmatory GSNR runs ({', '.join(ARM_LABEL[a] for a in confirm)}; seeds "
                     f"{seed_span(plan.confirm_seeds)}, n = {len(plan.confirm_seeds)}, new seeds only; GSNR averaged "
-                    f"over epochs {gsnr_window(plan)}): {confirm_cpu / 60:.1f} CPU-minutes; every other claim uses "
-                    f"seeds {seed_span(plan.seeds)} only." if plan.confirm_seeds and confirm else "")
+                    f"over epochs {gsnr_window(plan)}): {confirm_cpu / 60:.1f} CPU-minutes; they decide the GSNR "
+                    f"claims without _pilot, every other claim uses seeds {seed_span(plan.seeds)} only."
+                    if plan.confirm_seeds and confirm else "")
     return (f"Miniature: teacher {plan.teacher_arch} trained on {plan.teacher_train} MNIST-100 pairs for "
             f"{plan.teacher_epochs} epochs; students {plan.student_arch} on the first {plan.student_train} of those "
             f"pairs for {plan.epochs} epochs, batch {plan.batch}, LR {plan.lr} x0.1 at epochs {decay}, wd 5e-4, "
