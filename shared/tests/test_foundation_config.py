@@ -1,7 +1,7 @@
 from dataclasses import dataclass, field
 
 import pytest
-from effrepro.config import config_to_dict, load_config
+from effrepro.config import config_to_dict, load_config, save_config
 from effrepro.errors import UsageError
 
 
@@ -27,6 +27,13 @@ def test_defaults_yaml_and_overrides(tmp_path):
     assert cfg.epochs == 5 and cfg.name == "run1" and cfg.bits == [8, 6, 4, 2] and cfg.seed == 7
     assert cfg.optim.lr == 0.01 and isinstance(cfg.optim.lr, float) and cfg.optim.betas == (0.5, 0.6)
     assert config_to_dict(load_config(None, Cfg))["optim"]["lr"] == 0.1
+
+
+def test_saved_config_loads_back_equal(tmp_path):
+    cfg = load_config(None, Cfg, ["bits=[8, 6, 4, 2]", "optim.betas=[0.5, 0.6]", "seed=7"])
+    path = save_config(cfg, tmp_path / "job" / "config.yaml")  # the folder is made
+    assert load_config(path, Cfg) == cfg
+    assert [p.name for p in path.parent.iterdir()] == ["config.yaml"]  # no temporary file left
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import yaml
 from effrepro import stats
-from effrepro.config import config_to_dict, find_config, load_config
+from effrepro.config import config_to_dict, find_config, load_config, save_config
 from effrepro.errors import UsageError
 from effrepro.reproduce import ClaimSpec, Context, FactSpec, Results
 from effrepro.train import require_single_process, run_torchrun
@@ -120,9 +120,7 @@ def _launch(cfg: TrainConfig, out: Path, nproc: int) -> dict[str, Any]:
     if nproc == 1:
         result = train(cfg, out, progress=False)
         return {k: result[k] for k in ("top1", "best_top1", "epochs", "seconds")}
-    out.mkdir(parents=True, exist_ok=True)
-    config = out / "config.yaml"
-    config.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    config = save_config(cfg, out / "config.yaml")
     run_torchrun(nproc, "deepkd.cli", ["train", "--config", str(config), "--out", str(out), "--quiet"], out / "last.pt")
     metrics = torch.load(out / "student.pt", map_location="cpu", weights_only=True)["metrics"]
     return {k: metrics[k] for k in ("top1", "best_top1", "epochs", "seconds")}

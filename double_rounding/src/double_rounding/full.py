@@ -36,12 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from effrepro import stats
-from effrepro.config import config_to_dict, load_config
+from effrepro.config import load_config, save_config
 from effrepro.errors import UsageError
 from effrepro.quant import apply_codes, load_dequantized, load_int8
-from effrepro.report import atomic_write_text
 from effrepro.reproduce import ClaimSpec, Context, FactSpec, Results
 from effrepro.train import DistInfo, dist_setup, load_checkpoint, run_torchrun
 from torch import nn
@@ -165,8 +163,7 @@ def _stage(cfg: Config, stage: str, out: Path, plan: Any, dist: DistInfo, init: 
     if plan.nproc == 1:
         run_stage(cfg, stage, out, dist, init)
         return
-    config = out / f"{stage}.yaml"
-    atomic_write_text(config, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    config = save_config(cfg, out / f"{stage}.yaml")
     args = ["train", "--config", str(config), "--stage", stage, "--out", str(out), "--quiet",
             *(["--init", str(init)] if init else [])]
     run_torchrun(plan.nproc, "double_rounding.cli", args, out / stage / "last.pt")

@@ -9,6 +9,7 @@ stage resuming from its ``<stage>/last.pt``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ def hessian_stage(cfg: Config, out: Path, dist: DistInfo, init: Path | None = No
     init = init or out / "fp32" / "fp32.pt"
     model = build_float_model(cfg.model)
     load_state_dict_checked(model, read_state_dict(init, "FP32"), f"the FP32 checkpoint {init}")
-    data = type(cfg.data)(**{**vars(cfg.data), "batch_size": cfg.mixed.hessian_batch})
+    data = dataclasses.replace(cfg.data, batch_size=cfg.mixed.hessian_batch)
     train_loader, _ = build_loaders(data, dist, cfg.seed)
     batches = first_batches(train_loader, max(1, -(-cfg.mixed.hessian_images // cfg.mixed.hessian_batch)))
     result = compute_traces(cfg, model, batches, dist.device).as_dict()

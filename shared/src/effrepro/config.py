@@ -118,6 +118,14 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write ``cfg`` as the YAML :func:`load_config` reads back into the same dataclass, atomically (a job
+    launched on the file, e.g. a torchrun job, never reads half of it)."""
+    from effrepro.report import atomic_write_text  # report pulls in scipy: only writers pay for it
+
+    return atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
 def package_configs(package: str) -> Path:
     """The ``configs`` folder shipped inside ``package`` as package data.
 
